@@ -2,8 +2,20 @@
 //! long, and why.
 //!
 //! The pipeline runs one way, one module per stage:
-//! kernel (`sockdiag`, `sysctl`) -> `record` -> `classify` -> `aggregate` -> `exposition`
-//! -> `server`. `sampler` drives it on its own thread; `config` turns flags and the file
-//! into the `Settings` every stage receives.
+//! kernel edges (`sockdiag`, `sysctl`) -> `record` -> `classify` -> `aggregate` ->
+//! `exposition` -> `server`. `sampler` runs one sample through it; `daemon` drives the
+//! sampler on a timer and serves the result; `config` (with `cli`) turns flags and the
+//! file into the `Settings` every stage receives.
 
+pub mod aggregate;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod exposition;
 pub mod record;
+pub mod sampler;
+pub mod server;
+pub mod snapshot;
+pub mod sockdiag;
+pub mod sysctl;

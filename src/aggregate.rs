@@ -1,0 +1,373 @@
+//! Aggregation: sockets in, bounded groups out.
+//!
+//! Every socket counts toward its state's total; sockets in a detail state also land in a
+//! group keyed by (state, direction, port, process). Groups beyond `max_groups` are folded
+//! into `port="other"` so a host with thousands of peers cannot explode the series count.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::classify::Direction;
+use crate::record::{STATE_COUNT, SocketRecord, TcpState};
+
+/// Index into `Sample::processes`; `ProcessId::UNKNOWN` is the empty name (an orphan, or
+/// an owner that could not be resolved).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessId(pub u32);
+
+impl ProcessId {
+    pub const UNKNOWN: ProcessId = ProcessId(0);
+}
+
+/// The port label: a port, or the fold bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortLabel {
+    Port(u16),
+    Other,
+}
+
+impl fmt::Display for PortLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortLabel::Port(port) => write!(f, "{port}"),
+            PortLabel::Other => f.write_str("other"),
+        }
+    }
+}
+
+/// Who owns a group: the process name, and its pid when the pid label is on (else 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey {
+    pub process: ProcessId,
+    pub pid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub state: TcpState,
+    pub direction: Direction,
+    pub port: PortLabel,
+    pub owner: OwnerKey,
+}
+
+/// Sums over the connections of one group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    pub connections: u64,
+    pub recv_queue_bytes: u64,
+    pub send_queue_bytes: u64,
+    /// Connections holding unread data (the FIN not counted).
+    pub unread_connections: u64,
+    /// CLOSE_WAIT connections whose program already read the EOF (Recv-Q 0).
+    pub eof_read: u64,
+    /// Connections still in a listener's accept queue.
+    pub unaccepted: u64,
+    /// Connections with a keepalive timer armed.
+    pub keepalive: u64,
+}
+
+impl GroupStats {
+    fn add_record(&mut self, record: &SocketRecord, unaccepted: bool) {
+        let unread = record.unread_bytes();
+        self.connections += 1;
+        self.recv_queue_bytes += unread;
+        self.send_queue_bytes += u64::from(record.send_queue);
+        self.unread_connections += u64::from(unread > 0);
+        self.eof_read += u64::from(record.eof_read());
+        self.unaccepted += u64::from(unaccepted);
+        self.keepalive += u64::from(record.keepalive_armed);
+    }
+
+    fn merge(&mut self, other: &GroupStats) {
+        self.connections += other.connections;
+        self.recv_queue_bytes += other.recv_queue_bytes;
+        self.send_queue_bytes += other.send_queue_bytes;
+        self.unread_connections += other.unread_connections;
+        self.eof_read += other.eof_read;
+        self.unaccepted += other.unaccepted;
+        self.keepalive += other.keepalive;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub port: PortLabel,
+    pub owner: OwnerKey,
+}
+
+/// Accept queues of the listeners on one port, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub queue_length: u64,
+    pub queue_max: u64,
+    pub listeners: u64,
+}
+
+impl ListenerStats {
+    fn merge(&mut self, other: &ListenerStats) {
+        self.queue_length += other.queue_length;
+        self.queue_max += other.queue_max;
+        self.listeners += other.listeners;
+    }
+}
+
+/// One complete, aggregated sample: what the exposition encodes.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// All sockets of the namespace per state, indexed by `TcpState::index`.
+    pub state_counts: [u64; STATE_COUNT],
+    /// Detail-state groups, largest first (after folding).
+    pub groups: Vec<(GroupKey, GroupStats)>,
+    pub listeners: Vec<(ListenerKey, ListenerStats)>,
+    /// Groups folded into `port="other"` (connections and listeners).
+    pub groups_folded: u64,
+    /// Process names, indexed by `ProcessId`; entry 0 is "".
+    pub processes: Vec<String>,
+}
+
+impl Sample {
+    pub fn process_name(&self, id: ProcessId) -> &str {
+        self.processes
+            .get(id.0 as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn state_count(&self, state: TcpState) -> u64 {
+        self.state_counts[state.index()]
+    }
+}
+
+/// Accumulates one sample while the dump streams by.
+#[derive(Default)]
+pub struct SampleBuilder {
+    state_counts: [u64; STATE_COUNT],
+    groups: HashMap<GroupKey, GroupStats>,
+    listeners: HashMap<ListenerKey, ListenerStats>,
+}
+
+impl SampleBuilder {
+    pub fn count_state(&mut self, state: TcpState) {
+        self.state_counts[state.index()] += 1;
+    }
+
+    pub fn add_connection(&mut self, key: GroupKey, record: &SocketRecord, unaccepted: bool) {
+        self.groups
+            .entry(key)
+            .or_default()
+            .add_record(record, unaccepted);
+    }
+
+    /// A listener: Recv-Q is its accept-queue length, Send-Q its backlog limit.
+    pub fn add_listener(&mut self, key: ListenerKey, record: &SocketRecord) {
+        let stats = self.listeners.entry(key).or_default();
+        stats.queue_length += u64::from(record.recv_queue);
+        stats.queue_max += u64::from(record.send_queue);
+        stats.listeners += 1;
+    }
+
+    /// Folds and orders the groups; `processes` is the name table the owner ids index.
+    pub fn finish(self, max_groups: usize, processes: Vec<String>) -> Sample {
+        let (groups, folded_connections) = fold(self.groups, max_groups, |key| GroupKey {
+            port: PortLabel::Other,
+            ..key
+        });
+        let (listeners, folded_listeners) = fold(self.listeners, max_groups, |key| ListenerKey {
+            port: PortLabel::Other,
+            ..key
+        });
+        Sample {
+            state_counts: self.state_counts,
+            groups,
+            listeners,
+            groups_folded: folded_connections + folded_listeners,
+            processes,
+        }
+    }
+}
+
+/// Statistics that can be ranked by size and merged when folded.
+trait Foldable: Default {
+    fn size(&self) -> u64;
+    fn merge_into(&self, target: &mut Self);
+}
+
+impl Foldable for GroupStats {
+    fn size(&self) -> u64 {
+        self.connections
+    }
+    fn merge_into(&self, target: &mut Self) {
+        target.merge(self);
+    }
+}
+
+impl Foldable for ListenerStats {
+    fn size(&self) -> u64 {
+        self.queue_length.max(self.listeners)
+    }
+    fn merge_into(&self, target: &mut Self) {
+        target.merge(self);
+    }
+}
+
+/// Keeps the `max_groups` largest entries (ties broken by key, so the choice is stable
+/// from sample to sample) and merges the rest under `fold_key`. Returns the entries,
+/// largest first, and how many were folded.
+fn fold<K: Ord + Copy + std::hash::Hash, S: Foldable>(
+    entries: HashMap<K, S>,
+    max_groups: usize,
+    fold_key: impl Fn(K) -> K,
+) -> (Vec<(K, S)>, u64) {
+    let mut entries: Vec<(K, S)> = entries.into_iter().collect();
+    entries.sort_unstable_by_key(|(key, stats)| (Reverse(stats.size()), *key));
+    if entries.len() <= max_groups {
+        return (entries, 0);
+    }
+    let folded = entries.split_off(max_groups);
+    let folded_count = folded.len() as u64;
+    let mut merged: HashMap<K, S> = HashMap::new();
+    for (key, stats) in &folded {
+        stats.merge_into(merged.entry(fold_key(*key)).or_default());
+    }
+    let mut merged: Vec<(K, S)> = merged.into_iter().collect();
+    merged.sort_unstable_by_key(|(key, stats)| (Reverse(stats.size()), *key));
+    entries.extend(merged);
+    (entries, folded_count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn record(state: TcpState, recv_queue: u32, send_queue: u32) -> SocketRecord {
+        SocketRecord {
+            state,
+            local_addr: IpAddr::from([127, 0, 0, 1]),
+            local_port: 80,
+            remote_addr: IpAddr::from([127, 0, 0, 1]),
+            remote_port: 40000,
+            recv_queue,
+            send_queue,
+            inode: 5,
+            uid: 0,
+            cookie: 1,
+            keepalive_armed: false,
+            tcp_info: None,
+        }
+    }
+
+    fn key(state: TcpState, port: u16) -> GroupKey {
+        GroupKey {
+            state,
+            direction: Direction::Inbound,
+            port: PortLabel::Port(port),
+            owner: OwnerKey::default(),
+        }
+    }
+
+    #[test]
+    fn sums_queues_and_counts_unread_connections() {
+        let mut builder = SampleBuilder::default();
+        let k = key(TcpState::CloseWait, 80);
+        builder.add_connection(k, &record(TcpState::CloseWait, 6, 0), false);
+        builder.add_connection(k, &record(TcpState::CloseWait, 1, 0), true);
+        builder.add_connection(k, &record(TcpState::CloseWait, 0, 3), false);
+        let sample = builder.finish(10, vec![String::new()]);
+        let stats = sample.groups[0].1;
+        assert_eq!(stats.connections, 3);
+        assert_eq!(stats.recv_queue_bytes, 5);
+        assert_eq!(stats.send_queue_bytes, 3);
+        assert_eq!(stats.unread_connections, 1);
+        assert_eq!(stats.eof_read, 1);
+        assert_eq!(stats.unaccepted, 1);
+        assert_eq!(sample.groups_folded, 0);
+    }
+
+    #[test]
+    fn folds_the_smallest_groups_into_other_keeping_state_and_direction() {
+        let mut builder = SampleBuilder::default();
+        for (port, count) in [(1u16, 5), (2, 4), (3, 3), (4, 2), (5, 1)] {
+            for _ in 0..count {
+                builder.add_connection(
+                    key(TcpState::CloseWait, port),
+                    &record(TcpState::CloseWait, 2, 0),
+                    false,
+                );
+            }
+        }
+        builder.add_connection(
+            key(TcpState::Established, 9),
+            &record(TcpState::Established, 0, 0),
+            false,
+        );
+        let sample = builder.finish(2, vec![String::new()]);
+        let summary: Vec<(TcpState, PortLabel, u64, u64)> = sample
+            .groups
+            .iter()
+            .map(|(k, s)| (k.state, k.port, s.connections, s.recv_queue_bytes))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (TcpState::CloseWait, PortLabel::Port(1), 5, 5),
+                (TcpState::CloseWait, PortLabel::Port(2), 4, 4),
+                (TcpState::CloseWait, PortLabel::Other, 6, 6),
+                (TcpState::Established, PortLabel::Other, 1, 0),
+            ]
+        );
+        assert_eq!(sample.groups_folded, 4);
+    }
+
+    #[test]
+    fn ties_fold_the_same_way_every_time() {
+        let build = || {
+            let mut builder = SampleBuilder::default();
+            for port in 1..=50u16 {
+                builder.add_connection(
+                    key(TcpState::CloseWait, port),
+                    &record(TcpState::CloseWait, 1, 0),
+                    false,
+                );
+            }
+            builder.finish(10, vec![String::new()])
+        };
+        let kept: Vec<PortLabel> = build().groups.iter().map(|(k, _)| k.port).collect();
+        assert_eq!(
+            kept[..10],
+            (1..=10).map(PortLabel::Port).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(
+            kept,
+            build()
+                .groups
+                .iter()
+                .map(|(k, _)| k.port)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn listeners_on_one_port_are_summed() {
+        let mut builder = SampleBuilder::default();
+        let k = ListenerKey {
+            port: PortLabel::Port(80),
+            owner: OwnerKey::default(),
+        };
+        builder.add_listener(k, &record(TcpState::Listen, 3, 128));
+        builder.add_listener(k, &record(TcpState::Listen, 1, 128));
+        let sample = builder.finish(10, vec![String::new()]);
+        assert_eq!(
+            sample.listeners,
+            vec![(
+                k,
+                ListenerStats {
+                    queue_length: 4,
+                    queue_max: 256,
+                    listeners: 2
+                }
+            )]
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Command line, spelled like node_exporter's flags. Parsed once by `main`; `config`
+//! merges it with the file into `Settings`. Nothing else reads flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpstate-exporter",
+    version,
+    about = "Prometheus exporter for TCP sockets stuck in CLOSE_WAIT: which port, which \
+             process, how long, and why."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take one sample now and print it (instead of running the daemon).
+    Snapshot {
+        /// table: for a person; prometheus: the /metrics exposition; json: for scripts.
+        #[arg(long, value_enum, default_value_t = SnapshotFormat::Table)]
+        format: SnapshotFormat,
+        /// How many CLOSE_WAIT groups the table shows.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Validate a configuration file and exit (0 when valid, 2 when not).
+    CheckConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotFormat {
+    Table,
+    Prometheus,
+    Json,
+}
+
+/// Flags that override the configuration file. All optional: a flag given wins, else the
+/// file's value, else the built-in default.
+#[derive(Debug, Default, Args)]
+pub struct Flags {
+    /// Path to the TOML configuration file.
+    #[arg(long = "config.file", global = true, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Address to listen on for the web interface and telemetry [default: :9815].
+    #[arg(long = "web.listen-address", global = true, value_name = "ADDR")]
+    pub listen_address: Option<String>,
+    /// Path under which to expose metrics [default: /metrics].
+    #[arg(long = "web.telemetry-path", global = true, value_name = "PATH")]
+    pub telemetry_path: Option<String>,
+    /// Path to a web configuration file (exporter-toolkit format: TLS, basic auth).
+    #[arg(long = "web.config.file", global = true, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// How often to sample the kernel's TCP table [default: 15s].
+    #[arg(long = "sample.interval", global = true, value_name = "DURATION")]
+    pub sample_interval: Option<String>,
+    /// Only log messages with the given severity or above: error, warn, info, debug, trace
+    /// [default: info].
+    #[arg(long = "log.level", global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Output format of log messages: logfmt or json [default: logfmt].
+    #[arg(long = "log.format", global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}

@@ -1,0 +1,154 @@
+//! The long-running exporter: a sampling thread on a timer that publishes each encoded
+//! exposition, and the HTTP server that serves the last one.
+//!
+//! Sampling runs on its own OS thread, off the async workers: a dump is blocking netlink
+//! I/O and /proc reads, and a slow one must never delay a scrape.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use prometheus::process_collector::ProcessCollector;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::exposition::{self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics};
+use crate::sampler::Sampler;
+use crate::server::{self, Site};
+
+/// Runs until SIGINT or SIGTERM. Errors are startup errors (bad address, no netlink).
+pub fn run(settings: Settings) -> Result<(), String> {
+    let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
+    let sampler = Sampler::new(&settings)
+        .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
+
+    // The first sample is published before the server starts listening, so the first
+    // scrape already sees data (or, if that sample failed, the error counted).
+    let (first_done_tx, first_done_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let loop_settings = settings.clone();
+    let loop_exposition = Arc::clone(&exposition);
+    let sampling = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || {
+            sample_loop(
+                sampler,
+                loop_settings,
+                loop_exposition,
+                first_done_tx,
+                stop_rx,
+            )
+        })
+        .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
+    // A closed channel means the thread ended (it logs why); serve what there is.
+    let _ = first_done_rx.recv();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let result = runtime.block_on(async {
+        let listener = server::bind(&settings.listen_address.candidates())
+            .await
+            .map_err(|e| format!("cannot listen on {:?}: {e}", settings.listen_address))?;
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(address = %local, path = %settings.telemetry_path, "serving metrics");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let site = Site {
+            telemetry_path: settings.telemetry_path.as_str().into(),
+            exposition,
+        };
+        let serving = tokio::spawn(server::serve(listener, site, shutdown_rx));
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+        let _ = serving.await;
+        Ok(())
+    });
+    drop(stop_tx);
+    let _ = sampling.join();
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    match (terminate, interrupt) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Samples on a fixed-rate timer (missed ticks are skipped, not bunched) until `stop`
+/// is dropped.
+fn sample_loop(
+    mut sampler: Sampler,
+    settings: Settings,
+    exposition: Arc<ArcSwap<Exposition>>,
+    first_done: mpsc::Sender<()>,
+    stop: mpsc::Receiver<()>,
+) {
+    let options = LabelOptions {
+        pid_label: settings.pid_label,
+    };
+    let process = ProcessCollector::for_self();
+    let mut metrics = SelfMetrics::default();
+    let mut last_good = Vec::new();
+    let interval = settings.sample_interval;
+    let mut next = Instant::now();
+    loop {
+        let started = Instant::now();
+        metrics.samples_total += 1;
+        match sampler.sample() {
+            Ok((sample, report)) => {
+                last_good = exposition::sample_families(&sample, options);
+                metrics.duplicates_dropped += report.dump.duplicates;
+                metrics.unknown_states_skipped += report.dump.unknown_states;
+                metrics.last_success_timestamp_seconds = unix_now();
+            }
+            Err(e) => {
+                let reason = e.reason();
+                if let Some(i) = SAMPLE_ERROR_REASONS.iter().position(|r| *r == reason) {
+                    metrics.sample_errors[i] += 1;
+                }
+                tracing::warn!(error = %e, reason, "sample failed; serving the last good one");
+            }
+        }
+        metrics.last_sample_duration_seconds = started.elapsed().as_secs_f64();
+        let mut families = last_good.clone();
+        families.extend(exposition::self_families(&metrics));
+        exposition.store(Arc::new(exposition::encode(families, Some(&process))));
+        let _ = first_done.send(());
+
+        next += interval;
+        let now = Instant::now();
+        while next <= now {
+            next += interval;
+        }
+        match stop.recv_timeout(next - now) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}

@@ -1,0 +1,619 @@
+//! The netlink edge: dumps the TCP table of the calling thread's network namespace
+//! through sock_diag and decodes each socket into a `SocketRecord`.
+//!
+//! Why a blocking `netlink-sys` socket read on the sampler's own thread, not netlink-proto:
+//! see Cargo.toml. Records are handed to a callback straight from the receive buffer, so a
+//! dump never holds the table in memory and decoding allocates nothing per socket.
+//!
+//! One walk for both families: the legacy `TCPDIAG_GETSOCK` request accepts `AF_UNSPEC`
+//! and returns IPv4 and IPv6 sockets from a single pass over the kernel's hash tables,
+//! where two `SOCK_DIAG_BY_FAMILY` requests would walk the shared established hash twice.
+//! Kernels built without the compat path get the two-request fallback.
+
+use std::io;
+use std::net::IpAddr;
+
+use netlink_packet_core::{NetlinkBuffer, NlasIterator, Parseable};
+use netlink_packet_sock_diag::inet::InetResponseHeader;
+use netlink_packet_sock_diag::inet::Timer;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use crate::record::{SocketRecord, TcpInfoExcerpt, TcpState};
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// Legacy request type of the inet_diag compat path (linux/inet_diag.h).
+const TCPDIAG_GETSOCK: u16 = 18;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const INET_DIAG_INFO: u16 = 2;
+const IPPROTO_TCP: u8 = 6;
+/// `struct inet_diag_msg` without attributes.
+const INET_DIAG_MSG_LEN: usize = 72;
+/// Offsets into `struct tcp_info` of the fields we read (linux/tcp.h, stable ABI).
+const TCP_INFO_LAST_DATA_RECV: usize = 52;
+const TCP_INFO_LAST_ACK_RECV: usize = 56;
+/// The kernel fills at most 32 KiB per dump read (netlink_recvmsg caps max_recvmsg_len);
+/// a larger buffer only wastes memory, a smaller one costs more syscalls.
+const RECV_BUFFER_LEN: usize = 64 * 1024;
+/// How many cookies of the previous read are kept for de-duplication (see `Deduper`).
+const DEDUP_WINDOW: usize = 64;
+
+/// Why a dump failed; each maps to a `reason` label of `tcpstate_sample_errors_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("netlink socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("kernel refused the sock_diag request: {0}")]
+    Kernel(io::Error),
+    #[error("malformed sock_diag message: {0}")]
+    Decode(String),
+    #[error("the kernel marked the dump interrupted (NLM_F_DUMP_INTR)")]
+    Interrupted,
+    #[error("netlink receive buffer overrun (ENOBUFS)")]
+    Overrun,
+}
+
+impl DumpError {
+    /// Stable, bounded label value for the error counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DumpError::Io(_) => "netlink_io",
+            DumpError::Kernel(_) => "netlink_refused",
+            DumpError::Decode(_) => "decode",
+            DumpError::Interrupted => "dump_interrupted",
+            DumpError::Overrun => "enobufs",
+        }
+    }
+}
+
+/// What to ask the kernel for.
+#[derive(Clone, Copy, Debug)]
+pub struct DumpRequest {
+    /// Bitmask of `TcpState::kernel_mask` values.
+    pub states: u32,
+    /// Ask for `tcp_info` (INET_DIAG_INFO) with every socket: costly (the kernel locks
+    /// each socket to fill it), so only for the states that need it.
+    pub with_tcp_info: bool,
+}
+
+impl DumpRequest {
+    pub fn for_states(states: impl IntoIterator<Item = TcpState>, with_tcp_info: bool) -> Self {
+        let states = states.into_iter().fold(0, |mask, s| mask | s.kernel_mask());
+        DumpRequest {
+            states,
+            with_tcp_info,
+        }
+    }
+}
+
+/// Counts of what a dump passed over without failing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Sockets reported twice by a non-atomic dump and dropped.
+    pub duplicates: u64,
+    /// Sockets in a state this build does not know (a newer kernel).
+    pub unknown_states: u64,
+}
+
+/// A sock_diag netlink socket bound to the network namespace of the thread that opened it.
+pub struct DiagSocket {
+    socket: Socket,
+    buffer: Vec<u8>,
+    sequence: u32,
+    /// Cleared when the kernel refuses the legacy AF_UNSPEC request.
+    legacy_supported: bool,
+}
+
+impl DiagSocket {
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(DiagSocket {
+            socket,
+            buffer: vec![0; RECV_BUFFER_LEN],
+            sequence: 0,
+            legacy_supported: true,
+        })
+    }
+
+    /// Dumps IPv4 and IPv6 TCP sockets matching `request`, calling `on_record` for each.
+    pub fn dump(
+        &mut self,
+        request: DumpRequest,
+        on_record: &mut dyn FnMut(&SocketRecord),
+    ) -> Result<DumpStats, DumpError> {
+        let mut stats = DumpStats::default();
+        if self.legacy_supported {
+            let message = legacy_request(request);
+            match self.run_dump(TCPDIAG_GETSOCK, &message, &mut stats, on_record) {
+                Ok(()) => return Ok(stats),
+                Err(DumpError::Kernel(e)) if is_unsupported(&e) => {
+                    tracing::info!(
+                        error = %e,
+                        "legacy AF_UNSPEC inet_diag request refused; using one dump per family"
+                    );
+                    self.legacy_supported = false;
+                    stats = DumpStats::default();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let message = by_family_request(family, request, None);
+            self.run_dump(SOCK_DIAG_BY_FAMILY, &message, &mut stats, on_record)?;
+        }
+        Ok(stats)
+    }
+
+    /// Looks up one socket by its identity (addresses, ports and cookie), with
+    /// `tcp_info`. `Ok(None)` when it is gone.
+    pub fn lookup_with_info(
+        &mut self,
+        record: &SocketRecord,
+    ) -> Result<Option<SocketRecord>, DumpError> {
+        let family = match record.local_addr {
+            IpAddr::V4(_) => libc::AF_INET as u8,
+            IpAddr::V6(_) => libc::AF_INET6 as u8,
+        };
+        let request = DumpRequest {
+            states: u32::MAX,
+            with_tcp_info: true,
+        };
+        let message = by_family_request(family, request, Some(record));
+        let mut found = None;
+        let mut stats = DumpStats::default();
+        let result = self.run_exchange(SOCK_DIAG_BY_FAMILY, 0, &message, &mut stats, &mut |r| {
+            found = Some(*r)
+        });
+        match result {
+            Ok(()) => Ok(found),
+            // ENOENT: the socket closed since the dump saw it.
+            Err(DumpError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn run_dump(
+        &mut self,
+        message_type: u16,
+        payload: &[u8],
+        stats: &mut DumpStats,
+        on_record: &mut dyn FnMut(&SocketRecord),
+    ) -> Result<(), DumpError> {
+        self.run_exchange(message_type, NLM_F_DUMP, payload, stats, on_record)
+    }
+
+    /// Sends one request and reads replies until DONE (dump) or the single answer.
+    fn run_exchange(
+        &mut self,
+        message_type: u16,
+        extra_flags: u16,
+        payload: &[u8],
+        stats: &mut DumpStats,
+        on_record: &mut dyn FnMut(&SocketRecord),
+    ) -> Result<(), DumpError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let header = netlink_header(
+            payload.len(),
+            message_type,
+            NLM_F_REQUEST | extra_flags,
+            sequence,
+        );
+        let mut request = Vec::with_capacity(header.len() + payload.len());
+        request.extend_from_slice(&header);
+        request.extend_from_slice(payload);
+        self.socket.send(&request, 0)?;
+
+        let is_dump = extra_flags & NLM_F_DUMP != 0;
+        let mut deduper = Deduper::default();
+        loop {
+            let received = match self.socket.recv(&mut &mut self.buffer[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Err(DumpError::Overrun);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DumpError::Io(e)),
+            };
+            deduper.start_read();
+            let outcome = decode_read(
+                &self.buffer[..received],
+                sequence,
+                &mut deduper,
+                stats,
+                on_record,
+            )?;
+            if outcome == ReadOutcome::Done || !is_dump {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn is_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadOutcome {
+    More,
+    Done,
+}
+
+/// Decodes one `recv` worth of netlink messages.
+fn decode_read(
+    data: &[u8],
+    sequence: u32,
+    deduper: &mut Deduper,
+    stats: &mut DumpStats,
+    on_record: &mut dyn FnMut(&SocketRecord),
+) -> Result<ReadOutcome, DumpError> {
+    let mut offset = 0;
+    while offset < data.len() {
+        let message = NetlinkBuffer::new_checked(&data[offset..])
+            .map_err(|e| DumpError::Decode(format!("netlink header: {e}")))?;
+        let length = message.length() as usize;
+        if message.sequence_number() != sequence {
+            // A late answer to an earlier, abandoned request: not ours.
+            offset += align4(length);
+            continue;
+        }
+        if message.flags() & NLM_F_DUMP_INTR != 0 {
+            return Err(DumpError::Interrupted);
+        }
+        match message.message_type() {
+            NLMSG_DONE => return Ok(ReadOutcome::Done),
+            NLMSG_ERROR => {
+                let payload = message.payload();
+                let code = payload
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(i32::from_ne_bytes)
+                    .ok_or_else(|| DumpError::Decode("truncated NLMSG_ERROR".into()))?;
+                if code == 0 {
+                    return Ok(ReadOutcome::Done); // an ACK
+                }
+                return Err(DumpError::Kernel(io::Error::from_raw_os_error(-code)));
+            }
+            _ => {
+                if let Some(record) = decode_socket(message.payload(), stats)? {
+                    if deduper.is_duplicate(record.cookie) {
+                        stats.duplicates += 1;
+                    } else {
+                        on_record(&record);
+                    }
+                }
+            }
+        }
+        offset += align4(length);
+    }
+    Ok(ReadOutcome::More)
+}
+
+/// Decodes one `inet_diag_msg` and its attributes. `Ok(None)` for a socket skipped on
+/// purpose (unknown state), `Err` for a malformed message.
+pub fn decode_socket(
+    payload: &[u8],
+    stats: &mut DumpStats,
+) -> Result<Option<SocketRecord>, DumpError> {
+    let header = InetResponseHeader::parse(payload)
+        .map_err(|e| DumpError::Decode(format!("inet_diag_msg: {e}")))?;
+    let Some(state) = TcpState::from_kernel(header.state) else {
+        stats.unknown_states += 1;
+        return Ok(None);
+    };
+    let mut tcp_info = None;
+    if payload.len() > INET_DIAG_MSG_LEN {
+        for attribute in NlasIterator::new(&payload[INET_DIAG_MSG_LEN..]) {
+            let attribute = attribute.map_err(|e| DumpError::Decode(format!("attribute: {e}")))?;
+            if attribute.kind() == INET_DIAG_INFO {
+                tcp_info = Some(decode_tcp_info(attribute.value())?);
+            }
+            // Other attributes (and ones newer than this build) are not needed.
+        }
+    }
+    let id = &header.socket_id;
+    Ok(Some(SocketRecord {
+        state,
+        local_addr: id.source_address,
+        local_port: id.source_port,
+        remote_addr: id.destination_address,
+        remote_port: id.destination_port,
+        recv_queue: header.recv_queue,
+        send_queue: header.send_queue,
+        inode: header.inode,
+        uid: header.uid,
+        cookie: u64::from_ne_bytes(id.cookie),
+        keepalive_armed: matches!(header.timer, Some(Timer::KeepAlive(_))),
+        tcp_info,
+    }))
+}
+
+fn decode_tcp_info(value: &[u8]) -> Result<TcpInfoExcerpt, DumpError> {
+    let field = |offset: usize| {
+        value
+            .get(offset..offset + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .ok_or_else(|| DumpError::Decode(format!("tcp_info of {} bytes", value.len())))
+    };
+    Ok(TcpInfoExcerpt {
+        last_data_recv_ms: field(TCP_INFO_LAST_DATA_RECV)?,
+        last_ack_recv_ms: field(TCP_INFO_LAST_ACK_RECV)?,
+    })
+}
+
+/// Drops sockets a non-atomic dump reports twice.
+///
+/// inet_diag resumes each read at (hash bucket, position in bucket); a socket inserted at
+/// the head of that bucket meanwhile shifts the chain, and the last socket of the previous
+/// read comes again at the start of the next. Duplicates can therefore only pair the
+/// first sockets of a read with the last ones of the read before, so a small window of
+/// cookies suffices and memory stays flat whatever the table size. A chain longer than
+/// the window (never seen: the kernel sizes the hash to the socket count) could let one
+/// through.
+struct Deduper {
+    /// The last `DEDUP_WINDOW` cookies of the previous read and of this one (rings).
+    previous: [u64; DEDUP_WINDOW],
+    current: [u64; DEDUP_WINDOW],
+    previous_len: usize,
+    position_in_read: usize,
+}
+
+impl Default for Deduper {
+    fn default() -> Self {
+        Deduper {
+            previous: [0; DEDUP_WINDOW],
+            current: [0; DEDUP_WINDOW],
+            previous_len: 0,
+            position_in_read: 0,
+        }
+    }
+}
+
+impl Deduper {
+    fn start_read(&mut self) {
+        std::mem::swap(&mut self.previous, &mut self.current);
+        self.previous_len = self.position_in_read.min(DEDUP_WINDOW);
+        self.position_in_read = 0;
+    }
+
+    fn is_duplicate(&mut self, cookie: u64) -> bool {
+        let early = self.position_in_read < DEDUP_WINDOW;
+        self.current[self.position_in_read % DEDUP_WINDOW] = cookie;
+        self.position_in_read += 1;
+        early && self.previous[..self.previous_len].contains(&cookie)
+    }
+}
+
+fn align4(length: usize) -> usize {
+    (length.max(16) + 3) & !3
+}
+
+fn netlink_header(payload_len: usize, message_type: u16, flags: u16, sequence: u32) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    let length = (16 + payload_len) as u32;
+    header[0..4].copy_from_slice(&length.to_ne_bytes());
+    header[4..6].copy_from_slice(&message_type.to_ne_bytes());
+    header[6..8].copy_from_slice(&flags.to_ne_bytes());
+    header[8..12].copy_from_slice(&sequence.to_ne_bytes());
+    header
+}
+
+fn extensions(request: DumpRequest) -> u8 {
+    if request.with_tcp_info {
+        1 << (INET_DIAG_INFO - 1)
+    } else {
+        0
+    }
+}
+
+/// `struct inet_diag_req` (legacy): family, src_len, dst_len, ext, id, states, dbs.
+fn legacy_request(request: DumpRequest) -> Vec<u8> {
+    let mut message = vec![0u8; 60];
+    message[0] = libc::AF_UNSPEC as u8;
+    message[3] = extensions(request);
+    // bytes 4..52: inet_diag_sockid, all zero (no filter); cookie "no cookie" = ~0.
+    message[44..52].copy_from_slice(&[0xff; 8]);
+    message[52..56].copy_from_slice(&request.states.to_ne_bytes());
+    message
+}
+
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, id. With `exact`, the
+/// id names one socket (addresses, ports, cookie) for a non-dump lookup.
+fn by_family_request(family: u8, request: DumpRequest, exact: Option<&SocketRecord>) -> Vec<u8> {
+    let mut message = vec![0u8; 56];
+    message[0] = family;
+    message[1] = IPPROTO_TCP;
+    message[2] = extensions(request);
+    message[4..8].copy_from_slice(&request.states.to_ne_bytes());
+    let id = &mut message[8..56];
+    match exact {
+        None => id[40..48].copy_from_slice(&[0xff; 8]),
+        Some(record) => {
+            id[0..2].copy_from_slice(&record.local_port.to_be_bytes());
+            id[2..4].copy_from_slice(&record.remote_port.to_be_bytes());
+            write_address(&mut id[8..24], record.local_addr);
+            write_address(&mut id[24..40], record.remote_addr);
+            id[40..48].copy_from_slice(&record.cookie.to_ne_bytes());
+        }
+    }
+    message
+}
+
+fn write_address(target: &mut [u8], address: IpAddr) {
+    match address {
+        IpAddr::V4(v4) => target[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => target.copy_from_slice(&v6.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds an inet_diag_msg as the kernel lays it out.
+    fn diag_message(state: u8, local_port: u16, recv_queue: u32, cookie: u64) -> Vec<u8> {
+        let mut m = vec![0u8; INET_DIAG_MSG_LEN];
+        m[0] = libc::AF_INET as u8;
+        m[1] = state;
+        m[4..6].copy_from_slice(&local_port.to_be_bytes());
+        m[6..8].copy_from_slice(&40000u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[24..28].copy_from_slice(&[127, 0, 0, 2]);
+        m[44..52].copy_from_slice(&cookie.to_ne_bytes());
+        m[56..60].copy_from_slice(&recv_queue.to_ne_bytes());
+        m[68..72].copy_from_slice(&77u32.to_ne_bytes()); // inode
+        m
+    }
+
+    fn with_netlink_header(payload: &[u8], message_type: u16, sequence: u32) -> Vec<u8> {
+        let mut m = netlink_header(payload.len(), message_type, 0, sequence).to_vec();
+        m.extend_from_slice(payload);
+        while !m.len().is_multiple_of(4) {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn decodes_the_fixed_header() {
+        let mut stats = DumpStats::default();
+        let record = decode_socket(&diag_message(8, 8080, 6, 42), &mut stats)
+            .expect("valid")
+            .expect("known state");
+        assert_eq!(record.state, TcpState::CloseWait);
+        assert_eq!(record.local_port, 8080);
+        assert_eq!(record.remote_port, 40000);
+        assert_eq!(record.local_addr, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(record.remote_addr, IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(record.recv_queue, 6);
+        assert_eq!(record.inode, 77);
+        assert_eq!(record.cookie, 42);
+        assert_eq!(record.tcp_info, None);
+    }
+
+    #[test]
+    fn reads_last_ack_recv_from_tcp_info_attribute() {
+        let mut payload = diag_message(8, 80, 1, 1);
+        let mut info = vec![0u8; 232];
+        info[TCP_INFO_LAST_DATA_RECV..][..4].copy_from_slice(&9000u32.to_ne_bytes());
+        info[TCP_INFO_LAST_ACK_RECV..][..4].copy_from_slice(&1500u32.to_ne_bytes());
+        payload.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
+        payload.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        payload.extend_from_slice(&info);
+        let record = decode_socket(&payload, &mut DumpStats::default())
+            .expect("valid")
+            .expect("known state");
+        let info = record.tcp_info.expect("tcp_info present");
+        assert_eq!(info.last_ack_recv_ms, 1500);
+        assert_eq!(info.last_data_recv_ms, 9000);
+    }
+
+    #[test]
+    fn skips_and_counts_unknown_states() {
+        let mut stats = DumpStats::default();
+        let result = decode_socket(&diag_message(13, 80, 0, 1), &mut stats).expect("valid");
+        assert!(result.is_none());
+        assert_eq!(stats.unknown_states, 1);
+    }
+
+    #[test]
+    fn rejects_truncated_messages_and_attributes() {
+        let mut stats = DumpStats::default();
+        let message = diag_message(1, 80, 0, 1);
+        for cut in [0, 10, INET_DIAG_MSG_LEN - 1] {
+            assert!(matches!(
+                decode_socket(&message[..cut], &mut stats),
+                Err(DumpError::Decode(_))
+            ));
+        }
+        let mut with_bad_attribute = message.clone();
+        with_bad_attribute.extend_from_slice(&[200, 0, 2, 0, 1, 2, 3, 4]); // claims 200 bytes
+        assert!(matches!(
+            decode_socket(&with_bad_attribute, &mut stats),
+            Err(DumpError::Decode(_))
+        ));
+        let mut short_info = message;
+        short_info.extend_from_slice(&[8, 0, 2, 0, 1, 2, 3, 4]); // 4-byte tcp_info
+        assert!(matches!(
+            decode_socket(&short_info, &mut stats),
+            Err(DumpError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn drops_a_socket_repeated_at_the_start_of_the_next_read() {
+        let mut deduper = Deduper::default();
+        let mut stats = DumpStats::default();
+        let mut seen = Vec::new();
+        let first: Vec<u8> = [1u64, 2, 3]
+            .iter()
+            .flat_map(|&c| with_netlink_header(&diag_message(1, 80, 0, c), 20, 7))
+            .collect();
+        let second: Vec<u8> = [3u64, 4]
+            .iter()
+            .flat_map(|&c| with_netlink_header(&diag_message(1, 80, 0, c), 20, 7))
+            .collect();
+        for read in [first, second] {
+            deduper.start_read();
+            let outcome = decode_read(&read, 7, &mut deduper, &mut stats, &mut |r| {
+                seen.push(r.cookie)
+            })
+            .expect("valid read");
+            assert_eq!(outcome, ReadOutcome::More);
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4]);
+        assert_eq!(stats.duplicates, 1);
+    }
+
+    #[test]
+    fn done_error_and_interrupted_messages_end_the_read() {
+        let mut deduper = Deduper::default();
+        let mut stats = DumpStats::default();
+        let done = with_netlink_header(&[0; 4], NLMSG_DONE, 1);
+        assert_eq!(
+            decode_read(&done, 1, &mut deduper, &mut stats, &mut |_| {}).expect("done"),
+            ReadOutcome::Done
+        );
+        let refused = with_netlink_header(&(-libc::EPERM).to_ne_bytes(), NLMSG_ERROR, 1);
+        match decode_read(&refused, 1, &mut deduper, &mut stats, &mut |_| {}) {
+            Err(DumpError::Kernel(e)) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("expected a kernel error, got {other:?}"),
+        }
+        let mut interrupted = with_netlink_header(&diag_message(1, 80, 0, 1), 20, 1);
+        interrupted[6..8].copy_from_slice(&NLM_F_DUMP_INTR.to_ne_bytes());
+        assert!(matches!(
+            decode_read(&interrupted, 1, &mut deduper, &mut stats, &mut |_| {}),
+            Err(DumpError::Interrupted)
+        ));
+        let truncated = &with_netlink_header(&diag_message(1, 80, 0, 1), 20, 1)[..40];
+        assert!(matches!(
+            decode_read(truncated, 1, &mut deduper, &mut stats, &mut |_| {}),
+            Err(DumpError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn messages_of_another_sequence_are_ignored() {
+        let mut seen = 0;
+        let stale = with_netlink_header(&diag_message(1, 80, 0, 1), 20, 99);
+        decode_read(
+            &stale,
+            1,
+            &mut Deduper::default(),
+            &mut DumpStats::default(),
+            &mut |_| seen += 1,
+        )
+        .expect("valid");
+        assert_eq!(seen, 0);
+    }
+}
