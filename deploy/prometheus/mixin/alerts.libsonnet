@@ -1,0 +1,127 @@
+// Alert rules. Thresholds come from config.libsonnet; nothing numeric is written here.
+// Annotations name the port, the process and, where the series carries them, the pod and
+// the network namespace: labels that are absent render as nothing.
+local where = {
+  // "inbound on local port 8080" / "outbound to remote port 5432" / the fold bucket.
+  port: '{{ if eq $labels.port "other" }}{{ $labels.direction }} on folded ports (port="other"){{ else if eq $labels.direction "outbound" }}outbound to remote port {{ $labels.port }}{{ else }}inbound on local port {{ $labels.port }}{{ end }}',
+  // Orphaned sockets carry process="", which Prometheus drops: say so instead of "".
+  process: '{{ with $labels.process }}process {{ . }}{{ else }}no owning process (orphaned sockets){{ end }}',
+  // Present only when the exporter samples more than its own namespace / on Kubernetes.
+  context: '{{ with $labels.pod }}, pod {{ $labels.namespace }}/{{ . }}{{ with $labels.container }} container {{ . }}{{ end }}{{ end }}{{ with $labels.netns }}, netns {{ . }}{{ end }}, instance {{ $labels.instance }}',
+  group: self.port + ', ' + self.process + self.context,
+  listener: 'listener on port {{ $labels.port }}, ' + self.process + self.context,
+};
+
+{
+  prometheusAlerts+:: {
+    local c = $._config,
+    local alert(name, spec, expr, summary, description) = {
+      alert: name,
+      expr: expr,
+      'for': spec['for'],
+      labels: { severity: spec.severity },
+      annotations: {
+        summary: summary,
+        description: description,
+        runbook_url: c.runbookURLBase + '#' + std.asciiLower(name),
+      },
+    },
+
+    groups+: [
+      {
+        name: 'tcpstate-close-wait',
+        rules: [
+          alert(
+            'TcpStateCloseWaitGrowing',
+            c.closeWaitGrowth,
+            |||
+              (
+                delta(tcpstate_connections{state="close_wait"}[%(window)s]) >= %(minIncrease)s
+              )
+              and
+              (
+                deriv(tcpstate_connections{state="close_wait"}[%(window)s]) > 0
+              )
+            ||| % c.closeWaitGrowth,
+            'CLOSE_WAIT connections keep piling up.',
+            'CLOSE_WAIT connections %s grew by {{ $value | humanize }} in the last %s and are still growing: the program is not closing connections its peers have closed.' % [where.group, c.closeWaitGrowth.window],
+          ),
+          alert(
+            'TcpStateCloseWaitStuck',
+            c.closeWaitStuck,
+            |||
+              tcpstate_close_wait_oldest_seconds > %(ageSeconds)s
+            ||| % c.closeWaitStuck,
+            'A CLOSE_WAIT connection is never being closed.',
+            'The oldest CLOSE_WAIT connection %s has waited {{ $value | humanizeDuration }} for its program to close it: a leaked socket.' % where.group,
+          ),
+          alert(
+            'TcpStateCloseWaitClosedLate',
+            c.closeWaitClosedLate,
+            |||
+              (
+                histogram_quantile(%(quantile)g, rate(tcpstate_close_wait_duration_seconds_bucket[%(window)s])) > %(seconds)s
+              )
+              and
+              (
+                increase(tcpstate_close_wait_duration_seconds_count[%(window)s]) >= %(minCloses)s
+              )
+            ||| % c.closeWaitClosedLate,
+            'Connections are closed long after their peers gave up.',
+            'p%g of the time CLOSE_WAIT connections %s waited before their program closed them, over the last %s, is {{ $value | humanizeDuration }} (threshold %ss): responses slower than the peer waits.' % [c.closeWaitClosedLate.quantile * 100, where.group, c.closeWaitClosedLate.window, c.closeWaitClosedLate.seconds],
+          ),
+          alert(
+            'TcpStateAcceptQueueNearLimit',
+            c.acceptQueue,
+            |||
+              tcpstate_listen_queue_length / (tcpstate_listen_queue_max > 0) > %(ratio)g
+            ||| % c.acceptQueue,
+            'A listen socket accept queue is nearly full.',
+            'The accept queue of the %s is {{ $value | humanizePercentage }} full: connections wait to be accepted, and their peers may close them first.' % where.listener,
+          ),
+        ],
+      },
+      {
+        name: 'tcpstate-exporter',
+        rules: [
+          alert(
+            'TcpStateExporterDown',
+            c.exporterDown,
+            |||
+              up{%(jobSelector)s} == 0
+            ||| % c,
+            'Prometheus cannot scrape tcpstate-exporter.',
+            'tcpstate-exporter on {{ $labels.instance }} has not answered scrapes for %s: CLOSE_WAIT alerts for that machine cannot fire.' % c.exporterDown['for'],
+          ),
+          alert(
+            'TcpStateSampleErrors',
+            c.sampleErrors,
+            |||
+              increase(tcpstate_sample_errors_total[%(window)s]) > 0
+            ||| % c.sampleErrors,
+            'tcpstate-exporter keeps failing to sample the TCP table.',
+            'tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} failed {{ $value | humanize }} samples in the last %s, reason {{ $labels.reason }}: it serves its last good sample.' % c.sampleErrors.window,
+          ),
+          alert(
+            'TcpStateDataStale',
+            c.stale,
+            |||
+              time() - tcpstate_last_sample_timestamp_seconds > %(ageSeconds)s
+            ||| % c.stale,
+            'tcpstate-exporter serves old data.',
+            'The last good sample of tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} is {{ $value | humanizeDuration }} old: its figures no longer describe the machine.',
+          ),
+          alert(
+            'TcpStateGroupsFolded',
+            c.groupsFolded,
+            |||
+              tcpstate_groups_folded > 0
+            |||,
+            'Some ports/processes are folded into port="other".',
+            'tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} folded {{ $value | humanize }} groups into port="other" because max_groups is reached: raise max_groups or expect CLOSE_WAIT there to show only as port="other".',
+          ),
+        ],
+      },
+    ],
+  },
+}

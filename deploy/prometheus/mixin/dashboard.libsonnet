@@ -1,0 +1,305 @@
+// The Grafana dashboard (schema of Grafana 10/11), built without grafonnet: a few local
+// constructors keep every panel's datasource the ${datasource} variable and lay panels
+// out on Grafana's 24-column grid. Threshold lines come from config.libsonnet.
+local ds = { type: 'prometheus', uid: '${datasource}' };
+
+// Label matchers every tcpstate_* query carries. A regex variable set to "All" is ".*",
+// which also matches a series without the label (netns before namespaces="all").
+local host = 'job=~"$job", instance=~"$instance"';
+local sampled = host + ', netns=~"$netns"';
+local group = sampled + ', port=~"$port", process=~"$process"';
+
+local target(expr, legend) = { expr: expr, legendFormat: legend };
+
+local withRefIds(targets) = [
+  targets[i] { datasource: ds, refId: std.char(std.codepoint('A') + i) }
+  for i in std.range(0, std.length(targets) - 1)
+];
+
+local thresholdSteps(threshold) =
+  [{ color: 'green', value: null }]
+  + (if threshold == null then [] else [{ color: 'red', value: threshold }]);
+
+local panel(type, title, description, targets, unit) = {
+  type: type,
+  title: title,
+  description: description,
+  datasource: ds,
+  targets: withRefIds(targets),
+  fieldConfig: { defaults: { unit: unit }, overrides: [] },
+};
+
+local timeseries(title, description, targets, unit='short', threshold=null) =
+  panel('timeseries', title, description, targets, unit) {
+    fieldConfig+: {
+      defaults+: {
+        custom: {
+          drawStyle: 'line',
+          lineWidth: 1,
+          fillOpacity: 10,
+          showPoints: 'never',
+          spanNulls: false,
+          thresholdsStyle: { mode: if threshold == null then 'off' else 'line+area' },
+        },
+        thresholds: { mode: 'absolute', steps: thresholdSteps(threshold) },
+      },
+    },
+    options: {
+      legend: { displayMode: 'table', placement: 'right', showLegend: true, calcs: ['lastNotNull', 'max'] },
+      tooltip: { mode: 'multi', sort: 'desc' },
+    },
+  };
+
+local stat(title, description, targets, unit='short', threshold=null) =
+  panel('stat', title, description, targets, unit) {
+    fieldConfig+: {
+      defaults+: { thresholds: { mode: 'absolute', steps: thresholdSteps(threshold) } },
+    },
+    options: {
+      reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false },
+      colorMode: 'value',
+      graphMode: 'area',
+      textMode: 'auto',
+      justifyMode: 'auto',
+      orientation: 'auto',
+    },
+  };
+
+local heatmap(title, description, targets) =
+  panel('heatmap', title, description, [t { format: 'heatmap' } for t in targets], 's') {
+    options: {
+      calculate: false,
+      cellGap: 1,
+      color: { mode: 'scheme', scheme: 'Oranges', steps: 64, exponent: 0.5, fill: 'dark-orange', reverse: false },
+      yAxis: { axisPlacement: 'left', unit: 's' },
+      rowsFrame: { layout: 'auto' },
+      legend: { show: true },
+      tooltip: { mode: 'single', yHistogram: true },
+      filterValues: { le: 1e-9 },
+    },
+  };
+
+local variable(name, label, query) = {
+  type: 'query',
+  name: name,
+  label: label,
+  datasource: ds,
+  definition: query,
+  query: { query: query, refId: 'PrometheusVariableQueryEditor-VariableQuery' },
+  refresh: 2,
+  includeAll: true,
+  allValue: '.*',
+  multi: true,
+  sort: 1,
+  regex: '',
+  hide: 0,
+  current: { selected: true, text: ['All'], value: ['$__all'] },
+  options: [],
+};
+
+// Lays rows out top to bottom. Each row is a title and a list of lines; a line is a
+// height and panels with widths summing to 24. Ids are assigned in order.
+local layout(rows) =
+  local place(acc, row) =
+    local rowPanel = {
+      type: 'row',
+      title: row.title,
+      collapsed: std.get(row, 'collapsed', false),
+      gridPos: { h: 1, w: 24, x: 0, y: acc.y },
+      panels: [],
+    };
+    local lines = std.get(row, 'lines', []);
+    local placeLine(lacc, line) = {
+      y: lacc.y + line.h,
+      panels: lacc.panels + [
+        line.panels[i].panel {
+          gridPos: {
+            h: line.h,
+            w: line.panels[i].w,
+            x: std.foldl(function(x, p) x + p.w, line.panels[0:i], 0),
+            y: lacc.y,
+          },
+        }
+        for i in std.range(0, std.length(line.panels) - 1)
+      ],
+    };
+    local placed = std.foldl(placeLine, lines, { y: acc.y + 1, panels: [] });
+    { y: placed.y, panels: acc.panels + [rowPanel] + placed.panels };
+  local all = std.foldl(place, rows, { y: 0, panels: [] }).panels;
+  [all[i] { id: i + 1 } for i in std.range(0, std.length(all) - 1)];
+
+local w(width, p) = { w: width, panel: p };
+
+{
+  grafanaDashboards+:: {
+    local c = $._config,
+    'tcpstate-exporter.json': {
+      uid: c.dashboardUID,
+      title: 'tcpstate-exporter: TCP states and CLOSE_WAIT',
+      description: 'Which ports and processes hold CLOSE_WAIT connections, for how long, and why (tcpstate-exporter).',
+      tags: c.dashboardTags,
+      editable: true,
+      graphTooltip: 1,
+      schemaVersion: 39,
+      version: 1,
+      time: { from: 'now-6h', to: 'now' },
+      timepicker: {},
+      timezone: 'browser',
+      refresh: '30s',
+      fiscalYearStartMonth: 0,
+      liveNow: false,
+      links: [],
+      annotations: {
+        list: [{
+          builtIn: 1,
+          datasource: { type: 'grafana', uid: '-- Grafana --' },
+          enable: true,
+          hide: true,
+          iconColor: 'rgba(0, 211, 255, 1)',
+          name: 'Annotations & Alerts',
+          type: 'dashboard',
+        }],
+      },
+      templating: {
+        list: [
+          {
+            type: 'datasource',
+            name: 'datasource',
+            label: 'Data source',
+            query: 'prometheus',
+            regex: '',
+            hide: 0,
+            refresh: 1,
+            current: {},
+            options: [],
+          },
+          variable('job', 'Job', 'label_values(tcpstate_build_info, job)'),
+          variable('instance', 'Instance', 'label_values(tcpstate_build_info{job=~"$job"}, instance)'),
+          variable('netns', 'Network namespace', 'label_values(tcpstate_sockets{%s}, netns)' % host),
+          variable('port', 'Port', 'label_values(tcpstate_connections{%s}, port)' % sampled),
+          variable('process', 'Process', 'label_values(tcpstate_connections{%s}, process)' % sampled),
+        ],
+      },
+      panels: layout([
+        {
+          title: 'Overview',
+          lines: [
+            { h: 5, panels: [
+              w(6, stat('CLOSE_WAIT sockets', 'All sockets in CLOSE_WAIT, every port and process.', [
+                target('sum(tcpstate_sockets{%s, state="close_wait"})' % sampled, 'CLOSE_WAIT'),
+              ])),
+              w(6, stat('Oldest CLOSE_WAIT', 'Age of the oldest CLOSE_WAIT connection among the selected groups; red past the TcpStateCloseWaitStuck threshold.', [
+                target('max(tcpstate_close_wait_oldest_seconds{%s})' % group, 'oldest'),
+              ], 's', c.closeWaitStuck.ageSeconds)),
+              w(6, stat('CLOSE_WAIT holding unread data', 'CLOSE_WAIT connections whose program left received data unread: it stopped reading.', [
+                target('sum(tcpstate_unread_connections{%s, state="close_wait"})' % group, 'unread'),
+              ])),
+              w(6, stat('Fullest accept queue', 'The fullest listener accept queue, as a share of its backlog; red past the TcpStateAcceptQueueNearLimit threshold.', [
+                target('max(tcpstate_listen_queue_length{%s} / (tcpstate_listen_queue_max{%s} > 0))' % [group, group], 'fill'),
+              ], 'percentunit', c.acceptQueue.ratio)),
+            ] },
+            { h: 8, panels: [
+              w(24, timeseries('Sockets per state', 'Every TCP socket of the sampled namespaces, per state.', [
+                target('sum by (state) (tcpstate_sockets{%s})' % sampled, '{{state}}'),
+              ])),
+            ] },
+          ],
+        },
+        {
+          title: 'CLOSE_WAIT',
+          lines: [
+            { h: 8, panels: [
+              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other" is the fold bucket.', [
+                target('sum by (netns, direction, port) (tcpstate_connections{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{netns}}'),
+              ])),
+              w(12, timeseries('CLOSE_WAIT by process', 'The owning process (comm); empty for orphaned sockets.', [
+                target('sum by (netns, process) (tcpstate_connections{%s, state="close_wait"})' % group, '{{process}} {{netns}}'),
+              ])),
+            ] },
+            { h: 8, panels: [
+              w(12, timeseries('Oldest CLOSE_WAIT age', 'Per group, how long its oldest CLOSE_WAIT connection has waited to be closed (cause 1 when it only grows). Line: the TcpStateCloseWaitStuck threshold.', [
+                target('max by (netns, direction, port, process) (tcpstate_close_wait_oldest_seconds{%s})' % group, '{{direction}} {{port}} {{process}} {{netns}}'),
+              ], 's', c.closeWaitStuck.ageSeconds)),
+              w(12, heatmap('Time in CLOSE_WAIT before close', 'Connections closed per bucket of time spent in CLOSE_WAIT. Many in the high buckets: closed late (cause 2).', [
+                target('sum by (le) (increase(tcpstate_close_wait_duration_seconds_bucket{%s}[$__rate_interval]))' % group, '{{le}}'),
+              ])),
+            ] },
+            { h: 8, panels: [
+              w(8, timeseries('CLOSE_WAIT duration quantiles', 'Time in CLOSE_WAIT of the connections closed recently. Line: the TcpStateCloseWaitClosedLate threshold.', [
+                target('histogram_quantile(%g, sum by (le, direction, port, process) (rate(tcpstate_close_wait_duration_seconds_bucket{%s}[$__rate_interval])))' % [q, group], 'p%g {{direction}} {{port}} {{process}}' % (q * 100))
+                for q in [0.5, 0.9, 0.99]
+              ], 's', c.closeWaitClosedLate.seconds)),
+              w(8, timeseries('CLOSE_WAIT closed per second', 'CLOSE_WAIT connections leaving the state (closed by their program, or gone).', [
+                target('sum by (netns, direction, port, process) (rate(tcpstate_close_wait_duration_seconds_count{%s}[$__rate_interval]))' % group, '{{direction}} {{port}} {{process}} {{netns}}'),
+              ], 'ops')),
+              w(8, timeseries('CLOSE_WAIT entered per second (events mode)', 'Connections entering CLOSE_WAIT, seen by the eBPF events mode only: empty when the exporter samples by polling alone.', [
+                target('sum by (netns, direction, port, process) (rate(tcpstate_close_wait_entered_total{%s}[$__rate_interval]))' % group, '{{direction}} {{port}} {{process}} {{netns}}'),
+              ], 'ops')),
+            ] },
+          ],
+        },
+        {
+          title: 'Queues',
+          lines: [
+            { h: 8, panels: [
+              w(8, timeseries('Unread bytes in CLOSE_WAIT', 'Received data the program never read (the peer\'s FIN not counted).', [
+                target('sum by (netns, direction, port, process) (tcpstate_recv_queue_bytes{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{process}} {{netns}}'),
+              ], 'bytes')),
+              w(8, timeseries('CLOSE_WAIT connections holding unread data', 'The article\'s tell-tale: Recv-Q non-zero in CLOSE_WAIT, a program that stopped reading.', [
+                target('sum by (netns, direction, port, process) (tcpstate_unread_connections{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{process}} {{netns}}'),
+              ])),
+              w(8, timeseries('Unsent bytes in CLOSE_WAIT', 'Send queue of CLOSE_WAIT connections: data written but not yet acknowledged by the peer.', [
+                target('sum by (netns, direction, port, process) (tcpstate_send_queue_bytes{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{process}} {{netns}}'),
+              ], 'bytes')),
+            ] },
+            { h: 8, panels: [
+              w(12, timeseries('Accept queue vs limit', 'Connections waiting to be accepted, against the backlog the listener asked for (cause 3 when it fills).', [
+                target('sum by (netns, port, process) (tcpstate_listen_queue_length{%s})' % group, 'queued {{port}} {{process}} {{netns}}'),
+                target('sum by (netns, port, process) (tcpstate_listen_queue_max{%s})' % group, 'limit {{port}} {{process}} {{netns}}'),
+              ])),
+              w(12, timeseries('Accept queue fill', 'Accept queue length over its limit. Line: the TcpStateAcceptQueueNearLimit threshold.', [
+                target('tcpstate_listen_queue_length{%s} / (tcpstate_listen_queue_max{%s} > 0)' % [group, group], '{{port}} {{process}} {{netns}}'),
+              ], 'percentunit', c.acceptQueue.ratio)),
+            ] },
+          ],
+        },
+        {
+          title: 'Exporter health',
+          lines: [
+            { h: 7, panels: [
+              w(6, stat('Scrape up', '1 when Prometheus scraped the exporter.', [
+                target('up{%s}' % host, '{{instance}}'),
+              ])),
+              w(6, timeseries('Sample duration', 'Time one sample of the kernel TCP table took.', [
+                target('tcpstate_sample_duration_seconds{%s}' % sampled, '{{instance}} {{netns}}'),
+              ], 's')),
+              w(6, timeseries('Sample errors per second', 'Failed samples by reason; the exporter keeps serving its last good sample.', [
+                target('sum by (instance, netns, reason) (rate(tcpstate_sample_errors_total{%s}[$__rate_interval]))' % sampled, '{{instance}} {{netns}} {{reason}}'),
+              ], 'ops')),
+              w(6, timeseries('Age of the data served', 'Time since the last good sample. Line: the TcpStateDataStale threshold.', [
+                target('time() - tcpstate_last_sample_timestamp_seconds{%s}' % sampled, '{{instance}} {{netns}}'),
+              ], 's', c.stale.ageSeconds)),
+            ] },
+            { h: 7, panels: [
+              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other".', [
+                target('tcpstate_groups_folded{%s}' % sampled, '{{instance}} {{netns}}'),
+              ])),
+              w(6, timeseries('Exporter memory', 'Resident memory of the exporter process.', [
+                target('process_resident_memory_bytes{%s}' % host, '{{instance}}'),
+              ], 'bytes')),
+              w(6, timeseries('Exporter CPU', 'CPU seconds per second used by the exporter process.', [
+                target('rate(process_cpu_seconds_total{%s}[$__rate_interval])' % host, '{{instance}}'),
+              ], 'percentunit')),
+              w(6, stat('Version', 'tcpstate-exporter build.', [
+                target('count by (version) (tcpstate_build_info{%s})' % host, '{{version}}'),
+              ]) { options+: { textMode: 'name', graphMode: 'none' } }),
+            ] },
+          ],
+        },
+        // Issue 8 fills this row with the per-cause evidence (never closed, closed late,
+        // backlog) and the verdict per port and process.
+        { title: 'Diagnosis', collapsed: true },
+      ]),
+    },
+  },
+}

@@ -1,0 +1,5 @@
+// tcpstate-exporter monitoring mixin: alerts and dashboard from one config.
+// Import it into your own jsonnet and override `_config` fields to change thresholds.
+(import 'config.libsonnet') +
+(import 'alerts.libsonnet') +
+(import 'dashboard.libsonnet')
