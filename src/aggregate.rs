@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::ages::AgesReport;
 use crate::classify::Direction;
 use crate::record::{STATE_COUNT, SocketRecord, TcpState};
 
@@ -67,16 +68,38 @@ pub struct GroupStats {
     pub keepalive: u64,
 }
 
+/// What a group needs of one connection: small, so connections waiting for
+/// attribution cost little to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionFacts {
+    pub unread_bytes: u32,
+    pub send_queue: u32,
+    pub eof_read: bool,
+    pub unaccepted: bool,
+    pub keepalive: bool,
+}
+
+impl ConnectionFacts {
+    pub fn of(record: &SocketRecord, unaccepted: bool) -> Self {
+        ConnectionFacts {
+            unread_bytes: u32::try_from(record.unread_bytes()).unwrap_or(u32::MAX),
+            send_queue: record.send_queue,
+            eof_read: record.eof_read(),
+            unaccepted,
+            keepalive: record.keepalive_armed,
+        }
+    }
+}
+
 impl GroupStats {
-    fn add_record(&mut self, record: &SocketRecord, unaccepted: bool) {
-        let unread = record.unread_bytes();
+    fn add(&mut self, facts: ConnectionFacts) {
         self.connections += 1;
-        self.recv_queue_bytes += unread;
-        self.send_queue_bytes += u64::from(record.send_queue);
-        self.unread_connections += u64::from(unread > 0);
-        self.eof_read += u64::from(record.eof_read());
-        self.unaccepted += u64::from(unaccepted);
-        self.keepalive += u64::from(record.keepalive_armed);
+        self.recv_queue_bytes += u64::from(facts.unread_bytes);
+        self.send_queue_bytes += u64::from(facts.send_queue);
+        self.unread_connections += u64::from(facts.unread_bytes > 0);
+        self.eof_read += u64::from(facts.eof_read);
+        self.unaccepted += u64::from(facts.unaccepted);
+        self.keepalive += u64::from(facts.keepalive);
     }
 
     fn merge(&mut self, other: &GroupStats) {
@@ -124,6 +147,10 @@ pub struct Sample {
     pub groups_folded: u64,
     /// Process names, indexed by `ProcessId`; entry 0 is "".
     pub processes: Vec<String>,
+    /// CLOSE_WAIT ages and durations (filled in by the sampler's tracker).
+    pub ages: AgesReport,
+    /// CLOSE_WAIT sockets whose age is being tracked.
+    pub close_wait_tracked: u64,
 }
 
 impl Sample {
@@ -152,11 +179,8 @@ impl SampleBuilder {
         self.state_counts[state.index()] += 1;
     }
 
-    pub fn add_connection(&mut self, key: GroupKey, record: &SocketRecord, unaccepted: bool) {
-        self.groups
-            .entry(key)
-            .or_default()
-            .add_record(record, unaccepted);
+    pub fn add_connection(&mut self, key: GroupKey, facts: ConnectionFacts) {
+        self.groups.entry(key).or_default().add(facts);
     }
 
     /// A listener: Recv-Q is its accept-queue length, Send-Q its backlog limit.
@@ -183,6 +207,8 @@ impl SampleBuilder {
             listeners,
             groups_folded: folded_connections + folded_listeners,
             processes,
+            ages: AgesReport::default(),
+            close_wait_tracked: 0,
         }
     }
 }
@@ -258,6 +284,15 @@ mod tests {
         }
     }
 
+    fn facts(
+        state: TcpState,
+        recv_queue: u32,
+        send_queue: u32,
+        unaccepted: bool,
+    ) -> ConnectionFacts {
+        ConnectionFacts::of(&record(state, recv_queue, send_queue), unaccepted)
+    }
+
     fn key(state: TcpState, port: u16) -> GroupKey {
         GroupKey {
             state,
@@ -271,9 +306,9 @@ mod tests {
     fn sums_queues_and_counts_unread_connections() {
         let mut builder = SampleBuilder::default();
         let k = key(TcpState::CloseWait, 80);
-        builder.add_connection(k, &record(TcpState::CloseWait, 6, 0), false);
-        builder.add_connection(k, &record(TcpState::CloseWait, 1, 0), true);
-        builder.add_connection(k, &record(TcpState::CloseWait, 0, 3), false);
+        builder.add_connection(k, facts(TcpState::CloseWait, 6, 0, false));
+        builder.add_connection(k, facts(TcpState::CloseWait, 1, 0, true));
+        builder.add_connection(k, facts(TcpState::CloseWait, 0, 3, false));
         let sample = builder.finish(10, vec![String::new()]);
         let stats = sample.groups[0].1;
         assert_eq!(stats.connections, 3);
@@ -292,15 +327,13 @@ mod tests {
             for _ in 0..count {
                 builder.add_connection(
                     key(TcpState::CloseWait, port),
-                    &record(TcpState::CloseWait, 2, 0),
-                    false,
+                    facts(TcpState::CloseWait, 2, 0, false),
                 );
             }
         }
         builder.add_connection(
             key(TcpState::Established, 9),
-            &record(TcpState::Established, 0, 0),
-            false,
+            facts(TcpState::Established, 0, 0, false),
         );
         let sample = builder.finish(2, vec![String::new()]);
         let summary: Vec<(TcpState, PortLabel, u64, u64)> = sample
@@ -327,8 +360,7 @@ mod tests {
             for port in 1..=50u16 {
                 builder.add_connection(
                     key(TcpState::CloseWait, port),
-                    &record(TcpState::CloseWait, 1, 0),
-                    false,
+                    facts(TcpState::CloseWait, 1, 0, false),
                 );
             }
             builder.finish(10, vec![String::new()])

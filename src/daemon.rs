@@ -131,7 +131,12 @@ fn sample_loop(
         metrics.last_sample_duration_seconds = started.elapsed().as_secs_f64();
         let mut families = last_good.clone();
         families.extend(exposition::self_families(&metrics));
-        exposition.store(Arc::new(exposition::encode(families, Some(&process))));
+        match exposition::encode(families, Some(&process)) {
+            Ok(encoded) => exposition.store(Arc::new(encoded)),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding failed; serving the previous exposition")
+            }
+        }
         let _ = first_done.send(());
 
         next += interval;

@@ -17,6 +17,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
+use crate::ages::AgeGroup;
 use crate::aggregate::{GroupStats, OwnerKey, Sample};
 use crate::record::TcpState;
 
@@ -138,6 +139,55 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
         families.push(f);
     }
 
+    let mut oldest = family(
+        "tcpstate_close_wait_oldest_seconds",
+        "Age of the oldest CLOSE_WAIT connection of the group, from the peer's FIN (a lower \
+         bound when this side was still sending or keepalive probes were answered).",
+        MetricType::GAUGE,
+    );
+    for (group, age) in &sample.ages.oldest {
+        oldest
+            .mut_metric()
+            .push(gauge(age_labels(sample, group, options), *age));
+    }
+    families.push(oldest);
+
+    let mut durations = family(
+        "tcpstate_close_wait_duration_seconds",
+        "Time CLOSE_WAIT connections spent in CLOSE_WAIT, observed once when they left it \
+         (closed by the program, or gone); within half a sample interval.",
+        MetricType::HISTOGRAM,
+    );
+    for (group, h) in &sample.ages.durations {
+        durations.mut_metric().push(histogram(
+            age_labels(sample, group, options),
+            &sample.ages.bounds,
+            &h.cumulative,
+            h.count,
+            h.sum,
+        ));
+    }
+    families.push(durations);
+
+    let mut tracked = family(
+        "tcpstate_close_wait_tracked",
+        "CLOSE_WAIT connections whose age is tracked.",
+        MetricType::GAUGE,
+    );
+    tracked
+        .mut_metric()
+        .push(gauge(vec![], sample.close_wait_tracked as f64));
+    families.push(tracked);
+    let mut untracked = family(
+        "tcpstate_close_wait_untracked",
+        "CLOSE_WAIT connections not aged because close_wait.max_tracked_sockets was reached.",
+        MetricType::GAUGE,
+    );
+    untracked
+        .mut_metric()
+        .push(gauge(vec![], sample.ages.untracked as f64));
+    families.push(untracked);
+
     let mut folded = family(
         "tcpstate_groups_folded",
         "Groups folded into port=\"other\" because max_groups was reached.",
@@ -149,6 +199,15 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
     families.push(folded);
 
     families
+}
+
+fn age_labels(sample: &Sample, group: &AgeGroup, options: LabelOptions) -> Vec<LabelPair> {
+    let mut labels = vec![
+        label("direction", group.direction.name()),
+        label("port", &group.port.to_string()),
+    ];
+    owner_labels(&mut labels, sample, group.owner, options);
+    labels
 }
 
 fn owner_labels(
@@ -242,28 +301,27 @@ pub fn self_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
 }
 
 /// Encodes families (text and gzip). The process collector adds the standard
-/// `process_*` metrics, read now.
+/// `process_*` metrics, read now. An error leaves nothing half-encoded: the caller keeps
+/// serving what it had.
 pub fn encode(
     mut families: Vec<MetricFamily>,
     process: Option<&prometheus::process_collector::ProcessCollector>,
-) -> Exposition {
+) -> Result<Exposition, prometheus::Error> {
     if let Some(collector) = process {
         families.extend(collector.collect());
     }
+    // The text encoder rejects a family without members (e.g. no histogram observed
+    // yet); such a family has nothing to say, so it is left out.
+    families.retain(|f| !f.get_metric().is_empty());
     let mut text = Vec::with_capacity(64 * 1024);
-    if let Err(e) = TextEncoder::new().encode(&families, &mut text) {
-        // Only reachable with an invalid family, which this module never builds.
-        tracing::error!(error = %e, "encoding the exposition failed");
-    }
+    TextEncoder::new().encode(&families, &mut text)?;
     let mut gzip = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-    let gzip = gzip
-        .write_all(&text)
-        .and_then(|()| gzip.finish())
-        .unwrap_or_default();
-    Exposition {
+    gzip.write_all(&text)?;
+    let gzip = gzip.finish()?;
+    Ok(Exposition {
         text: Bytes::from(text),
         gzip: Bytes::from(gzip),
-    }
+    })
 }
 
 /// A histogram family member, from cumulative bucket counts.
@@ -358,7 +416,7 @@ mod tests {
     }
 
     fn text(families: Vec<MetricFamily>) -> String {
-        String::from_utf8(encode(families, None).text.to_vec()).expect("utf-8")
+        String::from_utf8(encode(families, None).expect("encodes").text.to_vec()).expect("utf-8")
     }
 
     #[test]
@@ -392,7 +450,7 @@ mod tests {
 
     #[test]
     fn errors_start_at_zero_for_every_reason_and_gzip_round_trips() {
-        let exposition = encode(self_families(&SelfMetrics::default()), None);
+        let exposition = encode(self_families(&SelfMetrics::default()), None).expect("encodes");
         let out = String::from_utf8(exposition.text.to_vec()).expect("utf-8");
         for reason in SAMPLE_ERROR_REASONS {
             assert!(out.contains(&format!(

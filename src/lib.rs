@@ -7,12 +7,14 @@
 //! sampler on a timer and serves the result; `config` (with `cli`) turns flags and the
 //! file into the `Settings` every stage receives.
 
+pub mod ages;
 pub mod aggregate;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exposition;
+pub mod owners;
 pub mod record;
 pub mod sampler;
 pub mod server;

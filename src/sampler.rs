@@ -1,30 +1,87 @@
 //! One sample of one network namespace: dump listeners, then every other socket, and
-//! stream each through classification into the aggregate.
+//! stream each through classification, attribution and tracking into the aggregate.
 //!
 //! Listeners are dumped first (a walk of the listening hash only) because classifying a
-//! connection needs the namespace's full set of listening ports; the second dump walks
-//! the established hash once for both families, and memory stays flat however many
-//! sockets pass through it.
+//! connection needs the namespace's full set of listening ports, and accept-queue
+//! children belong to their listener's process. The second dump walks the established
+//! hash once for both families; memory grows only with sockets in the detail states
+//! whose owner is not cached yet, never with the rest of the table.
 
-use crate::aggregate::{GroupKey, ListenerKey, OwnerKey, PortLabel, Sample, SampleBuilder};
-use crate::classify::{Classifier, ListeningPorts};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::ages::{AgeGroup, AgesReport, CloseWaitTracker};
+use crate::aggregate::{
+    ConnectionFacts, GroupKey, ListenerKey, OwnerKey, PortLabel, ProcessId, Sample, SampleBuilder,
+};
+use crate::classify::{Classifier, Direction, ListeningPorts};
 use crate::config::Settings;
-use crate::record::{SocketRecord, TcpState};
+use crate::owners::{OwnerCache, ResolveStats};
+use crate::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::sysctl;
+
+/// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
+/// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.
+const MAX_SINGLE_LOOKUPS: usize = 256;
 
 /// What one sample produced besides the aggregate.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SampleReport {
     pub dump: DumpStats,
+    pub owners: ResolveStats,
+    /// Sockets waiting for attribution after the dump.
+    pub pending: usize,
 }
 
-/// Samples the namespace its netlink socket was opened in. Owns state kept between
-/// samples (the socket, buffers).
+/// A detail-state connection whose owner was unknown when the dump reached it.
+struct PendingConnection {
+    key: GroupKey,
+    facts: ConnectionFacts,
+    inode: u32,
+}
+
+/// Process names seen since start, interned: ids stay valid across samples because
+/// the histograms keep them.
+#[derive(Default)]
+struct ProcessNames {
+    ids: HashMap<Arc<str>, ProcessId>,
+    names: Vec<String>,
+}
+
+impl ProcessNames {
+    fn new() -> Self {
+        ProcessNames {
+            ids: HashMap::new(),
+            names: vec![String::new()],
+        }
+    }
+
+    fn intern(&mut self, comm: &Arc<str>) -> ProcessId {
+        if comm.is_empty() {
+            return ProcessId::UNKNOWN;
+        }
+        if let Some(id) = self.ids.get(comm) {
+            return *id;
+        }
+        let id = ProcessId(self.names.len() as u32);
+        self.names.push(comm.to_string());
+        self.ids.insert(comm.clone(), id);
+        id
+    }
+}
+
+/// Samples the namespace its netlink socket was opened in, and owns what is kept between
+/// samples: the socket, the owner cache, the CLOSE_WAIT tracker.
 pub struct Sampler {
     socket: DiagSocket,
-    detail_mask: [bool; crate::record::STATE_COUNT],
+    detail_mask: [bool; STATE_COUNT],
     max_groups: usize,
+    pid_label: bool,
+    owners: Option<OwnerCache>,
+    names: ProcessNames,
+    tracker: CloseWaitTracker,
     listening: ListeningPorts,
     listeners: Vec<SocketRecord>,
     warned_port_range: bool,
@@ -33,7 +90,7 @@ pub struct Sampler {
 impl Sampler {
     /// Opens the netlink socket in the calling thread's network namespace.
     pub fn new(settings: &Settings) -> std::io::Result<Self> {
-        let mut detail_mask = [false; crate::record::STATE_COUNT];
+        let mut detail_mask = [false; STATE_COUNT];
         for state in &settings.detail_states {
             detail_mask[state.index()] = true;
         }
@@ -41,6 +98,16 @@ impl Sampler {
             socket: DiagSocket::open()?,
             detail_mask,
             max_groups: settings.max_groups,
+            pid_label: settings.pid_label,
+            owners: settings
+                .process_attribution
+                .then(|| OwnerCache::new("/proc")),
+            names: ProcessNames::new(),
+            tracker: CloseWaitTracker::new(
+                settings.duration_buckets.clone(),
+                settings.max_tracked_sockets,
+                settings.max_groups,
+            ),
             listening: ListeningPorts::default(),
             listeners: Vec::new(),
             warned_port_range: false,
@@ -48,23 +115,20 @@ impl Sampler {
     }
 
     pub fn sample(&mut self) -> Result<(Sample, SampleReport), DumpError> {
-        let ephemeral = match sysctl::ephemeral_port_range() {
-            Ok(range) => range,
-            Err(e) => {
-                if !self.warned_port_range {
-                    tracing::warn!(error = %e, "using the default ephemeral port range");
-                    self.warned_port_range = true;
-                }
-                sysctl::DEFAULT_EPHEMERAL_RANGE
-            }
-        };
+        let ephemeral = self.ephemeral_range();
+        let now = unix_now();
         let mut report = SampleReport::default();
         let mut builder = SampleBuilder::default();
+        self.tracker.begin(now);
+        if let Some(owners) = &mut self.owners {
+            owners.revalidate();
+        }
 
+        // Listeners first: their ports classify connections, their owners own the
+        // accept queues.
         self.listening.clear();
         self.listeners.clear();
-        let listeners = &mut self.listeners;
-        let listening = &mut self.listening;
+        let (listeners, listening) = (&mut self.listeners, &mut self.listening);
         let stats = self.socket.dump(
             DumpRequest::for_states([TcpState::Listen], false),
             &mut |record| {
@@ -73,52 +137,262 @@ impl Sampler {
             },
         )?;
         accumulate(&mut report.dump, stats);
-        for listener in &self.listeners {
+        if let Some(owners) = &mut self.owners {
+            let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
+            report.owners = owners.resolve(&inodes, &[]);
+        }
+        let mut listener_owner: HashMap<u16, (OwnerKey, u32)> = HashMap::new();
+        let listeners = std::mem::take(&mut self.listeners);
+        for listener in &listeners {
             builder.count_state(TcpState::Listen);
+            let (owner, pid) = self.owner_of(listener.inode);
+            listener_owner
+                .entry(listener.local_port)
+                .or_insert((owner, pid));
             let key = ListenerKey {
                 port: PortLabel::Port(listener.local_port),
-                owner: OwnerKey::default(),
+                owner,
             };
             builder.add_listener(key, listener);
         }
+        self.listeners = listeners;
 
+        // Everything else, in one walk.
         let classifier = Classifier {
             listening: &self.listening,
             ephemeral,
         };
+        let mut pending: Vec<PendingConnection> = Vec::new();
+        let mut new_close_wait: Vec<SocketRecord> = Vec::new();
         let detail_mask = self.detail_mask;
+        let owners = self.owners.as_ref();
+        let tracker = &mut self.tracker;
+        let pid_label = self.pid_label;
+        let names = &mut self.names;
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
             DumpRequest::for_states(all_but_listen, false),
             &mut |record| {
-                // The listening hash was read by the first dump; a listener showing up
-                // here (created between the dumps) must not be counted twice.
+                // The listening hash was read by the first dump; a listener created
+                // between the dumps must not be counted twice.
                 if record.state == TcpState::Listen {
                     return;
                 }
                 builder.count_state(record.state);
-                if !detail_mask[record.state.index()] {
+                let is_close_wait = record.state == TcpState::CloseWait;
+                if !detail_mask[record.state.index()] && !is_close_wait {
                     return;
                 }
                 let (direction, port) = classifier.classify(record.local_port, record.remote_port);
                 let unaccepted = record.unowned()
                     && classifier.listening.contains(record.local_port)
                     && matches!(record.state, TcpState::Established | TcpState::CloseWait);
+                let owner = if unaccepted {
+                    listener_owner.get(&record.local_port).map(|(o, _)| *o)
+                } else if record.inode == 0 {
+                    Some(OwnerKey::default()) // orphan
+                } else {
+                    owners
+                        .and_then(|cache| cache.lookup(record.inode))
+                        .map(|o| OwnerKey {
+                            process: names.intern(&o.comm),
+                            pid: if pid_label { o.pid } else { 0 },
+                        })
+                }
+                .or(owners.is_none().then(OwnerKey::default));
+                if is_close_wait {
+                    let group = AgeGroup {
+                        direction,
+                        port: PortLabel::Port(port),
+                        owner: owner.unwrap_or_default(),
+                    };
+                    if tracker.sight(record.cookie, record.inode, group) {
+                        new_close_wait.push(*record);
+                    }
+                }
+                if !detail_mask[record.state.index()] {
+                    return;
+                }
                 let key = GroupKey {
                     state: record.state,
                     direction,
                     port: PortLabel::Port(port),
-                    owner: OwnerKey::default(),
+                    owner: owner.unwrap_or_default(),
                 };
-                builder.add_connection(key, record, unaccepted);
+                let facts = ConnectionFacts::of(record, unaccepted);
+                match owner {
+                    Some(_) => builder.add_connection(key, facts),
+                    None => pending.push(PendingConnection {
+                        key,
+                        facts,
+                        inode: record.inode,
+                    }),
+                }
             },
         )?;
         accumulate(&mut report.dump, stats);
-        Ok((builder.finish(self.max_groups, vec![String::new()]), report))
+
+        // Attribution of what the cache did not know, likely owners first.
+        report.pending = pending.len();
+        if let Some(owners) = &mut self.owners {
+            if !pending.is_empty() {
+                let wanted: HashSet<u32> = pending.iter().map(|p| p.inode).collect();
+                let likely: Vec<u32> = likely_owner_pids(&pending, &listener_owner);
+                let stats = owners.resolve(&wanted, &likely);
+                report.owners.fds_read += stats.fds_read;
+                report.owners.processes_listed += stats.processes_listed;
+                report.owners.unresolved += stats.unresolved;
+            }
+        }
+        for connection in pending {
+            let (owner, _) = self.owner_of(connection.inode);
+            let key = GroupKey {
+                owner,
+                ..connection.key
+            };
+            builder.add_connection(key, connection.facts);
+        }
+
+        // Ages: owners of tracked sockets, entry times of new ones.
+        if let Some(owners) = &self.owners {
+            let names = &mut self.names;
+            let pid_label = self.pid_label;
+            self.tracker.assign_owners(|inode, group| {
+                if inode == 0 || group.owner != OwnerKey::default() {
+                    return group;
+                }
+                match owners.lookup(inode) {
+                    Some(o) => AgeGroup {
+                        owner: OwnerKey {
+                            process: names.intern(&o.comm),
+                            pid: if pid_label { o.pid } else { 0 },
+                        },
+                        ..group
+                    },
+                    None => group,
+                }
+            });
+        }
+        self.refine_entry_times(&new_close_wait)?;
+
+        let ages = self.tracker.finish();
+        let mut sample = builder.finish(self.max_groups, self.names.names.clone());
+        sample.ages = fold_ages(ages, &sample);
+        sample.close_wait_tracked = self.tracker.tracked() as u64;
+        Ok((sample, report))
     }
+
+    /// Owner of an inode as a label key, and its pid (0 when unknown).
+    fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
+        let Some(owner) = self.owners.as_ref().and_then(|c| c.lookup(inode)) else {
+            return (OwnerKey::default(), 0);
+        };
+        let key = OwnerKey {
+            process: self.names.intern(&owner.comm),
+            pid: if self.pid_label { owner.pid } else { 0 },
+        };
+        (key, owner.pid)
+    }
+
+    /// Entry time of newly seen CLOSE_WAIT sockets from tcp_info's last_ack_recv.
+    fn refine_entry_times(&mut self, new_close_wait: &[SocketRecord]) -> Result<(), DumpError> {
+        if new_close_wait.is_empty() {
+            return Ok(());
+        }
+        if new_close_wait.len() <= MAX_SINGLE_LOOKUPS {
+            for record in new_close_wait {
+                if let Some(found) = self.socket.lookup_with_info(record)? {
+                    if let Some(info) = found.tcp_info {
+                        self.tracker
+                            .set_entry_time(record.cookie, info.last_ack_recv_ms);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let new: HashSet<u64> = new_close_wait.iter().map(|r| r.cookie).collect();
+        let tracker = &mut self.tracker;
+        let stats = self.socket.dump(
+            DumpRequest::for_states([TcpState::CloseWait], true),
+            &mut |record| {
+                if let (true, Some(info)) = (new.contains(&record.cookie), record.tcp_info) {
+                    tracker.set_entry_time(record.cookie, info.last_ack_recv_ms);
+                }
+            },
+        )?;
+        let _ = stats;
+        Ok(())
+    }
+
+    fn ephemeral_range(&mut self) -> std::ops::RangeInclusive<u16> {
+        match sysctl::ephemeral_port_range() {
+            Ok(range) => range,
+            Err(e) => {
+                if !self.warned_port_range {
+                    tracing::warn!(error = %e, "using the default ephemeral port range");
+                    self.warned_port_range = true;
+                }
+                sysctl::DEFAULT_EPHEMERAL_RANGE
+            }
+        }
+    }
+}
+
+/// Pids of the listeners on the ports of pending inbound connections: where an accepted
+/// socket most likely lives.
+fn likely_owner_pids(
+    pending: &[PendingConnection],
+    listener_owner: &HashMap<u16, (OwnerKey, u32)>,
+) -> Vec<u32> {
+    let mut pids: Vec<u32> = pending
+        .iter()
+        .filter(|p| p.key.direction == Direction::Inbound)
+        .filter_map(|p| match p.key.port {
+            PortLabel::Port(port) => listener_owner.get(&port).map(|(_, pid)| *pid),
+            PortLabel::Other => None,
+        })
+        .filter(|pid| *pid != 0)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Ages of groups that were folded in the sample go to `port="other"` too, so the
+/// oldest-age series never outnumber the connection series.
+fn fold_ages(mut ages: AgesReport, sample: &Sample) -> AgesReport {
+    let kept: HashSet<(Direction, PortLabel, OwnerKey)> = sample
+        .groups
+        .iter()
+        .filter(|(key, _)| key.state == TcpState::CloseWait)
+        .map(|(key, _)| (key.direction, key.port, key.owner))
+        .collect();
+    let mut folded: HashMap<AgeGroup, f64> = HashMap::new();
+    for (group, age) in ages.oldest {
+        let group = if kept.contains(&(group.direction, group.port, group.owner)) {
+            group
+        } else {
+            AgeGroup {
+                port: PortLabel::Other,
+                ..group
+            }
+        };
+        let slot = folded.entry(group).or_insert(age);
+        *slot = slot.max(age);
+    }
+    ages.oldest = folded.into_iter().collect();
+    ages.oldest.sort_by(|a, b| a.0.cmp(&b.0));
+    ages
 }
 
 fn accumulate(total: &mut DumpStats, stats: DumpStats) {
     total.duplicates += stats.duplicates;
     total.unknown_states += stats.unknown_states;
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
 }

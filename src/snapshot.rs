@@ -59,8 +59,10 @@ pub fn render(
 ) -> String {
     match format {
         SnapshotFormat::Prometheus => {
-            let encoded = exposition::encode(exposition::sample_families(sample, options), None);
-            String::from_utf8_lossy(&encoded.text).into_owned()
+            match exposition::encode(exposition::sample_families(sample, options), None) {
+                Ok(encoded) => String::from_utf8_lossy(&encoded.text).into_owned(),
+                Err(e) => format!("# encoding failed: {e}\n"),
+            }
         }
         SnapshotFormat::Json => {
             let snapshot = json_view(sample, options);

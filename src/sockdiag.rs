@@ -441,8 +441,8 @@ fn by_family_request(family: u8, request: DumpRequest, exact: Option<&SocketReco
         Some(record) => {
             id[0..2].copy_from_slice(&record.local_port.to_be_bytes());
             id[2..4].copy_from_slice(&record.remote_port.to_be_bytes());
-            write_address(&mut id[8..24], record.local_addr);
-            write_address(&mut id[24..40], record.remote_addr);
+            write_address(&mut id[4..20], record.local_addr);
+            write_address(&mut id[20..36], record.remote_addr);
             id[40..48].copy_from_slice(&record.cookie.to_ne_bytes());
         }
     }

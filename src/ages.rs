@@ -1,0 +1,321 @@
+//! Tracking: how long each socket has been in CLOSE_WAIT, and how long the ones that
+//! left had stayed.
+//!
+//! No kernel field records when a socket entered CLOSE_WAIT. A socket is identified
+//! across samples by its cookie; its entry time is taken at first sighting as
+//! `now - tcp_info.last_ack_recv`: the peer's FIN is the last ACK-carrying segment a
+//! CLOSE_WAIT socket receives unless this side is still sending data or keepalive probes
+//! are answered, in which case the age is a lower bound. (`last_data_recv` is not moved
+//! by a bare FIN, so it cannot serve.) When a tracked socket is no longer seen, its
+//! time in CLOSE_WAIT is observed once in a cumulative histogram; the departure is
+//! placed midway between the last sample that saw it and the first that did not, so
+//! the error is at most half a sample interval.
+//!
+//! Memory is bounded by `max_tracked`: beyond it new CLOSE_WAIT sockets are counted as
+//! untracked, not aged.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::aggregate::{OwnerKey, PortLabel};
+use crate::classify::Direction;
+
+/// The labels ages and durations are reported by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgeGroup {
+    pub direction: Direction,
+    pub port: PortLabel,
+    pub owner: OwnerKey,
+}
+
+/// One tracked socket. Kept small: it is the per-socket memory cost.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    /// Unix seconds.
+    entered_at: f64,
+    last_seen: f64,
+    group: AgeGroup,
+    inode: u32,
+    epoch: u32,
+}
+
+/// Memory one tracked socket costs in the table: entry, key and the hash table's
+/// control byte, at its maximum load factor of 7/8.
+pub const BYTES_PER_TRACKED_SOCKET: usize =
+    (std::mem::size_of::<Tracked>() + std::mem::size_of::<u64>() + 1) * 8 / 7;
+
+/// A cumulative histogram of seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DurationHistogram {
+    /// Cumulative counts per bound of `CloseWaitTracker::bounds`.
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl DurationHistogram {
+    fn new(buckets: usize) -> Self {
+        DurationHistogram {
+            cumulative: vec![0; buckets],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, bounds: &[f64], seconds: f64) {
+        for (bound, count) in bounds.iter().zip(self.cumulative.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// What the tracker reports after a sample.
+#[derive(Clone, Debug, Default)]
+pub struct AgesReport {
+    /// Age in seconds of the oldest CLOSE_WAIT socket per group.
+    pub oldest: Vec<(AgeGroup, f64)>,
+    /// Every group's histogram since start (counters never go down).
+    pub durations: Vec<(AgeGroup, DurationHistogram)>,
+    pub bounds: Vec<f64>,
+    /// CLOSE_WAIT sockets seen but not tracked because `max_tracked` was reached.
+    pub untracked: u64,
+    /// Sockets observed leaving CLOSE_WAIT in this sample.
+    pub departed: u64,
+}
+
+pub struct CloseWaitTracker {
+    entries: HashMap<u64, Tracked>,
+    histograms: BTreeMap<AgeGroup, DurationHistogram>,
+    bounds: Vec<f64>,
+    max_tracked: usize,
+    /// Distinct histogram series at most; further groups share `port="other"`.
+    max_groups: usize,
+    epoch: u32,
+    now: f64,
+    untracked: u64,
+}
+
+impl CloseWaitTracker {
+    pub fn new(bounds: Vec<f64>, max_tracked: usize, max_groups: usize) -> Self {
+        CloseWaitTracker {
+            entries: HashMap::new(),
+            histograms: BTreeMap::new(),
+            bounds,
+            max_tracked,
+            max_groups,
+            epoch: 0,
+            now: 0.0,
+            untracked: 0,
+        }
+    }
+
+    /// Starts a sample taken at `now` (Unix seconds).
+    pub fn begin(&mut self, now: f64) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.now = now;
+        self.untracked = 0;
+    }
+
+    /// A CLOSE_WAIT socket seen in this sample. Returns true when it is new (its entry
+    /// time should then be refined with `set_entry_time`).
+    pub fn sight(&mut self, cookie: u64, inode: u32, group: AgeGroup) -> bool {
+        if let Some(tracked) = self.entries.get_mut(&cookie) {
+            tracked.epoch = self.epoch;
+            tracked.last_seen = self.now;
+            tracked.inode = inode;
+            tracked.group = group;
+            return false;
+        }
+        if self.entries.len() >= self.max_tracked {
+            self.untracked += 1;
+            return false;
+        }
+        self.entries.insert(
+            cookie,
+            Tracked {
+                entered_at: self.now,
+                last_seen: self.now,
+                group,
+                inode,
+                epoch: self.epoch,
+            },
+        );
+        true
+    }
+
+    /// Sets when a newly seen socket entered CLOSE_WAIT: `now - last_ack_recv`.
+    pub fn set_entry_time(&mut self, cookie: u64, last_ack_recv_ms: u32) {
+        if let Some(tracked) = self.entries.get_mut(&cookie) {
+            tracked.entered_at = self.now - f64::from(last_ack_recv_ms) / 1000.0;
+        }
+    }
+
+    /// Lets the caller fill in owners of sockets seen this sample (resolved after the
+    /// dump) from their inode.
+    pub fn assign_owners(&mut self, mut owner_of: impl FnMut(u32, AgeGroup) -> AgeGroup) {
+        let epoch = self.epoch;
+        for tracked in self.entries.values_mut().filter(|t| t.epoch == epoch) {
+            tracked.group = owner_of(tracked.inode, tracked.group);
+        }
+    }
+
+    /// Ends the sample: sockets not seen in it left CLOSE_WAIT (closed by the program,
+    /// or gone) and are observed in their group's histogram.
+    pub fn finish(&mut self) -> AgesReport {
+        let epoch = self.epoch;
+        let now = self.now;
+        let mut departed = Vec::new();
+        self.entries.retain(|_, tracked| {
+            if tracked.epoch == epoch {
+                return true;
+            }
+            let left_at = (tracked.last_seen + now) / 2.0;
+            departed.push((tracked.group, (left_at - tracked.entered_at).max(0.0)));
+            false
+        });
+        let departed_count = departed.len() as u64;
+        // In group order, so which groups get a series of their own is deterministic.
+        departed.sort_by(|a, b| a.0.cmp(&b.0));
+        for (group, seconds) in departed {
+            let group = if self.histograms.contains_key(&group)
+                || self.histograms.len() < self.max_groups
+            {
+                group
+            } else {
+                AgeGroup {
+                    port: PortLabel::Other,
+                    ..group
+                }
+            };
+            let buckets = self.bounds.len();
+            self.histograms
+                .entry(group)
+                .or_insert_with(|| DurationHistogram::new(buckets))
+                .observe(&self.bounds, seconds);
+        }
+        let mut oldest: HashMap<AgeGroup, f64> = HashMap::new();
+        for tracked in self.entries.values() {
+            let age = (now - tracked.entered_at).max(0.0);
+            let slot = oldest.entry(tracked.group).or_insert(age);
+            *slot = slot.max(age);
+        }
+        let mut oldest: Vec<(AgeGroup, f64)> = oldest.into_iter().collect();
+        oldest.sort_by(|a, b| a.0.cmp(&b.0));
+        AgesReport {
+            oldest,
+            durations: self
+                .histograms
+                .iter()
+                .map(|(group, histogram)| (*group, histogram.clone()))
+                .collect(),
+            bounds: self.bounds.clone(),
+            untracked: self.untracked,
+            departed: departed_count,
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(port: u16) -> AgeGroup {
+        AgeGroup {
+            direction: Direction::Inbound,
+            port: PortLabel::Port(port),
+            owner: OwnerKey::default(),
+        }
+    }
+
+    #[test]
+    fn age_starts_at_the_fin_and_grows_across_samples() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0], 100, 10);
+        tracker.begin(1000.0);
+        assert!(tracker.sight(7, 1, group(80)));
+        tracker.set_entry_time(7, 4_000); // FIN 4 s ago
+        let report = tracker.finish();
+        assert_eq!(report.oldest, vec![(group(80), 4.0)]);
+
+        tracker.begin(1015.0);
+        assert!(!tracker.sight(7, 1, group(80)), "known by its cookie");
+        let report = tracker.finish();
+        assert_eq!(report.oldest, vec![(group(80), 19.0)]);
+        assert!(report.durations.is_empty());
+    }
+
+    #[test]
+    fn a_socket_that_leaves_is_observed_once_with_its_time() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0, 100.0], 100, 10);
+        tracker.begin(100.0);
+        tracker.sight(1, 1, group(80));
+        tracker.sight(2, 2, group(80));
+        tracker.finish();
+        tracker.begin(110.0);
+        tracker.sight(2, 2, group(80));
+        let report = tracker.finish();
+        // Socket 1: entered at 100, last seen 100, gone at 110: left at 105.
+        assert_eq!(report.departed, 1);
+        let (g, histogram) = &report.durations[0];
+        assert_eq!(*g, group(80));
+        assert_eq!(histogram.count, 1);
+        assert_eq!(histogram.sum, 5.0);
+        assert_eq!(histogram.cumulative, vec![0, 1, 1]);
+        tracker.begin(120.0);
+        let report = tracker.finish();
+        assert_eq!(report.durations[0].1.count, 2, "counters only go up");
+        assert!(report.oldest.is_empty());
+    }
+
+    #[test]
+    fn tracking_is_bounded() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0], 2, 10);
+        tracker.begin(1.0);
+        assert!(tracker.sight(1, 1, group(80)));
+        assert!(tracker.sight(2, 2, group(80)));
+        assert!(!tracker.sight(3, 3, group(80)));
+        let report = tracker.finish();
+        assert_eq!(report.untracked, 1);
+        assert_eq!(tracker.tracked(), 2);
+    }
+
+    #[test]
+    fn histogram_series_are_bounded_by_max_groups() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0], 100, 1);
+        tracker.begin(1.0);
+        tracker.sight(1, 1, group(80));
+        tracker.sight(2, 2, group(81));
+        tracker.finish();
+        tracker.begin(2.0);
+        let report = tracker.finish();
+        let ports: Vec<PortLabel> = report.durations.iter().map(|(g, _)| g.port).collect();
+        assert_eq!(ports, vec![PortLabel::Port(80), PortLabel::Other]);
+    }
+
+    #[test]
+    fn owners_are_filled_in_after_the_dump() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0], 100, 10);
+        tracker.begin(1.0);
+        tracker.sight(1, 42, group(80));
+        tracker.assign_owners(|inode, g| AgeGroup {
+            owner: OwnerKey {
+                process: crate::aggregate::ProcessId(inode),
+                pid: 0,
+            },
+            ..g
+        });
+        let report = tracker.finish();
+        assert_eq!(report.oldest[0].0.owner.process.0, 42);
+    }
+
+    #[test]
+    fn a_tracked_socket_costs_under_a_hundred_bytes() {
+        assert!(BYTES_PER_TRACKED_SOCKET < 100, "{BYTES_PER_TRACKED_SOCKET}");
+    }
+}
