@@ -313,8 +313,13 @@ fn load_builds_each_state_exactly() {
     // Loads that cannot fit fail up front, with the reason.
     let too_many_fds = loader.try_cmd("load 127.0.0.1:0 10000 established");
     assert!(too_many_fds.is_err_and(|e| e.contains("fds")));
-    let too_deep = loader.try_cmd("load 127.0.0.1:0 5000 accept_queue");
-    assert!(too_deep.is_err_and(|e| e.contains("somaxconn")));
+    // Accept queues are bounded by this namespace's somaxconn, and only by it.
+    ns.sysctl("net.core.somaxconn", "500");
+    assert_eq!(ns.read_sysctl("net.core.somaxconn"), "500");
+    let host = std::fs::read_to_string("/proc/sys/net/core/somaxconn").expect("host sysctl");
+    assert_ne!(host.trim(), "500", "the sysctl leaked out of the namespace");
+    let too_deep = loader.try_cmd("load 127.0.0.1:0 501 accept_queue");
+    assert!(too_deep.is_err_and(|e| e.contains("somaxconn=500")));
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! need the exporter take its path, so a test passes
 //! `env!("CARGO_BIN_EXE_tcpstate-exporter")`.
 //!
-//! Needs root (to create namespaces) and iproute2 (`ip`, `ss`) and procps
-//! (`sysctl`). Nothing here skips: missing privileges fail the test.
+//! Needs root (to create namespaces) and iproute2 (`ip`, `ss`). Nothing here
+//! skips: missing privileges fail the test.
 
 // Each test file uses a different part of this module; what one leaves unused is
 // not dead code.

@@ -85,9 +85,22 @@ impl Netns {
         }
     }
 
-    /// Sets a namespaced sysctl (e.g. `net.core.somaxconn`) for this namespace only.
+    /// Sets a namespaced sysctl (e.g. `net.core.somaxconn`) for this namespace only,
+    /// by writing /proc/sys from a thread inside it (net sysctls resolve against the
+    /// writer's namespace).
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        self.run(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("sysctl {key}={value} in netns {}: {e}", self.name));
+    }
+
+    /// Reads a namespaced sysctl as this namespace sees it.
+    pub fn read_sysctl(&self, key: &str) -> String {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        self.run(|| std::fs::read_to_string(&path))
+            .unwrap_or_else(|e| panic!("sysctl {key} in netns {}: {e}", self.name))
+            .trim()
+            .to_string()
     }
 
     /// Runs `f` on a fresh thread that has joined this namespace, and returns its

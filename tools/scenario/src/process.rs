@@ -56,7 +56,8 @@ pub fn open_fds() -> io::Result<usize> {
 
 /// Forks a child that inherits every fd (so each socket is then shared by parent
 /// and child), renames itself `name`, and holds those fds until it is killed or the
-/// parent dies. Returns the child's pid in the parent; never returns in the child.
+/// parent dies. Returns the child's pid in the parent once the child is renamed (so
+/// whoever looks next sees `name`); never returns in the child.
 ///
 /// The child lets go of stdin and stdout so that the driver of the parent sees EOF
 /// exactly when the parent goes away.
@@ -64,20 +65,40 @@ pub fn fork_holder(name: &str) -> Result<libc::pid_t, String> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(format!("name {name:?} must be 1 to {MAX_NAME} bytes"));
     }
+    let mut ready = [0 as libc::c_int; 2];
+    // SAFETY: ready has room for the two fds pipe2 writes.
+    if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", io::Error::last_os_error()));
+    }
+    let [ready_read, ready_write] = ready;
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the actor is single-threaded, so the child may run arbitrary code.
     let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: the read end is ours to close in the child.
+        unsafe { libc::close(ready_read) };
+        child_hold(name, parent, ready_write);
+    }
+    let mut byte = 0u8;
+    // SAFETY: closing our copy of the write end, then reading one byte into `byte`;
+    // the read returns 0 if the child died before signalling.
+    let got = unsafe {
+        libc::close(ready_write);
+        let got = libc::read(ready_read, (&raw mut byte).cast(), 1);
+        libc::close(ready_read);
+        got
+    };
     if pid < 0 {
         return Err(format!("fork: {}", io::Error::last_os_error()));
     }
-    if pid > 0 {
-        return Ok(pid);
+    if got != 1 {
+        return Err(format!("forked child {pid} died before it was ready"));
     }
-    child_hold(name, parent)
+    Ok(pid)
 }
 
-fn child_hold(name: &str, parent: libc::pid_t) -> ! {
+fn child_hold(name: &str, parent: libc::pid_t, ready: libc::c_int) -> ! {
     // SAFETY: plain syscalls on our own process; failures only weaken cleanup.
     unsafe {
         libc::prctl(
@@ -100,6 +121,11 @@ fn child_hold(name: &str, parent: libc::pid_t) -> ! {
     }
     if let Err(err) = set_name(name) {
         eprintln!("forked child: {err}");
+    }
+    // SAFETY: one byte from a live buffer to our end of the pipe, then close it.
+    unsafe {
+        libc::write(ready, [1u8].as_ptr().cast(), 1);
+        libc::close(ready);
     }
     loop {
         // SAFETY: pause only waits for a signal; SIGKILL ends us.
