@@ -7,6 +7,7 @@
 //!   listener of an inbound connection's port), reading only fds not seen before;
 //! - only if some are still missing are all processes listed, again new fds only; a full
 //!   re-read (fd numbers are reused after close) runs at most once per `FULL_RESCAN_EVERY`.
+//!
 //! Processes and fds that vanish mid-scan and permission errors are not errors: the
 //! socket stays unattributed (`process=""`) and a debug line says why.
 //!

@@ -234,15 +234,13 @@ impl Sampler {
 
         // Attribution of what the cache did not know, likely owners first.
         report.pending = pending.len();
-        if let Some(owners) = &mut self.owners {
-            if !pending.is_empty() {
-                let wanted: HashSet<u32> = pending.iter().map(|p| p.inode).collect();
-                let likely: Vec<u32> = likely_owner_pids(&pending, &listener_owner);
-                let stats = owners.resolve(&wanted, &likely);
-                report.owners.fds_read += stats.fds_read;
-                report.owners.processes_listed += stats.processes_listed;
-                report.owners.unresolved += stats.unresolved;
-            }
+        if let (Some(owners), false) = (&mut self.owners, pending.is_empty()) {
+            let wanted: HashSet<u32> = pending.iter().map(|p| p.inode).collect();
+            let likely: Vec<u32> = likely_owner_pids(&pending, &listener_owner);
+            let stats = owners.resolve(&wanted, &likely);
+            report.owners.fds_read += stats.fds_read;
+            report.owners.processes_listed += stats.processes_listed;
+            report.owners.unresolved += stats.unresolved;
         }
         for connection in pending {
             let (owner, _) = self.owner_of(connection.inode);
@@ -301,11 +299,10 @@ impl Sampler {
         }
         if new_close_wait.len() <= MAX_SINGLE_LOOKUPS {
             for record in new_close_wait {
-                if let Some(found) = self.socket.lookup_with_info(record)? {
-                    if let Some(info) = found.tcp_info {
-                        self.tracker
-                            .set_entry_time(record.cookie, info.last_ack_recv_ms);
-                    }
+                let found = self.socket.lookup_with_info(record)?;
+                if let Some(info) = found.and_then(|f| f.tcp_info) {
+                    self.tracker
+                        .set_entry_time(record.cookie, info.last_ack_recv_ms);
                 }
             }
             return Ok(());
@@ -381,7 +378,7 @@ fn fold_ages(mut ages: AgesReport, sample: &Sample) -> AgesReport {
         *slot = slot.max(age);
     }
     ages.oldest = folded.into_iter().collect();
-    ages.oldest.sort_by(|a, b| a.0.cmp(&b.0));
+    ages.oldest.sort_by_key(|o| o.0);
     ages
 }
 
