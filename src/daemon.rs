@@ -118,6 +118,8 @@ fn sample_loop(
                 last_good = exposition::sample_families(&sample, options);
                 metrics.duplicates_dropped += report.dump.duplicates;
                 metrics.unknown_states_skipped += report.dump.unknown_states;
+                metrics.owner_fds_read += report.owners.fds_read;
+                metrics.owners_unresolved = report.owners.unresolved;
                 metrics.last_success_timestamp_seconds = unix_now();
             }
             Err(e) => {

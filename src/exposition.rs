@@ -51,6 +51,10 @@ pub struct SelfMetrics {
     pub samples_total: u64,
     pub duplicates_dropped: u64,
     pub unknown_states_skipped: u64,
+    /// /proc/PID/fd links read to attribute sockets (the cost of attribution).
+    pub owner_fds_read: u64,
+    /// Detail-state sockets left without an owner in the last sample.
+    pub owners_unresolved: u64,
 }
 
 /// Label names of per-group series; `pid` only when configured.
@@ -277,6 +281,27 @@ pub fn self_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
         metrics.unknown_states_skipped as f64,
     ));
     families.push(skipped);
+
+    let mut fds_read = family(
+        "tcpstate_attribution_fd_reads_total",
+        "Links under /proc/PID/fd read to find socket owners; flat in a steady state, \
+         because owners are cached across samples.",
+        MetricType::COUNTER,
+    );
+    fds_read
+        .mut_metric()
+        .push(counter(vec![], metrics.owner_fds_read as f64));
+    families.push(fds_read);
+    let mut unresolved = family(
+        "tcpstate_attribution_unresolved_sockets",
+        "Sockets of the last sample whose owning process could not be seen (other pid \
+         namespace, missing privileges); they carry process=\"\".",
+        MetricType::GAUGE,
+    );
+    unresolved
+        .mut_metric()
+        .push(gauge(vec![], metrics.owners_unresolved as f64));
+    families.push(unresolved);
 
     let mut last = family(
         "tcpstate_last_sample_timestamp_seconds",

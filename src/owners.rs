@@ -96,6 +96,16 @@ impl OwnerCache {
     /// Finds the owners of `wanted` inodes that `lookup` does not know, looking first in
     /// `likely_pids`.
     pub fn resolve(&mut self, wanted: &HashSet<u32>, likely_pids: &[u32]) -> ResolveStats {
+        let mut stats = self.search(wanted, likely_pids);
+        // Counted over everything wanted, including inodes the negative cache skipped.
+        stats.unresolved = wanted
+            .iter()
+            .filter(|inode| !self.inode_owner.contains_key(inode))
+            .count() as u64;
+        stats
+    }
+
+    fn search(&mut self, wanted: &HashSet<u32>, likely_pids: &[u32]) -> ResolveStats {
         let mut stats = ResolveStats::default();
         let mut missing: HashSet<u32> = wanted
             .iter()
@@ -133,7 +143,6 @@ impl OwnerCache {
                 }
             }
         }
-        stats.unresolved = missing.len() as u64;
         // Only inodes still wanted are remembered: the set cannot outgrow the table.
         self.unresolvable.retain(|inode| wanted.contains(inode));
         self.unresolvable.extend(missing.iter().copied());

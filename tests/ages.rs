@@ -1,0 +1,148 @@
+//! CLOSE_WAIT ages and durations against real sockets held for known times.
+//!
+//! The scenario holds sockets in CLOSE_WAIT for a chosen time (that wait is the
+//! scenario itself, not a synchronisation); every check of the daemon polls until the
+//! expected sample is served. Tolerances are one sample interval plus scheduling slack:
+//! the served sample may be up to one interval old.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::{Actor, Daemon, Exposition, Netns, wait_until};
+
+const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
+const INTERVAL: f64 = 0.5;
+const SLACK: f64 = 0.5;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn daemon(ns: &Netns) -> Daemon<'_> {
+    Daemon::start(
+        EXPORTER.as_ref(),
+        ns,
+        SocketAddr::from(([127, 0, 0, 1], 9815)),
+        &[
+            "--web.listen-address",
+            "127.0.0.1:9815",
+            "--sample.interval",
+            "500ms",
+        ],
+    )
+}
+
+const GROUP: [(&str, &str); 3] = [
+    ("direction", "inbound"),
+    ("port", "8080"),
+    ("process", "holder"),
+];
+
+/// Builds `count` inbound CLOSE_WAIT sockets owned by "holder"; returns the moment the
+/// peers sent their FIN.
+fn close_wait_sockets(ns: &Netns, server: &mut Actor, client: &mut Actor, count: usize) -> Instant {
+    server.listen("l", "127.0.0.1:8080", 64);
+    client.cmd(&format!("connect c 127.0.0.1:8080 {count}"));
+    server.cmd(&format!("accept a l {count}"));
+    let fin = Instant::now();
+    client.cmd("close c");
+    assert!(wait_until(WAIT, || ns
+        .sockets()
+        .iter()
+        .filter(|s| s.state == "CLOSE-WAIT")
+        .count()
+        == count));
+    fin
+}
+
+fn scrape(daemon: &Daemon) -> Exposition {
+    Exposition::parse(&daemon.scrape("/metrics").2)
+}
+
+#[test]
+fn oldest_age_follows_the_time_since_the_fin() {
+    let ns = Netns::new("age");
+    let mut server = Actor::spawn(&ns, "holder");
+    let mut client = Actor::spawn(&ns, "client");
+    let fin = close_wait_sockets(&ns, &mut server, &mut client, 3);
+    // Held before the exporter starts: the first sighting must date them from the FIN
+    // (tcp_info.last_ack_recv), not from the moment the exporter first saw them.
+    std::thread::sleep(Duration::from_secs(3));
+    let daemon = daemon(&ns);
+    let first = scrape(&daemon);
+    let held = fin.elapsed().as_secs_f64();
+    let age = first.get("tcpstate_close_wait_oldest_seconds", &GROUP);
+    assert!(
+        age >= 3.0 - SLACK && age <= held + SLACK,
+        "first sighting after 3 s: age {age}, held {held}"
+    );
+    // And it keeps growing with the clock.
+    assert!(wait_until(WAIT, || fin.elapsed() > Duration::from_secs(5)));
+    let later = scrape(&daemon);
+    let held = fin.elapsed().as_secs_f64();
+    let age = later.get("tcpstate_close_wait_oldest_seconds", &GROUP);
+    assert!(
+        age >= held - INTERVAL - SLACK && age <= held + SLACK,
+        "age {age} while held {held}"
+    );
+    assert_eq!(later.get("tcpstate_close_wait_tracked", &[]), 3.0);
+}
+
+#[test]
+fn closing_k_sockets_adds_exactly_k_observations_with_their_times() {
+    let ns = Netns::new("dur");
+    let mut server = Actor::spawn(&ns, "holder");
+    let mut client = Actor::spawn(&ns, "client");
+    let daemon = daemon(&ns);
+    let fin = close_wait_sockets(&ns, &mut server, &mut client, 5);
+    assert!(wait_until(WAIT, || fin.elapsed() > Duration::from_secs(2)));
+    let count = |m: &Exposition| m.try_get("tcpstate_close_wait_duration_seconds_count", &GROUP);
+    assert_eq!(
+        count(&scrape(&daemon)),
+        None,
+        "nothing has left CLOSE_WAIT yet"
+    );
+
+    server.cmd("close a 2");
+    let held = fin.elapsed().as_secs_f64();
+    assert!(
+        wait_until(WAIT, || count(&scrape(&daemon)) == Some(2.0)),
+        "two observations expected"
+    );
+    // More samples pass; no socket is observed twice, the others are still there.
+    let m = scrape(&daemon);
+    let samples = m.get("tcpstate_samples_total", &[]);
+    assert!(wait_until(WAIT, || scrape(&daemon)
+        .get("tcpstate_samples_total", &[])
+        >= samples + 3.0));
+    let m = scrape(&daemon);
+    assert_eq!(count(&m), Some(2.0));
+    let sum = m.get("tcpstate_close_wait_duration_seconds_sum", &GROUP);
+    assert!(
+        sum >= 2.0 * (held - SLACK) && sum <= 2.0 * (held + INTERVAL + SLACK),
+        "sum {sum} for 2 sockets held {held} s"
+    );
+    let bucket = |le: &str| {
+        let mut labels = GROUP.to_vec();
+        labels.push(("le", le));
+        m.get("tcpstate_close_wait_duration_seconds_bucket", &labels)
+    };
+    assert_eq!(bucket("1"), 0.0);
+    assert_eq!(bucket("5"), 2.0);
+    assert_eq!(bucket("+Inf"), 2.0);
+    assert_eq!(
+        m.get(
+            "tcpstate_connections",
+            &[
+                ("state", "close_wait"),
+                ("direction", "inbound"),
+                ("port", "8080"),
+                ("process", "holder"),
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.kind("tcpstate_close_wait_duration_seconds"),
+        Some("histogram")
+    );
+}

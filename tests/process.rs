@@ -1,0 +1,245 @@
+//! Per-process attribution against real processes: each scenario actor renames itself
+//! (prctl PR_SET_NAME), so the expected `process` label is unambiguous.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{Actor, Daemon, Exposition, Netns, wait_until};
+
+const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
+const SETTLE: Duration = Duration::from_secs(10);
+const SAMPLE: Duration = Duration::from_secs(20);
+
+fn daemon<'ns>(ns: &'ns Netns, args: &[&str]) -> Daemon<'ns> {
+    let mut all = vec!["--web.listen-address", "127.0.0.1:9815"];
+    all.extend_from_slice(args);
+    Daemon::start(
+        EXPORTER.as_ref(),
+        ns,
+        SocketAddr::from(([127, 0, 0, 1], 9815)),
+        &all,
+    )
+}
+
+fn settle_close_wait(ns: &Netns, count: usize) {
+    assert!(
+        wait_until(SETTLE, || ns
+            .sockets()
+            .iter()
+            .filter(|s| s.state == "CLOSE-WAIT")
+            .count()
+            == count),
+        "CLOSE_WAIT count never reached {count}: {:?}",
+        ns.sockets()
+    );
+}
+
+fn close_wait(direction: &str, port: &str, process: &str) -> [(&'static str, String); 4] {
+    [
+        ("state", "close_wait".to_string()),
+        ("direction", direction.to_string()),
+        ("port", port.to_string()),
+        ("process", process.to_string()),
+    ]
+}
+
+fn get(m: &Exposition, name: &str, labels: &[(&'static str, String)]) -> f64 {
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    m.get(name, &labels)
+}
+
+#[test]
+fn inbound_outbound_accept_queue_and_shared_sockets_have_the_right_owner() {
+    let ns = Netns::new("owners");
+    let mut server = Actor::spawn(&ns, "api-server");
+    let mut peer = Actor::spawn(&ns, "peer");
+    let mut upstream = Actor::spawn(&ns, "upstream");
+    let mut worker = Actor::spawn(&ns, "worker");
+
+    // Inbound: api-server accepts 2 and never closes them after the peer leaves; one
+    // more peer connection stays in the accept queue.
+    server.listen("l", "127.0.0.1:8080", 8);
+    peer.cmd("connect p 127.0.0.1:8080 3");
+    server.cmd("accept a l 2");
+    peer.cmd("close p");
+    // Outbound: worker connects to upstream, which closes: worker holds CLOSE_WAIT.
+    upstream.listen("u", "127.0.0.1:6379", 8);
+    worker.cmd("connect w 127.0.0.1:6379 2");
+    upstream.cmd("accept x u 2");
+    upstream.cmd("close x");
+    // Shared: a socket accepted by api-server, then inherited by a forked child.
+    peer.cmd("connect q 127.0.0.1:8080 1");
+    server.cmd("accept b l 1");
+    let child = server.cmd("fork kid api-child");
+    assert!(child["pid"].as_u64().expect("child pid") > u64::from(server.pid()));
+    peer.cmd("close q");
+    settle_close_wait(&ns, 6);
+    assert!(
+        ns.sockets()
+            .iter()
+            .any(|s| s.users.iter().any(|u| u.name == "api-child")),
+        "the child holds the shared socket"
+    );
+
+    let daemon = daemon(&ns, &["--sample.interval", "1h"]);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    // 2 accepted + 1 in the accept queue (listener's process) + 1 shared (lowest pid).
+    let inbound = close_wait("inbound", "8080", "api-server");
+    assert_eq!(get(&m, "tcpstate_connections", &inbound), 4.0);
+    assert_eq!(
+        get(
+            &m,
+            "tcpstate_connections",
+            &close_wait("outbound", "6379", "worker")
+        ),
+        2.0
+    );
+    let close_wait_series: Vec<_> = m
+        .series("tcpstate_connections")
+        .into_iter()
+        .filter(|(labels, _)| {
+            labels
+                .iter()
+                .any(|(k, v)| k == "state" && v == "close_wait")
+        })
+        .collect();
+    assert_eq!(
+        close_wait_series.len(),
+        2,
+        "counted once: {close_wait_series:?}"
+    );
+    assert_eq!(
+        m.get(
+            "tcpstate_listen_queue_length",
+            &[("port", "8080"), ("process", "api-server")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.get(
+            "tcpstate_listen_queue_length",
+            &[("port", "6379"), ("process", "upstream")]
+        ),
+        0.0
+    );
+    assert_eq!(m.get("tcpstate_attribution_unresolved_sockets", &[]), 0.0);
+}
+
+#[test]
+fn orphans_have_no_process_and_pid_label_is_opt_in() {
+    let ns = Netns::new("orphan");
+    let mut server = Actor::spawn(&ns, "holder");
+    let mut client = Actor::spawn(&ns, "quitter");
+    server.listen("l", "127.0.0.1:8080", 8);
+    client.cmd("connect c 127.0.0.1:8080 2");
+    server.cmd("accept a l 2");
+    // The client closes: its ends become orphaned FIN_WAIT2 sockets (no fd, no owner).
+    client.cmd("close c");
+    settle_close_wait(&ns, 2);
+    assert!(wait_until(SETTLE, || ns
+        .sockets()
+        .iter()
+        .filter(|s| s.state == "FIN-WAIT-2")
+        .count()
+        == 2));
+    let config = std::env::temp_dir().join(format!("orphan-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[sample]\ndetail_states = [\"close_wait\", \"fin_wait2\"]\n[process]\npid_label = true\n",
+    )
+    .expect("config");
+    let config_path = config.display().to_string();
+    let daemon = daemon(
+        &ns,
+        &["--sample.interval", "1h", "--config.file", &config_path],
+    );
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(
+        m.get(
+            "tcpstate_connections",
+            &[
+                ("state", "fin_wait2"),
+                ("direction", "outbound"),
+                ("port", "8080"),
+                ("process", ""),
+                ("pid", ""),
+            ]
+        ),
+        2.0
+    );
+    let pid = server.pid().to_string();
+    assert_eq!(
+        m.get(
+            "tcpstate_connections",
+            &[
+                ("state", "close_wait"),
+                ("direction", "inbound"),
+                ("port", "8080"),
+                ("process", "holder"),
+                ("pid", pid.as_str()),
+            ]
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn a_steady_state_sample_reads_no_fd_again() {
+    let ns = Netns::new("steady");
+    let mut server = Actor::spawn(&ns, "steady-srv");
+    let mut client = Actor::spawn(&ns, "steady-cli");
+    server.listen("l", "127.0.0.1:8080", 64);
+    client.cmd("connect c 127.0.0.1:8080 50");
+    server.cmd("accept a l 50");
+    client.cmd("close c");
+    settle_close_wait(&ns, 50);
+    // CLOSE_WAIT only: the test's own scrape connections (established) are not
+    // attributed, so any fd read would come from the cache failing.
+    let config = std::env::temp_dir().join(format!("steady-{}.toml", std::process::id()));
+    std::fs::write(&config, "[sample]\ndetail_states = [\"close_wait\"]\n").expect("config");
+    let config_path = config.display().to_string();
+    let daemon = daemon(
+        &ns,
+        &["--sample.interval", "200ms", "--config.file", &config_path],
+    );
+    let reads = |m: &Exposition| m.get("tcpstate_attribution_fd_reads_total", &[]);
+    let samples = |m: &Exposition| m.get("tcpstate_samples_total", &[]);
+    let first = Exposition::parse(&daemon.scrape("/metrics").2);
+    assert!(
+        reads(&first) >= 50.0,
+        "the first sample resolved the 50 sockets"
+    );
+    // Wait for a few samples with nothing new, then for a few more: reads stay flat.
+    let mut baseline = None;
+    assert!(wait_until(SAMPLE, || {
+        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        match baseline {
+            None if samples(&m) >= samples(&first) + 3.0 => {
+                baseline = Some((samples(&m), reads(&m)));
+                false
+            }
+            Some((at, fds)) if samples(&m) >= at + 5.0 => {
+                assert_eq!(reads(&m), fds, "a steady-state sample re-read fds");
+                true
+            }
+            _ => false,
+        }
+    }));
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(
+        m.get(
+            "tcpstate_connections",
+            &[
+                ("state", "close_wait"),
+                ("direction", "inbound"),
+                ("port", "8080"),
+                ("process", "steady-srv"),
+            ]
+        ),
+        50.0
+    );
+}
