@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every test of the project, on a fresh Debian machine with only the Rust toolchain, gcc
+# and Python: installs what the tests need, then runs them. Needs root (network
+# namespaces, /proc of other processes, installing packages). This is the test command
+# README.md gives; .ci/run calls it.
+#
+#   tests/run-all.sh            everything
+#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build (slow when cold)
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+[ "$(id -u)" = 0 ] || { echo "run-all.sh: needs root (namespaces, packages)" >&2; exit 1; }
+
+# iproute2: ip netns and ss for the scenarios. The monitoring and deployment checks install
+# their own tools (prometheus, jsonnet, podman, ...).
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ss >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+        { echo "run-all.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
+fi
+
+steps_passed=0
+steps_failed=0
+failures=()
+step() {
+    local name=$1
+    shift
+    echo
+    echo "=== $name"
+    local started=$SECONDS
+    if "$@"; then
+        steps_passed=$((steps_passed + 1))
+        echo "=== $name: ok ($((SECONDS - started)) s)"
+    else
+        steps_failed=$((steps_failed + 1))
+        failures+=("$name")
+        echo "=== $name: FAILED ($((SECONDS - started)) s)"
+    fi
+}
+
+step "format" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --workspace
+step "monitoring" tests/monitoring/check.sh
+step "deployment files" tests/deploy/check.sh
+if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then
+    step "container image" tests/deploy/container.sh
+fi
+
+echo
+if ((steps_failed)); then
+    echo "failed steps: ${failures[*]}"
+fi
+echo "steps: $steps_passed passed, $steps_failed failed"
+((steps_failed == 0))
