@@ -40,7 +40,7 @@ HEAD
             }
             body = 1
         }
-        body && /^[^[:space:]#]/ && $0 !~ /^groups:/ {
+        body && /^[^[:space:]#-]/ && $0 !~ /^groups:/ {
             printf "generate-prometheusrule: %s: unexpected top-level key: %s\n", src, $0 > "/dev/stderr"
             bad = 1; exit 2
         }
