@@ -10,10 +10,11 @@
 
 FROM docker.io/library/rust:1.95-slim-bookworm AS builder
 WORKDIR /src
-# The whole workspace is needed to resolve it; only the exporter is built.
+# Cargo loads every workspace member (tools/*) to resolve the workspace; only the exporter
+# is built.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY tools/scenario ./tools/scenario
+COPY tools ./tools
 # Registry and target caches survive between builds, so a source change rebuilds one crate.
 # The binary is copied out of the cache mount in the same step: the mount is not in the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -120,13 +120,13 @@ user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
 
 free_port() { "${PYTHON:-/usr/bin/python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# run_exporter NAME PODMAN_ARGS... : start the image, publish 9815 on a free loopback port.
+# run_exporter NAME PODMAN_ARGS... : start the image, publish 9815 on a free loopback port,
+# print the port. It runs in $(...), so the caller records NAME for cleanup.
 run_exporter() {
     local name=$1; shift
     local port; port=$(free_port)
     "${RUN[@]}" -d --name "$name" --read-only --publish "127.0.0.1:$port:9815" "$@" \
         "$IMAGE" --sample.interval=1s >/dev/null
-    containers+=("$name")
     echo "$port"
 }
 
@@ -145,6 +145,7 @@ scrape() {
 # 1. As root with the attribution capabilities, read-only, no privilege escalation; a
 #    CLOSE_WAIT made in the container's network namespace must be counted.
 name=tcpstate-test-root-$$
+containers+=("$name")
 port=$(run_exporter "$name" --user 0 --cap-drop ALL --cap-add DAC_READ_SEARCH,SYS_PTRACE \
     --security-opt no-new-privileges)
 if body=$(scrape "$port"); then
@@ -178,6 +179,7 @@ done
 
 # 2. As the image's own user with no capability at all: sock_diag still works.
 name=tcpstate-test-nobody-$$
+containers+=("$name")
 port=$(run_exporter "$name" --cap-drop ALL --security-opt no-new-privileges)
 if scrape "$port" >/dev/null; then
     ok "nobody, no caps: /metrics serves tcpstate_sockets"
