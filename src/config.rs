@@ -34,6 +34,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which network namespaces are sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceMode {
+    /// The exporter's own namespace only (with hostNetwork: the host's).
+    Own,
+    /// Every network namespace of the host (containers, pods), discovered each sample.
+    All,
+}
+
 /// Where the HTTP server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddress {
@@ -61,6 +70,21 @@ pub struct Settings {
     pub pid_label: bool,
     pub duration_buckets: Vec<f64>,
     pub max_tracked_sockets: usize,
+    pub namespaces: NamespaceMode,
+    /// Glob patterns on the `netns` label; empty include means all.
+    pub namespaces_include: Vec<glob::Pattern>,
+    pub namespaces_exclude: Vec<glob::Pattern>,
+    /// kubelet's pod log directory, where pod names and namespaces are read from.
+    pub pods_log_dir: PathBuf,
+}
+
+impl Settings {
+    /// Whether a namespace with this `netns` label is sampled under "all".
+    pub fn namespace_wanted(&self, label: &str) -> bool {
+        (self.namespaces_include.is_empty()
+            || self.namespaces_include.iter().any(|p| p.matches(label)))
+            && !self.namespaces_exclude.iter().any(|p| p.matches(label))
+    }
 }
 
 impl Default for Settings {
@@ -78,6 +102,10 @@ impl Default for Settings {
             pid_label: false,
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             max_tracked_sockets: DEFAULT_MAX_TRACKED_SOCKETS,
+            namespaces: NamespaceMode::Own,
+            namespaces_include: Vec::new(),
+            namespaces_exclude: Vec::new(),
+            pods_log_dir: PathBuf::from("/var/log/pods"),
         }
     }
 }
@@ -87,6 +115,11 @@ impl Default for Settings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    /// "own" or "all".
+    namespaces: Option<String>,
+    namespaces_include: Option<Vec<String>>,
+    namespaces_exclude: Option<Vec<String>>,
+    pods_log_dir: Option<PathBuf>,
     #[serde(default)]
     web: WebSection,
     #[serde(default)]
@@ -199,6 +232,15 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
 
 /// Checks the file's values on their own, so errors can name key and line.
 fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
+    if let Some(v) = &file.namespaces {
+        parse_namespace_mode(v).map_err(|e| ("namespaces", e))?;
+    }
+    if let Some(v) = &file.namespaces_include {
+        parse_patterns(v).map_err(|e| ("namespaces_include", e))?;
+    }
+    if let Some(v) = &file.namespaces_exclude {
+        parse_patterns(v).map_err(|e| ("namespaces_exclude", e))?;
+    }
     if let Some(v) = &file.web.listen_address {
         parse_listen_address(v).map_err(|e| ("web.listen_address", e))?;
     }
@@ -262,7 +304,23 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
         Some(v) => parse_states(v).map_err(ConfigError)?,
         None => defaults.detail_states,
     };
+    let namespaces = match &file.namespaces {
+        Some(v) => parse_namespace_mode(v).map_err(ConfigError)?,
+        None => defaults.namespaces,
+    };
+    let namespaces_include = match &file.namespaces_include {
+        Some(v) => parse_patterns(v).map_err(ConfigError)?,
+        None => Vec::new(),
+    };
+    let namespaces_exclude = match &file.namespaces_exclude {
+        Some(v) => parse_patterns(v).map_err(ConfigError)?,
+        None => Vec::new(),
+    };
     Ok(Settings {
+        namespaces,
+        namespaces_include,
+        namespaces_exclude,
+        pods_log_dir: file.pods_log_dir.unwrap_or(defaults.pods_log_dir),
         listen_address,
         telemetry_path,
         web_config_file: flags
@@ -317,6 +375,21 @@ fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
         .and_then(|mut addresses| addresses.next())
         .map(ListenAddress::Exact)
         .ok_or_else(|| invalid("host does not resolve"))
+}
+
+fn parse_namespace_mode(text: &str) -> Result<NamespaceMode, String> {
+    match text {
+        "own" => Ok(NamespaceMode::Own),
+        "all" => Ok(NamespaceMode::All),
+        _ => Err(format!("invalid value {text:?} (one of: own, all)")),
+    }
+}
+
+fn parse_patterns(patterns: &[String]) -> Result<Vec<glob::Pattern>, String> {
+    patterns
+        .iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| format!("invalid pattern {p:?}: {e}")))
+        .collect()
 }
 
 fn check_telemetry_path(path: &str) -> Result<(), String> {
@@ -502,6 +575,20 @@ mod tests {
             assert!(error.contains(&format!("line {line}")), "{text}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn namespace_filters() {
+        let settings = parse_text(
+            "namespaces = \"all\"\nnamespaces_include = [\"test-*\", \"host\"]\nnamespaces_exclude = [\"test-skip*\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(settings.namespaces, NamespaceMode::All);
+        assert!(settings.namespace_wanted("test-a"));
+        assert!(settings.namespace_wanted("host"));
+        assert!(!settings.namespace_wanted("test-skip-1"));
+        assert!(!settings.namespace_wanted("ns-4026531840"));
+        assert!(Settings::default().namespace_wanted("anything"));
     }
 
     #[test]

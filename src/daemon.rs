@@ -12,15 +12,16 @@ use arc_swap::ArcSwap;
 use prometheus::process_collector::ProcessCollector;
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::config::{NamespaceMode, Settings};
 use crate::exposition::{self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics};
-use crate::sampler::Sampler;
+use crate::namespace_set::NamespaceSet;
+use crate::sampler::Attribution;
 use crate::server::{self, Site};
 
 /// Runs until SIGINT or SIGTERM. Errors are startup errors (bad address, no netlink).
 pub fn run(settings: Settings) -> Result<(), String> {
     let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
-    let sampler = Sampler::new(&settings)
+    let sampler = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
 
     // The first sample is published before the server starts listening, so the first
@@ -96,7 +97,7 @@ async fn wait_for_signal() {
 /// Samples on a fixed-rate timer (missed ticks are skipped, not bunched) until `stop`
 /// is dropped.
 fn sample_loop(
-    mut sampler: Sampler,
+    mut namespaces: NamespaceSet,
     settings: Settings,
     exposition: Arc<ArcSwap<Exposition>>,
     first_done: mpsc::Sender<()>,
@@ -104,34 +105,36 @@ fn sample_loop(
 ) {
     let options = LabelOptions {
         pid_label: settings.pid_label,
+        namespace_labels: settings.namespaces == NamespaceMode::All,
     };
     let process = ProcessCollector::for_self();
     let mut metrics = SelfMetrics::default();
-    let mut last_good = Vec::new();
     let interval = settings.sample_interval;
+    let mut attribution = Attribution::new(&settings);
     let mut next = Instant::now();
     loop {
         let started = Instant::now();
         metrics.samples_total += 1;
-        match sampler.sample() {
-            Ok((sample, report)) => {
-                last_good = exposition::sample_families(&sample, options);
-                metrics.duplicates_dropped += report.dump.duplicates;
-                metrics.unknown_states_skipped += report.dump.unknown_states;
-                metrics.owner_fds_read += report.owners.fds_read;
-                metrics.owners_unresolved = report.owners.unresolved;
-                metrics.last_success_timestamp_seconds = unix_now();
-            }
-            Err(e) => {
-                let reason = e.reason();
-                if let Some(i) = SAMPLE_ERROR_REASONS.iter().position(|r| *r == reason) {
-                    metrics.sample_errors[i] += 1;
-                }
-                tracing::warn!(error = %e, reason, "sample failed; serving the last good one");
+        let round = namespaces.sample_round(&mut attribution);
+        for e in &round.errors {
+            let reason = e.reason();
+            if let Some(i) = SAMPLE_ERROR_REASONS.iter().position(|r| *r == reason) {
+                metrics.sample_errors[i] += 1;
             }
         }
+        if round.errors.is_empty() {
+            metrics.last_success_timestamp_seconds = unix_now();
+        }
+        metrics.duplicates_dropped += round.report.dump.duplicates;
+        metrics.unknown_states_skipped += round.report.dump.unknown_states;
+        metrics.owner_fds_read += round.report.owners.fds_read;
+        metrics.owners_unresolved = round.report.owners.unresolved;
+        metrics.namespaces_vanished += round.vanished;
+        metrics.namespaces_sampled = round.samples.len() as u64;
+        // Namespaces whose sample failed keep their last good one in `round.samples`.
+        let last_good = exposition::namespace_families(&round.samples, options);
         metrics.last_sample_duration_seconds = started.elapsed().as_secs_f64();
-        let mut families = last_good.clone();
+        let mut families = last_good;
         families.extend(exposition::self_families(&metrics));
         match exposition::encode(families, Some(&process)) {
             Ok(encoded) => exposition.store(Arc::new(encoded)),

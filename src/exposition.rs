@@ -19,6 +19,7 @@ use prometheus::{Encoder, TextEncoder};
 
 use crate::ages::AgeGroup;
 use crate::aggregate::{GroupStats, OwnerKey, Sample};
+use crate::namespace_set::{NamespaceInfo, NamespaceSample};
 use crate::record::TcpState;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -55,17 +56,85 @@ pub struct SelfMetrics {
     pub owner_fds_read: u64,
     /// Detail-state sockets left without an owner in the last sample.
     pub owners_unresolved: u64,
+    /// Namespaces that vanished between discovery and their sample.
+    pub namespaces_vanished: u64,
+    pub namespaces_sampled: u64,
 }
 
 /// Label names of per-group series; `pid` only when configured.
 #[derive(Clone, Copy, Debug)]
 pub struct LabelOptions {
     pub pid_label: bool,
+    /// Add `netns`, `pod` and `namespace` to every series ("all" namespaces mode).
+    pub namespace_labels: bool,
 }
 
-/// Families derived from a sample. Kept from the last good sample and re-encoded with
-/// fresh self metrics when a later sample fails.
-pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFamily> {
+/// Families of every sampled namespace, merged: with `namespace_labels` each series
+/// carries `netns`, `pod` and `namespace` first, and `tcpstate_netns_info` maps them.
+pub fn namespace_families(samples: &[NamespaceSample], options: LabelOptions) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::new();
+    for namespace in samples {
+        let prefix = if options.namespace_labels {
+            namespace_prefix(&namespace.info)
+        } else {
+            Vec::new()
+        };
+        let families = sample_families(&namespace.sample, options, &prefix);
+        if merged.is_empty() {
+            merged = families;
+            continue;
+        }
+        for (target, mut family) in merged.iter_mut().zip(families) {
+            target.mut_metric().extend(family.take_metric());
+        }
+    }
+    if options.namespace_labels {
+        let mut info = family(
+            "tcpstate_netns_info",
+            "Sampled network namespaces and what is known of them (always 1).",
+            MetricType::GAUGE,
+        );
+        for namespace in samples {
+            let i = &namespace.info;
+            let mut labels = namespace_prefix(i);
+            labels.push(label("inode", &i.inode.to_string()));
+            labels.push(label(
+                "pid",
+                &i.pid.map(|p| p.to_string()).unwrap_or_default(),
+            ));
+            labels.push(label("comm", &i.comm));
+            labels.push(label("pod_uid", &i.pod_uid));
+            labels.push(label("container_id", &i.container_id));
+            info.mut_metric().push(gauge(labels, 1.0));
+        }
+        merged.push(info);
+    }
+    merged
+}
+
+fn namespace_prefix(info: &NamespaceInfo) -> Vec<LabelPair> {
+    vec![
+        label("netns", &info.labels.netns),
+        label("pod", &info.labels.pod),
+        label("namespace", &info.labels.namespace),
+    ]
+}
+
+fn prefixed(prefix: &[LabelPair], labels: Vec<LabelPair>) -> Vec<LabelPair> {
+    if prefix.is_empty() {
+        return labels;
+    }
+    let mut all = prefix.to_vec();
+    all.extend(labels);
+    all
+}
+
+/// Families derived from one namespace's sample, each series' labels after `prefix`.
+pub fn sample_families(
+    sample: &Sample,
+    options: LabelOptions,
+    prefix: &[LabelPair],
+) -> Vec<MetricFamily> {
     let mut families = Vec::new();
 
     let mut sockets = family(
@@ -76,7 +145,7 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
     );
     for state in TcpState::ALL {
         sockets.mut_metric().push(gauge(
-            vec![label("state", state.name())],
+            prefixed(prefix, vec![label("state", state.name())]),
             sample.state_count(state) as f64,
         ));
     }
@@ -115,7 +184,8 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
                 label("port", &key.port.to_string()),
             ];
             owner_labels(&mut labels, sample, key.owner, options);
-            f.mut_metric().push(gauge(labels, field(stats) as f64));
+            f.mut_metric()
+                .push(gauge(prefixed(prefix, labels), field(stats) as f64));
         }
         families.push(f);
     }
@@ -138,7 +208,8 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
         for (key, stats) in &sample.listeners {
             let mut labels = vec![label("port", &key.port.to_string())];
             owner_labels(&mut labels, sample, key.owner, options);
-            f.mut_metric().push(gauge(labels, field(stats) as f64));
+            f.mut_metric()
+                .push(gauge(prefixed(prefix, labels), field(stats) as f64));
         }
         families.push(f);
     }
@@ -150,9 +221,10 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
         MetricType::GAUGE,
     );
     for (group, age) in &sample.ages.oldest {
-        oldest
-            .mut_metric()
-            .push(gauge(age_labels(sample, group, options), *age));
+        oldest.mut_metric().push(gauge(
+            prefixed(prefix, age_labels(sample, group, options)),
+            *age,
+        ));
     }
     families.push(oldest);
 
@@ -164,7 +236,7 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
     );
     for (group, h) in &sample.ages.durations {
         durations.mut_metric().push(histogram(
-            age_labels(sample, group, options),
+            prefixed(prefix, age_labels(sample, group, options)),
             &sample.ages.bounds,
             &h.cumulative,
             h.count,
@@ -178,18 +250,20 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
         "CLOSE_WAIT connections whose age is tracked.",
         MetricType::GAUGE,
     );
-    tracked
-        .mut_metric()
-        .push(gauge(vec![], sample.close_wait_tracked as f64));
+    tracked.mut_metric().push(gauge(
+        prefixed(prefix, vec![]),
+        sample.close_wait_tracked as f64,
+    ));
     families.push(tracked);
     let mut untracked = family(
         "tcpstate_close_wait_untracked",
         "CLOSE_WAIT connections not aged because close_wait.max_tracked_sockets was reached.",
         MetricType::GAUGE,
     );
-    untracked
-        .mut_metric()
-        .push(gauge(vec![], sample.ages.untracked as f64));
+    untracked.mut_metric().push(gauge(
+        prefixed(prefix, vec![]),
+        sample.ages.untracked as f64,
+    ));
     families.push(untracked);
 
     let mut folded = family(
@@ -199,7 +273,7 @@ pub fn sample_families(sample: &Sample, options: LabelOptions) -> Vec<MetricFami
     );
     folded
         .mut_metric()
-        .push(gauge(vec![], sample.groups_folded as f64));
+        .push(gauge(prefixed(prefix, vec![]), sample.groups_folded as f64));
     families.push(folded);
 
     families
@@ -302,6 +376,26 @@ pub fn self_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
         .mut_metric()
         .push(gauge(vec![], metrics.owners_unresolved as f64));
     families.push(unresolved);
+
+    let mut sampled = family(
+        "tcpstate_namespaces_sampled",
+        "Network namespaces whose sockets are served.",
+        MetricType::GAUGE,
+    );
+    sampled
+        .mut_metric()
+        .push(gauge(vec![], metrics.namespaces_sampled as f64));
+    families.push(sampled);
+    let mut vanished = family(
+        "tcpstate_namespaces_vanished_total",
+        "Network namespaces that vanished between discovery and their sample (skipped, \
+         not an error).",
+        MetricType::COUNTER,
+    );
+    vanished
+        .mut_metric()
+        .push(counter(vec![], metrics.namespaces_vanished as f64));
+    families.push(vanished);
 
     let mut last = family(
         "tcpstate_last_sample_timestamp_seconds",
@@ -446,10 +540,11 @@ mod tests {
 
     #[test]
     fn every_state_is_present_and_groups_carry_their_labels() {
-        let out = text(sample_families(
-            &sample(),
-            LabelOptions { pid_label: false },
-        ));
+        let options = LabelOptions {
+            pid_label: false,
+            namespace_labels: false,
+        };
+        let out = text(sample_families(&sample(), options, &[]));
         for state in TcpState::ALL {
             assert!(out.contains(&format!("tcpstate_sockets{{state=\"{}\"}}", state.name())));
         }
@@ -468,8 +563,52 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_prefix_every_series_and_get_an_info_metric() {
+        let namespace = |netns: &str| NamespaceSample {
+            info: NamespaceInfo {
+                labels: crate::namespace_set::NamespaceLabels {
+                    netns: netns.into(),
+                    pod: String::new(),
+                    namespace: String::new(),
+                },
+                inode: 7,
+                ..NamespaceInfo::default()
+            },
+            sample: sample(),
+        };
+        let options = LabelOptions {
+            pid_label: false,
+            namespace_labels: true,
+        };
+        let out = text(namespace_families(
+            &[namespace("blue"), namespace("red")],
+            options,
+        ));
+        for netns in ["blue", "red"] {
+            assert!(out.contains(&format!(
+                "tcpstate_sockets{{netns=\"{netns}\",pod=\"\",namespace=\"\",state=\"close_wait\"}} 2\n"
+            )), "{out}");
+            assert!(
+                out.contains(&format!(
+                    "tcpstate_netns_info{{netns=\"{netns}\",pod=\"\",namespace=\"\",inode=\"7\""
+                )),
+                "{out}"
+            );
+        }
+        assert_eq!(
+            out.matches("# TYPE tcpstate_sockets gauge").count(),
+            1,
+            "one family"
+        );
+    }
+
+    #[test]
     fn pid_label_only_when_asked() {
-        let out = text(sample_families(&sample(), LabelOptions { pid_label: true }));
+        let options = LabelOptions {
+            pid_label: true,
+            namespace_labels: false,
+        };
+        let out = text(sample_families(&sample(), options, &[]));
         assert!(out.contains("process=\"server\",pid=\"42\"} 2\n"), "{out}");
     }
 

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use tcpstate_exporter::cli::{Cli, Command};
-use tcpstate_exporter::config::{self, LogFormat, Settings};
+use tcpstate_exporter::config::{self, LogFormat, NamespaceMode, Settings};
 use tcpstate_exporter::exposition::LabelOptions;
-use tcpstate_exporter::{daemon, sampler, snapshot};
+use tcpstate_exporter::namespace_set::NamespaceSet;
+use tcpstate_exporter::sampler::Attribution;
+use tcpstate_exporter::{daemon, snapshot};
 
 /// Exit code for bad input (flags, config), as clap uses for bad flags.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -31,22 +33,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Snapshot { format, top }) => {
-            let result = sampler::Sampler::new(&settings)
-                .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))
-                .and_then(|mut s| s.sample().map_err(|e| e.to_string()));
-            match result {
-                Ok((sample, _)) => {
-                    let options = LabelOptions {
-                        pid_label: settings.pid_label,
-                    };
-                    print!("{}", snapshot::render(&sample, format, top, options));
-                    ExitCode::SUCCESS
-                }
+            let mut namespaces = match NamespaceSet::new(&settings) {
+                Ok(set) => set,
                 Err(e) => {
-                    eprintln!("tcpstate-exporter: snapshot failed: {e}");
-                    ExitCode::FAILURE
+                    eprintln!("tcpstate-exporter: cannot open a sock_diag netlink socket: {e}");
+                    return ExitCode::FAILURE;
                 }
+            };
+            let mut attribution = Attribution::new(&settings);
+            let round = namespaces.sample_round(&mut attribution);
+            if let Some(e) = round.errors.first() {
+                eprintln!("tcpstate-exporter: snapshot failed: {e}");
+                return ExitCode::FAILURE;
             }
+            let options = LabelOptions {
+                pid_label: settings.pid_label,
+                namespace_labels: settings.namespaces == NamespaceMode::All,
+            };
+            print!("{}", snapshot::render(&round.samples, format, top, options));
+            ExitCode::SUCCESS
         }
         None => match daemon::run(settings) {
             Ok(()) => ExitCode::SUCCESS,

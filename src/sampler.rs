@@ -45,7 +45,7 @@ struct PendingConnection {
 /// Process names seen since start, interned: ids stay valid across samples because
 /// the histograms keep them.
 #[derive(Default)]
-struct ProcessNames {
+pub struct ProcessNames {
     ids: HashMap<Arc<str>, ProcessId>,
     names: Vec<String>,
 }
@@ -72,15 +72,51 @@ impl ProcessNames {
     }
 }
 
+/// Attribution state shared by the samplers of every namespace: /proc and socket inodes
+/// are host-wide, so one cache serves them all.
+pub struct Attribution {
+    owners: Option<OwnerCache>,
+    names: ProcessNames,
+    pid_label: bool,
+}
+
+impl Attribution {
+    pub fn new(settings: &Settings) -> Self {
+        Attribution {
+            owners: settings
+                .process_attribution
+                .then(|| OwnerCache::new("/proc")),
+            names: ProcessNames::new(),
+            pid_label: settings.pid_label,
+        }
+    }
+
+    /// Drops processes that exited since the last sample; once per sampling round.
+    pub fn revalidate(&mut self) {
+        if let Some(owners) = &mut self.owners {
+            owners.revalidate();
+        }
+    }
+
+    /// Owner of an inode as a label key, and its pid (0 when unknown).
+    fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
+        let Some(owner) = self.owners.as_ref().and_then(|c| c.lookup(inode)) else {
+            return (OwnerKey::default(), 0);
+        };
+        let key = OwnerKey {
+            process: self.names.intern(&owner.comm),
+            pid: if self.pid_label { owner.pid } else { 0 },
+        };
+        (key, owner.pid)
+    }
+}
+
 /// Samples the namespace its netlink socket was opened in, and owns what is kept between
-/// samples: the socket, the owner cache, the CLOSE_WAIT tracker.
+/// samples there: the socket and the CLOSE_WAIT tracker.
 pub struct Sampler {
     socket: DiagSocket,
     detail_mask: [bool; STATE_COUNT],
     max_groups: usize,
-    pid_label: bool,
-    owners: Option<OwnerCache>,
-    names: ProcessNames,
     tracker: CloseWaitTracker,
     listening: ListeningPorts,
     listeners: Vec<SocketRecord>,
@@ -98,11 +134,6 @@ impl Sampler {
             socket: DiagSocket::open()?,
             detail_mask,
             max_groups: settings.max_groups,
-            pid_label: settings.pid_label,
-            owners: settings
-                .process_attribution
-                .then(|| OwnerCache::new("/proc")),
-            names: ProcessNames::new(),
             tracker: CloseWaitTracker::new(
                 settings.duration_buckets.clone(),
                 settings.max_tracked_sockets,
@@ -114,15 +145,17 @@ impl Sampler {
         })
     }
 
-    pub fn sample(&mut self) -> Result<(Sample, SampleReport), DumpError> {
+    /// One sample; `attribution` is shared with the other namespaces' samplers (call its
+    /// `revalidate` once per round, not per namespace).
+    pub fn sample(
+        &mut self,
+        attribution: &mut Attribution,
+    ) -> Result<(Sample, SampleReport), DumpError> {
         let ephemeral = self.ephemeral_range();
         let now = unix_now();
         let mut report = SampleReport::default();
         let mut builder = SampleBuilder::default();
         self.tracker.begin(now);
-        if let Some(owners) = &mut self.owners {
-            owners.revalidate();
-        }
 
         // Listeners first: their ports classify connections, their owners own the
         // accept queues.
@@ -137,7 +170,7 @@ impl Sampler {
             },
         )?;
         accumulate(&mut report.dump, stats);
-        if let Some(owners) = &mut self.owners {
+        if let Some(owners) = &mut attribution.owners {
             let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
             report.owners = owners.resolve(&inodes, &[]);
         }
@@ -145,7 +178,7 @@ impl Sampler {
         let listeners = std::mem::take(&mut self.listeners);
         for listener in &listeners {
             builder.count_state(TcpState::Listen);
-            let (owner, pid) = self.owner_of(listener.inode);
+            let (owner, pid) = attribution.owner_of(listener.inode);
             listener_owner
                 .entry(listener.local_port)
                 .or_insert((owner, pid));
@@ -165,10 +198,10 @@ impl Sampler {
         let mut pending: Vec<PendingConnection> = Vec::new();
         let mut new_close_wait: Vec<SocketRecord> = Vec::new();
         let detail_mask = self.detail_mask;
-        let owners = self.owners.as_ref();
+        let owners = attribution.owners.as_ref();
         let tracker = &mut self.tracker;
-        let pid_label = self.pid_label;
-        let names = &mut self.names;
+        let pid_label = attribution.pid_label;
+        let names = &mut attribution.names;
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
             DumpRequest::for_states(all_but_listen, false),
@@ -234,7 +267,7 @@ impl Sampler {
 
         // Attribution of what the cache did not know, likely owners first.
         report.pending = pending.len();
-        if let (Some(owners), false) = (&mut self.owners, pending.is_empty()) {
+        if let (Some(owners), false) = (&mut attribution.owners, pending.is_empty()) {
             let wanted: HashSet<u32> = pending.iter().map(|p| p.inode).collect();
             let likely: Vec<u32> = likely_owner_pids(&pending, &listener_owner);
             let stats = owners.resolve(&wanted, &likely);
@@ -243,7 +276,7 @@ impl Sampler {
             report.owners.unresolved += stats.unresolved;
         }
         for connection in pending {
-            let (owner, _) = self.owner_of(connection.inode);
+            let (owner, _) = attribution.owner_of(connection.inode);
             let key = GroupKey {
                 owner,
                 ..connection.key
@@ -252,9 +285,9 @@ impl Sampler {
         }
 
         // Ages: owners of tracked sockets, entry times of new ones.
-        if let Some(owners) = &self.owners {
-            let names = &mut self.names;
-            let pid_label = self.pid_label;
+        if let Some(owners) = &attribution.owners {
+            let names = &mut attribution.names;
+            let pid_label = attribution.pid_label;
             self.tracker.assign_owners(|inode, group| {
                 if inode == 0 || group.owner != OwnerKey::default() {
                     return group;
@@ -274,22 +307,10 @@ impl Sampler {
         self.refine_entry_times(&new_close_wait)?;
 
         let ages = self.tracker.finish();
-        let mut sample = builder.finish(self.max_groups, self.names.names.clone());
+        let mut sample = builder.finish(self.max_groups, attribution.names.names.clone());
         sample.ages = fold_ages(ages, &sample);
         sample.close_wait_tracked = self.tracker.tracked() as u64;
         Ok((sample, report))
-    }
-
-    /// Owner of an inode as a label key, and its pid (0 when unknown).
-    fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
-        let Some(owner) = self.owners.as_ref().and_then(|c| c.lookup(inode)) else {
-            return (OwnerKey::default(), 0);
-        };
-        let key = OwnerKey {
-            process: self.names.intern(&owner.comm),
-            pid: if self.pid_label { owner.pid } else { 0 },
-        };
-        (key, owner.pid)
     }
 
     /// Entry time of newly seen CLOSE_WAIT sockets from tcp_info's last_ack_recv.

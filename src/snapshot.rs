@@ -8,10 +8,20 @@ use serde::Serialize;
 use crate::aggregate::Sample;
 use crate::cli::SnapshotFormat;
 use crate::exposition::{self, LabelOptions};
+use crate::namespace_set::{NamespaceLabels, NamespaceSample};
 use crate::record::TcpState;
 
 #[derive(Serialize)]
 struct JsonSnapshot<'a> {
+    namespaces: Vec<JsonNamespace<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonNamespace<'a> {
+    /// The `netns` label ("" in "own" mode).
+    netns: &'a str,
+    pod: &'a str,
+    namespace: &'a str,
     states: Vec<JsonState>,
     groups: Vec<JsonGroup<'a>>,
     listeners: Vec<JsonListener<'a>>,
@@ -50,32 +60,55 @@ struct JsonListener<'a> {
     listeners: u64,
 }
 
-/// Renders a sample in the requested format.
+/// Renders one round's samples in the requested format.
 pub fn render(
-    sample: &Sample,
+    samples: &[NamespaceSample],
     format: SnapshotFormat,
     top: usize,
     options: LabelOptions,
 ) -> String {
     match format {
         SnapshotFormat::Prometheus => {
-            match exposition::encode(exposition::sample_families(sample, options), None) {
+            match exposition::encode(exposition::namespace_families(samples, options), None) {
                 Ok(encoded) => String::from_utf8_lossy(&encoded.text).into_owned(),
                 Err(e) => format!("# encoding failed: {e}\n"),
             }
         }
         SnapshotFormat::Json => {
-            let snapshot = json_view(sample, options);
+            let snapshot = JsonSnapshot {
+                namespaces: samples
+                    .iter()
+                    .map(|ns| json_view(&ns.info.labels, &ns.sample, options))
+                    .collect(),
+            };
             serde_json::to_string_pretty(&snapshot)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
                 + "\n"
         }
-        SnapshotFormat::Table => table(sample, top),
+        SnapshotFormat::Table => samples
+            .iter()
+            .map(|ns| {
+                let heading = if options.namespace_labels {
+                    format!("== netns {}\n", ns.info.labels.netns)
+                } else {
+                    String::new()
+                };
+                heading + &table(&ns.sample, top)
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
     }
 }
 
-fn json_view(sample: &Sample, options: LabelOptions) -> JsonSnapshot<'_> {
-    JsonSnapshot {
+fn json_view<'a>(
+    labels: &'a NamespaceLabels,
+    sample: &'a Sample,
+    options: LabelOptions,
+) -> JsonNamespace<'a> {
+    JsonNamespace {
+        netns: &labels.netns,
+        pod: &labels.pod,
+        namespace: &labels.namespace,
         states: TcpState::ALL
             .iter()
             .map(|s| JsonState {

@@ -437,7 +437,7 @@ fn snapshot_prints_json_table_and_exposition() {
 
     let json = ns.exec(EXPORTER, &["snapshot", "--format", "json"]);
     let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
-    let group = value["groups"]
+    let group = value["namespaces"][0]["groups"]
         .as_array()
         .expect("groups")
         .iter()

@@ -1,0 +1,294 @@
+//! The namespaces a sampling round covers: the exporter's own (`namespaces = "own"`), or
+//! every network namespace on the host (`"all"`), each with its own sampler.
+//!
+//! With "all", each round discovers namespaces anew: new ones get a sampler (a netlink
+//! socket opened after entering the namespace), vanished ones lose theirs, releasing the
+//! socket that would otherwise keep a dead pod's namespace alive. A namespace that
+//! vanishes between discovery and its sample is skipped and counted, never an error.
+
+use std::collections::BTreeMap;
+
+use crate::aggregate::Sample;
+use crate::config::{NamespaceMode, Settings};
+use crate::netns::{self, NamespaceRef, Roots};
+use crate::pods::{PodDirectory, PodIdentity};
+use crate::sampler::{Attribution, SampleReport, Sampler};
+use crate::sockdiag::DumpError;
+
+/// Labels that say which namespace a series belongs to (empty in "own" mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceLabels {
+    pub netns: String,
+    pub pod: String,
+    pub namespace: String,
+}
+
+/// What is known about a sampled namespace, for `tcpstate_netns_info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub labels: NamespaceLabels,
+    pub inode: u64,
+    pub pid: Option<u32>,
+    pub comm: String,
+    pub pod_uid: String,
+    pub container_id: String,
+}
+
+/// The last good sample of one namespace.
+#[derive(Clone, Debug)]
+pub struct NamespaceSample {
+    pub info: NamespaceInfo,
+    pub sample: Sample,
+}
+
+/// One round over every namespace.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// The last good sample of every namespace still alive (a namespace whose sample
+    /// failed this round keeps its previous one).
+    pub samples: Vec<NamespaceSample>,
+    pub errors: Vec<DumpError>,
+    pub report: SampleReport,
+    /// Namespaces that vanished between discovery and their sample.
+    pub vanished: u64,
+    /// Namespaces whose sample succeeded this round.
+    pub sampled: u64,
+}
+
+struct Member {
+    info: NamespaceInfo,
+    path: std::path::PathBuf,
+    sampler: Sampler,
+    last_good: Option<Sample>,
+}
+
+pub struct NamespaceSet {
+    settings: Settings,
+    own_inode: u64,
+    roots: Roots,
+    pods: PodDirectory,
+    members: BTreeMap<u64, Member>,
+}
+
+impl NamespaceSet {
+    /// Opens the own namespace's sampler (both modes sample it: in "all" it is one of
+    /// them). Fails only when no netlink socket can be opened at all.
+    pub fn new(settings: &Settings) -> std::io::Result<Self> {
+        let own_inode = netns::own_inode().unwrap_or(0);
+        let mut set = NamespaceSet {
+            settings: settings.clone(),
+            own_inode,
+            roots: Roots::default(),
+            pods: PodDirectory::new(&settings.pods_log_dir),
+            members: BTreeMap::new(),
+        };
+        let sampler = Sampler::new(settings)?;
+        set.members.insert(
+            own_inode,
+            Member {
+                info: NamespaceInfo {
+                    inode: own_inode,
+                    ..NamespaceInfo::default()
+                },
+                path: "/proc/thread-self/ns/net".into(),
+                sampler,
+                last_good: None,
+            },
+        );
+        Ok(set)
+    }
+
+    /// Samples every namespace once.
+    pub fn sample_round(&mut self, attribution: &mut Attribution) -> Round {
+        let mut round = Round::default();
+        attribution.revalidate();
+        if self.settings.namespaces == NamespaceMode::All {
+            self.rediscover();
+        }
+        let own_inode = self.own_inode;
+        let mut vanished = Vec::new();
+        for (inode, member) in &mut self.members {
+            let entered = if *inode == own_inode {
+                None
+            } else {
+                match netns::enter(&member.path) {
+                    Ok(entered) => Some(entered),
+                    Err(e) => {
+                        tracing::debug!(netns = %member.info.labels.netns, error = %e,
+                            "namespace vanished before its sample");
+                        vanished.push(*inode);
+                        continue;
+                    }
+                }
+            };
+            let result = member.sampler.sample(attribution);
+            drop(entered);
+            match result {
+                Ok((sample, report)) => {
+                    round.sampled += 1;
+                    accumulate(&mut round.report, report);
+                    member.last_good = Some(sample);
+                }
+                Err(e) => {
+                    tracing::warn!(netns = %member.info.labels.netns, error = %e,
+                        "sample failed; serving the namespace's last good one");
+                    round.errors.push(e);
+                }
+            }
+        }
+        round.vanished = vanished.len() as u64;
+        for inode in vanished {
+            self.members.remove(&inode);
+        }
+        round.samples = self
+            .members
+            .values()
+            .filter_map(|m| {
+                m.last_good.as_ref().map(|sample| NamespaceSample {
+                    info: m.info.clone(),
+                    sample: sample.clone(),
+                })
+            })
+            .collect();
+        round
+    }
+
+    /// Updates membership from discovery: samplers for new namespaces, none for gone ones.
+    fn rediscover(&mut self) {
+        self.pods.refresh();
+        let found = netns::discover(&self.roots);
+        let init_inode = std::fs::metadata("/proc/1/ns/net")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok();
+        let mut alive = std::collections::HashSet::new();
+        for namespace in found {
+            let info = self.describe(&namespace, init_inode);
+            if !self.settings.namespace_wanted(&info.labels.netns) {
+                continue;
+            }
+            alive.insert(namespace.inode);
+            if let Some(member) = self.members.get_mut(&namespace.inode) {
+                member.path = namespace.path.clone();
+                member.info = info;
+                continue;
+            }
+            match open_sampler(&namespace, &self.settings) {
+                Ok(sampler) => {
+                    tracing::info!(netns = %info.labels.netns, "sampling a new network namespace");
+                    self.members.insert(
+                        namespace.inode,
+                        Member {
+                            info,
+                            path: namespace.path.clone(),
+                            sampler,
+                            last_good: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(netns = %info.labels.netns, error = %e,
+                        "cannot open a sock_diag socket in the namespace");
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .members
+            .keys()
+            .filter(|inode| !alive.contains(inode))
+            .copied()
+            .collect();
+        for inode in gone {
+            if let Some(member) = self.members.remove(&inode) {
+                tracing::info!(netns = %member.info.labels.netns, "network namespace gone");
+            }
+        }
+    }
+
+    fn describe(&self, namespace: &NamespaceRef, init_inode: Option<u64>) -> NamespaceInfo {
+        let pod = namespace
+            .pid
+            .and_then(|pid| self.pods.identify(&self.roots.proc, pid))
+            .unwrap_or_default();
+        let netns = namespace_label(namespace, init_inode, &pod);
+        NamespaceInfo {
+            labels: NamespaceLabels {
+                netns,
+                pod: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+            },
+            inode: namespace.inode,
+            pid: namespace.pid,
+            comm: namespace.comm.clone().unwrap_or_default(),
+            pod_uid: pod.uid,
+            container_id: pod.container_id,
+        }
+    }
+}
+
+/// The `netns` label: the `ip netns` name; `host` for the init namespace; the pod as
+/// `namespace/name` on Kubernetes; else `ns-<inode>`, stable for the namespace's life.
+fn namespace_label(namespace: &NamespaceRef, init_inode: Option<u64>, pod: &PodIdentity) -> String {
+    if let Some(name) = &namespace.name {
+        return name.clone();
+    }
+    if Some(namespace.inode) == init_inode {
+        return "host".into();
+    }
+    if !pod.name.is_empty() {
+        return format!("{}/{}", pod.namespace, pod.name);
+    }
+    format!("ns-{}", namespace.inode)
+}
+
+/// A sampler whose netlink socket lives in `namespace`: opened after entering it, on
+/// this (the sampling) thread, which then returns to its own namespace.
+fn open_sampler(namespace: &NamespaceRef, settings: &Settings) -> std::io::Result<Sampler> {
+    let entered = netns::enter(&namespace.path)?;
+    let sampler = Sampler::new(settings);
+    drop(entered);
+    sampler
+}
+
+fn accumulate(total: &mut SampleReport, report: SampleReport) {
+    total.dump.duplicates += report.dump.duplicates;
+    total.dump.unknown_states += report.dump.unknown_states;
+    total.owners.fds_read += report.owners.fds_read;
+    total.owners.processes_listed += report.owners.processes_listed;
+    total.owners.unresolved += report.owners.unresolved;
+    total.pending += report.pending;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(name: Option<&str>, inode: u64) -> NamespaceRef {
+        NamespaceRef {
+            inode,
+            name: name.map(str::to_string),
+            path: "/proc/1/ns/net".into(),
+            pid: Some(1),
+            comm: Some("init".into()),
+        }
+    }
+
+    #[test]
+    fn labels_prefer_names_then_host_then_pods_then_inode() {
+        let none = PodIdentity::default();
+        let pod = PodIdentity {
+            namespace: "shop".into(),
+            name: "cart-1".into(),
+            ..PodIdentity::default()
+        };
+        assert_eq!(
+            namespace_label(&reference(Some("blue"), 5), Some(5), &pod),
+            "blue"
+        );
+        assert_eq!(namespace_label(&reference(None, 5), Some(5), &none), "host");
+        assert_eq!(
+            namespace_label(&reference(None, 6), Some(5), &pod),
+            "shop/cart-1"
+        );
+        assert_eq!(namespace_label(&reference(None, 6), Some(5), &none), "ns-6");
+    }
+}

@@ -1,0 +1,202 @@
+//! Kubernetes identity of a network namespace, from what the node itself has: no call to
+//! the API server.
+//!
+//! 1. The pod UID (and container id) come from the cgroup path of a process living in the
+//!    namespace. kubelet names pod cgroups after the UID with either cgroup driver:
+//!    systemd `kubepods-burstable-pod<uid with _>.slice/cri-containerd-<id>.scope`
+//!    (CRI-O: `crio-<id>.scope`), cgroupfs `/kubepods/burstable/pod<uid>/<id>`;
+//!    Guaranteed pods have no QoS level in the path.
+//! 2. The pod's namespace and name come from kubelet's log directory
+//!    `/var/log/pods/<namespace>_<name>_<uid>`, which kubelet creates for every pod whatever
+//!    the container runtime (containerd or CRI-O): dependable, and readable with a
+//!    hostPath mount. Namespace names cannot contain `_` (DNS labels), pod names neither,
+//!    so the split is unambiguous.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// What is known of the pod a namespace belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// Container id of the process the namespace was resolved from (often the pause
+    /// container, which holds the pod's network namespace).
+    pub container_id: String,
+}
+
+/// Pod UID and container id from the text of `/proc/PID/cgroup`.
+pub fn parse_cgroup(text: &str) -> Option<(String, Option<String>)> {
+    for line in text.lines() {
+        let path = line.splitn(3, ':').nth(2)?;
+        let mut uid = None;
+        let mut container = None;
+        for part in path.split('/') {
+            if let Some(found) = pod_uid(part) {
+                uid = Some(found);
+            } else if uid.is_some() {
+                container = container_id(part).or(container);
+            }
+        }
+        if let Some(uid) = uid {
+            return Some((uid, container));
+        }
+    }
+    None
+}
+
+/// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd).
+fn pod_uid(part: &str) -> Option<String> {
+    let part = part.strip_suffix(".slice").unwrap_or(part);
+    let (prefix, uid) = part.rsplit_once("pod")?;
+    if !(prefix.is_empty() || prefix.ends_with('-')) {
+        return None;
+    }
+    let uid = uid.replace('_', "-");
+    let valid = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    valid.then_some(uid)
+}
+
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope` or a bare `<id>`.
+fn container_id(part: &str) -> Option<String> {
+    let part = part.strip_suffix(".scope").unwrap_or(part);
+    let id = part.rsplit('-').next()?;
+    (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_string())
+}
+
+/// Maps pod UIDs to (namespace, name) by listing kubelet's pod log directory.
+pub struct PodDirectory {
+    root: PathBuf,
+    by_uid: HashMap<String, (String, String)>,
+}
+
+impl PodDirectory {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PodDirectory {
+            root: root.into(),
+            by_uid: HashMap::new(),
+        }
+    }
+
+    /// Re-lists the directory; a node without it (not a Kubernetes node) has no pods.
+    pub fn refresh(&mut self) {
+        self.by_uid.clear();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut parts = name.splitn(3, '_');
+            if let (Some(namespace), Some(pod), Some(uid)) =
+                (parts.next(), parts.next(), parts.next())
+            {
+                self.by_uid
+                    .insert(uid.to_string(), (namespace.to_string(), pod.to_string()));
+            }
+        }
+    }
+
+    /// The pod of a process, from its cgroup file under `proc_root`.
+    pub fn identify(&self, proc_root: &Path, pid: u32) -> Option<PodIdentity> {
+        let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        let (uid, container) = parse_cgroup(&text)?;
+        let (namespace, name) = self.by_uid.get(&uid).cloned().unwrap_or_default();
+        Some(PodIdentity {
+            uid,
+            namespace,
+            name,
+            container_id: container.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "1a2b3c4d-5e6f-4a1b-9c8d-7e6f5a4b3c2d";
+    const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn containerd_with_the_systemd_driver() {
+        let line = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CID}.scope\n",
+            UID.replace('-', "_")
+        );
+        assert_eq!(
+            parse_cgroup(&line),
+            Some((UID.to_string(), Some(CID.to_string())))
+        );
+    }
+
+    #[test]
+    fn crio_with_the_systemd_driver_and_a_guaranteed_pod() {
+        let line = format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/crio-{CID}.scope\n",
+            UID.replace('-', "_")
+        );
+        assert_eq!(
+            parse_cgroup(&line),
+            Some((UID.to_string(), Some(CID.to_string())))
+        );
+    }
+
+    #[test]
+    fn cgroupfs_driver_on_cgroup_v1() {
+        let text = format!(
+            "12:pids:/kubepods/besteffort/pod{UID}/{CID}\n11:memory:/kubepods/besteffort/pod{UID}/{CID}\n"
+        );
+        assert_eq!(
+            parse_cgroup(&text),
+            Some((UID.to_string(), Some(CID.to_string())))
+        );
+    }
+
+    #[test]
+    fn not_a_pod() {
+        assert_eq!(parse_cgroup("0::/system.slice/sshd.service\n"), None);
+        assert_eq!(
+            parse_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(
+            parse_cgroup("0::/kubepods.slice/kubepods-burstable.slice\n"),
+            None
+        );
+        assert_eq!(parse_cgroup(""), None);
+    }
+
+    #[test]
+    fn resolves_name_and_namespace_from_the_pod_log_directory() {
+        let root = std::env::temp_dir().join(format!("pods-test-{}", std::process::id()));
+        let logs = root.join("var/log/pods");
+        let proc_root = root.join("proc");
+        std::fs::create_dir_all(logs.join(format!("shop_checkout-7d9f_{UID}/app"))).expect("dirs");
+        std::fs::create_dir_all(logs.join("kube-system_coredns-1_other-uid")).expect("dirs");
+        std::fs::create_dir_all(proc_root.join("42")).expect("dirs");
+        std::fs::write(
+            proc_root.join("42/cgroup"),
+            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
+        )
+        .expect("cgroup");
+        let mut pods = PodDirectory::new(&logs);
+        pods.refresh();
+        let identity = pods.identify(&proc_root, 42).expect("a pod");
+        assert_eq!(identity.namespace, "shop");
+        assert_eq!(identity.name, "checkout-7d9f");
+        assert_eq!(identity.uid, UID);
+        assert_eq!(identity.container_id, CID);
+        assert_eq!(pods.identify(&proc_root, 43), None, "no such process");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn a_real_process_on_this_machine_resolves_or_is_not_a_pod() {
+        // This machine runs no kubelet: our own cgroup parses, and is not a pod.
+        let text = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+        assert!(!text.is_empty());
+        let pods = PodDirectory::new("/var/log/pods");
+        assert_eq!(pods.identify(Path::new("/proc"), std::process::id()), None);
+    }
+}
