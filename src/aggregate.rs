@@ -11,6 +11,7 @@ use std::fmt;
 use crate::ages::AgesReport;
 use crate::classify::Direction;
 use crate::record::{STATE_COUNT, SocketRecord, TcpState};
+use crate::sysctl::{ListenCounters, TcpSettings};
 
 /// Index into `Sample::processes`; `ProcessId::UNKNOWN` is the empty name (an orphan, or
 /// an owner that could not be resolved).
@@ -151,6 +152,9 @@ pub struct Sample {
     pub ages: AgesReport,
     /// CLOSE_WAIT sockets whose age is being tracked.
     pub close_wait_tracked: u64,
+    /// The namespace's TCP settings and accept-queue overflow counters.
+    pub tcp_settings: TcpSettings,
+    pub listen_counters: Option<ListenCounters>,
 }
 
 impl Sample {
@@ -209,6 +213,8 @@ impl SampleBuilder {
             processes,
             ages: AgesReport::default(),
             close_wait_tracked: 0,
+            tcp_settings: TcpSettings::default(),
+            listen_counters: None,
         }
     }
 }

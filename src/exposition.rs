@@ -79,13 +79,13 @@ pub fn namespace_families(samples: &[NamespaceSample], options: LabelOptions) ->
         } else {
             Vec::new()
         };
-        let families = sample_families(&namespace.sample, options, &prefix);
-        if merged.is_empty() {
-            merged = families;
-            continue;
-        }
-        for (target, mut family) in merged.iter_mut().zip(families) {
-            target.mut_metric().extend(family.take_metric());
+        // Merged by name: a family may be absent from one namespace (an unreadable
+        // sysctl), so positions cannot be trusted.
+        for mut family in sample_families(&namespace.sample, options, &prefix) {
+            match merged.iter_mut().find(|f| f.name() == family.name()) {
+                Some(target) => target.mut_metric().extend(family.take_metric()),
+                None => merged.push(family),
+            }
         }
     }
     if options.namespace_labels {
@@ -244,6 +244,100 @@ pub fn sample_families(
         ));
     }
     families.push(durations);
+
+    type CloseWaitField = fn(&GroupStats) -> u64;
+    let evidence: [(&str, &str, CloseWaitField); 3] = [
+        (
+            "tcpstate_close_wait_eof_read_connections",
+            "CLOSE_WAIT connections whose program read the EOF (Recv-Q 0) and still did not \
+             close: it saw the peer leave and ignored it.",
+            |s| s.eof_read,
+        ),
+        (
+            "tcpstate_close_wait_unaccepted",
+            "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up \
+             before the program accepted them.",
+            |s| s.unaccepted,
+        ),
+        (
+            "tcpstate_close_wait_keepalive_connections",
+            "CLOSE_WAIT connections with a keepalive timer armed.",
+            |s| s.keepalive,
+        ),
+    ];
+    for (name, help, field) in evidence {
+        let mut f = family(name, help, MetricType::GAUGE);
+        for (key, stats) in sample
+            .groups
+            .iter()
+            .filter(|(key, _)| key.state == TcpState::CloseWait)
+        {
+            let group = AgeGroup {
+                direction: key.direction,
+                port: key.port,
+                owner: key.owner,
+            };
+            f.mut_metric().push(gauge(
+                prefixed(prefix, age_labels(sample, &group, options)),
+                field(stats) as f64,
+            ));
+        }
+        families.push(f);
+    }
+
+    if let Some(counters) = sample.listen_counters {
+        for (name, help, value) in [
+            (
+                "tcpstate_listen_overflows_total",
+                "Connections refused because an accept queue was full (TcpExt ListenOverflows).",
+                counters.overflows,
+            ),
+            (
+                "tcpstate_listen_drops_total",
+                "SYNs dropped at listeners, overflows included (TcpExt ListenDrops).",
+                counters.drops,
+            ),
+        ] {
+            let mut f = family(name, help, MetricType::COUNTER);
+            f.mut_metric()
+                .push(counter(prefixed(prefix, vec![]), value as f64));
+            families.push(f);
+        }
+    }
+    let settings = sample.tcp_settings;
+    for (name, help, value) in [
+        (
+            "tcpstate_tcp_fin_timeout_seconds",
+            "net.ipv4.tcp_fin_timeout: how long an orphaned FIN_WAIT2 lasts (CLOSE_WAIT has no such bound).",
+            settings.fin_timeout_seconds,
+        ),
+        (
+            "tcpstate_tcp_keepalive_time_seconds",
+            "net.ipv4.tcp_keepalive_time: idle time before keepalive probes start.",
+            settings.keepalive_time_seconds,
+        ),
+        (
+            "tcpstate_tcp_keepalive_interval_seconds",
+            "net.ipv4.tcp_keepalive_intvl: time between keepalive probes.",
+            settings.keepalive_interval_seconds,
+        ),
+        (
+            "tcpstate_tcp_keepalive_probes",
+            "net.ipv4.tcp_keepalive_probes: unanswered probes before a connection is dropped.",
+            settings.keepalive_probes,
+        ),
+        (
+            "tcpstate_somaxconn",
+            "net.core.somaxconn: the cap on any listener's accept-queue limit.",
+            settings.somaxconn,
+        ),
+    ] {
+        if let Some(value) = value {
+            let mut f = family(name, help, MetricType::GAUGE);
+            f.mut_metric().push(gauge(prefixed(prefix, vec![]), value));
+            families.push(f);
+        }
+    }
 
     let mut tracked = family(
         "tcpstate_close_wait_tracked",

@@ -9,10 +9,12 @@
 
 pub mod ages;
 pub mod aggregate;
+pub mod auth;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod diagnosis;
 pub mod exposition;
 pub mod namespace_set;
 pub mod netns;
@@ -24,3 +26,5 @@ pub mod server;
 pub mod snapshot;
 pub mod sockdiag;
 pub mod sysctl;
+pub mod tls;
+pub mod webconfig;

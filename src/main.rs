@@ -4,11 +4,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use tcpstate_exporter::cli::{Cli, Command};
+use std::io::IsTerminal;
+
+use tcpstate_exporter::cli::{Cli, ColorChoice, Command, SnapshotFormat};
 use tcpstate_exporter::config::{self, LogFormat, NamespaceMode, Settings};
+use tcpstate_exporter::diagnosis::Thresholds;
 use tcpstate_exporter::exposition::LabelOptions;
 use tcpstate_exporter::namespace_set::NamespaceSet;
 use tcpstate_exporter::sampler::Attribution;
+use tcpstate_exporter::snapshot::{RenderOptions, Watch, diagnose_groups};
 use tcpstate_exporter::{daemon, snapshot};
 
 /// Exit code for bad input (flags, config), as clap uses for bad flags.
@@ -32,26 +36,33 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some(Command::Snapshot { format, top }) => {
-            let mut namespaces = match NamespaceSet::new(&settings) {
-                Ok(set) => set,
+        Some(Command::Snapshot {
+            format,
+            top,
+            watch,
+            stuck_after,
+            late_after,
+            max_close_wait,
+            max_age,
+            color,
+        }) => {
+            let request = SnapshotRequest {
+                format,
+                top,
+                watch,
+                stuck_after,
+                late_after,
+                max_close_wait,
+                max_age,
+                color,
+            };
+            match run_snapshot(settings, request) {
+                Ok(code) => code,
                 Err(e) => {
-                    eprintln!("tcpstate-exporter: cannot open a sock_diag netlink socket: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("tcpstate-exporter: {e}");
+                    ExitCode::from(EXIT_BAD_INPUT)
                 }
-            };
-            let mut attribution = Attribution::new(&settings);
-            let round = namespaces.sample_round(&mut attribution);
-            if let Some(e) = round.errors.first() {
-                eprintln!("tcpstate-exporter: snapshot failed: {e}");
-                return ExitCode::FAILURE;
             }
-            let options = LabelOptions {
-                pid_label: settings.pid_label,
-                namespace_labels: settings.namespaces == NamespaceMode::All,
-            };
-            print!("{}", snapshot::render(&round.samples, format, top, options));
-            ExitCode::SUCCESS
         }
         None => match daemon::run(settings) {
             Ok(()) => ExitCode::SUCCESS,
@@ -61,6 +72,94 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Exit code of `snapshot` when a threshold given on the command line is crossed.
+const EXIT_THRESHOLD_CROSSED: u8 = 3;
+
+struct SnapshotRequest {
+    format: SnapshotFormat,
+    top: usize,
+    watch: u32,
+    stuck_after: String,
+    late_after: String,
+    max_close_wait: Option<u64>,
+    max_age: Option<String>,
+    color: ColorChoice,
+}
+
+/// Samples (`watch` times), diagnoses, prints; the exit code says whether a threshold
+/// was crossed. `Err` is bad input.
+fn run_snapshot(mut settings: Settings, request: SnapshotRequest) -> Result<ExitCode, String> {
+    let duration = |flag: &str, text: &str| {
+        humantime::parse_duration(text)
+            .map(|d| d.as_secs_f64())
+            .map_err(|e| format!("flag --{flag}: invalid duration {text:?}: {e}"))
+    };
+    let thresholds = Thresholds {
+        stuck_after: duration("stuck-after", &request.stuck_after)?,
+        late_after: duration("late-after", &request.late_after)?,
+    };
+    let max_age = request
+        .max_age
+        .as_deref()
+        .map(|text| duration("max-age", text))
+        .transpose()?;
+    // A person or a script reads pids here; only the exposition keeps the daemon's labels.
+    if request.format != SnapshotFormat::Prometheus {
+        settings.pid_label = true;
+    }
+    let mut namespaces = NamespaceSet::new(&settings)
+        .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
+    let mut attribution = Attribution::new(&settings);
+    let started = std::time::Instant::now();
+    let first = namespaces.sample_round(&mut attribution);
+    let mut last = None;
+    for _ in 1..request.watch.max(1) {
+        std::thread::sleep(settings.sample_interval);
+        last = Some(namespaces.sample_round(&mut attribution));
+    }
+    let watched = started.elapsed().as_secs_f64();
+    let round = last.as_ref().unwrap_or(&first);
+    if let Some(e) = round.errors.first() {
+        eprintln!("tcpstate-exporter: snapshot failed: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let watch = last.as_ref().map(|_| Watch {
+        first: &first.samples,
+        seconds: watched,
+    });
+    let diagnoses = diagnose_groups(
+        &round.samples,
+        watch.as_ref(),
+        thresholds,
+        settings.pid_label,
+    );
+    let options = RenderOptions {
+        format: request.format,
+        top: request.top,
+        labels: LabelOptions {
+            pid_label: settings.pid_label,
+            namespace_labels: settings.namespaces == NamespaceMode::All,
+        },
+        color: match request.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stdout().is_terminal(),
+        },
+    };
+    print!("{}", snapshot::render(&round.samples, &diagnoses, options));
+    let crossed = diagnoses.iter().any(|d| {
+        request
+            .max_close_wait
+            .is_some_and(|max| d.evidence.close_wait > max)
+            || max_age.is_some_and(|max| d.evidence.oldest_seconds.is_some_and(|age| age > max))
+    });
+    Ok(if crossed {
+        ExitCode::from(EXIT_THRESHOLD_CROSSED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn init_logging(settings: &Settings) {

@@ -310,6 +310,8 @@ impl Sampler {
         let mut sample = builder.finish(self.max_groups, attribution.names.names.clone());
         sample.ages = fold_ages(ages, &sample);
         sample.close_wait_tracked = self.tracker.tracked() as u64;
+        sample.tcp_settings = sysctl::tcp_settings();
+        sample.listen_counters = sysctl::listen_counters().ok();
         Ok((sample, report))
     }
 

@@ -1,5 +1,7 @@
-//! The sysctls the sampler needs, read from /proc/sys of the calling thread's network
-//! namespace (procfs resolves `net.*` by the reader's namespace).
+//! The sysctls and kernel counters the sampler needs, read for the calling thread's
+//! network namespace: procfs resolves `/proc/sys/net/*` by the reader's namespace, and
+//! `/proc/thread-self/net/*` is the thread's (after `setns`), where `/proc/self/net`
+//! would be the process leader's.
 
 use std::io;
 use std::ops::RangeInclusive;
@@ -20,6 +22,72 @@ pub fn ephemeral_port_range() -> io::Result<RangeInclusive<u16>> {
     })
 }
 
+/// The TCP settings the article's causes turn on, as the namespace has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TcpSettings {
+    pub fin_timeout_seconds: Option<f64>,
+    pub keepalive_time_seconds: Option<f64>,
+    pub keepalive_interval_seconds: Option<f64>,
+    pub keepalive_probes: Option<f64>,
+    pub somaxconn: Option<f64>,
+}
+
+/// Reads what is readable; a missing file leaves its field empty.
+pub fn tcp_settings() -> TcpSettings {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{name}"))
+            .ok()
+            .and_then(|text| text.trim().parse::<f64>().ok())
+    };
+    TcpSettings {
+        fin_timeout_seconds: read("ipv4/tcp_fin_timeout"),
+        keepalive_time_seconds: read("ipv4/tcp_keepalive_time"),
+        keepalive_interval_seconds: read("ipv4/tcp_keepalive_intvl"),
+        keepalive_probes: read("ipv4/tcp_keepalive_probes"),
+        somaxconn: read("core/somaxconn"),
+    }
+}
+
+/// TcpExt ListenOverflows and ListenDrops: connections a full accept queue refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    pub overflows: u64,
+    pub drops: u64,
+}
+
+pub fn listen_counters() -> io::Result<ListenCounters> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
+    parse_netstat(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no TcpExt ListenOverflows in netstat",
+        )
+    })
+}
+
+/// /proc/net/netstat holds pairs of lines: `TcpExt: Name1 Name2 ...` then values.
+fn parse_netstat(text: &str) -> Option<ListenCounters> {
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let pairs: Vec<(&str, u64)> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .filter_map(|(n, v)| Some((n, v.parse().ok()?)))
+            .collect();
+        let get = |wanted: &str| pairs.iter().find(|(n, _)| *n == wanted).map(|(_, v)| *v);
+        return Some(ListenCounters {
+            overflows: get("ListenOverflows")?,
+            drops: get("ListenDrops")?,
+        });
+    }
+    None
+}
+
 fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
     let mut fields = text.split_whitespace().map(str::parse::<u16>);
     let low = fields.next()?.ok()?;
@@ -38,6 +106,24 @@ mod tests {
         assert_eq!(parse_port_range("60999 32768"), None);
         assert_eq!(parse_port_range("1024"), None);
         assert_eq!(parse_port_range("a b"), None);
+    }
+
+    #[test]
+    fn parses_listen_counters_from_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 7 9\n\
+                    IpExt: InNoRoutes\nIpExt: 1\n";
+        assert_eq!(
+            parse_netstat(text),
+            Some(ListenCounters {
+                overflows: 7,
+                drops: 9
+            })
+        );
+        assert_eq!(parse_netstat("IpExt: A\nIpExt: 1\n"), None);
+        let real = listen_counters().expect("this kernel has TcpExt");
+        assert!(real.drops >= real.overflows);
+        let settings = tcp_settings();
+        assert!(settings.fin_timeout_seconds.is_some() && settings.somaxconn.is_some());
     }
 
     #[test]

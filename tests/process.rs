@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::{Actor, Daemon, Exposition, Netns, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
-const SETTLE: Duration = Duration::from_secs(10);
+const SETTLE: Duration = Duration::from_secs(30);
 const SAMPLE: Duration = Duration::from_secs(20);
 
 fn daemon<'ns>(ns: &'ns Netns, args: &[&str]) -> Daemon<'ns> {

@@ -1,0 +1,180 @@
+//! The three causes of the article, each built for real in a private namespace, and the
+//! verdict `snapshot --watch --format json` gives for each.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Actor, Netns, wait_until};
+
+const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn close_wait_count(ns: &Netns) -> usize {
+    ns.sockets()
+        .iter()
+        .filter(|s| s.state == "CLOSE-WAIT")
+        .count()
+}
+
+/// Runs `snapshot --format json` with `args` in the namespace; returns the parsed JSON
+/// and the exit code.
+fn snapshot(ns: &Netns, args: &[&str]) -> (Value, Option<i32>) {
+    let out = ns
+        .command(EXPORTER)
+        .args(["snapshot", "--format", "json"])
+        .args(args)
+        .output()
+        .expect("run snapshot");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "snapshot printed no JSON ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (value, out.status.code())
+}
+
+fn group<'a>(snapshot: &'a Value, port: &str, process: &str) -> &'a Value {
+    snapshot["diagnosis"]
+        .as_array()
+        .expect("diagnosis list")
+        .iter()
+        .find(|d| d["port"] == port && d["process"] == process)
+        .unwrap_or_else(|| panic!("no diagnosis for {port}/{process} in {snapshot:#}"))
+}
+
+#[test]
+fn a_program_that_never_closes_is_diagnosed_as_a_bug() {
+    let ns = Netns::new("cause1");
+    let mut server = Actor::spawn(&ns, "forgetful");
+    let mut client = Actor::spawn(&ns, "client");
+    server.listen("l", "127.0.0.1:8080", 16);
+    client.cmd("connect c 127.0.0.1:8080 4 send=10");
+    server.cmd("accept a l 4");
+    client.cmd("close c");
+    assert!(wait_until(WAIT, || close_wait_count(&ns) == 4));
+    // Old enough to count as stuck with --stuck-after 2s, and nothing closes meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+    let (value, code) = snapshot(
+        &ns,
+        &[
+            "--watch",
+            "3",
+            "--sample.interval",
+            "500ms",
+            "--stuck-after",
+            "2s",
+            "--max-close-wait",
+            "3",
+        ],
+    );
+    let d = group(&value, "8080", "forgetful");
+    assert_eq!(d["cause"], "never_closed", "{d:#}");
+    assert_eq!(d["close_wait"], 4);
+    assert_eq!(d["unread_bytes"], 40);
+    assert_eq!(d["closes_seen"], 0);
+    assert_eq!(d["pid"], server.pid());
+    let verdict = d["verdict"].as_str().expect("verdict");
+    assert!(verdict.starts_with("never closed: oldest"), "{verdict}");
+    assert!(
+        verdict.contains("no closes seen") && verdict.contains("100% hold unread data"),
+        "{verdict}"
+    );
+    assert_eq!(code, Some(3), "4 CLOSE_WAIT > --max-close-wait 3");
+    let (_, code) = snapshot(&ns, &["--max-close-wait", "4"]);
+    assert_eq!(code, Some(0), "threshold not crossed");
+}
+
+#[test]
+fn a_program_slower_than_its_peers_timeout_closes_late() {
+    let ns = Netns::new("cause2");
+    let mut server = Actor::spawn(&ns, "slowpoke");
+    let mut client = Actor::spawn(&ns, "impatient");
+    server.listen("l", "127.0.0.1:8080", 64);
+    // Every connection: the peer gives up (closes) at once, the server takes ~1.5 s more
+    // to answer and close. Connections keep coming while the snapshot watches.
+    let snapshot_thread = {
+        let ns_name = ns.name().to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &ns_name, EXPORTER, "snapshot", "--format", "json",
+                ])
+                .args([
+                    "--watch",
+                    "10",
+                    "--sample.interval",
+                    "500ms",
+                    "--late-after",
+                    "1s",
+                ])
+                .output()
+                .expect("snapshot")
+        })
+    };
+    let started = Instant::now();
+    let mut waiting: Vec<(String, Instant)> = Vec::new();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let id = format!("c{n}");
+        client.cmd(&format!("connect {id} 127.0.0.1:8080 1"));
+        server.cmd(&format!("accept s{n} l 1"));
+        client.cmd(&format!("close {id}"));
+        waiting.push((format!("s{n}"), Instant::now()));
+        n += 1;
+        waiting.retain(|(sid, since)| {
+            if since.elapsed() >= Duration::from_millis(1500) {
+                server.cmd(&format!("close {sid}"));
+                false
+            } else {
+                true
+            }
+        });
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = snapshot_thread.join().expect("snapshot thread");
+    let value: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = group(&value, "8080", "slowpoke");
+    assert_eq!(d["cause"], "closed_late", "{d:#}");
+    let closes = d["closes_seen"].as_u64().expect("closes seen");
+    assert!(closes >= 5, "{d:#}");
+    let mean = d["mean_close_seconds"].as_f64().expect("mean");
+    assert!((1.0..3.0).contains(&mean), "held ~1.5 s each: {d:#}");
+    assert!(
+        d["verdict"]
+            .as_str()
+            .expect("verdict")
+            .contains("the peer gave up first")
+    );
+}
+
+#[test]
+fn a_backlog_the_program_cannot_drain_is_diagnosed_as_such() {
+    let ns = Netns::new("cause3");
+    let mut server = Actor::spawn(&ns, "overloaded");
+    let mut client = Actor::spawn(&ns, "client");
+    // Backlog 4 admits 5; the program never accepts. The peers give up and close.
+    server.listen("l", "127.0.0.1:8080", 4);
+    client.cmd("connect c 127.0.0.1:8080 5 send=20");
+    client.cmd("connect late 127.0.0.1:8080 2 nowait");
+    client.cmd("close c");
+    assert!(wait_until(WAIT, || close_wait_count(&ns) == 5));
+    let (value, _) = snapshot(&ns, &["--watch", "2", "--sample.interval", "1500ms"]);
+    let d = group(&value, "8080", "overloaded");
+    assert_eq!(d["cause"], "accept_backlog", "{d:#}");
+    assert_eq!(d["close_wait"], 5);
+    assert_eq!(d["unaccepted"], 5);
+    assert_eq!(d["listen_queue_length"], 5);
+    assert_eq!(d["listen_queue_max"], 4);
+    let verdict = d["verdict"].as_str().expect("verdict");
+    assert!(
+        verdict.starts_with("accept backlog: 5 of 5 never accepted, accept queue 5/4"),
+        "{verdict}"
+    );
+    // The SYN retransmissions of the two late clients overflowed the queue meanwhile.
+    assert!(verdict.contains("listen overflows"), "{verdict}");
+}

@@ -1,0 +1,407 @@
+//! Who may read the metrics: `--web.config.file` (exporter-toolkit format) with TLS,
+//! client certificates and basic auth, checked with a real TLS client (rustls) over
+//! loopback. Certificates are made at test time (rcgen); nothing to install.
+//!
+//! The server here is a small hyper server wired exactly as `server` should wire the
+//! modules (TLS accept with a deadline, auth before routing, configured headers).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tcpstate_exporter::webconfig::WebConfig;
+use tcpstate_exporter::{auth, tls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BODY: &str = "tcpstate_up 1\n";
+/// bcrypt cost for the test users: low so debug builds stay quick; the code path is the
+/// same at any cost.
+const COST: u32 = 5;
+const IO_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A CA, a server certificate and a client certificate it signed, and a client
+/// certificate nobody trusts, written as PEM files into a fresh directory.
+struct Pki {
+    dir: PathBuf,
+    ca: String,
+    client: (String, String),
+    rogue: (String, String),
+}
+
+impl Pki {
+    fn new() -> Pki {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tcpstate-security-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+
+        let leaf = |names: Vec<String>, signed: bool| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(names).unwrap();
+            let cert = if signed {
+                params.signed_by(&key, &issuer).unwrap()
+            } else {
+                params.self_signed(&key).unwrap()
+            };
+            (cert.pem(), key.serialize_pem())
+        };
+        let server = leaf(vec!["localhost".into(), "127.0.0.1".into()], true);
+        let client = leaf(vec!["scraper".into()], true);
+        let rogue = leaf(vec!["scraper".into()], false);
+
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), &server.0).unwrap();
+        std::fs::write(dir.join("server.key"), &server.1).unwrap();
+        Pki {
+            dir,
+            ca: ca.pem(),
+            client,
+            rogue,
+        }
+    }
+
+    /// Writes `text` as the web config file (relative paths resolve beside it).
+    fn web_config(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("web.yml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hash(password: &str) -> String {
+    bcrypt::hash(password, COST).unwrap()
+}
+
+/// Serves `web` on a loopback port until the test's runtime ends.
+async fn start(web: WebConfig) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let web = web.clone();
+            tokio::spawn(async move {
+                let handler = web.clone();
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let web = handler.clone();
+                    async move { Ok::<_, Infallible>(respond(&web, &request).await) }
+                });
+                match &web.tls {
+                    Some(config) => {
+                        let Ok(stream) = tls::accept(Arc::clone(config), stream, IO_DEADLINE).await
+                        else {
+                            return;
+                        };
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    None => {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+async fn respond(web: &WebConfig, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut response = match &web.basic_auth {
+        Some(basic) if !basic.authorize(request.headers().get(AUTHORIZATION)).await => {
+            auth::unauthorized()
+        }
+        _ => Response::new(Full::new(Bytes::from_static(BODY.as_bytes()))),
+    };
+    web.apply_headers(response.headers_mut());
+    response
+}
+
+/// What the client brings.
+#[derive(Default)]
+struct Client<'a> {
+    ca: Option<&'a str>,
+    identity: Option<&'a (String, String)>,
+    credentials: Option<(&'a str, &'a str)>,
+    tls12_only: bool,
+}
+
+impl<'a> Client<'a> {
+    /// A client that trusts the test CA and brings nothing else.
+    fn trusting(pki: &'a Pki) -> Self {
+        Client {
+            ca: Some(&pki.ca),
+            ..Client::default()
+        }
+    }
+}
+
+/// One GET over TLS; the raw response text, or the error that refused it.
+async fn get(address: SocketAddr, client: Client<'_>) -> io::Result<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(client.ca.unwrap_or_default().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if client.tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client.identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let exchange = async {
+        let tcp = TcpStream::connect(address).await?;
+        let mut stream = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        let mut request = String::from("GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
+        if let Some((user, password)) = client.credentials {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            request.push_str(&format!("Authorization: Basic {token}\r\n"));
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(IO_DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")))
+}
+
+fn status(response: &str) -> Option<u16> {
+    response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Refused: the TLS layer failed, or whatever came back is not an HTTP response.
+fn refused(result: &io::Result<String>) -> bool {
+    match result {
+        Err(_) => true,
+        Ok(text) => !text.starts_with("HTTP/"),
+    }
+}
+
+fn load(path: &Path) -> WebConfig {
+    WebConfig::load(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const TLS_SECTION: &str = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
+
+/// Serves the test certificates, with `extra` lines added to `tls_server_config`.
+async fn serve_tls(pki: &Pki, extra: &str) -> SocketAddr {
+    start(load(&pki.web_config(&format!("{TLS_SECTION}{extra}")))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_over_tls() {
+    let pki = Pki::new();
+    let path = pki.web_config(&format!(
+        "{TLS_SECTION}http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n\
+         basic_auth_users:\n  prometheus: '{}'\n  other: '{}'\n",
+        hash("right horse battery"),
+        hash("other secret"),
+    ));
+    let address = start(load(&path)).await;
+    let with = |credentials| Client {
+        credentials,
+        ..Client::trusting(&pki)
+    };
+
+    let ok = get(address, with(Some(("prometheus", "right horse battery"))))
+        .await
+        .unwrap();
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    assert!(ok.ends_with(BODY), "{ok}");
+    assert_eq!(header(&ok, "x-content-type-options"), Some("nosniff"));
+
+    for (credentials, what) in [
+        (None, "no password"),
+        (Some(("prometheus", "wrong")), "wrong password"),
+        (
+            Some(("prometheus", "other secret")),
+            "another user's password",
+        ),
+        (Some(("nobody", "right horse battery")), "unknown user"),
+        (Some(("prometheus", "")), "empty password"),
+    ] {
+        let response = get(address, with(credentials)).await.unwrap();
+        assert_eq!(status(&response), Some(401), "{what}: {response}");
+        assert_eq!(
+            header(&response, "www-authenticate"),
+            Some("Basic realm=\"tcpstate-exporter\""),
+            "{what}"
+        );
+        assert!(!response.contains(BODY), "{what}: metrics leaked");
+    }
+
+    // Scrapes after the first skip bcrypt (the cache) and still succeed.
+    let again = get(address, with(Some(("prometheus", "right horse battery"))))
+        .await
+        .unwrap();
+    assert_eq!(status(&again), Some(200), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_the_tls_port_is_not_served() {
+    let pki = Pki::new();
+    let address = serve_tls(&pki, "").await;
+
+    let exchange = async {
+        let mut tcp = TcpStream::connect(address).await?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await?;
+        Ok::<_, io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(IO_DEADLINE, exchange)
+        .await
+        .expect("the server closes a plain-HTTP connection instead of waiting");
+    // Either a reset or a TLS alert record (content type 21) and a close: never HTTP.
+    if let Ok(answer) = answer {
+        assert!(!answer.starts_with(b"HTTP/"), "served over plain HTTP");
+        assert!(
+            answer.is_empty() || answer[0] == 21,
+            "expected a TLS alert, got {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // The same port still serves a TLS client.
+    let ok = get(address, Client::trusting(&pki)).await.unwrap();
+    assert_eq!(status(&ok), Some(200), "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_required_and_verified() {
+    let pki = Pki::new();
+    let address = serve_tls(
+        &pki,
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n",
+    )
+    .await;
+    let with = |identity| Client {
+        identity,
+        ..Client::trusting(&pki)
+    };
+
+    let ok = get(address, with(Some(&pki.client))).await.unwrap();
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    let anonymous = get(address, with(None)).await;
+    assert!(refused(&anonymous), "no client cert, served: {anonymous:?}");
+    let rogue = get(address, with(Some(&pki.rogue))).await;
+    assert!(refused(&rogue), "untrusted client cert, served: {rogue:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_any_client_cert_takes_an_unverified_one() {
+    let pki = Pki::new();
+    let address = serve_tls(&pki, "  client_auth_type: RequireAnyClientCert\n").await;
+    let with = |identity| Client {
+        identity,
+        ..Client::trusting(&pki)
+    };
+    let rogue = get(address, with(Some(&pki.rogue))).await.unwrap();
+    assert_eq!(status(&rogue), Some(200), "{rogue}");
+    assert!(refused(&get(address, with(None)).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_is_enforced() {
+    let pki = Pki::new();
+    let address = serve_tls(&pki, "  min_version: TLS13\n").await;
+    let client = |tls12_only| Client {
+        tls12_only,
+        ..Client::trusting(&pki)
+    };
+    let old = get(address, client(true)).await;
+    assert!(refused(&old), "TLS 1.2 accepted: {old:?}");
+    let ok = get(address, client(false)).await.unwrap();
+    assert_eq!(status(&ok), Some(200), "{ok}");
+}
+
+#[test]
+fn a_bad_file_is_an_error_to_keep_the_old_config_on() {
+    let pki = Pki::new();
+    let path = pki.web_config(TLS_SECTION);
+    assert!(load(&path).tls.is_some());
+
+    for (text, expect) in [
+        (
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: missing.key\n",
+            "line 3",
+        ),
+        (&format!("{TLS_SECTION}  bogus: 1\n"), "bogus"),
+        ("basic_auth_users:\n  prometheus: plaintext\n", "prometheus"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let error = WebConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains(expect), "{error}");
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+    assert!(WebConfig::load(&pki.dir.join("absent.yml")).is_err());
+}
