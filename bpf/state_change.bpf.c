@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: GPL-2.0
+// TCP state changes from the tracepoint sock:inet_sock_set_state, for tcpstate-exporter.
+//
+// Attached as tp_btf (a BTF-typed raw tracepoint): the program gets the `struct sock *`
+// itself, so it can read the socket cookie and the network namespace, which the classic
+// tracepoint record does not carry. Every transition is counted in maps (exact even when
+// the ring buffer is full); events are sent only for the transitions user space asked
+// for, and a failed reservation is counted, never waited on.
+//
+// No vmlinux.h: the few kernel types read here are declared below with
+// preserve_access_index, so field offsets are CO-RE relocations that the loader
+// resolves against the running kernel's BTF. The build needs clang and libbpf's
+// headers only, not the build machine's kernel.
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#include "state_change.h"
+
+#define IPPROTO_TCP 6
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+	__u64 net_cookie;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+// Flattened: the kernel nests these in anonymous unions and structs, which CO-RE
+// matching looks through.
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+// Set by the loader before the program is loaded.
+// Bit s set: send an event for every transition from or to state s.
+const volatile __u32 event_states = 0xffffffff;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); // replaced by the loader (EventsConfig::ring_bytes)
+} EVENTS SEC(".maps");
+
+// Global counters, one copy per CPU: exact and contention-free.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counters);
+} COUNTERS SEC(".maps");
+
+// Transitions per network namespace. Bounded; a transition whose key no longer fits is
+// counted in counters.netns_overflow (still in the global matrix).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); // replaced by the loader (EventsConfig::netns_keys)
+	__type(key, struct netns_transition);
+	__type(value, __u64);
+} NETNS_TRANSITIONS SEC(".maps");
+
+static __always_inline void count_in_netns(struct counters *c, __u32 inum, __u32 from, __u32 to)
+{
+	struct netns_transition key = { .netns_inum = inum, .from = from, .to = to };
+	__u64 one = 1, *count = bpf_map_lookup_elem(&NETNS_TRANSITIONS, &key);
+
+	if (count) {
+		__sync_fetch_and_add(count, 1);
+		return;
+	}
+	// Another CPU may have inserted the key meanwhile: then add to its entry.
+	if (bpf_map_update_elem(&NETNS_TRANSITIONS, &key, &one, BPF_NOEXIST) == 0)
+		return;
+	count = bpf_map_lookup_elem(&NETNS_TRANSITIONS, &key);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	else
+		c->netns_overflow++;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	__u32 zero = 0;
+	struct counters *c;
+	struct state_change *e;
+	struct net *net;
+	__u32 from = oldstate, to = newstate;
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	c = bpf_map_lookup_elem(&COUNTERS, &zero);
+	if (!c)
+		return 0;
+	if (from >= TCP_STATE_SLOTS || to >= TCP_STATE_SLOTS) {
+		c->unknown_states++;
+		return 0;
+	}
+	c->transitions[from][to]++;
+	net = sk->__sk_common.skc_net.net;
+	__u32 inum = net->ns.inum;
+	count_in_netns(c, inum, from, to);
+
+	if (!(event_states & ((1u << from) | (1u << to))))
+		return 0;
+	e = bpf_ringbuf_reserve(&EVENTS, sizeof(*e), 0);
+	if (!e) {
+		c->lost++;
+		return 0;
+	}
+	e->timestamp_ns = bpf_ktime_get_ns();
+	e->cookie = bpf_get_socket_cookie(sk);
+	e->netns_cookie = net->net_cookie;
+	e->netns_inum = inum;
+	e->family = sk->__sk_common.skc_family;
+	e->local_port = sk->__sk_common.skc_num;
+	e->remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	e->old_state = from;
+	e->new_state = to;
+	e->pad = 0;
+	if (e->family == AF_INET6_VALUE) {
+		__builtin_memcpy(e->local_addr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(e->remote_addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	} else {
+		__builtin_memset(e->local_addr, 0, 16);
+		__builtin_memset(e->remote_addr, 0, 16);
+		__builtin_memcpy(e->local_addr, &sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(e->remote_addr, &sk->__sk_common.skc_daddr, 4);
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: GPL-2.0
+// Records shared by the BPF program and user space (src/events/abi.rs mirrors them:
+// change both together; the Rust side asserts the sizes).
+#ifndef STATE_CHANGE_H
+#define STATE_CHANGE_H
+
+// TCP states are 1 (ESTABLISHED) ..= 12 (NEW_SYN_RECV); index 0 is unused.
+#define TCP_STATE_SLOTS 13
+#define AF_INET6_VALUE 10
+
+// One state change, as sent through the ring buffer. 72 bytes.
+struct state_change {
+	__u64 timestamp_ns;  // bpf_ktime_get_ns: CLOCK_MONOTONIC
+	__u64 cookie;        // socket cookie, as sock_diag reports it
+	__u64 netns_cookie;  // never reused, unlike the inode number
+	__u32 netns_inum;    // inode of /proc/PID/ns/net
+	__u16 family;        // AF_INET or AF_INET6
+	__u16 local_port;    // host byte order
+	__u16 remote_port;   // host byte order
+	__u8 old_state;
+	__u8 new_state;
+	__u32 pad;
+	__u8 local_addr[16]; // IPv4: first 4 bytes, network order
+	__u8 remote_addr[16];
+};
+
+// Per-CPU counters; user space sums the CPUs.
+struct counters {
+	__u64 transitions[TCP_STATE_SLOTS][TCP_STATE_SLOTS];
+	__u64 lost;           // events not sent: ring buffer full
+	__u64 netns_overflow; // transitions not counted per namespace: map full
+	__u64 unknown_states; // state numbers beyond TCP_STATE_SLOTS (not counted)
+};
+
+struct netns_transition {
+	__u32 netns_inum;
+	__u8 from;
+	__u8 to;
+	__u16 pad;
+};
+
+#endif
