@@ -1,0 +1,292 @@
+//! The real daemon under load: its peak and steady RSS while it samples the table every
+//! second, and `/metrics` latency under 50 concurrent `wrk` connections meanwhile.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::measure;
+use crate::netns::Netns;
+
+const PORT: u16 = 9815;
+
+/// What the daemon phase measured.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonFigures {
+    pub samples: u64,
+    pub rss_at_10_kib: u64,
+    /// VmRSS at the last sample before wrk.
+    pub rss_end_kib: u64,
+    pub rss_after_wrk_kib: u64,
+    pub hwm_kib: u64,
+    /// Daemon CPU per sample over the whole phase (scrapes included).
+    pub cpu_per_sample: Duration,
+    pub last_sample_seconds: f64,
+    pub wrk: Option<WrkFigures>,
+    /// The same wrk run again after the daemon's sampling thread got nice 19.
+    pub wrk_reniced: Option<WrkFigures>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WrkFigures {
+    pub connections: u32,
+    pub seconds: u32,
+    pub requests: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Socket errors (connect, read, write, timeout) plus non-2xx responses.
+    pub errors: u64,
+    pub samples_during: u64,
+    pub raw: String,
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the daemon in `ns`, lets it take `samples` samples, then runs wrk for
+/// `wrk_seconds` (0: no wrk) with `connections` connections.
+pub fn measure(
+    ns: &Netns,
+    exporter: &Path,
+    samples: u64,
+    wrk_seconds: u32,
+    connections: u32,
+    renice: bool,
+) -> Result<DaemonFigures, String> {
+    let mut cmd = ns.command(exporter);
+    cmd.args([
+        "--sample.interval",
+        "1s",
+        "--web.listen-address",
+        &format!("127.0.0.1:{PORT}"),
+        "--log.level",
+        "warn",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; the daemon dies with this benchmark.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let daemon = Daemon(cmd.spawn().map_err(|e| format!("start exporter: {e}"))?);
+    // `ip netns exec` execs the daemon: same pid.
+    let pid = daemon.0.id();
+    let pid_text = pid.to_string();
+    let cpu_start = measure::process_cpu(pid).unwrap_or_default();
+    let mut figures = DaemonFigures::default();
+    ns.run(|| -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60 + samples * 5);
+        let mut first_samples = None;
+        loop {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the daemon took fewer than {samples} samples in time"
+                ));
+            }
+            let taken = match scrape() {
+                Ok(text) => metric(&text, "tcpstate_samples_total").unwrap_or(0.0) as u64,
+                Err(_) => 0,
+            };
+            if first_samples.is_none() && taken > 0 {
+                first_samples = Some(taken);
+            }
+            if taken >= 10 && figures.rss_at_10_kib == 0 {
+                figures.rss_at_10_kib = measure::status_kib(&pid_text, "VmRSS").unwrap_or(0);
+            }
+            if taken >= samples {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Flatness is read before wrk: 50 connections' buffers are not growth.
+        figures.rss_end_kib = measure::status_kib(&pid_text, "VmRSS").unwrap_or(0);
+        if wrk_seconds > 0 {
+            let before = samples_now();
+            figures.wrk = Some(run_wrk(wrk_seconds, connections)?);
+            if let Some(w) = figures.wrk.as_mut() {
+                w.samples_during = samples_now().saturating_sub(before);
+            }
+            if renice {
+                renice_sampler(pid)?;
+                let before = samples_now();
+                let mut w = run_wrk(wrk_seconds, connections)?;
+                w.samples_during = samples_now().saturating_sub(before);
+                figures.wrk_reniced = Some(w);
+            }
+        }
+        let text = scrape()?;
+        figures.samples = metric(&text, "tcpstate_samples_total").unwrap_or(0.0) as u64;
+        figures.last_sample_seconds =
+            metric(&text, "tcpstate_sample_duration_seconds").unwrap_or(0.0);
+        Ok(())
+    })??;
+    figures.rss_after_wrk_kib = measure::status_kib(&pid_text, "VmRSS").unwrap_or(0);
+    figures.hwm_kib = measure::status_kib(&pid_text, "VmHWM").unwrap_or(0);
+    let cpu = measure::process_cpu(pid)
+        .unwrap_or_default()
+        .saturating_sub(cpu_start);
+    figures.cpu_per_sample = cpu / figures.samples.max(1) as u32;
+    Ok(figures)
+}
+
+/// Gives the daemon's `sampler` thread nice 19, as an experiment: does the scrape
+/// latency come from the sampling thread competing with the HTTP workers for CPU?
+fn renice_sampler(pid: u32) -> Result<(), String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "sampler"
+            && let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+        {
+            // SAFETY: plain syscall on a thread id.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) } != 0 {
+                return Err(format!("setpriority: {}", std::io::Error::last_os_error()));
+            }
+            return Ok(());
+        }
+    }
+    Err("no thread named sampler in the daemon".into())
+}
+
+fn samples_now() -> u64 {
+    scrape()
+        .ok()
+        .and_then(|t| metric(&t, "tcpstate_samples_total"))
+        .unwrap_or(0.0) as u64
+}
+
+/// `GET /metrics` over a plain HTTP/1.0 connection (this thread's namespace).
+fn scrape() -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect :{PORT}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("scrape: {e}"))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("scrape: {e}"))?;
+    Ok(text)
+}
+
+/// Value of an unlabelled sample line.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn run_wrk(seconds: u32, connections: u32) -> Result<WrkFigures, String> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "--timeout",
+            "5s",
+            &format!("http://127.0.0.1:{PORT}/metrics"),
+        ])
+        .output()
+        .map_err(|e| format!("wrk (apt-get install wrk): {e}"))?;
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed: {raw}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut figures = parse_wrk(&raw);
+    figures.connections = connections;
+    figures.seconds = seconds;
+    figures.raw = raw;
+    Ok(figures)
+}
+
+/// Reads wrk's `--latency` report: percentiles, request count, errors.
+pub fn parse_wrk(raw: &str) -> WrkFigures {
+    let mut f = WrkFigures::default();
+    for line in raw.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => f.p50_ms = millis(v),
+            ["99%", v] => f.p99_ms = millis(v),
+            ["Latency", _avg, _stdev, max, ..] => f.max_ms = millis(max),
+            [n, "requests", "in", ..] => f.requests = n.parse().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                // connect 0, read 0, write 0, timeout 0
+                f.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => f.errors += n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// wrk durations: `812.00us`, `1.23ms`, `2.10s`.
+fn millis(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        "m" => value * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_wrk_latency_report() {
+        let raw = "Running 10s test @ http://127.0.0.1:9815/metrics
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.10ms  500.00us  25.30ms   90.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.20ms
+     90%    2.00ms
+     99%    4.50ms
+  45000 requests in 10.00s, 120.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 3
+Requests/sec:   4500.00
+";
+        let f = parse_wrk(raw);
+        assert_eq!(f.requests, 45000);
+        assert!((f.p50_ms - 0.812).abs() < 1e-9);
+        assert!((f.p99_ms - 4.5).abs() < 1e-9);
+        assert!((f.max_ms - 25.3).abs() < 1e-9);
+        assert_eq!(f.errors, 6);
+    }
+}

@@ -1,0 +1,211 @@
+//! `tcpstate-bench`: how much one sample of tcpstate-exporter costs next to the least
+//! work that can count the TCP table (the floor), `ss` and /proc/net/tcp, on tables of
+//! 10k to 500k+ sockets built in a private network namespace.
+//!
+//! Every figure is measured in the same run, interleaved over rounds, and reported as
+//! a median and as a ratio to the floor of that size: absolute times on a shared
+//! 2-core machine mean little, ratios travel. Needs root (network namespaces).
+//! See docs/benchmarks.md for how to run it and what the figures say.
+
+mod daemon;
+mod floor;
+mod load;
+mod measure;
+mod netns;
+mod report;
+mod rounds;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use netns::Netns;
+
+/// Options; see `usage`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    /// `ss -tanp` runs up to this size, one round above `ssp_all_rounds`.
+    pub ssp_max: usize,
+    pub ssp_all_rounds: usize,
+    pub rss_samples: usize,
+    pub rss_size: Option<usize>,
+    pub daemon_size: Option<usize>,
+    pub daemon_samples: u64,
+    pub wrk_seconds: u32,
+    pub wrk_connections: u32,
+    /// Run wrk a second time with the daemon's sampling thread at nice 19.
+    pub renice_sampler: bool,
+    pub doc: Option<PathBuf>,
+    pub scenario: PathBuf,
+    pub exporter: PathBuf,
+}
+
+fn usage() -> &'static str {
+    "usage: tcpstate-bench [--sizes 10000,100000,500000] [--rounds 5]
+       [--ssp-max 100000] [--ssp-all-rounds 10000]
+       [--rss-samples 1000] [--rss-size N] [--daemon-size N] [--daemon-samples 20]
+       [--wrk-seconds 10] [--wrk-connections 50] [--renice-sampler]
+       [--doc docs/benchmarks.md | --no-doc]
+       [--scenario PATH] [--exporter PATH]
+Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
+--rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default: the
+largest); 0 turns either off. --renice-sampler repeats wrk with the daemon's sampling
+thread at nice 19. Needs root."
+}
+
+fn parse_options() -> Result<Options, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let mut o = Options {
+        sizes: vec![10_000, 100_000, 500_000],
+        rounds: 5,
+        ssp_max: 100_000,
+        ssp_all_rounds: 10_000,
+        rss_samples: 1000,
+        rss_size: None,
+        daemon_size: None,
+        daemon_samples: 20,
+        wrk_seconds: 10,
+        wrk_connections: 50,
+        renice_sampler: false,
+        doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
+        scenario: bin_dir.join("tcpstate-scenario"),
+        exporter: bin_dir.join("tcpstate-exporter"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--renice-sampler" {
+            o.renice_sampler = true;
+            continue;
+        }
+        if flag == "--no-doc" {
+            o.doc = None;
+            continue;
+        }
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| -> Result<usize, String> {
+            let v = v.replace('_', "");
+            let (digits, scale) = match v.strip_suffix(['k', 'K']) {
+                Some(d) => (d, 1000),
+                None => (v.as_str(), 1),
+            };
+            digits
+                .parse::<usize>()
+                .map(|n| n * scale)
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
+        match flag.as_str() {
+            "--sizes" => {
+                o.sizes = value.split(',').map(number).collect::<Result<_, _>>()?;
+            }
+            "--rounds" => o.rounds = number(&value)?.max(1),
+            "--ssp-max" => o.ssp_max = number(&value)?,
+            "--ssp-all-rounds" => o.ssp_all_rounds = number(&value)?,
+            "--rss-samples" => o.rss_samples = number(&value)?,
+            "--rss-size" => o.rss_size = Some(number(&value)?),
+            "--daemon-size" => o.daemon_size = Some(number(&value)?),
+            "--daemon-samples" => o.daemon_samples = number(&value)? as u64,
+            "--wrk-seconds" => o.wrk_seconds = number(&value)? as u32,
+            "--wrk-connections" => o.wrk_connections = number(&value)? as u32,
+            "--doc" => o.doc = Some(PathBuf::from(value)),
+            "--scenario" => o.scenario = PathBuf::from(value),
+            "--exporter" => o.exporter = PathBuf::from(value),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    o.sizes.sort_unstable();
+    // RSS growth is looked for at 100k when that size is run: large enough for a leak
+    // per socket to show, small enough for 1,000 samples to take about a minute.
+    let near_100k = o.sizes.iter().copied().min_by_key(|s| s.abs_diff(100_000));
+    o.rss_size = o.rss_size.or(near_100k);
+    o.daemon_size = o.daemon_size.or(o.sizes.last().copied());
+    for binary in [&o.scenario, &o.exporter] {
+        if !binary.exists() {
+            return Err(format!(
+                "{} is missing: cargo build --release -p tcpstate-scenario --bin tcpstate-exporter",
+                binary.display()
+            ));
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("tcpstate-bench: {e}");
+            }
+            eprintln!("{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpstate-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(options: &Options) -> Result<(), String> {
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for &size in &options.sizes {
+        results.push(one_size(options, size)?);
+    }
+    let machine = report::Machine::probe();
+    let markdown = report::markdown(&machine, options, &results);
+    println!("\n{markdown}");
+    if let Some(doc) = &options.doc {
+        report::write_into_doc(doc, &markdown)?;
+        println!("results written into {}", doc.display());
+    }
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Builds a table of `size` sockets in a fresh namespace, measures everything on it,
+/// and tears it down (on error too: the actors and the namespace are dropped).
+fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String> {
+    eprintln!("== {size} sockets");
+    let ns = Netns::create()?;
+    ns.sysctl("net.core.somaxconn", "65535")?;
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "2000000")?;
+    ns.sysctl("net.ipv4.ip_local_port_range", load::EPHEMERAL_RANGE)?;
+    // Orphaned FIN_WAIT2 sockets then stay for the whole run.
+    ns.sysctl("net.ipv4.tcp_fin_timeout", "100000")?;
+    let build_start = Instant::now();
+    let mut table = load::Table::build(&ns, &options.scenario, size)?;
+    eprintln!(
+        "   built in {:.1} s by {} actors",
+        build_start.elapsed().as_secs_f64(),
+        table.actors()
+    );
+    let mut result = rounds::measure_size(&ns, &mut table, options, size)?;
+    if options.rss_size == Some(size) && options.rss_samples > 0 {
+        result.rss_loop = Some(rounds::rss_loop(&ns, options.rss_samples)?);
+    }
+    if options.daemon_size == Some(size) {
+        table.refresh_if_due()?;
+        eprintln!("   daemon: {} samples, then wrk", options.daemon_samples);
+        result.daemon = Some(daemon::measure(
+            &ns,
+            &options.exporter,
+            options.daemon_samples,
+            options.wrk_seconds,
+            options.wrk_connections,
+            options.renice_sampler,
+        )?);
+    }
+    drop(table);
+    drop(ns);
+    Ok(result)
+}

@@ -1,0 +1,246 @@
+//! One table size: every method measured in the same rounds, interleaved, on a thread
+//! inside the namespace, so slow drifts of a shared machine hit all methods alike.
+
+use std::time::{Duration, Instant};
+
+use tcpstate_exporter::config::Settings;
+use tcpstate_exporter::sampler::{SampleReport, Sampler};
+
+use crate::Options;
+use crate::daemon::DaemonFigures;
+use crate::floor::{FloorSocket, StateCounts};
+use crate::load::Table;
+use crate::measure::{self, Cost};
+use crate::netns::Netns;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Floor,
+    FloorCloseWaitInfo,
+    Ss,
+    SsProcesses,
+    ProcNet,
+    PlainFirst,
+    PlainSteady,
+    AttributedFirst,
+    AttributedSteady,
+    Readlink,
+}
+
+impl Method {
+    pub const ALL: [Method; 10] = [
+        Method::Floor,
+        Method::PlainFirst,
+        Method::PlainSteady,
+        Method::AttributedFirst,
+        Method::AttributedSteady,
+        Method::Ss,
+        Method::SsProcesses,
+        Method::ProcNet,
+        Method::FloorCloseWaitInfo,
+        Method::Readlink,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Floor => "floor: sock_diag dump, state byte only",
+            Method::FloorCloseWaitInfo => "(part) CLOSE_WAIT dump with tcp_info",
+            Method::Ss => "`ss -tan`",
+            Method::SsProcesses => "`ss -tanp`",
+            Method::ProcNet => "read /proc/net/tcp + tcp6",
+            Method::PlainFirst => "exporter sample, no attribution, first",
+            Method::PlainSteady => "exporter sample, no attribution, steady",
+            Method::AttributedFirst => "exporter sample, attribution, first",
+            Method::AttributedSteady => "exporter sample, attribution, steady",
+            Method::Readlink => "(part) readlink every fd of the actors",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RssLoop {
+    pub samples: usize,
+    pub rss_1_kib: u64,
+    pub rss_10_kib: u64,
+    pub rss_end_kib: u64,
+    pub per_sample: Cost,
+}
+
+#[derive(Debug)]
+pub struct SizeResult {
+    pub size: usize,
+    pub actors: usize,
+    /// State counts from the floor, one per floor run.
+    pub counts: Vec<StateCounts>,
+    pub costs: Vec<(Method, Vec<Cost>)>,
+    pub attributed_first: SampleReport,
+    pub attributed_steady: SampleReport,
+    pub exporter_total: u64,
+    pub rss_loop: Option<RssLoop>,
+    pub daemon: Option<DaemonFigures>,
+}
+
+impl SizeResult {
+    pub fn median(&self, method: Method) -> Option<Cost> {
+        self.costs
+            .iter()
+            .find(|(m, c)| *m == method && !c.is_empty())
+            .map(|(_, c)| measure::median(c))
+    }
+
+    fn push(&mut self, method: Method, cost: Cost) {
+        match self.costs.iter_mut().find(|(m, _)| *m == method) {
+            Some((_, list)) => list.push(cost),
+            None => self.costs.push((method, vec![cost])),
+        }
+    }
+}
+
+fn settings(attribution: bool) -> Settings {
+    Settings {
+        process_attribution: attribution,
+        ..Settings::default()
+    }
+}
+
+/// A timed sample and what it reported.
+type Timed = (Cost, SampleReport);
+
+/// First sample of a new sampler, then one settling sample and one timed steady one.
+fn first_and_steady(attribution: bool) -> Result<(Timed, Timed, u64), String> {
+    let settings = settings(attribution);
+    let (sampler, open) = measure::time(|| Sampler::new(&settings));
+    let mut sampler = sampler.map_err(|e| format!("sampler: {e}"))?;
+    let (first, mut first_cost) = measure::time(|| sampler.sample());
+    let (sample, first_report) = first.map_err(|e| format!("first sample: {e}"))?;
+    first_cost.wall += open.wall;
+    first_cost.cpu += open.cpu;
+    let total = sample.state_counts.iter().sum();
+    drop(sample);
+    sampler.sample().map_err(|e| format!("sample: {e}"))?;
+    let (steady, steady_cost) = measure::time(|| sampler.sample());
+    let (_, steady_report) = steady.map_err(|e| format!("steady sample: {e}"))?;
+    Ok((
+        (first_cost, first_report),
+        (steady_cost, steady_report),
+        total,
+    ))
+}
+
+pub fn measure_size(
+    ns: &Netns,
+    table: &mut Table,
+    options: &Options,
+    size: usize,
+) -> Result<SizeResult, String> {
+    let mut result = SizeResult {
+        size,
+        actors: table.actors(),
+        counts: Vec::new(),
+        costs: Vec::new(),
+        attributed_first: SampleReport::default(),
+        attributed_steady: SampleReport::default(),
+        exporter_total: 0,
+        rss_loop: None,
+        daemon: None,
+    };
+    let pids = table.actor_pids();
+    ns.run(|| -> Result<(), String> {
+        let mut floor = FloorSocket::open().map_err(|e| format!("netlink: {e}"))?;
+        for round in 0..options.rounds {
+            let round_start = Instant::now();
+            table.refresh_if_due()?;
+            let (counts, cost) = measure::time(|| floor.count(false));
+            let counts = counts.map_err(|e| format!("floor dump: {e}"))?;
+            result.push(Method::Floor, cost);
+            result.counts.push(counts);
+
+            let (plain_first, plain_steady, _) = first_and_steady(false)?;
+            result.push(Method::PlainFirst, plain_first.0);
+            result.push(Method::PlainSteady, plain_steady.0);
+
+            table.refresh_if_due()?;
+            let (first, steady, total) = first_and_steady(true)?;
+            result.push(Method::AttributedFirst, first.0);
+            result.push(Method::AttributedSteady, steady.0);
+            result.attributed_first = first.1;
+            result.attributed_steady = steady.1;
+            result.exporter_total = total;
+
+            result.push(Method::Ss, measure::run_child("ss", &["-tan"])?);
+            let ssp_rounds = if size <= options.ssp_all_rounds {
+                options.rounds
+            } else {
+                1
+            };
+            if size <= options.ssp_max && round < ssp_rounds {
+                table.refresh_if_due()?;
+                result.push(Method::SsProcesses, measure::run_child("ss", &["-tanp"])?);
+            }
+            let (lines, cost) = measure::time(measure::read_proc_net);
+            lines?;
+            result.push(Method::ProcNet, cost);
+            let (cw, cost) = measure::time(|| floor.count(true));
+            cw.map_err(|e| format!("CLOSE_WAIT dump: {e}"))?;
+            result.push(Method::FloorCloseWaitInfo, cost);
+            let (_, cost) = measure::time(|| measure::readlink_fds(&pids));
+            result.push(Method::Readlink, cost);
+
+            let (counts, cost) = measure::time(|| floor.count(false));
+            let counts = counts.map_err(|e| format!("floor dump: {e}"))?;
+            result.push(Method::Floor, cost);
+            result.counts.push(counts);
+            eprintln!(
+                "   round {}/{} ({:.1} s): {} sockets: {}",
+                round + 1,
+                options.rounds,
+                round_start.elapsed().as_secs_f64(),
+                counts.total(),
+                counts.describe()
+            );
+        }
+        Ok(())
+    })??;
+    Ok(result)
+}
+
+/// Many samples with attribution in this process, for RSS growth: the process's VmRSS
+/// after sample 1, 10 and the last.
+pub fn rss_loop(ns: &Netns, samples: usize) -> Result<RssLoop, String> {
+    eprintln!("   RSS loop: {samples} samples in-process");
+    ns.run(|| -> Result<RssLoop, String> {
+        let mut sampler = Sampler::new(&settings(true)).map_err(|e| format!("sampler: {e}"))?;
+        let rss = || measure::status_kib("self", "VmRSS").unwrap_or(0);
+        let mut figures = RssLoop {
+            samples,
+            rss_1_kib: 0,
+            rss_10_kib: 0,
+            rss_end_kib: 0,
+            per_sample: Cost::default(),
+        };
+        let mut total = Cost::default();
+        for i in 1..=samples {
+            let (sample, cost) = measure::time(|| sampler.sample());
+            sample.map_err(|e| format!("sample {i}: {e}"))?;
+            total.wall += cost.wall;
+            total.cpu += cost.cpu;
+            match i {
+                1 => figures.rss_1_kib = rss(),
+                10 => figures.rss_10_kib = rss(),
+                _ => {}
+            }
+        }
+        figures.rss_end_kib = rss();
+        let n = samples.max(1) as u32;
+        figures.per_sample = Cost {
+            wall: total.wall / n,
+            cpu: total.cpu / n,
+        };
+        Ok(figures)
+    })?
+}
+
+/// Microseconds per socket.
+pub fn per_socket(cost: Duration, sockets: u64) -> f64 {
+    cost.as_secs_f64() * 1e6 / sockets.max(1) as f64
+}
