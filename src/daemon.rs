@@ -17,28 +17,40 @@ use crate::exposition::{self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, Se
 use crate::namespace_set::NamespaceSet;
 use crate::sampler::Attribution;
 use crate::server::{self, Site};
+use crate::webconfig::WebConfig;
 
-/// Runs until SIGINT or SIGTERM. Errors are startup errors (bad address, no netlink).
-pub fn run(settings: Settings) -> Result<(), String> {
+/// Control messages to the sampling thread.
+enum Control {
+    /// New settings from a SIGHUP reload: interval, detail states, folding, namespaces.
+    Reconfigure(Box<Settings>),
+}
+
+/// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration through `reload`.
+/// Errors are startup errors (bad address, no netlink, bad web config).
+pub fn run(
+    settings: Settings,
+    reload: impl Fn() -> Result<Settings, String> + Send + 'static,
+) -> Result<(), String> {
+    let web = load_web_config(&settings)?;
     let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
-    let sampler = NamespaceSet::new(&settings)
+    let namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
 
     // The first sample is published before the server starts listening, so the first
     // scrape already sees data (or, if that sample failed, the error counted).
     let (first_done_tx, first_done_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (control_tx, control_rx) = mpsc::channel::<Control>();
     let loop_settings = settings.clone();
     let loop_exposition = Arc::clone(&exposition);
     let sampling = std::thread::Builder::new()
         .name("sampler".into())
         .spawn(move || {
             sample_loop(
-                sampler,
+                namespaces,
                 loop_settings,
                 loop_exposition,
                 first_done_tx,
-                stop_rx,
+                control_rx,
             )
         })
         .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
@@ -59,38 +71,77 @@ pub fn run(settings: Settings) -> Result<(), String> {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!(address = %local, path = %settings.telemetry_path, "serving metrics");
+        tracing::info!(address = %local, path = %settings.telemetry_path,
+            tls = web.tls.is_some(), basic_auth = web.basic_auth.is_some(), "serving metrics");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let site = Site {
-            telemetry_path: settings.telemetry_path.as_str().into(),
+            telemetry_path: Arc::new(ArcSwap::from_pointee(settings.telemetry_path.clone())),
             exposition,
+            web: Arc::new(ArcSwap::from_pointee(web)),
         };
-        let serving = tokio::spawn(server::serve(listener, site, shutdown_rx));
-        wait_for_signal().await;
+        let serving = tokio::spawn(server::serve(listener, site.clone(), shutdown_rx));
+        let mut current = settings;
+        while wait_for_signal().await == Signal::Reload {
+            match reload().and_then(|new| load_web_config(&new).map(|web| (new, web))) {
+                Ok((new, web)) => {
+                    if new.listen_address != current.listen_address
+                        || new.pid_label != current.pid_label
+                        || new.process_attribution != current.process_attribution
+                    {
+                        tracing::warn!(
+                            "web.listen_address, process.attribution and process.pid_label \
+                             change only on restart"
+                        );
+                    }
+                    site.web.store(Arc::new(web));
+                    site.telemetry_path.store(Arc::new(new.telemetry_path.clone()));
+                    let _ = control_tx.send(Control::Reconfigure(Box::new(new.clone())));
+                    tracing::info!("configuration reloaded");
+                    current = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration reload refused; keeping the running one");
+                }
+            }
+        }
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
         let _ = serving.await;
         Ok(())
     });
-    drop(stop_tx);
+    drop(control_tx);
     let _ = sampling.join();
     result
 }
 
-async fn wait_for_signal() {
+/// The web config named by the settings (TLS, basic auth), or plain HTTP.
+fn load_web_config(settings: &Settings) -> Result<WebConfig, String> {
+    match &settings.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(|e| e.to_string()),
+        None => Ok(WebConfig::default()),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
-    let terminate = signal(SignalKind::terminate());
-    let interrupt = signal(SignalKind::interrupt());
-    match (terminate, interrupt) {
-        (Ok(mut terminate), Ok(mut interrupt)) => {
-            tokio::select! {
-                _ = terminate.recv() => {},
-                _ = interrupt.recv() => {},
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return Signal::Stop;
+    };
+    tokio::select! {
+        _ = terminate.recv() => Signal::Stop,
+        _ = interrupt.recv() => Signal::Stop,
+        _ = hangup.recv() => Signal::Reload,
     }
 }
 
@@ -101,15 +152,16 @@ fn sample_loop(
     settings: Settings,
     exposition: Arc<ArcSwap<Exposition>>,
     first_done: mpsc::Sender<()>,
-    stop: mpsc::Receiver<()>,
+    control: mpsc::Receiver<Control>,
 ) {
-    let options = LabelOptions {
+    let mut settings = settings;
+    let mut options = LabelOptions {
         pid_label: settings.pid_label,
         namespace_labels: settings.namespaces == NamespaceMode::All,
     };
     let process = ProcessCollector::for_self();
     let mut metrics = SelfMetrics::default();
-    let interval = settings.sample_interval;
+    let mut interval = settings.sample_interval;
     let mut attribution = Attribution::new(&settings);
     let mut next = Instant::now();
     loop {
@@ -149,9 +201,19 @@ fn sample_loop(
         while next <= now {
             next += interval;
         }
-        match stop.recv_timeout(next - now) {
+        match control.recv_timeout(next - now) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(Control::Reconfigure(new)) => {
+                settings = *new;
+                interval = settings.sample_interval;
+                options = LabelOptions {
+                    pid_label: settings.pid_label,
+                    namespace_labels: settings.namespaces == NamespaceMode::All,
+                };
+                namespaces.reconfigure(&settings);
+                next = Instant::now();
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }

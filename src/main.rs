@@ -30,6 +30,14 @@ fn main() -> ExitCode {
     init_logging(&settings);
     match cli.command {
         Some(Command::CheckConfig) => {
+            let web_config = settings
+                .web_config_file
+                .as_deref()
+                .map(tcpstate_exporter::webconfig::WebConfig::load);
+            if let Some(Err(e)) = web_config {
+                eprintln!("tcpstate-exporter: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
             match &cli.flags.config_file {
                 Some(path) => println!("{}: valid", path.display()),
                 None => println!("no --config.file given: the built-in defaults are valid"),
@@ -64,7 +72,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => match daemon::run(settings) {
+        None => match daemon::run(settings, move || {
+            config::load(&cli.flags).map_err(|e| e.to_string())
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

@@ -98,6 +98,23 @@ impl NamespaceSet {
         Ok(set)
     }
 
+    /// Applies reloaded settings: detail states and folding to every sampler; with
+    /// "own", the other namespaces are dropped; with "all", the next round discovers.
+    pub fn reconfigure(&mut self, settings: &Settings) {
+        for member in self.members.values_mut() {
+            member.sampler.reconfigure(settings);
+        }
+        if settings.namespaces == NamespaceMode::Own {
+            let own = self.own_inode;
+            self.members.retain(|inode, _| *inode == own);
+            if let Some(own) = self.members.get_mut(&own) {
+                own.info.labels = NamespaceLabels::default();
+            }
+        }
+        self.pods = PodDirectory::new(&settings.pods_log_dir);
+        self.settings = settings.clone();
+    }
+
     /// Samples every namespace once.
     pub fn sample_round(&mut self, attribution: &mut Attribution) -> Round {
         let mut round = Round::default();
@@ -261,6 +278,42 @@ fn accumulate(total: &mut SampleReport, report: SampleReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failing sample keeps the namespace's last good one served, and reports the
+    /// error; the next good sample replaces it.
+    #[test]
+    fn a_failed_sample_keeps_the_last_good_one() {
+        let settings = Settings::default();
+        let mut set = NamespaceSet::new(&settings).expect("netlink");
+        let mut attribution = Attribution::new(&settings);
+        let good = set.sample_round(&mut attribution);
+        assert!(good.errors.is_empty());
+        assert_eq!(good.samples.len(), 1);
+        let good_counts = good.samples[0].sample.state_counts;
+
+        for error in [
+            DumpError::Overrun,
+            DumpError::Interrupted,
+            DumpError::Decode("truncated attribute".into()),
+        ] {
+            let reason = error.reason();
+            let own = set.members.values_mut().next().expect("own namespace");
+            own.sampler.inject_failure(error);
+            let failed = set.sample_round(&mut attribution);
+            assert_eq!(failed.errors.len(), 1, "{reason}");
+            assert_eq!(failed.errors[0].reason(), reason);
+            assert_eq!(failed.sampled, 0);
+            assert_eq!(
+                failed.samples.len(),
+                1,
+                "the last good sample is still served"
+            );
+            assert_eq!(failed.samples[0].sample.state_counts, good_counts);
+        }
+        let again = set.sample_round(&mut attribution);
+        assert!(again.errors.is_empty());
+        assert_eq!(again.sampled, 1);
+    }
 
     fn reference(name: Option<&str>, inode: u64) -> NamespaceRef {
         NamespaceRef {

@@ -55,6 +55,8 @@ pub struct OwnerCache {
     /// a socket held outside our view does not cost a /proc walk every sample.
     unresolvable: HashSet<u32>,
     passes_since_full: u32,
+    /// Whether the missing-privilege warning was given (once per run).
+    warned_permission: bool,
 }
 
 impl OwnerCache {
@@ -65,6 +67,7 @@ impl OwnerCache {
             inode_owner: HashMap::new(),
             unresolvable: HashSet::new(),
             passes_since_full: 0,
+            warned_permission: false,
         }
     }
 
@@ -171,6 +174,14 @@ impl OwnerCache {
         let listing = match fs::read_dir(&fd_dir) {
             Ok(listing) => listing,
             Err(e) => {
+                if e.kind() == io::ErrorKind::PermissionDenied && !self.warned_permission {
+                    self.warned_permission = true;
+                    tracing::warn!(
+                        pid,
+                        "cannot read /proc/PID/fd of other users' processes: their sockets \
+                         get process=\"\" (grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
+                    );
+                }
                 tracing::debug!(pid, error = %e, "cannot list fds");
                 return;
             }

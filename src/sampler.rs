@@ -145,6 +145,20 @@ impl Sampler {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn inject_failure(&mut self, error: DumpError) {
+        self.socket.inject = Some(error);
+    }
+
+    /// Applies reloaded settings that need no new state: detail states and folding.
+    pub fn reconfigure(&mut self, settings: &Settings) {
+        self.detail_mask = [false; STATE_COUNT];
+        for state in &settings.detail_states {
+            self.detail_mask[state.index()] = true;
+        }
+        self.max_groups = settings.max_groups;
+    }
+
     /// One sample; `attribution` is shared with the other namespaces' samplers (call its
     /// `revalidate` once per round, not per namespace).
     pub fn sample(

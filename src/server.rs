@@ -1,5 +1,10 @@
 //! HTTP: serves the last encoded exposition. A scrape never samples, never waits for a
 //! sample and takes no lock: it loads an `Arc` and writes its bytes.
+//!
+//! Who may read it is the web config's business (TLS, client certificates, basic auth;
+//! checked before routing, so even a 404 needs credentials). Slow or hostile clients
+//! are bounded: a deadline on the TLS handshake and on each request head, a cap on the
+//! request head's size, on concurrent connections and on a connection's lifetime.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,16 +23,29 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth;
 use crate::exposition::{CONTENT_TYPE, Exposition};
+use crate::tls;
+use crate::webconfig::WebConfig;
 
-/// How long a client may take to send its request head (slow-client defence).
+/// How long a client may take to send its request head or finish a TLS handshake
+/// (slow-client defence).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (hyper answers 431 beyond it); a scrape needs < 1 KiB.
+const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// Concurrent connections served; further ones are closed at once. Prometheus needs one
+/// per server, so this only bites a flood.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A keep-alive connection is closed after this long, so no client holds a slot forever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
-/// What a request handler needs: the path to serve and the exposition to serve there.
+/// What a request handler needs: the path to serve, the exposition to serve there and
+/// who may read it. Path and web config are swapped on reload.
 #[derive(Clone)]
 pub struct Site {
-    pub telemetry_path: Arc<str>,
+    pub telemetry_path: Arc<ArcSwap<String>>,
     pub exposition: Arc<ArcSwap<Exposition>>,
+    pub web: Arc<ArcSwap<WebConfig>>,
 }
 
 /// Binds the first address of `candidates` that works.
@@ -44,6 +62,7 @@ pub async fn bind(candidates: &[SocketAddr]) -> std::io::Result<TcpListener> {
 
 /// Accepts connections until `shutdown` flips to true.
 pub async fn serve(listener: TcpListener, site: Site, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -57,20 +76,70 @@ pub async fn serve(listener: TcpListener, site: Site, mut shutdown: watch::Recei
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "connection limit reached; closing");
+            continue;
+        };
         let site = site.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let site = site.clone();
-                async move { Ok::<_, Infallible>(respond(&site, &request)) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let _slot = slot;
+            let connection = serve_connection(stream, site);
+            if tokio::time::timeout(CONNECTION_LIFETIME, connection)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "connection lifetime reached");
             }
         });
+    }
+}
+
+/// One connection: TLS if configured, then HTTP/1.1 with auth before routing.
+async fn serve_connection(stream: tokio::net::TcpStream, site: Site) {
+    let peer = stream.peer_addr().ok();
+    // One web config per connection: a reload applies to the next connection.
+    let web = site.web.load_full();
+    let handler_web = Arc::clone(&web);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (site, web) = (site.clone(), Arc::clone(&handler_web));
+        async move {
+            let authorized = match &web.basic_auth {
+                Some(basic) => {
+                    basic
+                        .authorize(request.headers().get(header::AUTHORIZATION))
+                        .await
+                }
+                None => true,
+            };
+            if !authorized {
+                let mut response = auth::unauthorized();
+                web.apply_headers(response.headers_mut());
+                return Ok::<_, Infallible>(response);
+            }
+            let mut response = respond(&site, &request);
+            web.apply_headers(response.headers_mut());
+            Ok(response)
+        }
+    });
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+    let result = match &web.tls {
+        Some(config) => match tls::accept(Arc::clone(config), stream, HEADER_READ_TIMEOUT).await {
+            Ok(tls_stream) => {
+                http.serve_connection(TokioIo::new(tls_stream), service)
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+        None => http.serve_connection(TokioIo::new(stream), service).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(?peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -90,7 +159,8 @@ fn respond_to(
     path: &str,
     accept_encoding: Option<&HeaderValue>,
 ) -> Response<Full<Bytes>> {
-    let is_metrics = path == &*site.telemetry_path;
+    let telemetry_path = site.telemetry_path.load();
+    let is_metrics = path == telemetry_path.as_str();
     let is_landing = path == "/";
     if !is_metrics && !is_landing {
         return plain(StatusCode::NOT_FOUND, "404 page not found\n");
@@ -105,7 +175,7 @@ fn respond_to(
     let mut response = if is_metrics {
         metrics(&site.exposition.load(), accepts_gzip(accept_encoding))
     } else {
-        landing(&site.telemetry_path)
+        landing(&telemetry_path)
     };
     if method == Method::HEAD {
         *response.body_mut() = Full::new(Bytes::new());
@@ -176,11 +246,12 @@ mod tests {
 
     fn site() -> Site {
         Site {
-            telemetry_path: "/metrics".into(),
+            telemetry_path: Arc::new(ArcSwap::from_pointee("/metrics".to_string())),
             exposition: Arc::new(ArcSwap::from_pointee(Exposition {
                 text: Bytes::from_static(b"m 1\n"),
                 gzip: Bytes::from_static(b"GZ"),
             })),
+            web: Arc::new(ArcSwap::from_pointee(WebConfig::default())),
         }
     }
 

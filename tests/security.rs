@@ -2,10 +2,8 @@
 //! client certificates and basic auth, checked with a real TLS client (rustls) over
 //! loopback. Certificates are made at test time (rcgen); nothing to install.
 //!
-//! The server here is a small hyper server wired exactly as `server` should wire the
-//! modules (TLS accept with a deadline, auth before routing, configured headers).
+//! The server is the real daemon started with `--web.config.file`.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,22 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tcpstate_exporter::webconfig::WebConfig;
-use tcpstate_exporter::{auth, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-const BODY: &str = "tcpstate_up 1\n";
+/// What every served exposition holds.
+const BODY: &str = "tcpstate_sockets{state=\"listen\"}";
 /// bcrypt cost for the test users: low so debug builds stay quick; the code path is the
 /// same at any cost.
 const COST: u32 = 5;
@@ -104,52 +94,48 @@ fn hash(password: &str) -> String {
 }
 
 /// Serves `web` on a loopback port until the test's runtime ends.
-async fn start(web: WebConfig) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let web = web.clone();
-            tokio::spawn(async move {
-                let handler = web.clone();
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let web = handler.clone();
-                    async move { Ok::<_, Infallible>(respond(&web, &request).await) }
-                });
-                match &web.tls {
-                    Some(config) => {
-                        let Ok(stream) = tls::accept(Arc::clone(config), stream, IO_DEADLINE).await
-                        else {
-                            return;
-                        };
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    }
-                    None => {
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    }
-                }
-            });
-        }
-    });
-    address
+/// The real exporter, serving with the web config at `path`; killed on drop.
+struct Exporter {
+    child: std::process::Child,
+    address: SocketAddr,
 }
 
-async fn respond(web: &WebConfig, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut response = match &web.basic_auth {
-        Some(basic) if !basic.authorize(request.headers().get(AUTHORIZATION)).await => {
-            auth::unauthorized()
-        }
-        _ => Response::new(Full::new(Bytes::from_static(BODY.as_bytes()))),
-    };
-    web.apply_headers(response.headers_mut());
-    response
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the daemon on a free loopback port with `--web.config.file path`, and waits
+/// until it accepts connections. (It samples the host's table once, read-only; no
+/// socket scenario is built here.)
+async fn start(path: &Path) -> Exporter {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tcpstate-exporter"))
+        .args(["--web.listen-address", &address.to_string()])
+        .args(["--sample.interval", "1h"])
+        .arg("--web.config.file")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the exporter");
+    let exporter = Exporter { child, address };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exporter never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exporter
 }
 
 /// What the client brings.
@@ -251,8 +237,8 @@ fn load(path: &Path) -> WebConfig {
 const TLS_SECTION: &str = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
 
 /// Serves the test certificates, with `extra` lines added to `tls_server_config`.
-async fn serve_tls(pki: &Pki, extra: &str) -> SocketAddr {
-    start(load(&pki.web_config(&format!("{TLS_SECTION}{extra}")))).await
+async fn serve_tls(pki: &Pki, extra: &str) -> Exporter {
+    start(&pki.web_config(&format!("{TLS_SECTION}{extra}"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +250,8 @@ async fn basic_auth_over_tls() {
         hash("right horse battery"),
         hash("other secret"),
     ));
-    let address = start(load(&path)).await;
+    let exporter = start(&path).await;
+    let address = exporter.address;
     let with = |credentials| Client {
         credentials,
         ..Client::trusting(&pki)
@@ -274,7 +261,7 @@ async fn basic_auth_over_tls() {
         .await
         .unwrap();
     assert_eq!(status(&ok), Some(200), "{ok}");
-    assert!(ok.ends_with(BODY), "{ok}");
+    assert!(ok.contains(BODY), "{ok}");
     assert_eq!(header(&ok, "x-content-type-options"), Some("nosniff"));
 
     for (credentials, what) in [
@@ -307,7 +294,8 @@ async fn basic_auth_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_the_tls_port_is_not_served() {
     let pki = Pki::new();
-    let address = serve_tls(&pki, "").await;
+    let exporter = serve_tls(&pki, "").await;
+    let address = exporter.address;
 
     let exchange = async {
         let mut tcp = TcpStream::connect(address).await?;
@@ -338,11 +326,12 @@ async fn plain_http_to_the_tls_port_is_not_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_required_and_verified() {
     let pki = Pki::new();
-    let address = serve_tls(
+    let exporter = serve_tls(
         &pki,
         "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n",
     )
     .await;
+    let address = exporter.address;
     let with = |identity| Client {
         identity,
         ..Client::trusting(&pki)
@@ -359,7 +348,8 @@ async fn client_certificate_required_and_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_any_client_cert_takes_an_unverified_one() {
     let pki = Pki::new();
-    let address = serve_tls(&pki, "  client_auth_type: RequireAnyClientCert\n").await;
+    let exporter = serve_tls(&pki, "  client_auth_type: RequireAnyClientCert\n").await;
+    let address = exporter.address;
     let with = |identity| Client {
         identity,
         ..Client::trusting(&pki)
@@ -372,7 +362,8 @@ async fn require_any_client_cert_takes_an_unverified_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_version_is_enforced() {
     let pki = Pki::new();
-    let address = serve_tls(&pki, "  min_version: TLS13\n").await;
+    let exporter = serve_tls(&pki, "  min_version: TLS13\n").await;
+    let address = exporter.address;
     let client = |tls12_only| Client {
         tls12_only,
         ..Client::trusting(&pki)
