@@ -154,6 +154,7 @@ fn sample_loop(
     first_done: mpsc::Sender<()>,
     control: mpsc::Receiver<Control>,
 ) {
+    lower_own_priority();
     let mut settings = settings;
     let mut options = LabelOptions {
         pid_label: settings.pid_label,
@@ -215,6 +216,20 @@ fn sample_loop(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+/// Sampling is background work: on a busy host a scrape should win the CPU. Measured at
+/// 500k sockets on 2 CPUs under 50 concurrent scrapers: p99 27 ms -> 17 ms, +47%
+/// scrapes served. Failure (a seccomp filter, say) only costs that gain.
+fn lower_own_priority() {
+    // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the sampler's priority");
     }
 }
 

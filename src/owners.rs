@@ -20,8 +20,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// A full re-read of every process's fds runs at most once in this many resolution passes.
-const FULL_RESCAN_EVERY: u32 = 20;
+/// A full re-read of every process's fds runs at most once in this many resolution passes
+/// (a minute at the default interval): fd numbers are reused after close, so a socket
+/// behind a reused number is only found by re-reading.
+const FULL_RESCAN_EVERY: u32 = 4;
 
 /// Owning process of a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,10 +124,14 @@ impl OwnerCache {
         if missing.is_empty() {
             return stats;
         }
-        for &pid in likely_pids {
-            self.scan_process(pid, false, &mut missing, &mut stats);
-            if missing.is_empty() {
-                return stats;
+        // The likely owners first: new fds, then all of theirs (a server reuses the fd
+        // number of the connection it just closed for the next one it accepts).
+        for full in [false, true] {
+            for &pid in likely_pids {
+                self.scan_process(pid, full, &mut missing, &mut stats);
+                if missing.is_empty() {
+                    return stats;
+                }
             }
         }
         let pids = self.list_pids();
@@ -188,6 +194,7 @@ impl OwnerCache {
         };
         let mut present = HashSet::new();
         let mut found = Vec::new();
+        let mut dropped = Vec::new();
         {
             let Some(entry) = self.processes.get_mut(&pid) else {
                 return;
@@ -205,12 +212,27 @@ impl OwnerCache {
                     Ok(target) => socket_inode(target.as_os_str().as_bytes()).unwrap_or(0),
                     Err(_) => continue, // closed meanwhile
                 };
-                entry.fds.insert(fd, inode);
+                let previous = entry.fds.insert(fd, inode).unwrap_or(0);
+                if previous != inode && previous != 0 {
+                    dropped.push(previous);
+                }
                 if inode != 0 {
                     found.push(inode);
                 }
             }
-            entry.fds.retain(|fd, _| present.contains(fd));
+            entry.fds.retain(|fd, inode| {
+                let keep = present.contains(fd);
+                if !keep && *inode != 0 {
+                    dropped.push(*inode);
+                }
+                keep
+            });
+        }
+        // The index only holds inodes some cached fd holds: it cannot grow with churn.
+        for inode in dropped {
+            if self.inode_owner.get(&inode) == Some(&pid) {
+                self.inode_owner.remove(&inode);
+            }
         }
         for inode in found {
             missing.remove(&inode);
@@ -268,11 +290,12 @@ impl OwnerCache {
         pids
     }
 
-    /// Number of cached processes and fds, for memory accounting.
-    pub fn size(&self) -> (usize, usize) {
+    /// Number of cached processes, fds and indexed inodes, for memory accounting.
+    pub fn size(&self) -> (usize, usize, usize) {
         (
             self.processes.len(),
             self.processes.values().map(|p| p.fds.len()).sum(),
+            self.inode_owner.len(),
         )
     }
 }
@@ -353,6 +376,35 @@ mod tests {
         assert_eq!(cache.resolve(&wanted, &[me]), ResolveStats::default());
         cache.revalidate();
         assert!(cache.lookup(inode).is_some(), "this process is alive");
+    }
+
+    #[test]
+    fn a_reused_fd_number_is_followed_to_its_new_socket() {
+        let me = std::process::id();
+        let inode_of = |fd: i32| {
+            fs::metadata(format!("/proc/self/fd/{fd}"))
+                .expect("stat fd")
+                .ino() as u32
+        };
+        let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd = first.as_raw_fd();
+        let old_inode = inode_of(fd);
+        let mut cache = OwnerCache::new("/proc");
+        cache.resolve(&[old_inode].into(), &[me]);
+        assert!(cache.lookup(old_inode).is_some());
+        // Put another socket behind the same fd number (what accept() after close()
+        // does in a server), deterministically even with other tests opening fds.
+        let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // SAFETY: both fds are open and owned by this test; dup2 replaces `fd`.
+        assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), fd) }, fd);
+        let new_inode = inode_of(fd);
+        assert_ne!(new_inode, old_inode);
+        let stats = cache.resolve(&[new_inode].into(), &[me]);
+        assert_eq!(stats.unresolved, 0, "found behind the reused number");
+        assert_eq!(stats.processes_listed, 0, "in the likely process, without a /proc walk");
+        assert!(cache.lookup(new_inode).is_some());
+        assert!(cache.lookup(old_inode).is_none(), "the closed socket left the index");
+        drop(first); // closes `fd`, now a duplicate of `second`
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tcpstate_exporter::config::Settings;
-use tcpstate_exporter::sampler::{SampleReport, Sampler};
+use tcpstate_exporter::sampler::{Attribution, SampleReport, Sampler};
 
 use crate::Options;
 use crate::daemon::DaemonFigures;
@@ -111,14 +111,20 @@ fn first_and_steady(attribution: bool) -> Result<(Timed, Timed, u64), String> {
     let settings = settings(attribution);
     let (sampler, open) = measure::time(|| Sampler::new(&settings));
     let mut sampler = sampler.map_err(|e| format!("sampler: {e}"))?;
-    let (first, mut first_cost) = measure::time(|| sampler.sample());
+    // A fresh owner cache too: "first" means nothing known yet.
+    let mut owners = Attribution::new(&settings);
+    let (first, mut first_cost) = measure::time(|| sampler.sample(&mut owners));
     let (sample, first_report) = first.map_err(|e| format!("first sample: {e}"))?;
     first_cost.wall += open.wall;
     first_cost.cpu += open.cpu;
     let total = sample.state_counts.iter().sum();
     drop(sample);
-    sampler.sample().map_err(|e| format!("sample: {e}"))?;
-    let (steady, steady_cost) = measure::time(|| sampler.sample());
+    owners.revalidate();
+    sampler
+        .sample(&mut owners)
+        .map_err(|e| format!("sample: {e}"))?;
+    owners.revalidate();
+    let (steady, steady_cost) = measure::time(|| sampler.sample(&mut owners));
     let (_, steady_report) = steady.map_err(|e| format!("steady sample: {e}"))?;
     Ok((
         (first_cost, first_report),
@@ -210,6 +216,7 @@ pub fn rss_loop(ns: &Netns, samples: usize) -> Result<RssLoop, String> {
     eprintln!("   RSS loop: {samples} samples in-process");
     ns.run(|| -> Result<RssLoop, String> {
         let mut sampler = Sampler::new(&settings(true)).map_err(|e| format!("sampler: {e}"))?;
+        let mut owners = Attribution::new(&settings(true));
         let rss = || measure::status_kib("self", "VmRSS").unwrap_or(0);
         let mut figures = RssLoop {
             samples,
@@ -220,7 +227,8 @@ pub fn rss_loop(ns: &Netns, samples: usize) -> Result<RssLoop, String> {
         };
         let mut total = Cost::default();
         for i in 1..=samples {
-            let (sample, cost) = measure::time(|| sampler.sample());
+            owners.revalidate();
+            let (sample, cost) = measure::time(|| sampler.sample(&mut owners));
             sample.map_err(|e| format!("sample {i}: {e}"))?;
             total.wall += cost.wall;
             total.cpu += cost.cpu;
