@@ -59,9 +59,12 @@ struct sock {
 	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
-// Set by the loader before the program is loaded.
+// Set by the loader before the program is loaded; constant for the verifier, which
+// drops the code a setting turns off.
 // Bit s set: send an event for every transition from or to state s.
 const volatile __u32 event_states = 0xffffffff;
+// Non-zero: also count transitions per network namespace (one hash lookup each).
+const volatile __u32 count_per_netns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -76,11 +79,12 @@ struct {
 	__type(value, struct counters);
 } COUNTERS SEC(".maps");
 
-// Transitions per network namespace. Bounded; a transition whose key no longer fits is
-// counted in counters.netns_overflow (still in the global matrix).
+// Transitions per network namespace, one copy per CPU (no atomics, no cache line
+// shared between CPUs). Bounded; a transition whose key no longer fits is counted in
+// counters.netns_overflow (still in the global matrix).
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384); // replaced by the loader (EventsConfig::netns_keys)
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096); // replaced by the loader (EventsConfig::netns_keys)
 	__type(key, struct netns_transition);
 	__type(value, __u64);
 } NETNS_TRANSITIONS SEC(".maps");
@@ -91,15 +95,16 @@ static __always_inline void count_in_netns(struct counters *c, __u32 inum, __u32
 	__u64 one = 1, *count = bpf_map_lookup_elem(&NETNS_TRANSITIONS, &key);
 
 	if (count) {
-		__sync_fetch_and_add(count, 1);
+		(*count)++;
 		return;
 	}
-	// Another CPU may have inserted the key meanwhile: then add to its entry.
+	// Sets this CPU's copy to 1 and the others to 0. Another CPU may have inserted the
+	// key meanwhile: then count in this CPU's copy of its entry.
 	if (bpf_map_update_elem(&NETNS_TRANSITIONS, &key, &one, BPF_NOEXIST) == 0)
 		return;
 	count = bpf_map_lookup_elem(&NETNS_TRANSITIONS, &key);
 	if (count)
-		__sync_fetch_and_add(count, 1);
+		(*count)++;
 	else
 		c->netns_overflow++;
 }
@@ -125,7 +130,8 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 	c->transitions[from][to]++;
 	net = sk->__sk_common.skc_net.net;
 	__u32 inum = net->ns.inum;
-	count_in_netns(c, inum, from, to);
+	if (count_per_netns)
+		count_in_netns(c, inum, from, to);
 
 	if (!(event_states & ((1u << from) | (1u << to))))
 		return 0;
