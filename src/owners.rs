@@ -401,9 +401,15 @@ mod tests {
         assert_ne!(new_inode, old_inode);
         let stats = cache.resolve(&[new_inode].into(), &[me]);
         assert_eq!(stats.unresolved, 0, "found behind the reused number");
-        assert_eq!(stats.processes_listed, 0, "in the likely process, without a /proc walk");
+        assert_eq!(
+            stats.processes_listed, 0,
+            "in the likely process, without a /proc walk"
+        );
         assert!(cache.lookup(new_inode).is_some());
-        assert!(cache.lookup(old_inode).is_none(), "the closed socket left the index");
+        assert!(
+            cache.lookup(old_inode).is_none(),
+            "the closed socket left the index"
+        );
         drop(first); // closes `fd`, now a duplicate of `second`
     }
 
