@@ -410,6 +410,8 @@ struct LivePrometheus {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+    /// The `--then` handshake was reached: a verdict on stdin ends it.
+    ready: bool,
     finished: bool,
 }
 
@@ -465,6 +467,7 @@ impl LivePrometheus {
             child,
             stdin,
             lines,
+            ready: false,
             finished: false,
         }
     }
@@ -479,6 +482,7 @@ impl LivePrometheus {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(url) = line.strip_prefix("ready http://") {
+                        self.ready = true;
                         let addr = url
                             .trim()
                             .parse()
@@ -494,38 +498,54 @@ impl LivePrometheus {
     /// Gives the verdict and requires live_prometheus.py to exit 0 (every one of its
     /// own checks passed too).
     fn finish(&mut self, pass: bool) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let verdict = if pass { "pass\n" } else { "fail\n" };
-            let _ = stdin.write_all(verdict.as_bytes());
-        }
-        let status = self.child.wait().expect("wait for live_prometheus.py");
         self.finished = true;
+        let status = self.verdict(pass);
         assert!(
-            status.success(),
-            "live_prometheus.py failed ({status}); its output is above"
+            status.is_some_and(|s| s.success()),
+            "live_prometheus.py failed ({status:?}); its output is above"
         );
+    }
+
+    /// Answers the handshake; live_prometheus.py then stops Prometheus and exits.
+    fn verdict(&mut self, pass: bool) -> Option<std::process::ExitStatus> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(if pass { b"pass\n" } else { b"fail\n" });
+        }
+        self.wait_exit()
+    }
+
+    /// Waits (bounded) for live_prometheus.py to exit; SIGKILL if it does not.
+    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(Duration::from_secs(60), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        status
     }
 }
 
 impl Drop for LivePrometheus {
-    /// On a failed check: no verdict (EOF) and SIGINT, which live_prometheus.py turns
-    /// into stopping its Prometheus; SIGKILL only if it does not exit.
+    /// On a failed check: past the handshake, a "fail" verdict (the normal way out);
+    /// before it, SIGINT, which live_prometheus.py turns into stopping its Prometheus.
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        self.stdin = None;
+        if self.ready {
+            self.verdict(false);
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: signalling our own child, which has not been reaped yet.
             unsafe { libc::kill(pid, libc::SIGINT) };
         }
-        let exited = wait_until(Duration::from_secs(30), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.stdin = None;
+        self.wait_exit();
     }
 }
 
