@@ -331,28 +331,52 @@ fn a_full_ring_counts_lost_events_and_keeps_counts_exact() {
 }
 
 /// Without CAP_BPF / CAP_SYS_ADMIN attaching fails with an error that names the missing
-/// privilege, not a panic. The test re-runs itself under setpriv with every capability
-/// dropped; that child attempts the attach and prints the outcome.
+/// privilege, not a panic.
 #[test]
 fn attaching_without_privileges_fails_with_a_clear_error() {
-    const CHILD: &str = "TCPSTATE_EVENTS_UNPRIVILEGED_CHILD";
-    if std::env::var_os(CHILD).is_some() {
-        match EventSource::attach(&EventsConfig::default()) {
-            Ok(_) => println!("RESULT attached"),
-            Err(e) => println!("RESULT {} {e}", e.reason()),
-        }
-        return;
+    if let Some(result) = attach_as_child() {
+        return println!("RESULT {result}");
     }
-    let test = std::env::current_exe().expect("test binary path");
+    let result = attach_in_child(
+        "attaching_without_privileges_fails_with_a_clear_error",
+        "-all",
+    );
+    assert!(result.starts_with("not_permitted "), "{result}");
+    assert!(result.contains("CAP_BPF"), "{result}");
+}
+
+/// CAP_BPF and CAP_PERFMON are all the events mode needs (no CAP_SYS_ADMIN).
+#[test]
+fn cap_bpf_and_cap_perfmon_suffice() {
+    if let Some(result) = attach_as_child() {
+        return println!("RESULT {result}");
+    }
+    let result = attach_in_child("cap_bpf_and_cap_perfmon_suffice", "-all,+bpf,+perfmon");
+    assert_eq!(result, "attached");
+}
+
+const CHILD: &str = "TCPSTATE_EVENTS_CHILD";
+
+/// In the child run of a privilege test: the outcome of an attach, as one line.
+fn attach_as_child() -> Option<String> {
+    std::env::var_os(CHILD)?;
+    Some(match EventSource::attach(&EventsConfig::default()) {
+        Ok(_) => "attached".to_string(),
+        Err(e) => format!("{} {e}", e.reason()),
+    })
+}
+
+/// Re-runs `test` (this binary) under setpriv with the capability bounding set
+/// `bounding` (root's capabilities after exec are limited to it) and returns the
+/// child's RESULT line.
+fn attach_in_child(test: &str, bounding: &str) -> String {
+    let binary = std::env::current_exe().expect("test binary path");
     let out = Command::new("setpriv")
-        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
-        .arg(test)
-        .args([
-            "--exact",
-            "attaching_without_privileges_fails_with_a_clear_error",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .arg("--inh-caps=-all")
+        .arg(format!("--bounding-set={bounding}"))
+        .arg("--")
+        .arg(binary)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .output()
         .expect("setpriv (util-linux) runs");
@@ -362,12 +386,13 @@ fn attaching_without_privileges_fails_with_a_clear_error() {
         "the child must not panic: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let result = stdout
+    stdout
         .lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, result)| result))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
-    assert!(result.starts_with("not_permitted "), "{result}");
-    assert!(result.contains("CAP_BPF"), "{result}");
+        .find_map(|l| {
+            l.split_once("RESULT ")
+                .map(|(_, result)| result.to_string())
+        })
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"))
 }
 
 /// Connection churn with and without the program attached, alternating in the same
