@@ -12,6 +12,7 @@ use crate::aggregate::Sample;
 use crate::config::{NamespaceMode, Settings};
 use crate::netns::{self, NamespaceRef, Roots};
 use crate::pods::{PodDirectory, PodIdentity};
+use crate::record::TcpState;
 use crate::sampler::{Attribution, SampleReport, Sampler};
 use crate::sockdiag::DumpError;
 
@@ -53,13 +54,35 @@ pub struct Round {
     pub vanished: u64,
     /// Namespaces whose sample succeeded this round.
     pub sampled: u64,
+    /// Quiet namespaces not sampled this round (their last sample is served).
+    pub skipped_quiet: u64,
 }
+
+/// A quiet namespace (no connection at its last sample, listeners aside) is sampled only
+/// every this many rounds. Each namespace's dump walks the host-wide established hash:
+/// measured here, 100 empty namespaces beside a 99k-socket table cost 0.8 s of CPU per
+/// round against 0.08 s for one; most pod namespaces are quiet most of the time.
+const QUIET_EVERY: u32 = 4;
 
 struct Member {
     info: NamespaceInfo,
     path: std::path::PathBuf,
     sampler: Sampler,
     last_good: Option<Sample>,
+    /// Rounds skipped since the last sample.
+    skipped: u32,
+}
+
+impl Member {
+    /// Nothing but listeners at the last sample: skip until its turn comes.
+    fn quiet(&self) -> bool {
+        self.last_good.as_ref().is_some_and(|sample| {
+            TcpState::ALL
+                .iter()
+                .filter(|s| **s != TcpState::Listen)
+                .all(|s| sample.state_count(*s) == 0)
+        })
+    }
 }
 
 pub struct NamespaceSet {
@@ -93,6 +116,7 @@ impl NamespaceSet {
                 path: "/proc/thread-self/ns/net".into(),
                 sampler,
                 last_good: None,
+                skipped: 0,
             },
         );
         Ok(set)
@@ -125,6 +149,12 @@ impl NamespaceSet {
         let own_inode = self.own_inode;
         let mut vanished = Vec::new();
         for (inode, member) in &mut self.members {
+            if *inode != own_inode && member.quiet() && member.skipped + 1 < QUIET_EVERY {
+                member.skipped += 1;
+                round.skipped_quiet += 1;
+                continue;
+            }
+            member.skipped = 0;
             let entered = if *inode == own_inode {
                 None
             } else {
@@ -199,6 +229,7 @@ impl NamespaceSet {
                             path: namespace.path.clone(),
                             sampler,
                             last_good: None,
+                            skipped: 0,
                         },
                     );
                 }
