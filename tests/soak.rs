@@ -99,13 +99,13 @@ fn fast_samples_of_a_churning_table_under_scrapers_stay_correct_and_flat() {
                         }
                     }
                     for (key, value) in counters(&m) {
-                        if let Some(previous) = last.insert(key.clone(), value) {
-                            if value < previous {
-                                problems
-                                    .lock()
-                                    .expect("lock")
-                                    .push(format!("{key} went back from {previous} to {value}"));
-                            }
+                        if let Some(previous) = last.insert(key.clone(), value)
+                            && value < previous
+                        {
+                            problems
+                                .lock()
+                                .expect("lock")
+                                .push(format!("{key} went back from {previous} to {value}"));
                         }
                     }
                     if let Some(bytes) = m.try_get("process_resident_memory_bytes", &[]) {
