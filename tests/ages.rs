@@ -8,9 +8,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const INTERVAL: f64 = 0.5;
@@ -37,23 +37,6 @@ const GROUP: [(&str, &str); 3] = [
     ("process", "holder"),
 ];
 
-/// Builds `count` inbound CLOSE_WAIT sockets owned by "holder"; returns the moment the
-/// peers sent their FIN.
-fn close_wait_sockets(ns: &Netns, server: &mut Actor, client: &mut Actor, count: usize) -> Instant {
-    server.listen("l", "127.0.0.1:8080", 64);
-    client.cmd(&format!("connect c 127.0.0.1:8080 {count}"));
-    server.cmd(&format!("accept a l {count}"));
-    let fin = Instant::now();
-    client.cmd("close c");
-    assert!(wait_until(WAIT, || ns
-        .sockets()
-        .iter()
-        .filter(|s| s.state == "CLOSE-WAIT")
-        .count()
-        == count));
-    fin
-}
-
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,7 +53,7 @@ fn oldest_age_follows_the_time_since_the_fin() {
     let ns = Netns::new("age");
     let mut server = Actor::spawn(&ns, "holder");
     let mut client = Actor::spawn(&ns, "client");
-    let fin = close_wait_sockets(&ns, &mut server, &mut client, 3);
+    let fin = inbound_close_wait(&ns, &mut server, &mut client, 8080, 3, 0);
     // Held before the exporter starts: the first sighting must date them from the FIN
     // (tcp_info.last_ack_recv), not from the moment the exporter first saw them.
     std::thread::sleep(Duration::from_secs(3));
@@ -100,7 +83,7 @@ fn closing_k_sockets_adds_exactly_k_observations_with_their_times() {
     let mut server = Actor::spawn(&ns, "holder");
     let mut client = Actor::spawn(&ns, "client");
     let daemon = daemon(&ns);
-    let fin = close_wait_sockets(&ns, &mut server, &mut client, 5);
+    let fin = inbound_close_wait(&ns, &mut server, &mut client, 8080, 5, 0);
     assert!(wait_until(WAIT, || fin.elapsed() > Duration::from_secs(2)));
     let count = |m: &Exposition| m.try_get("tcpstate_close_wait_duration_seconds_count", &GROUP);
     assert_eq!(

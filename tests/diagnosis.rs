@@ -6,17 +6,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Actor, Netns, wait_until};
+use support::{Actor, Netns, count_state, inbound_close_wait, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(20);
-
-fn close_wait_count(ns: &Netns) -> usize {
-    ns.sockets()
-        .iter()
-        .filter(|s| s.state == "CLOSE-WAIT")
-        .count()
-}
 
 /// Runs `snapshot --format json` with `args` in the namespace; returns the parsed JSON
 /// and the exit code.
@@ -51,11 +44,7 @@ fn a_program_that_never_closes_is_diagnosed_as_a_bug() {
     let ns = Netns::new("cause1");
     let mut server = Actor::spawn(&ns, "forgetful");
     let mut client = Actor::spawn(&ns, "client");
-    server.listen("l", "127.0.0.1:8080", 16);
-    client.cmd("connect c 127.0.0.1:8080 4 send=10");
-    server.cmd("accept a l 4");
-    client.cmd("close c");
-    assert!(wait_until(WAIT, || close_wait_count(&ns) == 4));
+    inbound_close_wait(&ns, &mut server, &mut client, 8080, 4, 10);
     // Old enough to count as stuck with --stuck-after 2s, and nothing closes meanwhile.
     std::thread::sleep(Duration::from_secs(2));
     let (value, code) = snapshot(
@@ -162,7 +151,7 @@ fn a_backlog_the_program_cannot_drain_is_diagnosed_as_such() {
     client.cmd("connect c 127.0.0.1:8080 5 send=20");
     client.cmd("connect late 127.0.0.1:8080 2 nowait");
     client.cmd("close c");
-    assert!(wait_until(WAIT, || close_wait_count(&ns) == 5));
+    assert!(wait_until(WAIT, || count_state(&ns, "CLOSE-WAIT") == 5));
     let (value, _) = snapshot(&ns, &["--watch", "2", "--sample.interval", "1500ms"]);
     let d = group(&value, "8080", "overloaded");
     assert_eq!(d["cause"], "accept_backlog", "{d:#}");

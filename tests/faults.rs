@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
@@ -266,16 +266,7 @@ fn without_privileges_it_serves_counts_and_says_why_owners_are_missing() {
     let ns = Netns::new("nopriv");
     let mut server = Actor::spawn(&ns, "rootsrv");
     let mut client = Actor::spawn(&ns, "rootcli");
-    server.listen("l", "127.0.0.1:8080", 8);
-    client.cmd("connect c 127.0.0.1:8080 2");
-    server.cmd("accept a l 2");
-    client.cmd("close c");
-    assert!(wait_until(WAIT, || ns
-        .sockets()
-        .iter()
-        .filter(|s| s.state == "CLOSE-WAIT")
-        .count()
-        == 2));
+    inbound_close_wait(&ns, &mut server, &mut client, 8080, 2, 0);
     // As nobody, with every capability dropped: sock_diag still works, /proc/PID/fd of
     // root's processes does not.
     let out = ns

@@ -7,24 +7,10 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `count` inbound CLOSE_WAIT sockets on `port` held by `server` (the peer is `client`).
-fn leak(ns: &Netns, server: &mut Actor, client: &mut Actor, port: u16, count: usize) {
-    server.listen("l", &format!("127.0.0.1:{port}"), 16);
-    client.cmd(&format!("connect c 127.0.0.1:{port} {count}"));
-    server.cmd(&format!("accept a l {count}"));
-    client.cmd("close c");
-    assert!(wait_until(WAIT, || ns
-        .sockets()
-        .iter()
-        .filter(|s| s.state == "CLOSE-WAIT")
-        .count()
-        == count));
-}
 
 fn config(text: &str) -> String {
     let path =
@@ -63,9 +49,9 @@ fn one_exporter_sees_every_namespace_and_forgets_the_dead() {
         Actor::spawn(&anon, "anon-srv"),
         Actor::spawn(&anon, "anon-cli"),
     );
-    leak(&blue, &mut blue_srv, &mut blue_cli, 8080, 2);
-    leak(&red, &mut red_srv, &mut red_cli, 8080, 3);
-    leak(&anon, &mut anon_srv, &mut anon_cli, 9000, 4);
+    inbound_close_wait(&blue, &mut blue_srv, &mut blue_cli, 8080, 2, 0);
+    inbound_close_wait(&red, &mut red_srv, &mut red_cli, 8080, 3, 0);
+    inbound_close_wait(&anon, &mut anon_srv, &mut anon_cli, 9000, 4, 0);
     // Drop anon's name: the namespace lives on, held only by its processes.
     let anon_inode = std::fs::metadata(format!("/proc/{}/ns/net", anon_srv.pid()))
         .expect("actor's namespace")

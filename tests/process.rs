@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, count_state, inbound_close_wait, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const SETTLE: Duration = Duration::from_secs(30);
@@ -25,12 +25,7 @@ fn daemon<'ns>(ns: &'ns Netns, args: &[&str]) -> Daemon<'ns> {
 
 fn settle_close_wait(ns: &Netns, count: usize) {
     assert!(
-        wait_until(SETTLE, || ns
-            .sockets()
-            .iter()
-            .filter(|s| s.state == "CLOSE-WAIT")
-            .count()
-            == count),
+        wait_until(SETTLE, || count_state(ns, "CLOSE-WAIT") == count),
         "CLOSE_WAIT count never reached {count}: {:?}",
         ns.sockets()
     );
@@ -132,18 +127,9 @@ fn orphans_have_no_process_and_pid_label_is_opt_in() {
     let ns = Netns::new("orphan");
     let mut server = Actor::spawn(&ns, "holder");
     let mut client = Actor::spawn(&ns, "quitter");
-    server.listen("l", "127.0.0.1:8080", 8);
-    client.cmd("connect c 127.0.0.1:8080 2");
-    server.cmd("accept a l 2");
     // The client closes: its ends become orphaned FIN_WAIT2 sockets (no fd, no owner).
-    client.cmd("close c");
-    settle_close_wait(&ns, 2);
-    assert!(wait_until(SETTLE, || ns
-        .sockets()
-        .iter()
-        .filter(|s| s.state == "FIN-WAIT-2")
-        .count()
-        == 2));
+    inbound_close_wait(&ns, &mut server, &mut client, 8080, 2, 0);
+    assert!(wait_until(SETTLE, || count_state(&ns, "FIN-WAIT-2") == 2));
     let config = std::env::temp_dir().join(format!("orphan-{}.toml", std::process::id()));
     std::fs::write(
         &config,
@@ -191,11 +177,7 @@ fn a_steady_state_sample_reads_no_fd_again() {
     let ns = Netns::new("steady");
     let mut server = Actor::spawn(&ns, "steady-srv");
     let mut client = Actor::spawn(&ns, "steady-cli");
-    server.listen("l", "127.0.0.1:8080", 64);
-    client.cmd("connect c 127.0.0.1:8080 50");
-    server.cmd("accept a l 50");
-    client.cmd("close c");
-    settle_close_wait(&ns, 50);
+    inbound_close_wait(&ns, &mut server, &mut client, 8080, 50, 0);
     // CLOSE_WAIT only: the test's own scrape connections (established) are not
     // attributed, so any fd read would come from the cache failing.
     let config = std::env::temp_dir().join(format!("steady-{}.toml", std::process::id()));

@@ -99,6 +99,7 @@ negative='out=$(python3 tests/monitoring/dashboard_queries.py "$PROM_URL" --dash
 check "real Prometheus: rules load, dashboard queries return data, alerts fire, bad queries are caught" \
     python3 tests/monitoring/live_prometheus.py \
         --expect-firing TcpStateCloseWaitStuck --expect-firing TcpStateAcceptQueueNearLimit \
+        --expect-firing TcpStateCloseWaitEofIgnored --expect-firing TcpStateListenOverflows \
         --expect-firing TcpStateGroupsFolded --then "$negative"
 
 echo "$passed passed, $failed failed"

@@ -16,21 +16,33 @@ Prints the overrides applied, one per line.
 import argparse
 import json
 import pathlib
+import subprocess
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "mixin"))
 import build  # noqa: E402  (the mixin's renderer: same jsonnet, same config)
 
 RULES = "deploy/prometheus/tcpstate-alerts.yml"
-# The config entries that are alerts (they carry `for` and `severity`).
-ALERT_KEYS = ("closeWaitGrowth", "closeWaitStuck", "closeWaitClosedLate", "acceptQueue",
-              "exporterDown", "sampleErrors", "stale", "groupsFolded")
+# The config entries that are alerts: those that carry a `for`, read from the config
+# itself so that a new alert cannot be missed.
+ALERT_KEYS_JSONNET = (
+    "local c = (import 'mixin.libsonnet')._config; "
+    "[k for k in std.objectFields(c) if std.isObject(c[k]) && std.objectHas(c[k], 'for')]"
+)
+
+
+def alert_keys():
+    out = subprocess.run(["jsonnet", "-J", str(build.MIXIN), "-e", ALERT_KEYS_JSONNET],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit("jsonnet failed: " + out.stderr.strip())
+    return json.loads(out.stdout)
 
 
 def overrides_from(for_duration, settings):
     merged = {}
     if for_duration:
-        for key in ALERT_KEYS:
+        for key in alert_keys():
             merged[key] = {"for": for_duration}
     for setting in settings:
         path, sep, raw = setting.partition("=")

@@ -33,6 +33,37 @@ pub use netns::{Netns, enter};
 #[allow(unused_imports)]
 pub use ss::{SsSocket, SsUser, parse as parse_ss};
 
+/// How many sockets of the namespace `ss` shows in `state` (ss spelling: `CLOSE-WAIT`).
+pub fn count_state(ns: &Netns, state: &str) -> usize {
+    ns.sockets().iter().filter(|s| s.state == state).count()
+}
+
+/// The commonest scenario: `server` listens on 127.0.0.1:`port`, `client` opens
+/// `count` connections (sending `send` bytes on each), `server` accepts them and the
+/// client closes: `count` inbound CLOSE_WAIT sockets held by `server`. Returns the
+/// moment the FINs were sent, once `ss` shows exactly `count` CLOSE_WAIT sockets.
+pub fn inbound_close_wait(
+    ns: &Netns,
+    server: &mut Actor,
+    client: &mut Actor,
+    port: u16,
+    count: usize,
+    send: usize,
+) -> Instant {
+    server.listen("l", &format!("127.0.0.1:{port}"), 64);
+    client.cmd(&format!("connect c 127.0.0.1:{port} {count} send={send}"));
+    server.cmd(&format!("accept a l {count}"));
+    let fin = Instant::now();
+    client.cmd("close c");
+    assert!(
+        wait_until(Duration::from_secs(30), || count_state(ns, "CLOSE-WAIT")
+            == count),
+        "expected {count} CLOSE_WAIT sockets, ss shows {:?}",
+        ns.sockets()
+    );
+    fin
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
 /// Use it for anything the kernel or the daemon does asynchronously (a peer's
 /// delayed ACK, the next sample), never a fixed sleep.
