@@ -79,6 +79,23 @@ local heatmap(title, description, targets) =
     },
   };
 
+// One row per instance and network namespace, one column per query (instant queries
+// merged on their labels): for settings, which change rarely.
+local table(title, description, targets) =
+  panel('table', title, description, [t { instant: true, format: 'table' } for t in targets], 's') {
+    options: { showHeader: true, cellHeight: 'sm', footer: { show: false, reducer: ['sum'], fields: '' } },
+    transformations: [
+      { id: 'merge', options: {} },
+      {
+        id: 'organize',
+        options: {
+          excludeByName: { Time: true, job: true },
+          renameByName: { ['Value #' + t.refId]: t.legendFormat for t in withRefIds(targets) },
+        },
+      },
+    ],
+  };
+
 local variable(name, label, query) = {
   type: 'query',
   name: name,
@@ -296,9 +313,74 @@ local w(width, p) = { w: width, panel: p };
             ] },
           ],
         },
-        // Issue 8 fills this row with the per-cause evidence (never closed, closed late,
-        // backlog) and the verdict per port and process.
-        { title: 'Diagnosis', collapsed: true },
+        // The evidence for the article's three causes, side by side per port and process:
+        // what `tcpstate-exporter snapshot --watch` turns into a verdict (docs/runbook.md,
+        // "Diagnosis"). Every query returns a series (zeros included) wherever CLOSE_WAIT
+        // exists, so an empty panel means no CLOSE_WAIT, not a broken query.
+        {
+          title: 'Diagnosis',
+          lines: [
+            { h: 8, panels: [
+              w(8, timeseries('Cause 1: EOF read and ignored vs EOF unread', "CLOSE_WAIT connections per group. 'EOF read': the program's recv() returned 0 (Recv-Q 0) and it still did not close: it saw the peer leave and ignored it, the purest form of cause 1 (never closed), a bug to fix in the code (a missing close() after the read loop, an exception path). 'EOF unread': the program has not read to the end at all: stuck or slow (cause 1 when it never resumes, cause 2 when it resumes late). Alert: TcpStateCloseWaitEofIgnored.", [
+                target('sum by (netns, direction, port, process) (tcpstate_close_wait_eof_read_connections{%s})' % group, 'EOF read {{direction}} {{port}} {{process}} {{netns}}'),
+                target(|||
+                  sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
+                  - sum by (netns, direction, port, process) (tcpstate_close_wait_eof_read_connections{%s})
+                ||| % [group, group], 'EOF unread {{direction}} {{port}} {{process}} {{netns}}'),
+              ])),
+              w(8, timeseries('Cause 1 or 2: oldest age vs how long closes took', "Per group, the age of the oldest CLOSE_WAIT connection (solid) against p90 of the time the connections closed recently spent in CLOSE_WAIT. Never closed (cause 1): the oldest age climbs without bound and closes are few or none (p90 absent). Closed late (cause 2): the oldest age stays bounded and p90 is high: the program does close, after the peer gave up. Line: the TcpStateCloseWaitClosedLate threshold.", [
+                target('max by (netns, direction, port, process) (tcpstate_close_wait_oldest_seconds{%s})' % group, 'oldest {{direction}} {{port}} {{process}} {{netns}}'),
+                target('histogram_quantile(%g, sum by (le, netns, direction, port, process) (rate(tcpstate_close_wait_duration_seconds_bucket{%s}[$__rate_interval])))' % [c.closeWaitClosedLate.quantile, group], 'p%g closed {{direction}} {{port}} {{process}} {{netns}}' % (c.closeWaitClosedLate.quantile * 100)),
+              ], 's', c.closeWaitClosedLate.seconds)),
+              w(8, timeseries('Cause 1 or 2: closes per second, and those after %ss' % c.closeWaitClosedLate.seconds, "CLOSE_WAIT connections leaving the state per second, and those among them that waited more than %s s (the duration histogram's buckets above le=%s). Few or no closes while CLOSE_WAIT grows: never closed (cause 1). Many closes, most of them in the high buckets: closed late (cause 2), responses slower than the peer's timeout." % [c.closeWaitClosedLate.seconds, c.closeWaitClosedLate.seconds], [
+                target('sum by (netns, direction, port, process) (rate(tcpstate_close_wait_duration_seconds_count{%s}[$__rate_interval]))' % group, 'all {{direction}} {{port}} {{process}} {{netns}}'),
+                target(|||
+                  sum by (netns, direction, port, process) (rate(tcpstate_close_wait_duration_seconds_count{%s}[$__rate_interval]))
+                  - sum by (netns, direction, port, process) (rate(tcpstate_close_wait_duration_seconds_bucket{%s, le="%s"}[$__rate_interval]))
+                ||| % [group, group, c.closeWaitClosedLate.seconds], 'after %ss {{direction}} {{port}} {{process}} {{netns}}' % c.closeWaitClosedLate.seconds),
+              ], 'ops')),
+            ] },
+            { h: 8, panels: [
+              w(8, timeseries('Cause 3: CLOSE_WAIT never accepted vs accept queue', "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up before the program ever called accept() (cause 3, accept backlog). Against them the queue's length and its limit (backlog, capped by somaxconn). Never-accepted CLOSE_WAIT with a queue at its limit: the program accepts too slowly; raise the accept rate, not only the backlog.", [
+                target('sum by (netns, port, process) (tcpstate_close_wait_unaccepted{%s})' % group, 'never accepted {{port}} {{process}} {{netns}}'),
+                target('sum by (netns, port, process) (tcpstate_listen_queue_length{%s})' % group, 'queued {{port}} {{process}} {{netns}}'),
+                target('sum by (netns, port, process) (tcpstate_listen_queue_max{%s})' % group, 'limit {{port}} {{process}} {{netns}}'),
+              ])),
+              w(8, timeseries('Cause 3: listen overflows and drops per second', "Per network namespace (the kernel counts them per namespace, not per port): connections refused because an accept queue was full (TcpExt ListenOverflows), and SYNs dropped at listeners, overflows included (ListenDrops). Sustained overflows: a backlog the program cannot drain (cause 3); its peers retry, wait, and give up. Alert: TcpStateListenOverflows.", [
+                target('sum by (instance, netns) (rate(tcpstate_listen_overflows_total{%s}[$__rate_interval]))' % sampled, 'overflows {{instance}} {{netns}}'),
+                target('sum by (instance, netns) (rate(tcpstate_listen_drops_total{%s}[$__rate_interval]))' % sampled, 'drops {{instance}} {{netns}}'),
+              ], 'ops')),
+              w(8, timeseries('Keepalive armed on CLOSE_WAIT', "Share of each group's CLOSE_WAIT connections with a keepalive timer armed. Keepalive is a mitigation, not a cure for any of the three causes: it only reaps connections whose peer host vanished, after tcp_keepalive_time + intvl x probes (over 2 h by default; see the settings table), and never one whose peer is alive. 0%: nothing will reap these but the program.", [
+                target(|||
+                  sum by (netns, direction, port, process) (tcpstate_close_wait_keepalive_connections{%s})
+                  / sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
+                ||| % [group, group], '{{direction}} {{port}} {{process}} {{netns}}'),
+              ], 'percentunit')),
+            ] },
+            { h: 6, panels: [
+              w(24, table('Namespace TCP settings', "The sysctls the article names, per network namespace. tcp_fin_timeout bounds the peer's orphaned FIN_WAIT2, never CLOSE_WAIT (nothing in the kernel does). Keepalive time / interval / probes: how long before keepalive reaps a connection whose peer vanished (mitigation only). somaxconn caps every listener's backlog: raising a backlog past it does nothing (cause 3).", [
+                target('max by (instance, netns) (tcpstate_tcp_fin_timeout_seconds{%s})' % sampled, 'tcp_fin_timeout'),
+                target('max by (instance, netns) (tcpstate_tcp_keepalive_time_seconds{%s})' % sampled, 'keepalive time'),
+                target('max by (instance, netns) (tcpstate_tcp_keepalive_interval_seconds{%s})' % sampled, 'keepalive interval'),
+                target('max by (instance, netns) (tcpstate_tcp_keepalive_probes{%s})' % sampled, 'keepalive probes'),
+                target(|||
+                  max by (instance, netns) (
+                    tcpstate_tcp_keepalive_time_seconds{%s}
+                    + tcpstate_tcp_keepalive_interval_seconds{%s} * tcpstate_tcp_keepalive_probes{%s}
+                  )
+                ||| % [sampled, sampled, sampled], 'keepalive reaps after'),
+                target('max by (instance, netns) (tcpstate_somaxconn{%s})' % sampled, 'somaxconn'),
+              ]) {
+                fieldConfig+: {
+                  overrides: [
+                    { matcher: { id: 'byName', options: name }, properties: [{ id: 'unit', value: 'short' }] }
+                    for name in ['keepalive probes', 'somaxconn']
+                  ],
+                },
+              }),
+            ] },
+          ],
+        },
       ]),
     },
   },
