@@ -71,6 +71,15 @@ local where = {
             'p%g of the time CLOSE_WAIT connections %s waited before their program closed them, over the last %s, is {{ $value | humanizeDuration }} (threshold %ss): responses slower than the peer waits.' % [c.closeWaitClosedLate.quantile * 100, where.group, c.closeWaitClosedLate.window, c.closeWaitClosedLate.seconds],
           ),
           alert(
+            'TcpStateCloseWaitEofIgnored',
+            c.closeWaitEofIgnored,
+            |||
+              tcpstate_close_wait_eof_read_connections >= %(minConnections)s
+            ||| % c.closeWaitEofIgnored,
+            'A program read the EOF of connections and did not close them.',
+            '{{ $value | humanize }} CLOSE_WAIT connections %s were read to EOF (Recv-Q 0) by their program and not closed, and the group has held such connections for %s: a missing close() after the read loop or on an error path.' % [where.group, c.closeWaitEofIgnored['for']],
+          ),
+          alert(
             'TcpStateAcceptQueueNearLimit',
             c.acceptQueue,
             |||
@@ -78,6 +87,15 @@ local where = {
             ||| % c.acceptQueue,
             'A listen socket accept queue is nearly full.',
             'The accept queue of the %s is {{ $value | humanizePercentage }} full: connections wait to be accepted, and their peers may close them first.' % where.listener,
+          ),
+          alert(
+            'TcpStateListenOverflows',
+            c.listenOverflows,
+            |||
+              increase(tcpstate_listen_overflows_total[%(window)s]) >= %(minIncrease)s
+            ||| % c.listenOverflows,
+            'Accept queues keep overflowing.',
+            'Accept queues overflowed {{ $value | humanize }} times in the last %s on instance {{ $labels.instance }}{{ with $labels.pod }}, pod {{ $labels.namespace }}/{{ . }}{{ end }}{{ with $labels.netns }}, netns {{ . }}{{ end }}: a listener there cannot accept as fast as connections arrive, and its peers give up (the dashboard\'s accept queue panels name the port).' % c.listenOverflows.window,
           ),
         ],
       },

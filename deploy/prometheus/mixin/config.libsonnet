@@ -39,6 +39,24 @@
     // its backlog (cause 3: the program does not accept fast enough).
     acceptQueue: { ratio: 0.8, 'for': '5m', severity: 'warning' },
 
+    // TcpStateCloseWaitEofIgnored: a group holds at least minConnections CLOSE_WAIT
+    // connections whose program read the EOF (Recv-Q 0) and did not close, without pause
+    // for `for`. A correct program closes within milliseconds of reading EOF, so a sample
+    // catches one between its read and its close only by chance, never for 10 minutes:
+    // this is a definite bug (cause 1 in its purest form), whatever the age.
+    closeWaitEofIgnored: { minConnections: 1, 'for': '10m', severity: 'warning' },
+
+    // TcpStateListenOverflows: a namespace's accept queues overflowed (TcpExt
+    // ListenOverflows) at least minIncrease times in `window`, without pause for `for`.
+    // A few overflows in a burst are retried by the clients unnoticed; sustained ones mean
+    // a listener the program cannot drain (cause 3). `window` shorter than `for`: one
+    // burst stays in the window for `window` only and never fires.
+    listenOverflows: { minIncrease: 10, window: '5m', 'for': '10m', severity: 'warning' },
+
+    // The dashboard's "closes after N s" panel subtracts the duration histogram's bucket
+    // le=closeWaitClosedLate.seconds: keep that threshold one of the exporter's
+    // close_wait.duration_buckets (default 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600).
+
     // TcpStateExporterDown: Prometheus cannot scrape the exporter.
     exporterDown: { 'for': '5m', severity: 'warning' },
 

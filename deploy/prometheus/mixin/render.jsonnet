@@ -30,6 +30,8 @@ function(overrides={})
       row('TcpStateCloseWaitStuck', c.closeWaitStuck, 'a group\'s oldest CLOSE_WAIT connection is older than %(ageSeconds)s s' % c.closeWaitStuck),
       row('TcpStateCloseWaitClosedLate', c.closeWaitClosedLate, 'p%g of the time spent in CLOSE_WAIT by connections closed in %s is over %s s, over >= %s closes' % [c.closeWaitClosedLate.quantile * 100, c.closeWaitClosedLate.window, c.closeWaitClosedLate.seconds, c.closeWaitClosedLate.minCloses]),
       row('TcpStateAcceptQueueNearLimit', c.acceptQueue, 'a listener\'s accept queue is over %g%% of its backlog' % (c.acceptQueue.ratio * 100)),
+      row('TcpStateCloseWaitEofIgnored', c.closeWaitEofIgnored, 'a group holds >= %(minConnections)s CLOSE_WAIT connections whose EOF its program read' % c.closeWaitEofIgnored),
+      row('TcpStateListenOverflows', c.listenOverflows, 'a namespace\'s accept queues overflowed >= %(minIncrease)s times in %(window)s' % c.listenOverflows),
       row('TcpStateExporterDown', c.exporterDown, '`up{%s} == 0`' % c.jobSelector),
       row('TcpStateSampleErrors', c.sampleErrors, 'samples failed in the last %(window)s' % c.sampleErrors),
       row('TcpStateDataStale', c.stale, 'the last good sample is older than %(ageSeconds)s s' % c.stale),
