@@ -21,36 +21,39 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take one sample now and print it (instead of running the daemon).
-    Snapshot {
-        /// table: for a person; prometheus: the /metrics exposition; json: for scripts.
-        #[arg(long, value_enum, default_value_t = SnapshotFormat::Table)]
-        format: SnapshotFormat,
-        /// How many CLOSE_WAIT groups the table shows.
-        #[arg(long, default_value_t = 20)]
-        top: usize,
-        /// Take this many samples, --sample.interval apart, before printing: ages and
-        /// closes seen in between become evidence for the verdicts.
-        #[arg(long, default_value_t = 1, value_name = "SAMPLES")]
-        watch: u32,
-        /// A group older than this that closes nothing is "never closed".
-        #[arg(long, default_value = "5m", value_name = "DURATION")]
-        stuck_after: String,
-        /// Closes taking longer than this on average are "closed late".
-        #[arg(long, default_value = "5s", value_name = "DURATION")]
-        late_after: String,
-        /// Exit with status 3 when a group holds more CLOSE_WAIT connections than this.
-        #[arg(long, value_name = "COUNT")]
-        max_close_wait: Option<u64>,
-        /// Exit with status 3 when a CLOSE_WAIT connection is older than this.
-        #[arg(long, value_name = "DURATION")]
-        max_age: Option<String>,
-        /// Colour the verdicts: auto (when stdout is a terminal), always, never.
-        #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
-        color: ColorChoice,
-    },
+    /// Take one sample now (or a few, --watch) and print it with a diagnosis.
+    Snapshot(SnapshotArgs),
     /// Validate a configuration file and exit (0 when valid, 2 when not).
     CheckConfig,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct SnapshotArgs {
+    /// table: for a person; prometheus: the /metrics exposition; json: for scripts.
+    #[arg(long, value_enum, default_value_t = SnapshotFormat::Table)]
+    pub format: SnapshotFormat,
+    /// How many CLOSE_WAIT groups the table shows.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Take this many samples, --sample.interval apart, before printing: ages and
+    /// closes seen in between become evidence for the verdicts.
+    #[arg(long, default_value_t = 1, value_name = "SAMPLES")]
+    pub watch: u32,
+    /// A group older than this that closes nothing is "never closed".
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub stuck_after: String,
+    /// Closes taking longer than this on average are "closed late".
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub late_after: String,
+    /// Exit with status 3 when a group holds more CLOSE_WAIT connections than this.
+    #[arg(long, value_name = "COUNT")]
+    pub max_close_wait: Option<u64>,
+    /// Exit with status 3 when a CLOSE_WAIT connection is older than this.
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// Colour the verdicts: auto (when stdout is a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@ use clap::Parser;
 
 use std::io::IsTerminal;
 
-use tcpstate_exporter::cli::{Cli, ColorChoice, Command, SnapshotFormat};
+use tcpstate_exporter::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
 use tcpstate_exporter::config::{self, LogFormat, NamespaceMode, Settings};
 use tcpstate_exporter::diagnosis::Thresholds;
 use tcpstate_exporter::exposition::LabelOptions;
@@ -44,34 +44,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some(Command::Snapshot {
-            format,
-            top,
-            watch,
-            stuck_after,
-            late_after,
-            max_close_wait,
-            max_age,
-            color,
-        }) => {
-            let request = SnapshotRequest {
-                format,
-                top,
-                watch,
-                stuck_after,
-                late_after,
-                max_close_wait,
-                max_age,
-                color,
-            };
-            match run_snapshot(settings, request) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("tcpstate-exporter: {e}");
-                    ExitCode::from(EXIT_BAD_INPUT)
-                }
+        Some(Command::Snapshot(request)) => match run_snapshot(settings, request) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tcpstate-exporter: {e}");
+                ExitCode::from(EXIT_BAD_INPUT)
             }
-        }
+        },
         None => match daemon::run(settings, move || {
             config::load(&cli.flags).map_err(|e| e.to_string())
         }) {
@@ -87,20 +66,9 @@ fn main() -> ExitCode {
 /// Exit code of `snapshot` when a threshold given on the command line is crossed.
 const EXIT_THRESHOLD_CROSSED: u8 = 3;
 
-struct SnapshotRequest {
-    format: SnapshotFormat,
-    top: usize,
-    watch: u32,
-    stuck_after: String,
-    late_after: String,
-    max_close_wait: Option<u64>,
-    max_age: Option<String>,
-    color: ColorChoice,
-}
-
 /// Samples (`watch` times), diagnoses, prints; the exit code says whether a threshold
 /// was crossed. `Err` is bad input.
-fn run_snapshot(mut settings: Settings, request: SnapshotRequest) -> Result<ExitCode, String> {
+fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCode, String> {
     let duration = |flag: &str, text: &str| {
         humantime::parse_duration(text)
             .map(|d| d.as_secs_f64())
