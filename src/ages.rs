@@ -36,6 +36,31 @@ struct Tracked {
     group: AgeGroup,
     inode: u32,
     epoch: u32,
+    /// Its entry came from a kernel event (exact, and counted in `entered`).
+    entry_from_event: bool,
+    /// Counted in `entered` at the end of the sample, once its owner is known.
+    entry_to_count: bool,
+}
+
+/// A socket the kernel says entered CLOSE_WAIT, not yet seen by a dump: its group is
+/// guessed from the event's ports until a dump says better.
+#[derive(Clone, Copy, Debug)]
+struct Announced {
+    at: f64,
+    guess: AgeGroup,
+    rounds: u32,
+}
+
+/// A CLOSE_WAIT transition from the kernel's events (eBPF mode).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CloseWaitEvent {
+    pub cookie: u64,
+    /// Unix seconds of the transition.
+    pub at: f64,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Entered CLOSE_WAIT (else: left it).
+    pub entered: bool,
 }
 
 /// Memory one tracked socket costs in the table: entry, key and the hash table's
@@ -82,6 +107,8 @@ pub struct AgesReport {
     /// Every group's histogram since start (counters never go down).
     pub durations: Vec<(AgeGroup, DurationHistogram)>,
     pub bounds: Vec<f64>,
+    /// Connections that entered CLOSE_WAIT per group, from kernel events (eBPF mode).
+    pub entered: Vec<(AgeGroup, u64)>,
     /// CLOSE_WAIT sockets seen but not tracked because `max_tracked` was reached.
     pub untracked: u64,
     /// Sockets observed leaving CLOSE_WAIT in this sample.
@@ -98,6 +125,10 @@ pub struct CloseWaitTracker {
     epoch: u32,
     now: f64,
     untracked: u64,
+    announced: HashMap<u64, Announced>,
+    /// Exact departure times of tracked sockets, from events since the last sample.
+    departures: HashMap<u64, f64>,
+    entered: BTreeMap<AgeGroup, u64>,
 }
 
 impl CloseWaitTracker {
@@ -111,7 +142,72 @@ impl CloseWaitTracker {
             epoch: 0,
             now: 0.0,
             untracked: 0,
+            announced: HashMap::new(),
+            departures: HashMap::new(),
+            entered: BTreeMap::new(),
         }
+    }
+
+    /// Applies a kernel event (drained before the sample's dump). Only events actually
+    /// received make a time exact: after a loss the affected sockets keep the polled
+    /// bound, never a wrong exact value. `guess` is the event's group as its ports and
+    /// the last sample's listeners suggest; a dump's sighting replaces it.
+    pub fn apply_event(&mut self, event: &CloseWaitEvent, guess: AgeGroup) {
+        if event.entered {
+            if let Some(tracked) = self.entries.get_mut(&event.cookie) {
+                tracked.entered_at = event.at;
+                if !tracked.entry_from_event {
+                    tracked.entry_from_event = true;
+                    let group = tracked.group;
+                    self.count_entered(group);
+                }
+            } else if self.announced.len() < self.max_tracked {
+                self.announced.insert(
+                    event.cookie,
+                    Announced {
+                        at: event.at,
+                        guess,
+                        rounds: 0,
+                    },
+                );
+            }
+        } else if self.entries.contains_key(&event.cookie) {
+            self.departures.insert(event.cookie, event.at);
+        } else if let Some(announced) = self.announced.remove(&event.cookie) {
+            // In and out of CLOSE_WAIT between two samples: no dump ever saw it.
+            self.count_entered(announced.guess);
+            self.observe(announced.guess, (event.at - announced.at).max(0.0));
+        }
+    }
+
+    fn count_entered(&mut self, group: AgeGroup) {
+        let group = self.bounded(group, self.entered.contains_key(&group), self.entered.len());
+        *self.entered.entry(group).or_default() += 1;
+    }
+
+    /// A group of its own while fewer than `max_groups` exist, else `port="other"`.
+    fn bounded(&self, group: AgeGroup, known: bool, count: usize) -> AgeGroup {
+        if known || count < self.max_groups {
+            group
+        } else {
+            AgeGroup {
+                port: PortLabel::Other,
+                ..group
+            }
+        }
+    }
+
+    fn observe(&mut self, group: AgeGroup, seconds: f64) {
+        let group = self.bounded(
+            group,
+            self.histograms.contains_key(&group),
+            self.histograms.len(),
+        );
+        let buckets = self.bounds.len();
+        self.histograms
+            .entry(group)
+            .or_insert_with(|| DurationHistogram::new(buckets))
+            .observe(&self.bounds, seconds);
     }
 
     /// Starts a sample taken at `now` (Unix seconds).
@@ -121,8 +217,8 @@ impl CloseWaitTracker {
         self.untracked = 0;
     }
 
-    /// A CLOSE_WAIT socket seen in this sample. Returns true when it is new (its entry
-    /// time should then be refined with `set_entry_time`).
+    /// A CLOSE_WAIT socket seen in this sample. Returns true when it is new and no
+    /// event dated its entry (the time should then be refined with `set_entry_time`).
     pub fn sight(&mut self, cookie: u64, inode: u32, group: AgeGroup) -> bool {
         if let Some(tracked) = self.entries.get_mut(&cookie) {
             tracked.epoch = self.epoch;
@@ -135,17 +231,20 @@ impl CloseWaitTracker {
             self.untracked += 1;
             return false;
         }
+        let announced = self.announced.remove(&cookie);
         self.entries.insert(
             cookie,
             Tracked {
-                entered_at: self.now,
+                entered_at: announced.map_or(self.now, |a| a.at),
                 last_seen: self.now,
                 group,
                 inode,
                 epoch: self.epoch,
+                entry_from_event: announced.is_some(),
+                entry_to_count: announced.is_some(),
             },
         );
-        true
+        announced.is_none()
     }
 
     /// Sets when a newly seen socket entered CLOSE_WAIT: `now - last_ack_recv`.
@@ -170,11 +269,17 @@ impl CloseWaitTracker {
         let epoch = self.epoch;
         let now = self.now;
         let mut departed = Vec::new();
-        self.entries.retain(|_, tracked| {
+        let departures = std::mem::take(&mut self.departures);
+        self.entries.retain(|cookie, tracked| {
             if tracked.epoch == epoch {
                 return true;
             }
-            let left_at = (tracked.last_seen + now) / 2.0;
+            // Exact from the kernel's event when one came; else midway between the
+            // last sample that saw it and this one.
+            let left_at = departures
+                .get(cookie)
+                .copied()
+                .unwrap_or((tracked.last_seen + now) / 2.0);
             departed.push((tracked.group, (left_at - tracked.entered_at).max(0.0)));
             false
         });
@@ -182,21 +287,32 @@ impl CloseWaitTracker {
         // In group order, so which groups get a series of their own is deterministic.
         departed.sort_by_key(|d| d.0);
         for (group, seconds) in departed {
-            let group = if self.histograms.contains_key(&group)
-                || self.histograms.len() < self.max_groups
-            {
-                group
+            self.observe(group, seconds);
+        }
+        // Announced sockets no dump saw within two samples (and no departure event):
+        // counted as entered in their guessed group, then forgotten.
+        let mut expired = Vec::new();
+        self.announced.retain(|_, announced| {
+            announced.rounds += 1;
+            if announced.rounds > 2 {
+                expired.push(announced.guess);
+                false
             } else {
-                AgeGroup {
-                    port: PortLabel::Other,
-                    ..group
-                }
-            };
-            let buckets = self.bounds.len();
-            self.histograms
-                .entry(group)
-                .or_insert_with(|| DurationHistogram::new(buckets))
-                .observe(&self.bounds, seconds);
+                true
+            }
+        });
+        for group in expired {
+            self.count_entered(group);
+        }
+        // Entries dated by events this sample, counted now that owners are assigned.
+        let mut newly_entered = Vec::new();
+        for tracked in self.entries.values_mut().filter(|t| t.entry_to_count) {
+            tracked.entry_to_count = false;
+            newly_entered.push(tracked.group);
+        }
+        newly_entered.sort();
+        for group in newly_entered {
+            self.count_entered(group);
         }
         let mut oldest: HashMap<AgeGroup, f64> = HashMap::new();
         for tracked in self.entries.values() {
@@ -214,6 +330,7 @@ impl CloseWaitTracker {
                 .map(|(group, histogram)| (*group, histogram.clone()))
                 .collect(),
             bounds: self.bounds.clone(),
+            entered: self.entered.iter().map(|(g, n)| (*g, *n)).collect(),
             untracked: self.untracked,
             departed: departed_count,
         }
@@ -273,6 +390,59 @@ mod tests {
         let report = tracker.finish();
         assert_eq!(report.durations[0].1.count, 2, "counters only go up");
         assert!(report.oldest.is_empty());
+    }
+
+    fn event(cookie: u64, at: f64, entered: bool) -> CloseWaitEvent {
+        CloseWaitEvent {
+            cookie,
+            at,
+            local_port: 80,
+            remote_port: 40000,
+            entered,
+        }
+    }
+
+    #[test]
+    fn events_make_entry_and_departure_exact() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0, 100.0], 100, 10);
+        tracker.apply_event(&event(1, 990.25, true), group(80));
+        tracker.begin(1000.0);
+        assert!(
+            !tracker.sight(1, 5, group(80)),
+            "dated by its event: no lookup needed"
+        );
+        let report = tracker.finish();
+        assert_eq!(report.oldest, vec![(group(80), 9.75)]);
+        assert_eq!(report.entered, vec![(group(80), 1)]);
+        // It leaves at 1003.5 (the event says); the next sample misses it.
+        tracker.apply_event(&event(1, 1003.5, false), group(80));
+        tracker.begin(1015.0);
+        let report = tracker.finish();
+        assert_eq!(report.durations[0].1.sum, 13.25, "exact, not the midpoint");
+        assert_eq!(report.entered, vec![(group(80), 1)], "counted once");
+    }
+
+    #[test]
+    fn a_close_wait_shorter_than_a_sample_is_still_observed() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0], 100, 10);
+        tracker.apply_event(&event(7, 100.0, true), group(80));
+        tracker.apply_event(&event(7, 100.4, false), group(80));
+        tracker.begin(101.0);
+        let report = tracker.finish();
+        assert_eq!(report.entered, vec![(group(80), 1)]);
+        let (g, histogram) = &report.durations[0];
+        assert_eq!(*g, group(80));
+        assert_eq!(histogram.count, 1);
+        assert!((histogram.sum - 0.4).abs() < 1e-9);
+        assert_eq!(histogram.cumulative, vec![1, 1]);
+    }
+
+    #[test]
+    fn without_events_nothing_is_counted_as_entered() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0], 100, 10);
+        tracker.begin(1.0);
+        assert!(tracker.sight(1, 1, group(80)), "needs the tcp_info bound");
+        assert!(tracker.finish().entered.is_empty());
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub enum NamespaceMode {
     All,
 }
 
+/// Whether CLOSE_WAIT lifetimes come from kernel events (eBPF) as well as polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsMode {
+    /// Used when the kernel and privileges allow; otherwise one info line and polling.
+    Auto,
+    /// Failing to attach is a startup error.
+    On,
+    Off,
+}
+
 /// Where the HTTP server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddress {
@@ -76,6 +86,9 @@ pub struct Settings {
     pub namespaces_exclude: Vec<glob::Pattern>,
     /// kubelet's pod log directory, where pod names and namespaces are read from.
     pub pods_log_dir: PathBuf,
+    pub events: EventsMode,
+    /// Kernel ring buffer for events, bytes (a power of two, at least a page).
+    pub events_ring_bytes: u32,
 }
 
 impl Settings {
@@ -106,6 +119,8 @@ impl Default for Settings {
             namespaces_include: Vec::new(),
             namespaces_exclude: Vec::new(),
             pods_log_dir: PathBuf::from("/var/log/pods"),
+            events: EventsMode::Auto,
+            events_ring_bytes: 4 << 20,
         }
     }
 }
@@ -120,6 +135,9 @@ struct FileConfig {
     namespaces_include: Option<Vec<String>>,
     namespaces_exclude: Option<Vec<String>>,
     pods_log_dir: Option<PathBuf>,
+    /// "auto", "on" or "off".
+    events: Option<String>,
+    events_ring_bytes: Option<u32>,
     #[serde(default)]
     web: WebSection,
     #[serde(default)]
@@ -232,6 +250,12 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
 
 /// Checks the file's values on their own, so errors can name key and line.
 fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
+    if let Some(v) = &file.events {
+        parse_events_mode(v).map_err(|e| ("events", e))?;
+    }
+    if let Some(v) = file.events_ring_bytes {
+        check_ring_bytes(v).map_err(|e| ("events_ring_bytes", e))?;
+    }
     if let Some(v) = &file.namespaces {
         parse_namespace_mode(v).map_err(|e| ("namespaces", e))?;
     }
@@ -316,7 +340,13 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
         Some(v) => parse_patterns(v).map_err(ConfigError)?,
         None => Vec::new(),
     };
+    let events = match &file.events {
+        Some(v) => parse_events_mode(v).map_err(ConfigError)?,
+        None => defaults.events,
+    };
     Ok(Settings {
+        events,
+        events_ring_bytes: file.events_ring_bytes.unwrap_or(defaults.events_ring_bytes),
         namespaces,
         namespaces_include,
         namespaces_exclude,
@@ -375,6 +405,23 @@ fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
         .and_then(|mut addresses| addresses.next())
         .map(ListenAddress::Exact)
         .ok_or_else(|| invalid("host does not resolve"))
+}
+
+fn parse_events_mode(text: &str) -> Result<EventsMode, String> {
+    match text {
+        "auto" => Ok(EventsMode::Auto),
+        "on" => Ok(EventsMode::On),
+        "off" => Ok(EventsMode::Off),
+        _ => Err(format!("invalid value {text:?} (one of: auto, on, off)")),
+    }
+}
+
+fn check_ring_bytes(bytes: u32) -> Result<(), String> {
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(())
+    } else {
+        Err(format!("{bytes} is not a power of two of at least 4096"))
+    }
 }
 
 fn parse_namespace_mode(text: &str) -> Result<NamespaceMode, String> {

@@ -13,6 +13,7 @@ use prometheus::process_collector::ProcessCollector;
 use tokio::sync::watch;
 
 use crate::config::{NamespaceMode, Settings};
+use crate::event_feed::EventFeed;
 use crate::exposition::{self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics};
 use crate::namespace_set::NamespaceSet;
 use crate::sampler::Attribution;
@@ -38,7 +39,7 @@ pub fn run(
 
     // The first sample is published before the server starts listening, so the first
     // scrape already sees data (or, if that sample failed, the error counted).
-    let (first_done_tx, first_done_rx) = mpsc::channel();
+    let (first_done_tx, first_done_rx) = mpsc::channel::<Result<(), String>>();
     let (control_tx, control_rx) = mpsc::channel::<Control>();
     let loop_settings = settings.clone();
     let loop_exposition = Arc::clone(&exposition);
@@ -55,7 +56,10 @@ pub fn run(
         })
         .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
     // A closed channel means the thread ended (it logs why); serve what there is.
-    let _ = first_done_rx.recv();
+    if let Ok(Err(e)) = first_done_rx.recv() {
+        let _ = sampling.join();
+        return Err(e);
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -151,10 +155,18 @@ fn sample_loop(
     mut namespaces: NamespaceSet,
     settings: Settings,
     exposition: Arc<ArcSwap<Exposition>>,
-    first_done: mpsc::Sender<()>,
+    first_done: mpsc::Sender<Result<(), String>>,
     control: mpsc::Receiver<Control>,
 ) {
     lower_own_priority();
+    // Attached here: the tracker it feeds lives on this thread.
+    let mut events = match EventFeed::start(&settings) {
+        Ok(feed) => feed,
+        Err(e) => {
+            let _ = first_done.send(Err(e));
+            return;
+        }
+    };
     let mut settings = settings;
     let mut options = LabelOptions {
         pid_label: settings.pid_label,
@@ -168,7 +180,13 @@ fn sample_loop(
     loop {
         let started = Instant::now();
         metrics.samples_total += 1;
+        namespaces.apply_events(&events.drain());
         let round = namespaces.sample_round(&mut attribution);
+        metrics.events_attached = events.attached();
+        if let Some(counts) = events.counts() {
+            metrics.events_lost = counts.lost;
+            metrics.transitions = counts.transitions;
+        }
         for e in &round.errors {
             let reason = e.reason();
             if let Some(i) = SAMPLE_ERROR_REASONS.iter().position(|r| *r == reason) {
@@ -195,7 +213,7 @@ fn sample_loop(
                 tracing::error!(error = %e, "encoding failed; serving the previous exposition")
             }
         }
-        let _ = first_done.send(());
+        let _ = first_done.send(Ok(()));
 
         next += interval;
         let now = Instant::now();

@@ -59,6 +59,11 @@ pub struct SelfMetrics {
     /// Namespaces that vanished between discovery and their sample.
     pub namespaces_vanished: u64,
     pub namespaces_sampled: u64,
+    /// Events mode: attached, events the ring had no room for, and every TCP transition
+    /// the kernel made (all namespaces).
+    pub events_attached: bool,
+    pub events_lost: u64,
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
 }
 
 /// Label names of per-group series; `pid` only when configured.
@@ -339,6 +344,20 @@ pub fn sample_families(
         }
     }
 
+    let mut entered = family(
+        "tcpstate_close_wait_entered_total",
+        "Connections that entered CLOSE_WAIT, from kernel events (events mode only): the \
+         rate to alert on, visible before the gauge moves.",
+        MetricType::COUNTER,
+    );
+    for (group, n) in &sample.ages.entered {
+        entered.mut_metric().push(counter(
+            prefixed(prefix, age_labels(sample, group, options)),
+            *n as f64,
+        ));
+    }
+    families.push(entered);
+
     let mut tracked = family(
         "tcpstate_close_wait_tracked",
         "CLOSE_WAIT connections whose age is tracked.",
@@ -490,6 +509,40 @@ pub fn self_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
         .mut_metric()
         .push(counter(vec![], metrics.namespaces_vanished as f64));
     families.push(vanished);
+
+    let mut attached = family(
+        "tcpstate_events_attached",
+        "1 when CLOSE_WAIT lifetimes come from kernel events (eBPF), exact; 0 when from \
+         polling alone (ages are then lower bounds).",
+        MetricType::GAUGE,
+    );
+    attached
+        .mut_metric()
+        .push(gauge(vec![], f64::from(u8::from(metrics.events_attached))));
+    families.push(attached);
+    if metrics.events_attached {
+        let mut lost = family(
+            "tcpstate_events_lost_total",
+            "Kernel events the ring buffer had no room for; the sockets concerned fall back \
+             to polled (bounded) times.",
+            MetricType::COUNTER,
+        );
+        lost.mut_metric()
+            .push(counter(vec![], metrics.events_lost as f64));
+        families.push(lost);
+        let mut transitions = family(
+            "tcpstate_transitions_total",
+            "TCP state changes seen by the kernel, in every network namespace of the host.",
+            MetricType::COUNTER,
+        );
+        for (from, to, n) in &metrics.transitions {
+            transitions.mut_metric().push(counter(
+                vec![label("from", from.name()), label("to", to.name())],
+                *n as f64,
+            ));
+        }
+        families.push(transitions);
+    }
 
     let mut last = family(
         "tcpstate_last_sample_timestamp_seconds",

@@ -15,6 +15,9 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod diagnosis;
+pub mod event_feed;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod exposition;
 pub mod namespace_set;
 pub mod netns;

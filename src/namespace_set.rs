@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::ages::CloseWaitEvent;
 use crate::aggregate::Sample;
 use crate::config::{NamespaceMode, Settings};
 use crate::netns::{self, NamespaceRef, Roots};
@@ -137,6 +138,22 @@ impl NamespaceSet {
         }
         self.pods = PodDirectory::new(&settings.pods_log_dir);
         self.settings = settings.clone();
+    }
+
+    /// Routes kernel events to the namespaces they happened in (by namespace inode);
+    /// events of namespaces not sampled are dropped.
+    pub fn apply_events(&mut self, events: &[(u64, CloseWaitEvent)]) {
+        let mut by_namespace: BTreeMap<u64, Vec<CloseWaitEvent>> = BTreeMap::new();
+        for (inode, event) in events {
+            by_namespace.entry(*inode).or_default().push(*event);
+        }
+        for (inode, events) in by_namespace {
+            if let Some(member) = self.members.get_mut(&inode) {
+                member.sampler.apply_events(&events);
+                // Something happened there: a quiet namespace is sampled next round.
+                member.skipped = QUIET_EVERY;
+            }
+        }
     }
 
     /// Samples every namespace once.

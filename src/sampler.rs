@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::ages::{AgeGroup, AgesReport, CloseWaitTracker};
+use crate::ages::{AgeGroup, AgesReport, CloseWaitEvent, CloseWaitTracker};
 use crate::aggregate::{
     ConnectionFacts, GroupKey, ListenerKey, OwnerKey, PortLabel, ProcessId, Sample, SampleBuilder,
 };
@@ -120,6 +120,10 @@ pub struct Sampler {
     tracker: CloseWaitTracker,
     listening: ListeningPorts,
     listeners: Vec<SocketRecord>,
+    /// Owner of the first listener on each port, from the last sample: accept-queue
+    /// children belong to it, and events are classified with it.
+    listener_owner: HashMap<u16, (OwnerKey, u32)>,
+    ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
 }
 
@@ -141,8 +145,37 @@ impl Sampler {
             ),
             listening: ListeningPorts::default(),
             listeners: Vec::new(),
+            listener_owner: HashMap::new(),
+            ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
         })
+    }
+
+    /// Kernel events for this namespace, applied before the next sample's dump: the
+    /// tracker gets exact entry and departure times. An event's group is guessed from
+    /// its ports with the last sample's listeners; a dump's sighting replaces it.
+    pub fn apply_events(&mut self, events: &[CloseWaitEvent]) {
+        let classifier = Classifier {
+            listening: &self.listening,
+            ephemeral: self.ephemeral.clone(),
+        };
+        for event in events {
+            let (direction, port) = classifier.classify(event.local_port, event.remote_port);
+            let owner = match direction {
+                Direction::Inbound => self
+                    .listener_owner
+                    .get(&event.local_port)
+                    .map(|(owner, _)| *owner)
+                    .unwrap_or_default(),
+                Direction::Outbound => OwnerKey::default(),
+            };
+            let guess = AgeGroup {
+                direction,
+                port: PortLabel::Port(port),
+                owner,
+            };
+            self.tracker.apply_event(event, guess);
+        }
     }
 
     #[cfg(test)]
@@ -188,7 +221,8 @@ impl Sampler {
             let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
             report.owners = owners.resolve(&inodes, &[]);
         }
-        let mut listener_owner: HashMap<u16, (OwnerKey, u32)> = HashMap::new();
+        let mut listener_owner = std::mem::take(&mut self.listener_owner);
+        listener_owner.clear();
         let listeners = std::mem::take(&mut self.listeners);
         for listener in &listeners {
             builder.count_state(TcpState::Listen);
@@ -205,6 +239,7 @@ impl Sampler {
         self.listeners = listeners;
 
         // Everything else, in one walk.
+        self.ephemeral = ephemeral.clone();
         let classifier = Classifier {
             listening: &self.listening,
             ephemeral,
@@ -320,6 +355,7 @@ impl Sampler {
         }
         self.refine_entry_times(&new_close_wait)?;
 
+        self.listener_owner = listener_owner;
         let ages = self.tracker.finish();
         let mut sample = builder.finish(self.max_groups, attribution.names.names.clone());
         sample.ages = fold_ages(ages, &sample);

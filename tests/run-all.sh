@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.." || exit 1
 
 [ "$(id -u)" = 0 ] || { echo "run-all.sh: needs root (namespaces, packages)" >&2; exit 1; }
 
-# iproute2: ip netns and ss for the scenarios. The monitoring and deployment checks install
+# iproute2: ip netns and ss for the scenarios; clang and libbpf's headers: the eBPF program
+# of the default events feature (build.rs). The monitoring and deployment checks install
 # their own tools (prometheus, jsonnet, podman, ...).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ss >/dev/null || need+=(iproute2)
+command -v clang >/dev/null || need+=(clang)
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
         { echo "run-all.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
@@ -43,6 +46,8 @@ step() {
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --workspace
+# The exporter must still build and pass its tests where no BPF toolchain is present.
+step "build without events" cargo build --no-default-features --quiet
 step "monitoring" tests/monitoring/check.sh
 step "deployment files" tests/deploy/check.sh
 if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then

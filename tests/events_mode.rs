@@ -1,0 +1,257 @@
+//! The daemon in events mode (eBPF on sock:inet_sock_set_state): exact CLOSE_WAIT ages,
+//! CLOSE_WAITs shorter than a sample interval observed, events on the right namespace's
+//! series, and the fallback without privileges. (tests/events.rs tests the kernel side.)
+#![cfg(feature = "events")]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::{Actor, Daemon, Exposition, Netns, count_state, wait_until};
+
+const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn config(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("events-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("config");
+    path.display().to_string()
+}
+
+fn start<'ns>(ns: &'ns Netns, interval: &str, config: &str) -> Daemon<'ns> {
+    let daemon = Daemon::start(
+        EXPORTER.as_ref(),
+        ns,
+        SocketAddr::from(([127, 0, 0, 1], 9815)),
+        &[
+            "--web.listen-address",
+            "127.0.0.1:9815",
+            "--sample.interval",
+            interval,
+            "--config.file",
+            config,
+        ],
+    );
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    assert_eq!(
+        m.get("tcpstate_events_attached", &[]),
+        1.0,
+        "events attach as root here: {}",
+        daemon.output()
+    );
+    daemon
+}
+
+const GROUP: [(&str, &str); 3] = [
+    ("direction", "inbound"),
+    ("port", "8080"),
+    ("process", "holder"),
+];
+
+#[test]
+fn ages_are_exact_and_short_close_waits_are_counted() {
+    let ns = Netns::new("evexact");
+    let cfg = config(
+        "exact",
+        "events = \"on\"\n[sample]\ndetail_states = [\"close_wait\"]\n",
+    );
+    let daemon = start(&ns, "2s", &cfg);
+    let mut server = Actor::spawn(&ns, "holder");
+    let mut client = Actor::spawn(&ns, "client");
+    server.listen("l", "127.0.0.1:8080", 16);
+    // Events between samples are classified with the last sample's listeners.
+    assert!(wait_until(WAIT, || {
+        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        m.try_get(
+            "tcpstate_listen_queue_max",
+            &[("port", "8080"), ("process", "holder")],
+        )
+        .is_some()
+    }));
+
+    // A short CLOSE_WAIT: the program closes 100 ms after its peer, well inside one
+    // 2 s interval; no dump can see it.
+    client.cmd("connect s 127.0.0.1:8080 1");
+    server.cmd("accept ss l 1");
+    client.cmd("close s");
+    std::thread::sleep(Duration::from_millis(100));
+    server.cmd("close ss");
+
+    // A long one: held, its age must match the FIN's moment.
+    client.cmd("connect c 127.0.0.1:8080 2");
+    server.cmd("accept a l 2");
+    let fin = unix_now();
+    client.cmd("close c");
+    assert!(wait_until(WAIT, || count_state(&ns, "CLOSE-WAIT") == 2));
+
+    let mut m = Exposition::parse(&daemon.scrape("/metrics").2);
+    assert!(wait_until(WAIT, || {
+        m = Exposition::parse(&daemon.scrape("/metrics").2);
+        m.try_get("tcpstate_close_wait_oldest_seconds", &GROUP)
+            .is_some()
+            && m.try_get("tcpstate_close_wait_duration_seconds_count", &GROUP) == Some(1.0)
+    }));
+    let sampled_at = m.get("tcpstate_last_sample_timestamp_seconds", &[]);
+    let age = m.get("tcpstate_close_wait_oldest_seconds", &GROUP);
+    assert!(
+        (age - (sampled_at - fin)).abs() < 0.1,
+        "exact: age {age} vs {} since the FIN",
+        sampled_at - fin
+    );
+    // The short one: entered and left between samples, observed with its ~100 ms.
+    let sum = m.get("tcpstate_close_wait_duration_seconds_sum", &GROUP);
+    assert!(
+        (0.05..0.9).contains(&sum),
+        "short CLOSE_WAIT lasted ~0.1 s: {sum}"
+    );
+    let mut bucket = GROUP.to_vec();
+    bucket.push(("le", "1"));
+    assert_eq!(
+        m.get("tcpstate_close_wait_duration_seconds_bucket", &bucket),
+        1.0
+    );
+    assert_eq!(m.get("tcpstate_close_wait_entered_total", &GROUP), 3.0);
+    assert!(
+        m.get(
+            "tcpstate_transitions_total",
+            &[("from", "established"), ("to", "close_wait")]
+        ) >= 3.0
+    );
+    assert_eq!(m.get("tcpstate_events_lost_total", &[]), 0.0);
+}
+
+#[test]
+fn events_from_two_namespaces_land_on_their_own_series() {
+    let observer = Netns::new("evobs");
+    let blue = Netns::new("evblue");
+    let red = Netns::new("evred");
+    let cfg = config(
+        "two",
+        &format!(
+            "events = \"on\"\nnamespaces = \"all\"\nnamespaces_include = [\"{}\", \"{}\"]\n",
+            blue.name(),
+            red.name()
+        ),
+    );
+    let daemon = start(&observer, "1s", &cfg);
+    let mut actors = Vec::new();
+    for (ns, count) in [(&blue, 1), (&red, 2)] {
+        let mut server = Actor::spawn(ns, "holder");
+        let mut client = Actor::spawn(ns, "client");
+        server.listen("l", "127.0.0.1:8080", 16);
+        // Wait until the exporter has sampled the listener (events between samples are
+        // classified with the last sample's listeners).
+        let listener = format!(
+            "tcpstate_listen_queue_max{{netns=\"{}\",pod=\"\",namespace=\"\",port=\"8080\",process=\"holder\"}}",
+            ns.name()
+        );
+        assert!(wait_until(WAIT, || daemon
+            .scrape("/metrics")
+            .2
+            .contains(&listener)));
+        client.cmd(&format!("connect c 127.0.0.1:8080 {count}"));
+        server.cmd(&format!("accept a l {count}"));
+        client.cmd("close c");
+        server.cmd("close a");
+        actors.push((server, client));
+    }
+    let entered = |netns: &str, m: &Exposition| {
+        m.try_get(
+            "tcpstate_close_wait_entered_total",
+            &[
+                ("netns", netns),
+                ("pod", ""),
+                ("namespace", ""),
+                ("direction", "inbound"),
+                ("port", "8080"),
+                ("process", "holder"),
+            ],
+        )
+    };
+    assert!(
+        wait_until(WAIT, || {
+            let m = Exposition::parse(&daemon.scrape("/metrics").2);
+            entered(blue.name(), &m) == Some(1.0) && entered(red.name(), &m) == Some(2.0)
+        }),
+        "{}",
+        daemon.scrape("/metrics").2
+    );
+}
+
+#[test]
+fn without_bpf_privileges_auto_polls_and_on_refuses_to_start() {
+    let ns = Netns::new("evnopriv");
+    let drop_caps = [
+        "--inh-caps=-bpf,-perfmon,-sys_admin",
+        "--bounding-set=-bpf,-perfmon,-sys_admin",
+        "--",
+    ];
+    // auto: one info line says why, the polled metrics are served.
+    let out = ns
+        .command("setpriv")
+        .args(drop_caps)
+        .args([EXPORTER, "snapshot", "--format", "prometheus"])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let snapshot = String::from_utf8_lossy(&out.stdout);
+    assert!(snapshot.contains("tcpstate_sockets{state=\"listen\"}"));
+
+    let auto = config("auto", "events = \"auto\"\n");
+    let child = ns
+        .command("setpriv")
+        .args(drop_caps)
+        .args([
+            EXPORTER,
+            "--web.listen-address",
+            "127.0.0.1:9815",
+            "--config.file",
+            &auto,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let up = wait_until(WAIT, || {
+        ns.run(|| std::net::TcpStream::connect(("127.0.0.1", 9815)).is_ok())
+    });
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(up, "serves without events: {log}");
+    assert!(log.contains("events mode unavailable"), "{log}");
+    assert!(
+        log.contains("CAP_BPF"),
+        "the line says what is missing: {log}"
+    );
+
+    // on: a clear startup error, non-zero exit.
+    let on = config("on", "events = \"on\"\n");
+    let out = ns
+        .command("setpriv")
+        .args(drop_caps)
+        .args([
+            EXPORTER,
+            "--web.listen-address",
+            "127.0.0.1:9816",
+            "--config.file",
+            &on,
+        ])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("events = \"on\" but the eBPF program cannot attach"),
+        "{stderr}"
+    );
+}
