@@ -9,10 +9,18 @@
 # deploy/kubernetes/daemonset.yaml for the why of each.
 
 FROM docker.io/library/rust:1.95-slim-bookworm AS builder
+# clang and libbpf's headers compile the eBPF program of the default `events` feature
+# (build.rs, bpf/). Versions follow the base image's Debian suite.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends clang libbpf-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Cargo loads every workspace member (tools/*) to resolve the workspace; only the exporter
-# is built.
-COPY Cargo.toml Cargo.lock ./
+# Cargo loads every workspace member (tools/*) and target (benches/) to resolve the
+# workspace; only the exporter is built.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY bpf ./bpf
+COPY benches ./benches
 COPY src ./src
 COPY tools ./tools
 # Registry and target caches survive between builds, so a source change rebuilds one crate.

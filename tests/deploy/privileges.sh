@@ -101,9 +101,10 @@ grant "systemd unit bounding set" "$(caps_of CapabilityBoundingSet "$unit/tcpsta
     "CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"
 grant "namespaces-all drop-in" "$(caps_of AmbientCapabilities "$unit/examples/namespaces-all.conf")" \
     "CAP_SYS_ADMIN"
+# BPF + PERFMON for the events mode: tests/events.rs proves those two suffice to attach.
 grant "DaemonSet capabilities" \
     "$(sed -n 's/^ *add: \[\(.*\)\]/\1/p' "$repo/deploy/kubernetes/daemonset.yaml" | tr -d ' ' | tr ',' '\n' | sort | xargs)" \
-    "DAC_READ_SEARCH SYS_ADMIN SYS_PTRACE"
+    "BPF DAC_READ_SEARCH PERFMON SYS_ADMIN SYS_PTRACE"
 grant "DaemonSet drops" "$(sed -n 's/^ *drop: \[\(.*\)\]/\1/p' "$repo/deploy/kubernetes/daemonset.yaml")" "ALL"
 
 echo "privileges: $pass passed, $fail failed"
