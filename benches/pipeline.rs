@@ -140,6 +140,7 @@ fn aggregate(c: &mut Criterion) {
                     owner: OwnerKey {
                         process: ProcessId((r.inode % 4) + 1),
                         pid: 0,
+                        container: ProcessId::UNKNOWN,
                     },
                 };
                 builder.add_connection(key, ConnectionFacts::of(r, false));

@@ -479,6 +479,7 @@ mod tests {
             owner: OwnerKey {
                 process: crate::aggregate::ProcessId(inode),
                 pid: 0,
+                container: crate::aggregate::ProcessId::UNKNOWN,
             },
             ..g
         });

@@ -38,11 +38,14 @@ impl fmt::Display for PortLabel {
     }
 }
 
-/// Who owns a group: the process name, and its pid when the pid label is on (else 0).
+/// Who owns a group: the process name, its pid when the pid label is on (else 0), and
+/// its Kubernetes container name (an index into the same name table; "" off Kubernetes
+/// or with `namespaces = "own"`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnerKey {
     pub process: ProcessId,
     pub pid: u32,
+    pub container: ProcessId,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -86,6 +86,8 @@ pub struct Settings {
     pub namespaces_exclude: Vec<glob::Pattern>,
     /// kubelet's pod log directory, where pod names and namespaces are read from.
     pub pods_log_dir: PathBuf,
+    /// kubelet's container log links, where container names are read from.
+    pub containers_log_dir: PathBuf,
     pub events: EventsMode,
     /// Kernel ring buffer for events, bytes (a power of two, at least a page).
     pub events_ring_bytes: u32,
@@ -119,6 +121,7 @@ impl Default for Settings {
             namespaces_include: Vec::new(),
             namespaces_exclude: Vec::new(),
             pods_log_dir: PathBuf::from("/var/log/pods"),
+            containers_log_dir: PathBuf::from("/var/log/containers"),
             events: EventsMode::Auto,
             events_ring_bytes: 4 << 20,
         }
@@ -135,6 +138,7 @@ struct FileConfig {
     namespaces_include: Option<Vec<String>>,
     namespaces_exclude: Option<Vec<String>>,
     pods_log_dir: Option<PathBuf>,
+    containers_log_dir: Option<PathBuf>,
     /// "auto", "on" or "off".
     events: Option<String>,
     events_ring_bytes: Option<u32>,
@@ -351,6 +355,9 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
         namespaces_include,
         namespaces_exclude,
         pods_log_dir: file.pods_log_dir.unwrap_or(defaults.pods_log_dir),
+        containers_log_dir: file
+            .containers_log_dir
+            .unwrap_or(defaults.containers_log_dir),
         listen_address,
         telemetry_path,
         web_config_file: flags

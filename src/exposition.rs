@@ -408,6 +408,9 @@ fn owner_labels(
     options: LabelOptions,
 ) {
     labels.push(label("process", sample.process_name(owner.process)));
+    if options.namespace_labels {
+        labels.push(label("container", sample.process_name(owner.container)));
+    }
     if options.pid_label {
         let pid = if owner.pid == 0 {
             String::new()
@@ -657,7 +660,7 @@ mod tests {
 
     fn sample() -> Sample {
         let mut sample = Sample {
-            processes: vec![String::new(), "server".into()],
+            processes: vec![String::new(), "server".into(), "api".into()],
             ..Sample::default()
         };
         sample.state_counts[TcpState::CloseWait.index()] = 2;
@@ -669,6 +672,7 @@ mod tests {
                 owner: OwnerKey {
                     process: ProcessId(1),
                     pid: 42,
+                    container: ProcessId(2),
                 },
             },
             GroupStats {

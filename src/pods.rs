@@ -11,6 +11,9 @@
 //!    the container runtime (containerd or CRI-O): dependable, and readable with a
 //!    hostPath mount. Namespace names cannot contain `_` (DNS labels), pod names neither,
 //!    so the split is unambiguous.
+//! 3. A process's container name comes from its container id (cgroup path) and kubelet's
+//!    `/var/log/containers/<pod>_<namespace>_<container>-<id>.log` links, which kubelet
+//!    keeps for every running container under either runtime.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +72,51 @@ fn container_id(part: &str) -> Option<String> {
 pub struct PodDirectory {
     root: PathBuf,
     by_uid: HashMap<String, (String, String)>,
+}
+
+/// Maps container ids to container names by listing kubelet's container log links.
+pub struct ContainerDirectory {
+    root: PathBuf,
+    by_id: HashMap<String, String>,
+}
+
+impl ContainerDirectory {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ContainerDirectory {
+            root: root.into(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Re-lists the directory; a node without it has no containers to name.
+    pub fn refresh(&mut self) {
+        self.by_id.clear();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((id, container)) = parse_container_log_name(&name) {
+                self.by_id.insert(id, container);
+            }
+        }
+    }
+
+    /// The container name of a process, from its cgroup file under `proc_root`.
+    pub fn container_of(&self, proc_root: &Path, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        let (_, id) = parse_cgroup(&text)?;
+        self.by_id.get(&id?).cloned()
+    }
+}
+
+/// `<pod>_<namespace>_<container>-<64 hex id>.log` -> (id, container).
+fn parse_container_log_name(name: &str) -> Option<(String, String)> {
+    let stem = name.strip_suffix(".log")?;
+    let (rest, id) = stem.rsplit_once('-')?;
+    let id = container_id(id)?;
+    let container = rest.splitn(3, '_').nth(2)?;
+    (!container.is_empty()).then(|| (id, container.to_string()))
 }
 
 impl PodDirectory {
@@ -188,6 +236,42 @@ mod tests {
         assert_eq!(identity.uid, UID);
         assert_eq!(identity.container_id, CID);
         assert_eq!(pods.identify(&proc_root, 43), None, "no such process");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn container_names_come_from_kubelets_container_log_links() {
+        assert_eq!(
+            parse_container_log_name(&format!("checkout-7d9f_shop_app-server-{CID}.log")),
+            Some((CID.to_string(), "app-server".to_string()))
+        );
+        assert_eq!(
+            parse_container_log_name("checkout_shop_app-nothex.log"),
+            None
+        );
+        assert_eq!(parse_container_log_name(&format!("{CID}.log")), None);
+
+        let root = std::env::temp_dir().join(format!("containers-test-{}", std::process::id()));
+        let logs = root.join("var/log/containers");
+        let proc_root = root.join("proc");
+        std::fs::create_dir_all(&logs).expect("dirs");
+        std::fs::create_dir_all(proc_root.join("42")).expect("dirs");
+        std::fs::write(logs.join(format!("checkout-7d9f_shop_app-{CID}.log")), "").expect("log");
+        std::fs::write(
+            proc_root.join("42/cgroup"),
+            format!(
+                "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{CID}.scope\n",
+                UID.replace('-', "_")
+            ),
+        )
+        .expect("cgroup");
+        let mut containers = ContainerDirectory::new(&logs);
+        containers.refresh();
+        assert_eq!(
+            containers.container_of(&proc_root, 42).as_deref(),
+            Some("app")
+        );
+        assert_eq!(containers.container_of(&proc_root, 43), None);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 

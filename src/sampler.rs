@@ -8,6 +8,7 @@
 //! whose owner is not cached yet, never with the rest of the table.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,8 +17,9 @@ use crate::aggregate::{
     ConnectionFacts, GroupKey, ListenerKey, OwnerKey, PortLabel, ProcessId, Sample, SampleBuilder,
 };
 use crate::classify::{Classifier, Direction, ListeningPorts};
-use crate::config::Settings;
-use crate::owners::{OwnerCache, ResolveStats};
+use crate::config::{NamespaceMode, Settings};
+use crate::owners::{Owner, OwnerCache, ResolveStats};
+use crate::pods::ContainerDirectory;
 use crate::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::sysctl;
@@ -76,8 +78,42 @@ impl ProcessNames {
 /// are host-wide, so one cache serves them all.
 pub struct Attribution {
     owners: Option<OwnerCache>,
+    keys: OwnerKeys,
+}
+
+/// Turns an owner into its label key: interned process name, pid when configured, and
+/// the Kubernetes container (with `namespaces = "all"`).
+struct OwnerKeys {
     names: ProcessNames,
     pid_label: bool,
+    containers: Option<ContainerDirectory>,
+    /// Container name per owner pid, for this round (cleared by `revalidate`).
+    container_of_pid: HashMap<u32, ProcessId>,
+}
+
+impl OwnerKeys {
+    fn key(&mut self, owner: &Owner) -> OwnerKey {
+        let container = match &self.containers {
+            None => ProcessId::UNKNOWN,
+            Some(directory) => match self.container_of_pid.get(&owner.pid) {
+                Some(id) => *id,
+                None => {
+                    let name: Arc<str> = directory
+                        .container_of(Path::new("/proc"), owner.pid)
+                        .unwrap_or_default()
+                        .into();
+                    let id = self.names.intern(&name);
+                    self.container_of_pid.insert(owner.pid, id);
+                    id
+                }
+            },
+        };
+        OwnerKey {
+            process: self.names.intern(&owner.comm),
+            pid: if self.pid_label { owner.pid } else { 0 },
+            container,
+        }
+    }
 }
 
 impl Attribution {
@@ -86,15 +122,25 @@ impl Attribution {
             owners: settings
                 .process_attribution
                 .then(|| OwnerCache::new("/proc")),
-            names: ProcessNames::new(),
-            pid_label: settings.pid_label,
+            keys: OwnerKeys {
+                names: ProcessNames::new(),
+                pid_label: settings.pid_label,
+                containers: (settings.namespaces == NamespaceMode::All)
+                    .then(|| ContainerDirectory::new(&settings.containers_log_dir)),
+                container_of_pid: HashMap::new(),
+            },
         }
     }
 
-    /// Drops processes that exited since the last sample; once per sampling round.
+    /// Drops processes that exited since the last sample, and re-reads the container
+    /// names; once per sampling round.
     pub fn revalidate(&mut self) {
         if let Some(owners) = &mut self.owners {
             owners.revalidate();
+        }
+        if let Some(containers) = &mut self.keys.containers {
+            containers.refresh();
+            self.keys.container_of_pid.clear();
         }
     }
 
@@ -103,11 +149,7 @@ impl Attribution {
         let Some(owner) = self.owners.as_ref().and_then(|c| c.lookup(inode)) else {
             return (OwnerKey::default(), 0);
         };
-        let key = OwnerKey {
-            process: self.names.intern(&owner.comm),
-            pid: if self.pid_label { owner.pid } else { 0 },
-        };
-        (key, owner.pid)
+        (self.keys.key(&owner), owner.pid)
     }
 }
 
@@ -249,8 +291,7 @@ impl Sampler {
         let detail_mask = self.detail_mask;
         let owners = attribution.owners.as_ref();
         let tracker = &mut self.tracker;
-        let pid_label = attribution.pid_label;
-        let names = &mut attribution.names;
+        let keys = &mut attribution.keys;
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
             DumpRequest::for_states(all_but_listen, false),
@@ -276,10 +317,7 @@ impl Sampler {
                 } else {
                     owners
                         .and_then(|cache| cache.lookup(record.inode))
-                        .map(|o| OwnerKey {
-                            process: names.intern(&o.comm),
-                            pid: if pid_label { o.pid } else { 0 },
-                        })
+                        .map(|o| keys.key(&o))
                 }
                 .or(owners.is_none().then(OwnerKey::default));
                 if is_close_wait {
@@ -335,18 +373,14 @@ impl Sampler {
 
         // Ages: owners of tracked sockets, entry times of new ones.
         if let Some(owners) = &attribution.owners {
-            let names = &mut attribution.names;
-            let pid_label = attribution.pid_label;
+            let keys = &mut attribution.keys;
             self.tracker.assign_owners(|inode, group| {
                 if inode == 0 || group.owner != OwnerKey::default() {
                     return group;
                 }
                 match owners.lookup(inode) {
                     Some(o) => AgeGroup {
-                        owner: OwnerKey {
-                            process: names.intern(&o.comm),
-                            pid: if pid_label { o.pid } else { 0 },
-                        },
+                        owner: keys.key(&o),
                         ..group
                     },
                     None => group,
@@ -357,7 +391,7 @@ impl Sampler {
 
         self.listener_owner = listener_owner;
         let ages = self.tracker.finish();
-        let mut sample = builder.finish(self.max_groups, attribution.names.names.clone());
+        let mut sample = builder.finish(self.max_groups, attribution.keys.names.names.clone());
         sample.ages = fold_ages(ages, &sample);
         sample.close_wait_tracked = self.tracker.tracked() as u64;
         sample.tcp_settings = sysctl::tcp_settings();

@@ -150,7 +150,7 @@ fn events_from_two_namespaces_land_on_their_own_series() {
         // Wait until the exporter has sampled the listener (events between samples are
         // classified with the last sample's listeners).
         let listener = format!(
-            "tcpstate_listen_queue_max{{netns=\"{}\",pod=\"\",namespace=\"\",port=\"8080\",process=\"holder\"}}",
+            "tcpstate_listen_queue_max{{netns=\"{}\",pod=\"\",namespace=\"\",port=\"8080\",process=\"holder\",container=\"\"}}",
             ns.name()
         );
         assert!(wait_until(WAIT, || daemon
@@ -173,6 +173,7 @@ fn events_from_two_namespaces_land_on_their_own_series() {
                 ("direction", "inbound"),
                 ("port", "8080"),
                 ("process", "holder"),
+                ("container", ""),
             ],
         )
     };

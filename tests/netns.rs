@@ -30,6 +30,7 @@ fn close_wait(m: &Exposition, netns: &str, process: &str, port: &str) -> Option<
             ("direction", "inbound"),
             ("port", port),
             ("process", process),
+            ("container", ""),
         ],
     )
 }
@@ -127,6 +128,7 @@ fn one_exporter_sees_every_namespace_and_forgets_the_dead() {
                 ("direction", "inbound"),
                 ("port", "8080"),
                 ("process", "blue-srv"),
+                ("container", ""),
             ]
         )
         .is_some()
