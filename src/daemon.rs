@@ -91,10 +91,14 @@ pub fn run(
                     if new.listen_address != current.listen_address
                         || new.pid_label != current.pid_label
                         || new.process_attribution != current.process_attribution
+                        || new.duration_buckets != current.duration_buckets
+                        || new.max_tracked_sockets != current.max_tracked_sockets
+                        || new.events != current.events
+                        || new.events_ring_bytes != current.events_ring_bytes
                     {
                         tracing::warn!(
-                            "web.listen_address, process.attribution and process.pid_label \
-                             change only on restart"
+                            "web.listen_address, process.*, close_wait.* and events* change \
+                             only on restart"
                         );
                     }
                     site.web.store(Arc::new(web));
