@@ -106,7 +106,7 @@ impl GroupStats {
         self.keepalive += u64::from(facts.keepalive);
     }
 
-    fn merge(&mut self, other: &GroupStats) {
+    pub fn merge(&mut self, other: &GroupStats) {
         self.connections += other.connections;
         self.recv_queue_bytes += other.recv_queue_bytes;
         self.send_queue_bytes += other.send_queue_bytes;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::ages::{AgeGroup, DurationHistogram};
-use crate::aggregate::{OwnerKey, PortLabel, Sample};
+use crate::aggregate::{GroupStats, PortLabel, Sample};
 use crate::classify::Direction;
 use crate::cli::SnapshotFormat;
 use crate::diagnosis::{self, Closes, Evidence, Thresholds, Verdict, human_seconds};
@@ -133,29 +133,27 @@ fn evidence_of(
     window: Option<f64>,
     group: &AgeGroup,
 ) -> Evidence {
-    let same = |state: TcpState, direction: Direction, port: PortLabel, owner: OwnerKey| {
-        state == TcpState::CloseWait
-            && direction == group.direction
-            && port == group.port
-            && owner == group.owner
-    };
-    let mut evidence = Evidence::default();
+    let mut close_wait = GroupStats::default();
+    let mut established = 0;
     for (key, stats) in &sample.groups {
-        if same(key.state, key.direction, key.port, key.owner) {
-            evidence.close_wait += stats.connections;
-            evidence.unread_bytes += stats.recv_queue_bytes;
-            evidence.unread_connections += stats.unread_connections;
-            evidence.eof_read += stats.eof_read;
-            evidence.unaccepted += stats.unaccepted;
-            evidence.keepalive += stats.keepalive;
-        } else if key.state == TcpState::Established
-            && key.direction == group.direction
-            && key.port == group.port
-            && key.owner == group.owner
-        {
-            evidence.established += stats.connections;
+        let same_group =
+            key.direction == group.direction && key.port == group.port && key.owner == group.owner;
+        match key.state {
+            TcpState::CloseWait if same_group => close_wait.merge(stats),
+            TcpState::Established if same_group => established += stats.connections,
+            _ => {}
         }
     }
+    let mut evidence = Evidence {
+        close_wait: close_wait.connections,
+        unread_bytes: close_wait.recv_queue_bytes,
+        unread_connections: close_wait.unread_connections,
+        eof_read: close_wait.eof_read,
+        unaccepted: close_wait.unaccepted,
+        keepalive: close_wait.keepalive,
+        established,
+        ..Evidence::default()
+    };
     evidence.oldest_seconds = sample
         .ages
         .oldest
