@@ -1,7 +1,7 @@
 //! Soak: the daemon samples fast (every 100 ms) a table that churns (connections opened,
 //! entering CLOSE_WAIT, closed) while scrapers hammer /metrics. Every scrape must be a
 //! complete exposition, counters never go backwards, no sample fails, and memory stays
-//! flat once warmed up. Runs 60 s (TCPSTATE_SOAK_SECONDS to change).
+//! flat once warmed up. Runs 150 s (TCPSTATE_SOAK_SECONDS to change).
 
 mod support;
 
@@ -47,7 +47,7 @@ fn fast_samples_of_a_churning_table_under_scrapers_stay_correct_and_flat() {
     let seconds: u64 = std::env::var("TCPSTATE_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(150);
     let ns = Netns::new("soak");
     let mut server = Actor::spawn(&ns, "churn-srv");
     let mut client = Actor::spawn(&ns, "churn-cli");
