@@ -73,6 +73,12 @@ impl OwnerCache {
         }
     }
 
+    /// The pid owning `inode`, without any I/O or allocation: the per-socket question.
+    pub fn owner_pid(&self, inode: u32) -> Option<u32> {
+        let pid = *self.inode_owner.get(&inode)?;
+        self.processes.contains_key(&pid).then_some(pid)
+    }
+
     /// The cached owner of `inode`, without any I/O.
     pub fn lookup(&self, inode: u32) -> Option<Owner> {
         let pid = *self.inode_owner.get(&inode)?;
@@ -288,15 +294,6 @@ impl OwnerCache {
             .collect();
         pids.sort_unstable();
         pids
-    }
-
-    /// Number of cached processes, fds and indexed inodes, for memory accounting.
-    pub fn size(&self) -> (usize, usize, usize) {
-        (
-            self.processes.len(),
-            self.processes.values().map(|p| p.fds.len()).sum(),
-            self.inode_owner.len(),
-        )
     }
 }
 

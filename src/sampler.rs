@@ -18,7 +18,7 @@ use crate::aggregate::{
 };
 use crate::classify::{Classifier, Direction, ListeningPorts};
 use crate::config::{NamespaceMode, Settings};
-use crate::owners::{Owner, OwnerCache, ResolveStats};
+use crate::owners::{OwnerCache, ResolveStats};
 use crate::pods::ContainerDirectory;
 use crate::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
@@ -82,37 +82,43 @@ pub struct Attribution {
 }
 
 /// Turns an owner into its label key: interned process name, pid when configured, and
-/// the Kubernetes container (with `namespaces = "all"`).
+/// the Kubernetes container (with `namespaces = "all"`). Keys are memoized per pid for
+/// the round, so a socket costs two hash lookups by integer, not a string hash and an
+/// `Arc` clone.
 struct OwnerKeys {
     names: ProcessNames,
     pid_label: bool,
     containers: Option<ContainerDirectory>,
-    /// Container name per owner pid, for this round (cleared by `revalidate`).
-    container_of_pid: HashMap<u32, ProcessId>,
+    /// Label key per owner pid, for this round (cleared by `Attribution::revalidate`:
+    /// a process may rename itself or change container between rounds).
+    key_of_pid: HashMap<u32, OwnerKey>,
 }
 
 impl OwnerKeys {
-    fn key(&mut self, owner: &Owner) -> OwnerKey {
+    /// The key and pid of the owner of `inode`, when the cache knows it.
+    fn key_of(&mut self, cache: &OwnerCache, inode: u32) -> Option<(OwnerKey, u32)> {
+        let pid = cache.owner_pid(inode)?;
+        if let Some(key) = self.key_of_pid.get(&pid) {
+            return Some((*key, pid));
+        }
+        let owner = cache.lookup(inode)?;
         let container = match &self.containers {
             None => ProcessId::UNKNOWN,
-            Some(directory) => match self.container_of_pid.get(&owner.pid) {
-                Some(id) => *id,
-                None => {
-                    let name: Arc<str> = directory
-                        .container_of(Path::new("/proc"), owner.pid)
-                        .unwrap_or_default()
-                        .into();
-                    let id = self.names.intern(&name);
-                    self.container_of_pid.insert(owner.pid, id);
-                    id
-                }
-            },
+            Some(directory) => {
+                let name: Arc<str> = directory
+                    .container_of(Path::new("/proc"), pid)
+                    .unwrap_or_default()
+                    .into();
+                self.names.intern(&name)
+            }
         };
-        OwnerKey {
+        let key = OwnerKey {
             process: self.names.intern(&owner.comm),
-            pid: if self.pid_label { owner.pid } else { 0 },
+            pid: if self.pid_label { pid } else { 0 },
             container,
-        }
+        };
+        self.key_of_pid.insert(pid, key);
+        Some((key, pid))
     }
 }
 
@@ -127,7 +133,7 @@ impl Attribution {
                 pid_label: settings.pid_label,
                 containers: (settings.namespaces == NamespaceMode::All)
                     .then(|| ContainerDirectory::new(&settings.containers_log_dir)),
-                container_of_pid: HashMap::new(),
+                key_of_pid: HashMap::new(),
             },
         }
     }
@@ -140,16 +146,17 @@ impl Attribution {
         }
         if let Some(containers) = &mut self.keys.containers {
             containers.refresh();
-            self.keys.container_of_pid.clear();
         }
+        self.keys.key_of_pid.clear();
     }
 
     /// Owner of an inode as a label key, and its pid (0 when unknown).
     fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
-        let Some(owner) = self.owners.as_ref().and_then(|c| c.lookup(inode)) else {
-            return (OwnerKey::default(), 0);
-        };
-        (self.keys.key(&owner), owner.pid)
+        let keys = &mut self.keys;
+        self.owners
+            .as_ref()
+            .and_then(|cache| keys.key_of(cache, inode))
+            .unwrap_or_default()
     }
 }
 
@@ -316,8 +323,8 @@ impl Sampler {
                     Some(OwnerKey::default()) // orphan
                 } else {
                     owners
-                        .and_then(|cache| cache.lookup(record.inode))
-                        .map(|o| keys.key(&o))
+                        .and_then(|cache| keys.key_of(cache, record.inode))
+                        .map(|(key, _)| key)
                 }
                 .or(owners.is_none().then(OwnerKey::default));
                 if is_close_wait {
@@ -378,11 +385,8 @@ impl Sampler {
                 if inode == 0 || group.owner != OwnerKey::default() {
                     return group;
                 }
-                match owners.lookup(inode) {
-                    Some(o) => AgeGroup {
-                        owner: keys.key(&o),
-                        ..group
-                    },
+                match keys.key_of(owners, inode) {
+                    Some((owner, _)) => AgeGroup { owner, ..group },
                     None => group,
                 }
             });
