@@ -274,24 +274,6 @@ fn fold<K: Ord + Copy + std::hash::Hash, S: Foldable>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
-
-    fn record(state: TcpState, recv_queue: u32, send_queue: u32) -> SocketRecord {
-        SocketRecord {
-            state,
-            local_addr: IpAddr::from([127, 0, 0, 1]),
-            local_port: 80,
-            remote_addr: IpAddr::from([127, 0, 0, 1]),
-            remote_port: 40000,
-            recv_queue,
-            send_queue,
-            inode: 5,
-            uid: 0,
-            cookie: 1,
-            keepalive_armed: false,
-            tcp_info: None,
-        }
-    }
 
     fn facts(
         state: TcpState,
@@ -299,7 +281,10 @@ mod tests {
         send_queue: u32,
         unaccepted: bool,
     ) -> ConnectionFacts {
-        ConnectionFacts::of(&record(state, recv_queue, send_queue), unaccepted)
+        ConnectionFacts::of(
+            &SocketRecord::for_tests(state, recv_queue, send_queue),
+            unaccepted,
+        )
     }
 
     fn key(state: TcpState, port: u16) -> GroupKey {
@@ -396,8 +381,8 @@ mod tests {
             port: PortLabel::Port(80),
             owner: OwnerKey::default(),
         };
-        builder.add_listener(k, &record(TcpState::Listen, 3, 128));
-        builder.add_listener(k, &record(TcpState::Listen, 1, 128));
+        builder.add_listener(k, &SocketRecord::for_tests(TcpState::Listen, 3, 128));
+        builder.add_listener(k, &SocketRecord::for_tests(TcpState::Listen, 1, 128));
         let sample = builder.finish(10, vec![String::new()]);
         assert_eq!(
             sample.listeners,

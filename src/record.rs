@@ -166,6 +166,27 @@ impl SocketRecord {
 }
 
 #[cfg(test)]
+impl SocketRecord {
+    /// A loopback socket 127.0.0.1:80 <- :40000 for unit tests of the stages.
+    pub(crate) fn for_tests(state: TcpState, recv_queue: u32, send_queue: u32) -> Self {
+        SocketRecord {
+            state,
+            local_addr: IpAddr::from([127, 0, 0, 1]),
+            local_port: 80,
+            remote_addr: IpAddr::from([127, 0, 0, 1]),
+            remote_port: 40000,
+            recv_queue,
+            send_queue,
+            inode: 5,
+            uid: 0,
+            cookie: 1,
+            keepalive_armed: false,
+            tcp_info: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -190,20 +211,7 @@ mod tests {
     }
 
     fn record(state: TcpState, recv_queue: u32) -> SocketRecord {
-        SocketRecord {
-            state,
-            local_addr: IpAddr::from([127, 0, 0, 1]),
-            local_port: 80,
-            remote_addr: IpAddr::from([127, 0, 0, 1]),
-            remote_port: 40000,
-            recv_queue,
-            send_queue: 0,
-            inode: 1,
-            uid: 0,
-            cookie: 1,
-            keepalive_armed: false,
-            tcp_info: None,
-        }
+        SocketRecord::for_tests(state, recv_queue, 0)
     }
 
     #[test]
