@@ -7,28 +7,16 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
 
-const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const INTERVAL: f64 = 0.5;
 const SLACK: f64 = 0.5;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn daemon(ns: &Netns) -> Daemon<'_> {
-    Daemon::start(
-        EXPORTER.as_ref(),
-        ns,
-        SocketAddr::from(([127, 0, 0, 1], 9815)),
-        &[
-            "--web.listen-address",
-            "127.0.0.1:9815",
-            "--sample.interval",
-            "500ms",
-        ],
-    )
+    Daemon::exporter(ns, &["--sample.interval", "500ms"])
 }
 
 const GROUP: [(&str, &str); 3] = [

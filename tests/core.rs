@@ -5,34 +5,20 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, count_state, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 /// Generous: a loaded CI machine can be slow to deliver a delayed ACK or run `ss`.
 const SETTLE: Duration = Duration::from_secs(30);
 
-fn listen_address() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9815))
-}
-
 /// Starts the daemon with a long interval: the served sample is the one taken at start,
 /// before its own listener and the test's scrapes existed, so every count is exact.
 fn start_daemon<'ns>(ns: &'ns Netns, extra: &[&str]) -> Daemon<'ns> {
-    let mut args = vec![
-        "--web.listen-address",
-        "127.0.0.1:9815",
-        "--sample.interval",
-        "1h",
-    ];
+    let mut args = vec!["--sample.interval", "1h"];
     args.extend_from_slice(extra);
-    Daemon::start(EXPORTER.as_ref(), ns, listen_address(), &args)
-}
-
-fn count_state(ns: &Netns, state: &str) -> usize {
-    ns.sockets().iter().filter(|s| s.state == state).count()
+    Daemon::exporter(ns, &args)
 }
 
 /// Waits until `ss` shows exactly these state counts.

@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Actor, Daemon, Exposition, Netns, parse_response, wait_until};
 
-const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const EXPORTER_ADDR: &str = "127.0.0.1:9815";
+const EXPORTER_ADDR: &str = support::EXPORTER_ADDRESS;
 const PORT: &str = "8080";
 const BACKLOG: u32 = 128;
 /// The group every CLOSE_WAIT connection of the scenario belongs to.
@@ -65,18 +64,7 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
     let ns = Netns::new("e2eprom");
     let mut server = Actor::spawn(&ns, "leaky");
     let mut client = Actor::spawn(&ns, "client");
-    let addr: SocketAddr = EXPORTER_ADDR.parse().expect("address");
-    let daemon = Daemon::start(
-        EXPORTER.as_ref(),
-        &ns,
-        addr,
-        &[
-            "--web.listen-address",
-            EXPORTER_ADDR,
-            "--sample.interval",
-            "1s",
-        ],
-    );
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1s"]);
 
     server.listen("l", &format!("127.0.0.1:{PORT}"), BACKLOG);
     client.cmd(&format!(

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::{Actor, Daemon, Exposition, Netns, count_state, wait_until};
@@ -27,18 +26,9 @@ fn config(name: &str, text: &str) -> String {
 }
 
 fn start<'ns>(ns: &'ns Netns, interval: &str, config: &str) -> Daemon<'ns> {
-    let daemon = Daemon::start(
-        EXPORTER.as_ref(),
+    let daemon = Daemon::exporter(
         ns,
-        SocketAddr::from(([127, 0, 0, 1], 9815)),
-        &[
-            "--web.listen-address",
-            "127.0.0.1:9815",
-            "--sample.interval",
-            interval,
-            "--config.file",
-            config,
-        ],
+        &["--sample.interval", interval, "--config.file", config],
     );
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     assert_eq!(

@@ -36,18 +36,9 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one_without_dropping_scrapes()
     let ns = Netns::new("reload");
     let config = temp_config("reload", "[sample]\ndetail_states = [\"close_wait\"]\n");
     let config_arg = config.display().to_string();
-    let daemon = Daemon::start(
-        EXPORTER.as_ref(),
+    let daemon = Daemon::exporter(
         &ns,
-        address(),
-        &[
-            "--web.listen-address",
-            "127.0.0.1:9815",
-            "--sample.interval",
-            "200ms",
-            "--config.file",
-            &config_arg,
-        ],
+        &["--sample.interval", "200ms", "--config.file", &config_arg],
     );
     // Scrapers hammer /metrics during both reloads; every scrape must succeed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -162,17 +153,7 @@ fn sigterm_shuts_down_cleanly() {
 #[test]
 fn slow_clients_floods_and_huge_requests_are_bounded() {
     let ns = Netns::new("hostile");
-    let daemon = Daemon::start(
-        EXPORTER.as_ref(),
-        &ns,
-        address(),
-        &[
-            "--web.listen-address",
-            "127.0.0.1:9815",
-            "--sample.interval",
-            "1h",
-        ],
-    );
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1h"]);
     ns.run(|| {
         // Slowloris: 50 clients send half a request head and stall.
         let mut slow: Vec<TcpStream> = (0..50)

@@ -3,13 +3,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
 
-const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(text: &str) -> String {
@@ -73,18 +71,9 @@ fn one_exporter_sees_every_namespace_and_forgets_the_dead() {
         observer.name(),
     );
     let config_path = config(&include);
-    let daemon = Daemon::start(
-        EXPORTER.as_ref(),
+    let daemon = Daemon::exporter(
         &observer,
-        SocketAddr::from(([127, 0, 0, 1], 9815)),
-        &[
-            "--web.listen-address",
-            "127.0.0.1:9815",
-            "--sample.interval",
-            "300ms",
-            "--config.file",
-            &config_path,
-        ],
+        &["--sample.interval", "300ms", "--config.file", &config_path],
     );
     let scrape = || Exposition::parse(&daemon.scrape("/metrics").2);
     let m = scrape();

@@ -3,25 +3,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{Actor, Daemon, Exposition, Netns, count_state, inbound_close_wait, wait_until};
 
-const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const SETTLE: Duration = Duration::from_secs(30);
 const SAMPLE: Duration = Duration::from_secs(20);
-
-fn daemon<'ns>(ns: &'ns Netns, args: &[&str]) -> Daemon<'ns> {
-    let mut all = vec!["--web.listen-address", "127.0.0.1:9815"];
-    all.extend_from_slice(args);
-    Daemon::start(
-        EXPORTER.as_ref(),
-        ns,
-        SocketAddr::from(([127, 0, 0, 1], 9815)),
-        &all,
-    )
-}
 
 fn settle_close_wait(ns: &Netns, count: usize) {
     assert!(
@@ -78,7 +65,7 @@ fn inbound_outbound_accept_queue_and_shared_sockets_have_the_right_owner() {
         "the child holds the shared socket"
     );
 
-    let daemon = daemon(&ns, &["--sample.interval", "1h"]);
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1h"]);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     // 2 accepted + 1 in the accept queue (listener's process) + 1 shared (lowest pid).
     let inbound = close_wait("inbound", "8080", "api-server");
@@ -137,7 +124,7 @@ fn orphans_have_no_process_and_pid_label_is_opt_in() {
     )
     .expect("config");
     let config_path = config.display().to_string();
-    let daemon = daemon(
+    let daemon = Daemon::exporter(
         &ns,
         &["--sample.interval", "1h", "--config.file", &config_path],
     );
@@ -183,7 +170,7 @@ fn a_steady_state_sample_reads_no_fd_again() {
     let config = std::env::temp_dir().join(format!("steady-{}.toml", std::process::id()));
     std::fs::write(&config, "[sample]\ndetail_states = [\"close_wait\"]\n").expect("config");
     let config_path = config.display().to_string();
-    let daemon = daemon(
+    let daemon = Daemon::exporter(
         &ns,
         &["--sample.interval", "200ms", "--config.file", &config_path],
     );

@@ -6,14 +6,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{Actor, Daemon, Exposition, Netns};
-
-const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 
 /// Families every complete exposition holds, first to last.
 const EXPECTED: [&str; 5] = [
@@ -52,17 +49,7 @@ fn fast_samples_of_a_churning_table_under_scrapers_stay_correct_and_flat() {
     let mut server = Actor::spawn(&ns, "churn-srv");
     let mut client = Actor::spawn(&ns, "churn-cli");
     server.listen("l", "127.0.0.1:8080", 128);
-    let daemon = Daemon::start(
-        EXPORTER.as_ref(),
-        &ns,
-        SocketAddr::from(([127, 0, 0, 1], 9815)),
-        &[
-            "--web.listen-address",
-            "127.0.0.1:9815",
-            "--sample.interval",
-            "100ms",
-        ],
-    );
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "100ms"]);
 
     let stop = AtomicBool::new(false);
     let scrapes = AtomicUsize::new(0);

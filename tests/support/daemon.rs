@@ -48,7 +48,24 @@ impl Response {
     }
 }
 
+/// Where the tests run the exporter, inside their own namespace.
+pub const EXPORTER_ADDRESS: &str = "127.0.0.1:9815";
+
 impl<'ns> Daemon<'ns> {
+    /// The package's exporter binary listening on `EXPORTER_ADDRESS` in `ns`, with
+    /// `args` after `--web.listen-address`.
+    pub fn exporter(ns: &'ns Netns, args: &[&str]) -> Daemon<'ns> {
+        let mut all = vec!["--web.listen-address", EXPORTER_ADDRESS];
+        all.extend_from_slice(args);
+        let address = EXPORTER_ADDRESS.parse().expect("a socket address");
+        Daemon::start(
+            env!("CARGO_BIN_EXE_tcpstate-exporter").as_ref(),
+            ns,
+            address,
+            &all,
+        )
+    }
+
     /// Starts `binary args` inside `ns` and waits (polling, up to 30 s) until `addr`
     /// accepts connections there. `args` must make it listen on `addr`, e.g.
     /// `["--web.listen-address", "127.0.0.1:9477", "--sample.interval", "1s"]`.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use actor::{Actor, port_of, scenario_binary};
 #[allow(unused_imports)]
-pub use daemon::{Daemon, Response, parse_response};
+pub use daemon::{Daemon, EXPORTER_ADDRESS, Response, parse_response};
 #[allow(unused_imports)]
 pub use exposition::{Exposition, Labels};
 #[allow(unused_imports)]
