@@ -9,6 +9,7 @@
 
 mod daemon;
 mod floor;
+mod hold;
 mod load;
 mod measure;
 mod netns;
@@ -38,6 +39,8 @@ pub struct Options {
     /// Run wrk a second time with the daemon's sampling thread at nice 19.
     pub renice_sampler: bool,
     pub doc: Option<PathBuf>,
+    /// `--hold N -- COMMAND...`: hold a table of N sockets while COMMAND runs.
+    pub hold: Option<(usize, Vec<String>)>,
     pub scenario: PathBuf,
     pub exporter: PathBuf,
 }
@@ -49,10 +52,13 @@ fn usage() -> &'static str {
        [--wrk-seconds 10] [--wrk-connections 50] [--renice-sampler]
        [--doc docs/benchmarks.md | --no-doc]
        [--scenario PATH] [--exporter PATH]
+       tcpstate-bench --hold N -- COMMAND [ARGS...]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default: the
 largest); 0 turns either off. --renice-sampler repeats wrk with the daemon's sampling
-thread at nice 19. Needs root."
+thread at nice 19. --hold builds a table of N sockets, runs COMMAND inside its namespace
+(named in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status.
+Needs root."
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -71,6 +77,7 @@ fn parse_options() -> Result<Options, String> {
         wrk_connections: 50,
         renice_sampler: false,
         doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
+        hold: None,
         scenario: bin_dir.join("tcpstate-scenario"),
         exporter: bin_dir.join("tcpstate-exporter"),
     };
@@ -113,6 +120,16 @@ fn parse_options() -> Result<Options, String> {
             "--wrk-seconds" => o.wrk_seconds = number(&value)? as u32,
             "--wrk-connections" => o.wrk_connections = number(&value)? as u32,
             "--doc" => o.doc = Some(PathBuf::from(value)),
+            "--hold" => {
+                if args.next().as_deref() != Some("--") {
+                    return Err("--hold N needs -- COMMAND after it".into());
+                }
+                let command: Vec<String> = args.by_ref().collect();
+                if command.is_empty() {
+                    return Err("--hold N needs -- COMMAND after it".into());
+                }
+                o.hold = Some((number(&value)?, command));
+            }
             "--scenario" => o.scenario = PathBuf::from(value),
             "--exporter" => o.exporter = PathBuf::from(value),
             _ => return Err(format!("unknown flag {flag}")),
@@ -146,6 +163,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some((size, command)) = &options.hold {
+        return match hold::hold(&options.scenario, *size, command) {
+            Ok(status) => ExitCode::from(status.code().map_or(1, |c| c as u8)),
+            Err(e) => {
+                eprintln!("tcpstate-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,16 +198,22 @@ fn run(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds a table of `size` sockets in a fresh namespace, measures everything on it,
-/// and tears it down (on error too: the actors and the namespace are dropped).
-fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String> {
-    eprintln!("== {size} sockets");
+/// A fresh namespace with the sysctls a large loopback table needs.
+pub fn prepared_netns() -> Result<Netns, String> {
     let ns = Netns::create()?;
     ns.sysctl("net.core.somaxconn", "65535")?;
     ns.sysctl("net.ipv4.tcp_max_tw_buckets", "2000000")?;
     ns.sysctl("net.ipv4.ip_local_port_range", load::EPHEMERAL_RANGE)?;
     // Orphaned FIN_WAIT2 sockets then stay for the whole run.
     ns.sysctl("net.ipv4.tcp_fin_timeout", "100000")?;
+    Ok(ns)
+}
+
+/// Builds a table of `size` sockets in a fresh namespace, measures everything on it,
+/// and tears it down (on error too: the actors and the namespace are dropped).
+fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String> {
+    eprintln!("== {size} sockets");
+    let ns = prepared_netns()?;
     let build_start = Instant::now();
     let mut table = load::Table::build(&ns, &options.scenario, size)?;
     eprintln!(

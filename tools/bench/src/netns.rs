@@ -27,6 +27,10 @@ impl Netns {
         Ok(ns)
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }
