@@ -80,6 +80,11 @@ pub async fn serve(listener: TcpListener, site: Site, mut shutdown: watch::Recei
             tracing::debug!(%peer, "connection limit reached; closing");
             continue;
         };
+        // An exposition past one segment (~64 KiB on loopback) otherwise leaves its tail
+        // to Nagle, waiting for the client's delayed ACK: tens of ms on a scrape.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY refused");
+        }
         let site = site.clone();
         tokio::spawn(async move {
             let _slot = slot;
