@@ -123,7 +123,7 @@ impl Default for Settings {
             pods_log_dir: PathBuf::from("/var/log/pods"),
             containers_log_dir: PathBuf::from("/var/log/containers"),
             events: EventsMode::Auto,
-            events_ring_bytes: 4 << 20,
+            events_ring_bytes: 1 << 20,
         }
     }
 }

@@ -224,22 +224,42 @@ fn sample_loop(
         while next <= now {
             next += interval;
         }
-        match control.recv_timeout(next - now) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(Control::Reconfigure(new)) => {
-                settings = *new;
-                interval = settings.sample_interval;
-                options = LabelOptions {
-                    pid_label: settings.pid_label,
-                    namespace_labels: settings.namespaces == NamespaceMode::All,
-                };
-                namespaces.reconfigure(&settings);
-                next = Instant::now();
+        // Until the next sample: kernel events drained every EVENT_DRAIN_EVERY, so the
+        // ring holds a quarter second of them rather than a whole interval.
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let wait = if events.attached() {
+                (next - now).min(EVENT_DRAIN_EVERY)
+            } else {
+                next - now
+            };
+            match control.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    namespaces.apply_events(&events.drain());
+                }
+                Ok(Control::Reconfigure(new)) => {
+                    settings = *new;
+                    interval = settings.sample_interval;
+                    options = LabelOptions {
+                        pid_label: settings.pid_label,
+                        namespace_labels: settings.namespaces == NamespaceMode::All,
+                    };
+                    namespaces.reconfigure(&settings);
+                    next = Instant::now();
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 }
+
+/// How often the sampler thread empties the events ring between samples. A quarter
+/// second keeps the default 1 MiB ring (13,000 events) ahead of 52,000 CLOSE_WAIT
+/// transitions a second; the cost is four wake-ups a second that find little to do.
+const EVENT_DRAIN_EVERY: Duration = Duration::from_millis(250);
 
 /// Sampling is background work: on a busy host a scrape should win the CPU, but a flood
 /// of scrapes must not starve the samples. Measured on 2 CPUs: at 500k sockets under 50

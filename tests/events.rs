@@ -162,7 +162,7 @@ fn transitions_of_scripted_connections_are_counted_exactly() {
     from_events.sort_unstable();
     assert_eq!(from_events, expected);
     let counts = source.counts().expect("counters");
-    assert_eq!(counts.lost, 0, "a 4 MiB ring holds this test's events");
+    assert_eq!(counts.lost, 0, "a 1 MiB ring holds this test's events");
     assert!(
         counts.transitions.total() >= 32,
         "the global matrix includes the namespace's transitions"

@@ -118,6 +118,52 @@ fn ages_are_exact_and_short_close_waits_are_counted() {
     assert_eq!(m.get("tcpstate_events_lost_total", &[]), 0.0);
 }
 
+/// The daemon empties the ring every quarter second, not once a sample: bursts that
+/// together overflow a two-page ring (102 events) within one interval are all counted.
+#[test]
+fn a_small_ring_drained_between_samples_loses_nothing() {
+    let ns = Netns::new("evdrain");
+    let cfg = config(
+        "drain",
+        "events = \"on\"\nevents_ring_bytes = 8192\n[sample]\ndetail_states = [\"close_wait\"]\n",
+    );
+    let daemon = start(&ns, "5s", &cfg);
+    let mut server = Actor::spawn(&ns, "holder");
+    let mut client = Actor::spawn(&ns, "client");
+    server.listen("l", "127.0.0.1:8080", 64);
+    assert!(wait_until(WAIT, || {
+        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        m.try_get(
+            "tcpstate_listen_queue_max",
+            &[("port", "8080"), ("process", "holder")],
+        )
+        .is_some()
+    }));
+    // Four bursts of 30 short CLOSE_WAITs (60 events each), 600 ms apart: 240 events in
+    // about 2 s, more than twice what the ring holds.
+    const BURSTS: usize = 4;
+    const PER_BURST: usize = 30;
+    for burst in 0..BURSTS {
+        client.cmd(&format!("connect c{burst} 127.0.0.1:8080 {PER_BURST}"));
+        server.cmd(&format!("accept a{burst} l {PER_BURST}"));
+        client.cmd(&format!("close c{burst}"));
+        server.cmd(&format!("close a{burst}"));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let expected = (BURSTS * PER_BURST) as f64;
+    let mut m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let counted = wait_until(WAIT, || {
+        m = Exposition::parse(&daemon.scrape("/metrics").2);
+        m.try_get("tcpstate_close_wait_entered_total", &GROUP) == Some(expected)
+    });
+    assert_eq!(m.get("tcpstate_events_lost_total", &[]), 0.0);
+    assert!(
+        counted,
+        "{expected} CLOSE_WAIT entries counted: {:?}",
+        m.try_get("tcpstate_close_wait_entered_total", &GROUP)
+    );
+}
+
 #[test]
 fn events_from_two_namespaces_land_on_their_own_series() {
     let observer = Netns::new("evobs");

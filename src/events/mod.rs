@@ -14,10 +14,11 @@
 //! reports, so they join the socket table. The tracepoint fires in softirq context, so
 //! there is no owning process here; attribution comes from the join.
 //!
-//! User space reads without a thread of its own: the sampler calls `drain` each sample
-//! (non-blocking), which keeps tracking state on the sampler thread with no locks. The
-//! ring must then hold one sample interval of events (`EventsConfig::ring_bytes`); a
-//! caller that wants to drain sooner can wait for data on the ring's fd (`AsFd`).
+//! User space reads without a thread of its own: the sampler thread calls `drain`
+//! (non-blocking) before each sample and every quarter second between samples, which
+//! keeps tracking state on that thread with no locks. The ring must then hold a quarter
+//! second of events (`EventsConfig::ring_bytes`), not a whole sample interval; a caller
+//! that wants to drain on demand can wait for data on the ring's fd (`AsFd`).
 //!
 //! Needs: kernel BTF (/sys/kernel/btf/vmlinux), CAP_BPF + CAP_PERFMON (or
 //! CAP_SYS_ADMIN), Linux 5.8+ (ring buffer; BTF tracepoints 5.5, socket cookies in
@@ -79,8 +80,10 @@ impl EventFilter {
 /// times (8 bytes per CPU + about 64) preallocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventsConfig {
-    /// Ring buffer size: a power of two, at least one page. Default 4 MiB: about 52,000
-    /// events (80 bytes each) between two drains.
+    /// Ring buffer size: a power of two, at least one page. Default 1 MiB: about 13,000
+    /// events (80 bytes each) between two drains, 52,000 a second at the daemon's
+    /// quarter-second drains. User space maps the data pages twice (for reads across the
+    /// wrap), so a ring that has wrapped counts twice its size in the exporter's RSS.
     pub ring_bytes: u32,
     /// Count transitions per network namespace too (`transitions_by_netns`). Costs
     /// one hash lookup per transition: measured, about 1.5% more CPU per connection
@@ -95,7 +98,7 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
-            ring_bytes: 4 << 20,
+            ring_bytes: 1 << 20,
             count_per_netns: false,
             netns_keys: 4096,
             events: EventFilter::touching([TcpState::CloseWait]),
