@@ -32,6 +32,8 @@ const CHUNK_TIME_WAIT: usize = 10_000;
 const MAX_KEEPERS: usize = 4;
 /// TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN); rebuild before the oldest batch is gone.
 pub const TIME_WAIT_REFRESH: Duration = Duration::from_secs(45);
+/// When a batch's TIME_WAIT sockets are surely gone: 60 s and the timer wheel's slack.
+const TIME_WAIT_GONE: Duration = Duration::from_secs(62);
 /// Listener ports are handed out from here, below the ephemeral range set in `prepare`.
 const FIRST_PORT: u16 = 2_000;
 pub const EPHEMERAL_RANGE: &str = "20000 65000";
@@ -258,20 +260,50 @@ impl Table {
         Ok(())
     }
 
+    /// `refresh_if_due`, then waits until the TIME_WAIT generation a refresh replaced has
+    /// timed out, so what is measured next sees one generation, not two: between a
+    /// refresh and the old generation's end (15 s) the table holds 10 % more sockets,
+    /// which skewed whichever method a round measured then.
+    pub fn refresh_and_settle(&mut self) -> Result<(), String> {
+        self.refresh_if_due()?;
+        let Some(newest) = self.time_wait.iter().map(|b| b.built).max() else {
+            return Ok(());
+        };
+        let previous = self
+            .time_wait
+            .iter()
+            .map(|b| b.built)
+            .filter(|built| newest.duration_since(*built) > TIME_WAIT_REFRESH / 2)
+            .max();
+        if let Some(youngest_previous) = previous {
+            let left = TIME_WAIT_GONE.saturating_sub(youngest_previous.elapsed());
+            eprintln!(
+                "   waiting {:.0} s for the previous TIME_WAIT generation to time out",
+                left.as_secs_f64()
+            );
+            std::thread::sleep(left);
+            self.close_expired()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the listeners of TIME_WAIT batches whose connections have timed out.
+    fn close_expired(&mut self) -> Result<(), String> {
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.time_wait)
+            .into_iter()
+            .partition(|b| b.built.elapsed() >= TIME_WAIT_GONE);
+        self.time_wait = keep;
+        for batch in expired {
+            self.keepers[batch.keeper].cmd(&format!("close {}", batch.listener))?;
+        }
+        Ok(())
+    }
+
     fn refresh_time_wait(&mut self) -> Result<(), String> {
         if self.time_wait_target == 0 {
             return Ok(());
         }
-        let expired: Vec<TimeWaitBatch> = {
-            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.time_wait)
-                .into_iter()
-                .partition(|b| b.built.elapsed() > Duration::from_secs(61));
-            self.time_wait = keep;
-            old
-        };
-        for batch in expired {
-            self.keepers[batch.keeper].cmd(&format!("close {}", batch.listener))?;
-        }
+        self.close_expired()?;
         let per_keeper = self.time_wait_target.div_ceil(self.keepers.len());
         let mut work = Vec::new();
         let mut left = self.time_wait_target;

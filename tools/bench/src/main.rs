@@ -223,10 +223,10 @@ fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String
     );
     let mut result = rounds::measure_size(&ns, &mut table, options, size)?;
     if options.rss_size == Some(size) && options.rss_samples > 0 {
-        result.rss_loop = Some(rounds::rss_loop(&ns, options.rss_samples)?);
+        result.rss_loop = Some(rounds::rss_loop(&ns, &mut table, options.rss_samples)?);
     }
     if options.daemon_size == Some(size) {
-        table.refresh_if_due()?;
+        table.refresh_and_settle()?;
         eprintln!("   daemon: {} samples, then wrk", options.daemon_samples);
         result.daemon = Some(daemon::measure(
             &ns,

@@ -155,7 +155,7 @@ pub fn measure_size(
         let mut floor = FloorSocket::open().map_err(|e| format!("netlink: {e}"))?;
         for round in 0..options.rounds {
             let round_start = Instant::now();
-            table.refresh_if_due()?;
+            table.refresh_and_settle()?;
             let (counts, cost) = measure::time(|| floor.count(false));
             let counts = counts.map_err(|e| format!("floor dump: {e}"))?;
             result.push(Method::Floor, cost);
@@ -165,7 +165,7 @@ pub fn measure_size(
             result.push(Method::PlainFirst, plain_first.0);
             result.push(Method::PlainSteady, plain_steady.0);
 
-            table.refresh_if_due()?;
+            table.refresh_and_settle()?;
             let (first, steady, total) = first_and_steady(true)?;
             result.push(Method::AttributedFirst, first.0);
             result.push(Method::AttributedSteady, steady.0);
@@ -180,7 +180,7 @@ pub fn measure_size(
                 1
             };
             if size <= options.ssp_max && round < ssp_rounds {
-                table.refresh_if_due()?;
+                table.refresh_and_settle()?;
                 result.push(Method::SsProcesses, measure::run_child("ss", &["-tanp"])?);
             }
             let (lines, cost) = measure::time(measure::read_proc_net);
@@ -211,8 +211,8 @@ pub fn measure_size(
 }
 
 /// Many samples with attribution in this process, for RSS growth: the process's VmRSS
-/// after sample 1, 10 and the last.
-pub fn rss_loop(ns: &Netns, samples: usize) -> Result<RssLoop, String> {
+/// after sample 1, 10 and the last. The table is kept whole (TIME_WAIT rebuilt) throughout.
+pub fn rss_loop(ns: &Netns, table: &mut Table, samples: usize) -> Result<RssLoop, String> {
     eprintln!("   RSS loop: {samples} samples in-process");
     ns.run(|| -> Result<RssLoop, String> {
         let mut sampler = Sampler::new(&settings(true)).map_err(|e| format!("sampler: {e}"))?;
@@ -227,6 +227,7 @@ pub fn rss_loop(ns: &Netns, samples: usize) -> Result<RssLoop, String> {
         };
         let mut total = Cost::default();
         for i in 1..=samples {
+            table.refresh_and_settle()?;
             owners.revalidate();
             let (sample, cost) = measure::time(|| sampler.sample(&mut owners));
             sample.map_err(|e| format!("sample {i}: {e}"))?;
