@@ -14,7 +14,9 @@
 //! Memory is bounded by `max_tracked`: beyond it new CLOSE_WAIT sockets are counted as
 //! untracked, not aged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::aggregate::{OwnerKey, PortLabel};
 use crate::classify::Direction;

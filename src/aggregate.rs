@@ -5,8 +5,9 @@
 //! into `port="other"` so a host with thousands of peers cannot explode the series count.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::fmt;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::ages::AgesReport;
 use crate::classify::Direction;

@@ -14,11 +14,12 @@
 //! A socket shared by several processes (inherited across fork) is owned by the lowest
 //! pid, which is the parent in the usual fork-then-serve pattern.
 
-use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 /// A full re-read of every process's fds runs at most once in this many resolution passes
 /// (a minute at the default interval): fd numbers are reused after close, so a socket
@@ -361,7 +362,7 @@ mod tests {
         let inode = fs::metadata(&path).expect("stat fd").ino() as u32;
         let me = std::process::id();
         let mut cache = OwnerCache::new("/proc");
-        let wanted: HashSet<u32> = [inode].into();
+        let wanted: HashSet<u32> = HashSet::from_iter([inode]);
         let stats = cache.resolve(&wanted, &[me]);
         assert_eq!(stats.unresolved, 0);
         assert_eq!(stats.processes_listed, 0, "found in the likely process");
@@ -387,7 +388,7 @@ mod tests {
         let fd = first.as_raw_fd();
         let old_inode = inode_of(fd);
         let mut cache = OwnerCache::new("/proc");
-        cache.resolve(&[old_inode].into(), &[me]);
+        cache.resolve(&HashSet::from_iter([old_inode]), &[me]);
         assert!(cache.lookup(old_inode).is_some());
         // Put another socket behind the same fd number (what accept() after close()
         // does in a server), deterministically even with other tests opening fds.
@@ -396,7 +397,7 @@ mod tests {
         assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), fd) }, fd);
         let new_inode = inode_of(fd);
         assert_ne!(new_inode, old_inode);
-        let stats = cache.resolve(&[new_inode].into(), &[me]);
+        let stats = cache.resolve(&HashSet::from_iter([new_inode]), &[me]);
         assert_eq!(stats.unresolved, 0, "found behind the reused number");
         assert_eq!(
             stats.processes_listed, 0,
@@ -413,7 +414,7 @@ mod tests {
     #[test]
     fn an_inode_nobody_holds_is_unresolved_not_an_error() {
         let mut cache = OwnerCache::new("/proc");
-        let stats = cache.resolve(&[u32::MAX].into(), &[u32::MAX]);
+        let stats = cache.resolve(&HashSet::from_iter([u32::MAX]), &[u32::MAX]);
         assert_eq!(stats.unresolved, 1);
         assert!(stats.processes_listed > 0);
         assert!(cache.lookup(u32::MAX).is_none());

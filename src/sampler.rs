@@ -7,10 +7,11 @@
 //! hash once for both families; memory grows only with sockets in the detail states
 //! whose owner is not cached yet, never with the rest of the table.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::ages::{AgeGroup, AgesReport, CloseWaitEvent, CloseWaitTracker};
 use crate::aggregate::{
