@@ -47,7 +47,7 @@ pub struct Options {
 
 fn usage() -> &'static str {
     "usage: tcpstate-bench [--sizes 10000,100000,500000] [--rounds 5]
-       [--ssp-max 100000] [--ssp-all-rounds 10000]
+       [--ssp-max 1000000] [--ssp-all-rounds 10000]
        [--rss-samples 1000] [--rss-size N] [--daemon-size N] [--daemon-samples 20]
        [--wrk-seconds 10] [--wrk-connections 50] [--renice-sampler]
        [--doc docs/benchmarks.md | --no-doc]
@@ -67,7 +67,7 @@ fn parse_options() -> Result<Options, String> {
     let mut o = Options {
         sizes: vec![10_000, 100_000, 500_000],
         rounds: 5,
-        ssp_max: 100_000,
+        ssp_max: 1_000_000,
         ssp_all_rounds: 10_000,
         rss_samples: 1000,
         rss_size: None,

@@ -174,15 +174,6 @@ pub fn measure_size(
             result.exporter_total = total;
 
             result.push(Method::Ss, measure::run_child("ss", &["-tan"])?);
-            let ssp_rounds = if size <= options.ssp_all_rounds {
-                options.rounds
-            } else {
-                1
-            };
-            if size <= options.ssp_max && round < ssp_rounds {
-                table.refresh_and_settle()?;
-                result.push(Method::SsProcesses, measure::run_child("ss", &["-tanp"])?);
-            }
             let (lines, cost) = measure::time(measure::read_proc_net);
             lines?;
             result.push(Method::ProcNet, cost);
@@ -196,6 +187,17 @@ pub fn measure_size(
             let counts = counts.map_err(|e| format!("floor dump: {e}"))?;
             result.push(Method::Floor, cost);
             result.counts.push(counts);
+            // Last in the round: at 500k it runs for minutes, longer than TIME_WAIT lives,
+            // so nothing else of the round may come after it on a thinning table.
+            let ssp_rounds = if size <= options.ssp_all_rounds {
+                options.rounds
+            } else {
+                1
+            };
+            if size <= options.ssp_max && round < ssp_rounds {
+                table.refresh_and_settle()?;
+                result.push(Method::SsProcesses, measure::run_child("ss", &["-tanp"])?);
+            }
             eprintln!(
                 "   round {}/{} ({:.1} s): {} sockets: {}",
                 round + 1,
