@@ -395,6 +395,10 @@ mod tests {
         let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         // SAFETY: both fds are open and owned by this test; dup2 replaces `fd`.
         assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), fd) }, fd);
+        // Only `fd` holds the new socket now. Kept open, `second`'s own fd number would be
+        // new to the cache whenever other tests had shifted fd numbers, and the pass over
+        // new fds would find the socket there without re-reading `fd`.
+        drop(second);
         let new_inode = inode_of(fd);
         assert_ne!(new_inode, old_inode);
         let stats = cache.resolve(&HashSet::from_iter([new_inode]), &[me]);
@@ -408,7 +412,7 @@ mod tests {
             cache.lookup(old_inode).is_none(),
             "the closed socket left the index"
         );
-        drop(first); // closes `fd`, now a duplicate of `second`
+        drop(first); // closes `fd`, which now holds the second socket
     }
 
     #[test]
