@@ -46,18 +46,13 @@ const GROUP: [(&str, &str); 3] = [
     ("process", "holder"),
 ];
 
-#[test]
-fn ages_are_exact_and_short_close_waits_are_counted() {
-    let ns = Netns::new("evexact");
-    let cfg = config(
-        "exact",
-        "events = \"on\"\n[sample]\ndetail_states = [\"close_wait\"]\n",
-    );
-    let daemon = start(&ns, "2s", &cfg);
-    let mut server = Actor::spawn(&ns, "holder");
-    let mut client = Actor::spawn(&ns, "client");
-    server.listen("l", "127.0.0.1:8080", 16);
-    // Events between samples are classified with the last sample's listeners.
+/// A "holder" listening on 127.0.0.1:8080 with `backlog`, and a "client", once the daemon
+/// has sampled the listener: events between samples are classified with the last
+/// sample's listeners.
+fn holder_listening(ns: &Netns, daemon: &Daemon<'_>, backlog: u32) -> (Actor, Actor) {
+    let mut server = Actor::spawn(ns, "holder");
+    let client = Actor::spawn(ns, "client");
+    server.listen("l", "127.0.0.1:8080", backlog);
     assert!(wait_until(WAIT, || {
         let m = Exposition::parse(&daemon.scrape("/metrics").2);
         m.try_get(
@@ -66,6 +61,18 @@ fn ages_are_exact_and_short_close_waits_are_counted() {
         )
         .is_some()
     }));
+    (server, client)
+}
+
+#[test]
+fn ages_are_exact_and_short_close_waits_are_counted() {
+    let ns = Netns::new("evexact");
+    let cfg = config(
+        "exact",
+        "events = \"on\"\n[sample]\ndetail_states = [\"close_wait\"]\n",
+    );
+    let daemon = start(&ns, "2s", &cfg);
+    let (mut server, mut client) = holder_listening(&ns, &daemon, 16);
 
     // A short CLOSE_WAIT: the program closes 100 ms after its peer, well inside one
     // 2 s interval; no dump can see it.
@@ -128,17 +135,7 @@ fn a_small_ring_drained_between_samples_loses_nothing() {
         "events = \"on\"\nevents_ring_bytes = 8192\n[sample]\ndetail_states = [\"close_wait\"]\n",
     );
     let daemon = start(&ns, "5s", &cfg);
-    let mut server = Actor::spawn(&ns, "holder");
-    let mut client = Actor::spawn(&ns, "client");
-    server.listen("l", "127.0.0.1:8080", 64);
-    assert!(wait_until(WAIT, || {
-        let m = Exposition::parse(&daemon.scrape("/metrics").2);
-        m.try_get(
-            "tcpstate_listen_queue_max",
-            &[("port", "8080"), ("process", "holder")],
-        )
-        .is_some()
-    }));
+    let (mut server, mut client) = holder_listening(&ns, &daemon, 64);
     // Four bursts of 30 short CLOSE_WAITs (60 events each), 600 ms apart: 240 events in
     // about 2 s, more than twice what the ring holds.
     const BURSTS: usize = 4;
