@@ -136,8 +136,9 @@ fn a_small_ring_drained_between_samples_loses_nothing() {
     );
     let daemon = start(&ns, "5s", &cfg);
     let (mut server, mut client) = holder_listening(&ns, &daemon, 64);
-    // Four bursts of 30 short CLOSE_WAITs (60 events each), 600 ms apart: 240 events in
-    // about 2 s, more than twice what the ring holds.
+    // Four bursts of 30 short CLOSE_WAITs (60 events each), a second apart: 240 events in
+    // about 3 s, so one 5 s interval holds at least 120, more than the ring; each burst
+    // leaves 42 events of room for other namespaces' CLOSE_WAITs (the program sees all).
     const BURSTS: usize = 4;
     const PER_BURST: usize = 30;
     for burst in 0..BURSTS {
@@ -145,7 +146,7 @@ fn a_small_ring_drained_between_samples_loses_nothing() {
         server.cmd(&format!("accept a{burst} l {PER_BURST}"));
         client.cmd(&format!("close c{burst}"));
         server.cmd(&format!("close a{burst}"));
-        std::thread::sleep(Duration::from_millis(600));
+        std::thread::sleep(Duration::from_secs(1));
     }
     let expected = (BURSTS * PER_BURST) as f64;
     let mut m = Exposition::parse(&daemon.scrape("/metrics").2);
