@@ -21,6 +21,18 @@ const READ_LEN: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StateCounts(pub [u64; 16]);
 
+/// What a floor dump asks the kernel for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dump {
+    /// Every socket, no extension: the floor itself.
+    States,
+    /// CLOSE_WAIT sockets with tcp_info, as the exporter's first sample asks (the kernel
+    /// still walks the whole established hash).
+    CloseWaitInfo,
+    /// Every socket with tcp_info: the one-walk alternative to `States` + `CloseWaitInfo`.
+    AllInfo,
+}
+
 /// Kernel state names by `idiag_state` number (include/net/tcp_states.h).
 pub const STATE_NAMES: [&str; 13] = [
     "",
@@ -94,10 +106,8 @@ impl FloorSocket {
         Ok(socket)
     }
 
-    /// Counts every socket by state. With `close_wait_info`, asks instead for the
-    /// CLOSE_WAIT sockets with tcp_info, as the exporter's first sample does (the
-    /// kernel still walks the whole established hash).
-    pub fn count(&mut self, close_wait_info: bool) -> io::Result<StateCounts> {
+    /// Counts sockets by state, in one dump of the kind `dump` names.
+    pub fn count(&mut self, dump: Dump) -> io::Result<StateCounts> {
         self.sequence += 1;
         let mut request = [0u8; 16 + 60];
         let length = request.len() as u32;
@@ -108,11 +118,12 @@ impl FloorSocket {
         let body = &mut request[16..];
         body[0] = libc::AF_UNSPEC as u8;
         body[44..52].copy_from_slice(&[0xff; 8]); // no cookie
-        let states: u32 = if close_wait_info {
+        if dump != Dump::States {
             body[3] = 1 << (INET_DIAG_INFO - 1);
-            TcpState::CloseWait.kernel_mask()
-        } else {
-            u32::MAX
+        }
+        let states: u32 = match dump {
+            Dump::CloseWaitInfo => TcpState::CloseWait.kernel_mask(),
+            Dump::States | Dump::AllInfo => u32::MAX,
         };
         body[52..56].copy_from_slice(&states.to_ne_bytes());
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };

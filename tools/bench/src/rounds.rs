@@ -8,7 +8,7 @@ use tcpstate_exporter::sampler::{Attribution, SampleReport, Sampler};
 
 use crate::Options;
 use crate::daemon::DaemonFigures;
-use crate::floor::{FloorSocket, StateCounts};
+use crate::floor::{Dump, FloorSocket, StateCounts};
 use crate::load::Table;
 use crate::measure::{self, Cost};
 use crate::netns::Netns;
@@ -17,6 +17,7 @@ use crate::netns::Netns;
 pub enum Method {
     Floor,
     FloorCloseWaitInfo,
+    FloorAllInfo,
     Ss,
     SsProcesses,
     ProcNet,
@@ -28,7 +29,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::Floor,
         Method::PlainFirst,
         Method::PlainSteady,
@@ -38,6 +39,7 @@ impl Method {
         Method::SsProcesses,
         Method::ProcNet,
         Method::FloorCloseWaitInfo,
+        Method::FloorAllInfo,
         Method::Readlink,
     ];
 
@@ -45,6 +47,7 @@ impl Method {
         match self {
             Method::Floor => "floor: sock_diag dump, state byte only",
             Method::FloorCloseWaitInfo => "(part) CLOSE_WAIT dump with tcp_info",
+            Method::FloorAllInfo => "(alternative) one dump with tcp_info for every socket",
             Method::Ss => "`ss -tan`",
             Method::SsProcesses => "`ss -tanp`",
             Method::ProcNet => "read /proc/net/tcp + tcp6",
@@ -156,7 +159,7 @@ pub fn measure_size(
         for round in 0..options.rounds {
             let round_start = Instant::now();
             table.refresh_and_settle()?;
-            let (counts, cost) = measure::time(|| floor.count(false));
+            let (counts, cost) = measure::time(|| floor.count(Dump::States));
             let counts = counts.map_err(|e| format!("floor dump: {e}"))?;
             result.push(Method::Floor, cost);
             result.counts.push(counts);
@@ -177,13 +180,16 @@ pub fn measure_size(
             let (lines, cost) = measure::time(measure::read_proc_net);
             lines?;
             result.push(Method::ProcNet, cost);
-            let (cw, cost) = measure::time(|| floor.count(true));
+            let (cw, cost) = measure::time(|| floor.count(Dump::CloseWaitInfo));
             cw.map_err(|e| format!("CLOSE_WAIT dump: {e}"))?;
             result.push(Method::FloorCloseWaitInfo, cost);
+            let (all, cost) = measure::time(|| floor.count(Dump::AllInfo));
+            all.map_err(|e| format!("dump with tcp_info: {e}"))?;
+            result.push(Method::FloorAllInfo, cost);
             let (_, cost) = measure::time(|| measure::readlink_fds(&pids));
             result.push(Method::Readlink, cost);
 
-            let (counts, cost) = measure::time(|| floor.count(false));
+            let (counts, cost) = measure::time(|| floor.count(Dump::States));
             let counts = counts.map_err(|e| format!("floor dump: {e}"))?;
             result.push(Method::Floor, cost);
             result.counts.push(counts);
