@@ -1,5 +1,7 @@
 //! The real daemon under load: its peak and steady RSS while it samples the table every
-//! second, and `/metrics` latency under 50 concurrent `wrk` connections meanwhile.
+//! second, and `/metrics` latency under 50 concurrent `wrk` connections meanwhile; then
+//! the same scrapes against a daemon that does not sample, the same-run baseline that
+//! says how much of the latency is the machine (wrk and the server sharing its CPUs).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -25,13 +27,22 @@ pub struct DaemonFigures {
     /// Daemon CPU per sample over the whole phase (scrapes included).
     pub cpu_per_sample: Duration,
     pub last_sample_seconds: f64,
-    pub wrk: Option<WrkFigures>,
-    /// The same wrk run again after the daemon's sampling thread got nice 19.
-    pub wrk_reniced: Option<WrkFigures>,
+    /// One wrk run per thread count of the plan, in its order.
+    pub wrk: Vec<WrkFigures>,
+}
+
+/// The scrape load: `wrk -t{threads} -c{connections} -d{seconds}s`, once per entry of
+/// `threads`.
+#[derive(Clone, Debug)]
+pub struct WrkPlan {
+    pub seconds: u32,
+    pub connections: u32,
+    pub threads: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct WrkFigures {
+    pub threads: u32,
     pub connections: u32,
     pub seconds: u32,
     pub requests: u64,
@@ -53,20 +64,19 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts the daemon in `ns`, lets it take `samples` samples, then runs wrk for
-/// `wrk_seconds` (0: no wrk) with `connections` connections.
+/// Starts the daemon in `ns` sampling every `interval`, lets it take `samples` samples,
+/// then runs the wrk plan (`seconds` 0: no wrk).
 pub fn measure(
     ns: &Netns,
     exporter: &Path,
+    interval: &str,
     samples: u64,
-    wrk_seconds: u32,
-    connections: u32,
-    renice: bool,
+    plan: &WrkPlan,
 ) -> Result<DaemonFigures, String> {
     let mut cmd = ns.command(exporter);
     cmd.args([
         "--sample.interval",
-        "1s",
+        interval,
         "--web.listen-address",
         &format!("127.0.0.1:{PORT}"),
         "--log.level",
@@ -113,18 +123,12 @@ pub fn measure(
         }
         // Flatness is read before wrk: 50 connections' buffers are not growth.
         figures.rss_end_kib = measure::status_kib(&pid_text, "VmRSS").unwrap_or(0);
-        if wrk_seconds > 0 {
-            let before = samples_now();
-            figures.wrk = Some(run_wrk(wrk_seconds, connections)?);
-            if let Some(w) = figures.wrk.as_mut() {
-                w.samples_during = samples_now().saturating_sub(before);
-            }
-            if renice {
-                renice_sampler(pid)?;
+        if plan.seconds > 0 {
+            for threads in &plan.threads {
                 let before = samples_now();
-                let mut w = run_wrk(wrk_seconds, connections)?;
+                let mut w = run_wrk(*threads, plan.seconds, plan.connections)?;
                 w.samples_during = samples_now().saturating_sub(before);
-                figures.wrk_reniced = Some(w);
+                figures.wrk.push(w);
             }
         }
         let text = scrape()?;
@@ -140,28 +144,6 @@ pub fn measure(
         .saturating_sub(cpu_start);
     figures.cpu_per_sample = cpu / figures.samples.max(1) as u32;
     Ok(figures)
-}
-
-/// Gives the daemon's `sampler` thread nice 19, as an experiment: does the scrape
-/// latency come from the sampling thread competing with the HTTP workers for CPU?
-fn renice_sampler(pid: u32) -> Result<(), String> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "sampler"
-            && let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<u32>().ok())
-        {
-            // SAFETY: plain syscall on a thread id.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) } != 0 {
-                return Err(format!("setpriority: {}", std::io::Error::last_os_error()));
-            }
-            return Ok(());
-        }
-    }
-    Err("no thread named sampler in the daemon".into())
 }
 
 fn samples_now() -> u64 {
@@ -195,10 +177,10 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn run_wrk(seconds: u32, connections: u32) -> Result<WrkFigures, String> {
+fn run_wrk(threads: u32, seconds: u32, connections: u32) -> Result<WrkFigures, String> {
     let out = Command::new("wrk")
         .args([
-            "-t2",
+            &format!("-t{threads}"),
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
@@ -216,6 +198,7 @@ fn run_wrk(seconds: u32, connections: u32) -> Result<WrkFigures, String> {
         ));
     }
     let mut figures = parse_wrk(&raw);
+    figures.threads = threads;
     figures.connections = connections;
     figures.seconds = seconds;
     figures.raw = raw;

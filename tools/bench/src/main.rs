@@ -34,10 +34,7 @@ pub struct Options {
     pub rss_size: Option<usize>,
     pub daemon_size: Option<usize>,
     pub daemon_samples: u64,
-    pub wrk_seconds: u32,
-    pub wrk_connections: u32,
-    /// Run wrk a second time with the daemon's sampling thread at nice 19.
-    pub renice_sampler: bool,
+    pub wrk: daemon::WrkPlan,
     pub doc: Option<PathBuf>,
     /// `--hold N -- COMMAND...`: hold a table of N sockets while COMMAND runs.
     pub hold: Option<(usize, Vec<String>)>,
@@ -49,14 +46,14 @@ fn usage() -> &'static str {
     "usage: tcpstate-bench [--sizes 10000,100000,500000] [--rounds 5]
        [--ssp-max 1000000] [--ssp-all-rounds 10000]
        [--rss-samples 1000] [--rss-size N] [--daemon-size N] [--daemon-samples 20]
-       [--wrk-seconds 10] [--wrk-connections 50] [--renice-sampler]
+       [--wrk-seconds 10] [--wrk-connections 50] [--wrk-threads 1,2]
        [--doc docs/benchmarks.md | --no-doc]
        [--scenario PATH] [--exporter PATH]
        tcpstate-bench --hold N -- COMMAND [ARGS...]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default: the
-largest); 0 turns either off. --renice-sampler repeats wrk with the daemon's sampling
-thread at nice 19. --hold builds a table of N sockets, runs COMMAND inside its namespace
+largest); 0 turns either off. wrk runs once per --wrk-threads entry against the sampling
+daemon, then again against a daemon that does not sample (the baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace
 (named in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status.
 Needs root."
 }
@@ -73,9 +70,13 @@ fn parse_options() -> Result<Options, String> {
         rss_size: None,
         daemon_size: None,
         daemon_samples: 20,
-        wrk_seconds: 10,
-        wrk_connections: 50,
-        renice_sampler: false,
+        wrk: daemon::WrkPlan {
+            seconds: 10,
+            connections: 50,
+            // One thread leaves the daemon a CPU of its own on a 2-CPU machine; two
+            // (wrk's default) make the scrapers and the server share both.
+            threads: vec![1, 2],
+        },
         doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
         hold: None,
         scenario: bin_dir.join("tcpstate-scenario"),
@@ -83,10 +84,6 @@ fn parse_options() -> Result<Options, String> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--renice-sampler" {
-            o.renice_sampler = true;
-            continue;
-        }
         if flag == "--no-doc" {
             o.doc = None;
             continue;
@@ -117,8 +114,14 @@ fn parse_options() -> Result<Options, String> {
             "--rss-size" => o.rss_size = Some(number(&value)?),
             "--daemon-size" => o.daemon_size = Some(number(&value)?),
             "--daemon-samples" => o.daemon_samples = number(&value)? as u64,
-            "--wrk-seconds" => o.wrk_seconds = number(&value)? as u32,
-            "--wrk-connections" => o.wrk_connections = number(&value)? as u32,
+            "--wrk-seconds" => o.wrk.seconds = number(&value)? as u32,
+            "--wrk-connections" => o.wrk.connections = number(&value)? as u32,
+            "--wrk-threads" => {
+                o.wrk.threads = value
+                    .split(',')
+                    .map(|t| number(t).map(|n| n.max(1) as u32))
+                    .collect::<Result<_, _>>()?;
+            }
             "--doc" => o.doc = Some(PathBuf::from(value)),
             "--hold" => {
                 if args.next().as_deref() != Some("--") {
@@ -231,11 +234,20 @@ fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String
         result.daemon = Some(daemon::measure(
             &ns,
             &options.exporter,
+            "1s",
             options.daemon_samples,
-            options.wrk_seconds,
-            options.wrk_connections,
-            options.renice_sampler,
+            &options.wrk,
         )?);
+        if options.wrk.seconds > 0 {
+            eprintln!("   daemon that does not sample (one sample an hour): wrk");
+            result.daemon_idle = Some(daemon::measure(
+                &ns,
+                &options.exporter,
+                "1h",
+                1,
+                &options.wrk,
+            )?);
+        }
     }
     drop(table);
     drop(ns);

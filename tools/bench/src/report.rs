@@ -214,15 +214,17 @@ fn write_memory(md: &mut String, results: &[SizeResult]) {
                 ms(d.cpu_per_sample),
                 d.last_sample_seconds * 1000.0,
             );
-            for (w, how) in d.wrk.iter().map(|w| (w, "")).chain(
-                d.wrk_reniced
-                    .iter()
-                    .map(|w| (w, ", sampling thread at nice 19")),
-            ) {
-                let _ = writeln!(
+            let idle = r
+                .daemon_idle
+                .as_ref()
+                .map(|i| i.wrk.as_slice())
+                .unwrap_or(&[]);
+            for w in &d.wrk {
+                let _ = write!(
                     md,
-                    "`wrk -t2 -c{} -d{}s` on /metrics meanwhile{how} ({} samples taken during \
-                     it): {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors.\n",
+                    "`wrk -t{} -c{} -d{}s` on /metrics meanwhile ({} samples taken during it): \
+                     {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors.",
+                    w.threads,
                     w.connections,
                     w.seconds,
                     w.samples_during,
@@ -232,6 +234,20 @@ fn write_memory(md: &mut String, results: &[SizeResult]) {
                     w.max_ms,
                     w.errors,
                 );
+                if let Some(base) = idle.iter().find(|b| b.threads == w.threads) {
+                    let _ = write!(
+                        md,
+                        " Same run, a daemon that does not sample: {} requests, p50 {:.2} ms, \
+                         p99 {:.2} ms, max {:.2} ms, {} errors; p99 while sampling is {:.2}x.",
+                        base.requests,
+                        base.p50_ms,
+                        base.p99_ms,
+                        base.max_ms,
+                        base.errors,
+                        w.p99_ms / base.p99_ms.max(f64::MIN_POSITIVE),
+                    );
+                }
+                md.push_str("\n\n");
             }
         }
     }
@@ -305,19 +321,24 @@ fn write_targets(md: &mut String, results: &[SizeResult]) {
                 ),
                 growth.unsigned_abs() <= 1024,
             );
-            if let Some(w) = &d.wrk_reniced {
+            let idle = r
+                .daemon_idle
+                .as_ref()
+                .map(|i| i.wrk.as_slice())
+                .unwrap_or(&[]);
+            for w in &d.wrk {
+                let baseline = idle
+                    .iter()
+                    .find(|b| b.threads == w.threads)
+                    .map(|b| format!(" (not sampling: {:.2} ms)", b.p99_ms))
+                    .unwrap_or_default();
                 row(
-                    "(experiment) same, sampling thread at nice 19",
+                    &format!(
+                        "/metrics p99 < 10 ms, no errors, {} scrapers, wrk -t{}",
+                        w.connections, w.threads
+                    ),
                     r.size,
-                    format!("p99 {:.2} ms, {} errors", w.p99_ms, w.errors),
-                    w.p99_ms < 10.0 && w.errors == 0,
-                );
-            }
-            if let Some(w) = &d.wrk {
-                row(
-                    "/metrics p99 < 10 ms, no errors, 50 scrapers",
-                    r.size,
-                    format!("p99 {:.2} ms, {} errors", w.p99_ms, w.errors),
+                    format!("p99 {:.2} ms, {} errors{baseline}", w.p99_ms, w.errors),
                     w.p99_ms < 10.0 && w.errors == 0,
                 );
             }

@@ -81,6 +81,8 @@ pub struct SizeResult {
     pub exporter_total: u64,
     pub rss_loop: Option<RssLoop>,
     pub daemon: Option<DaemonFigures>,
+    /// The same scrapes against a daemon past its first sample and not sampling again.
+    pub daemon_idle: Option<DaemonFigures>,
 }
 
 impl SizeResult {
@@ -152,6 +154,7 @@ pub fn measure_size(
         exporter_total: 0,
         rss_loop: None,
         daemon: None,
+        daemon_idle: None,
     };
     let pids = table.actor_pids();
     ns.run(|| -> Result<(), String> {
