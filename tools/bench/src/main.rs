@@ -51,11 +51,11 @@ fn usage() -> &'static str {
        [--scenario PATH] [--exporter PATH]
        tcpstate-bench --hold N -- COMMAND [ARGS...]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
---rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default: the
-largest); 0 turns either off. wrk runs once per --wrk-threads entry against the sampling
-daemon, then again against a daemon that does not sample (the baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace
-(named in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status.
-Needs root."
+--rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
+the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
+sampling daemon, then again against a daemon that does not sample (the same-run
+baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace (named
+in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. Needs root."
 }
 
 fn parse_options() -> Result<Options, String> {
