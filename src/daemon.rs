@@ -32,6 +32,7 @@ pub fn run(
     settings: Settings,
     reload: impl Fn() -> Result<Settings, String> + Send + 'static,
 ) -> Result<(), String> {
+    pin_malloc_mmap_threshold();
     let web = load_web_config(&settings)?;
     let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
     let namespaces = NamespaceSet::new(&settings)
@@ -120,6 +121,22 @@ pub fn run(
     drop(control_tx);
     let _ = sampling.join();
     result
+}
+
+/// Large allocations (the owner cache, the per-socket maps of a big table) should go to
+/// their own mappings and back to the kernel when freed. glibc raises its mmap threshold
+/// to the size of any mmapped block that is freed, and the events attach frees the ~19 MB
+/// of a kernel BTF parse: from then on those tables grew inside the sampler's heap arena
+/// and their old copies stayed resident. Pinning glibc's default of 128 KiB turns that
+/// adjustment off. Measured at 520k sockets, events mode: 33.9 MB resident and peak
+/// before, 25.5 MB resident and 28.4 MB peak after (polling: 22.8 and 25.5 MB). A
+/// steady sample reuses its buffers, so it takes no more page faults (0 per sample).
+fn pin_malloc_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter, under glibc's own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// The web config named by the settings (TLS, basic auth), or plain HTTP.
