@@ -214,11 +214,6 @@ fn write_memory(md: &mut String, results: &[SizeResult]) {
                 ms(d.cpu_per_sample),
                 d.last_sample_seconds * 1000.0,
             );
-            let idle = r
-                .daemon_idle
-                .as_ref()
-                .map(|i| i.wrk.as_slice())
-                .unwrap_or(&[]);
             for w in &d.wrk {
                 let _ = write!(
                     md,
@@ -234,7 +229,7 @@ fn write_memory(md: &mut String, results: &[SizeResult]) {
                     w.max_ms,
                     w.errors,
                 );
-                if let Some(base) = idle.iter().find(|b| b.threads == w.threads) {
+                if let Some(base) = r.idle_counterpart(w) {
                     let _ = write!(
                         md,
                         " Same run, a daemon that does not sample: {} requests, p50 {:.2} ms, \
@@ -311,25 +306,22 @@ fn write_targets(md: &mut String, results: &[SizeResult]) {
                 mib(d.hwm_kib),
                 peak < 40.0,
             );
-            let growth = d.rss_end_kib as i64 - d.rss_at_10_kib as i64;
-            row(
-                "daemon RSS flat (sample 10 → before wrk)",
-                r.size,
-                format!(
-                    "{growth:+} KiB over {} samples",
-                    d.samples.saturating_sub(10)
-                ),
-                growth.unsigned_abs() <= 1024,
-            );
-            let idle = r
-                .daemon_idle
-                .as_ref()
-                .map(|i| i.wrk.as_slice())
-                .unwrap_or(&[]);
+            // Fewer than 10 samples (--daemon-samples): no flatness to judge.
+            if d.rss_at_10_kib > 0 {
+                let growth = d.rss_end_kib as i64 - d.rss_at_10_kib as i64;
+                row(
+                    "daemon RSS flat (sample 10 → before wrk)",
+                    r.size,
+                    format!(
+                        "{growth:+} KiB over {} samples",
+                        d.samples.saturating_sub(10)
+                    ),
+                    growth.unsigned_abs() <= 1024,
+                );
+            }
             for w in &d.wrk {
-                let baseline = idle
-                    .iter()
-                    .find(|b| b.threads == w.threads)
+                let baseline = r
+                    .idle_counterpart(w)
                     .map(|b| format!(" (not sampling: {:.2} ms)", b.p99_ms))
                     .unwrap_or_default();
                 row(

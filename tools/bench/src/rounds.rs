@@ -7,7 +7,7 @@ use tcpstate_exporter::config::Settings;
 use tcpstate_exporter::sampler::{Attribution, SampleReport, Sampler};
 
 use crate::Options;
-use crate::daemon::DaemonFigures;
+use crate::daemon::{DaemonFigures, WrkFigures};
 use crate::floor::{Dump, FloorSocket, StateCounts};
 use crate::load::Table;
 use crate::measure::{self, Cost};
@@ -86,6 +86,12 @@ pub struct SizeResult {
 }
 
 impl SizeResult {
+    /// The baseline wrk run (daemon not sampling) with as many threads as `run`.
+    pub fn idle_counterpart(&self, run: &WrkFigures) -> Option<&WrkFigures> {
+        let idle = self.daemon_idle.as_ref()?;
+        idle.wrk.iter().find(|b| b.threads == run.threads)
+    }
+
     pub fn median(&self, method: Method) -> Option<Cost> {
         self.costs
             .iter()
