@@ -291,17 +291,17 @@ const SAMPLER_NICE: libc::c_int = 10;
 
 fn lower_own_priority() {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(0, ..) and setpriority on the calling thread (Linux
-    // treats both as per-thread); `param` outlives the call.
-    let (batch, nice) = unsafe {
+    // SAFETY: sched_setscheduler(0, ..) acts on the calling thread; `param` outlives it.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot make the sampler SCHED_BATCH");
+    }
+    // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
+    let niced = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        (
-            libc::sched_setscheduler(0, libc::SCHED_BATCH, &param),
-            libc::setpriority(libc::PRIO_PROCESS, tid, SAMPLER_NICE),
-        )
+        libc::setpriority(libc::PRIO_PROCESS, tid, SAMPLER_NICE)
     };
-    if batch != 0 || nice != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the sampler's priority");
+    if niced != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the sampler's nice");
     }
 }
 

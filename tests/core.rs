@@ -335,6 +335,48 @@ fn http_serves_gzip_landing_404_and_405() {
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
 }
 
+/// (comm, scheduling policy, nice) of each thread of `pid`, from /proc/PID/task/*/stat.
+fn thread_scheduling(pid: u32) -> Vec<(String, u32, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            // After the comm: field 3 (state) first, so field N is at index N - 3.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some((
+                comm,
+                fields[41 - 3].parse().ok()?,
+                fields[19 - 3].parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Scrapes win the CPU over sampling: only the sampler thread is SCHED_BATCH at nice 10,
+/// the HTTP workers keep the normal policy and priority.
+#[test]
+fn only_the_sampler_thread_is_lowered() {
+    let ns = Netns::new("sched");
+    let daemon = start_daemon(&ns, &[]);
+    let threads = thread_scheduling(daemon.pid());
+    let of = |name: &str| -> Vec<(u32, i32)> {
+        threads
+            .iter()
+            .filter(|(comm, _, _)| comm == name)
+            .map(|(_, policy, nice)| (*policy, *nice))
+            .collect()
+    };
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    assert_eq!(of("sampler"), vec![(SCHED_BATCH, 10)], "{threads:?}");
+    let http = of("http");
+    assert!(!http.is_empty(), "{threads:?}");
+    assert!(http.iter().all(|t| *t == (SCHED_OTHER, 0)), "{threads:?}");
+}
+
 #[test]
 fn telemetry_path_flag_moves_the_metrics() {
     let ns = Netns::new("path");
