@@ -8,12 +8,12 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tcpstate_exporter::aggregate::{
+use tcpstate_exporter::kernel::record::{SocketRecord, TcpState};
+use tcpstate_exporter::kernel::sockdiag::{DumpStats, decode_socket};
+use tcpstate_exporter::model::aggregate::{
     ConnectionFacts, GroupKey, OwnerKey, PortLabel, ProcessId, SampleBuilder,
 };
-use tcpstate_exporter::classify::{Classifier, ListeningPorts};
-use tcpstate_exporter::record::{SocketRecord, TcpState};
-use tcpstate_exporter::sockdiag::{DumpStats, decode_socket};
+use tcpstate_exporter::model::classify::{Classifier, ListeningPorts};
 
 const BATCH: usize = 10_000;
 /// `struct inet_diag_msg` without attributes.
@@ -105,8 +105,9 @@ fn classify(c: &mut Criterion) {
             for r in &records {
                 let (direction, port) =
                     classifier.classify(black_box(r.local_port), black_box(r.remote_port));
-                inbound += u32::from(direction == tcpstate_exporter::classify::Direction::Inbound)
-                    + u32::from(port & 1);
+                inbound +=
+                    u32::from(direction == tcpstate_exporter::model::classify::Direction::Inbound)
+                        + u32::from(port & 1);
             }
             inbound
         })

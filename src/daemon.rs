@@ -13,12 +13,14 @@ use prometheus::process_collector::ProcessCollector;
 use tokio::sync::watch;
 
 use crate::config::{NamespaceMode, Settings};
-use crate::event_feed::EventFeed;
-use crate::exposition::{self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics};
-use crate::namespace_set::NamespaceSet;
-use crate::sampler::Attribution;
-use crate::server::{self, Site};
-use crate::webconfig::WebConfig;
+use crate::http::server::{self, Site};
+use crate::http::webconfig::WebConfig;
+use crate::output::exposition::{
+    self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics,
+};
+use crate::sampling::event_feed::EventFeed;
+use crate::sampling::namespace_set::NamespaceSet;
+use crate::sampling::sampler::Attribution;
 
 /// Control messages to the sampling thread.
 enum Control {

@@ -1,33 +1,26 @@
 //! tcpstate-exporter: where TCP sockets are stuck in CLOSE_WAIT, who owns them, for how
 //! long, and why.
 //!
-//! The pipeline runs one way, one module per stage:
-//! kernel edges (`sockdiag`, `sysctl`) -> `record` -> `classify` -> `aggregate` ->
-//! `exposition` -> `server`. `sampler` runs one sample through it; `daemon` drives the
-//! sampler on a timer and serves the result; `config` (with `cli`) turns flags and the
-//! file into the `Settings` every stage receives.
+//! The folders are the pipeline, and data flows down it one way:
+//!
+//! - [`kernel`]: the edges, the only code that does I/O: sock_diag dumps into
+//!   [`kernel::record::SocketRecord`]s, sysctls, network namespaces, socket owners from
+//!   /proc, pod identities, eBPF state-change events.
+//! - [`model`]: plain functions over plain data: classification (direction, port),
+//!   aggregation into bounded groups, CLOSE_WAIT ages, the assembled sample, diagnosis.
+//! - [`sampling`]: the sampler thread: one sample per namespace in named phases, owners
+//!   attributed, events fed to the age tracker, rounds over every namespace on a timer.
+//! - [`output`]: the exposition encoded once per sample, and the `snapshot` report.
+//! - [`http`]: serves the last encoded exposition, behind TLS and basic auth.
+//!
+//! [`config`] turns flags and the file into the validated [`config::Settings`] every
+//! stage receives; [`daemon`] wires the sampler thread to the HTTP server and handles
+//! signals.
 
-pub mod ages;
-pub mod aggregate;
-pub mod auth;
-pub mod classify;
-pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod diagnosis;
-pub mod event_feed;
-#[cfg(feature = "events")]
-pub mod events;
-pub mod exposition;
-pub mod namespace_set;
-pub mod netns;
-pub mod owners;
-pub mod pods;
-pub mod record;
-pub mod sampler;
-pub mod server;
-pub mod snapshot;
-pub mod sockdiag;
-pub mod sysctl;
-pub mod tls;
-pub mod webconfig;
+pub mod http;
+pub mod kernel;
+pub mod model;
+pub mod output;
+pub mod sampling;

@@ -6,14 +6,15 @@ use clap::Parser;
 
 use std::io::IsTerminal;
 
-use tcpstate_exporter::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
+use tcpstate_exporter::config::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
 use tcpstate_exporter::config::{self, LogFormat, NamespaceMode, Settings};
-use tcpstate_exporter::diagnosis::Thresholds;
-use tcpstate_exporter::exposition::LabelOptions;
-use tcpstate_exporter::namespace_set::NamespaceSet;
-use tcpstate_exporter::sampler::Attribution;
-use tcpstate_exporter::snapshot::{RenderOptions, Watch, diagnose_groups};
-use tcpstate_exporter::{daemon, snapshot};
+use tcpstate_exporter::daemon;
+use tcpstate_exporter::model::diagnosis::Thresholds;
+use tcpstate_exporter::output::exposition::LabelOptions;
+use tcpstate_exporter::output::snapshot;
+use tcpstate_exporter::output::snapshot::{RenderOptions, Watch, diagnose_groups};
+use tcpstate_exporter::sampling::namespace_set::NamespaceSet;
+use tcpstate_exporter::sampling::sampler::Attribution;
 
 /// Exit code for bad input (flags, config), as clap uses for bad flags.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
             let web_config = settings
                 .web_config_file
                 .as_deref()
-                .map(tcpstate_exporter::webconfig::WebConfig::load);
+                .map(tcpstate_exporter::http::webconfig::WebConfig::load);
             if let Some(Err(e)) = web_config {
                 eprintln!("tcpstate-exporter: {e}");
                 return ExitCode::from(EXIT_BAD_INPUT);

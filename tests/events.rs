@@ -19,11 +19,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{Netns, wait_until};
-use tcpstate_exporter::events::{
+use tcpstate_exporter::kernel::events::{
     EventFilter, EventSource, EventsConfig, StateChange, Transitions, monotonic_now_ns,
 };
-use tcpstate_exporter::record::TcpState::{self, *};
-use tcpstate_exporter::sockdiag::{DiagSocket, DumpRequest};
+use tcpstate_exporter::kernel::record::TcpState::{self, *};
+use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tcpstate_exporter::webconfig::WebConfig;
+use tcpstate_exporter::http::webconfig::WebConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

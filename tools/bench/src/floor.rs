@@ -6,7 +6,7 @@
 
 use std::io;
 
-use tcpstate_exporter::record::TcpState;
+use tcpstate_exporter::kernel::record::TcpState;
 
 const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x01;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tcpstate_exporter::config::Settings;
-use tcpstate_exporter::sampler::{Attribution, SampleReport, Sampler};
+use tcpstate_exporter::sampling::sampler::{Attribution, SampleReport, Sampler};
 
 use crate::Options;
 use crate::daemon::{DaemonFigures, WrkFigures};

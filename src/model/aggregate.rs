@@ -9,10 +9,10 @@ use std::fmt;
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::ages::AgesReport;
-use crate::classify::Direction;
-use crate::record::{STATE_COUNT, SocketRecord, TcpState};
-use crate::sysctl::{ListenCounters, TcpSettings};
+use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
+use crate::kernel::sysctl::{ListenCounters, TcpSettings};
+use crate::model::ages::AgesReport;
+use crate::model::classify::Direction;
 
 /// Index into `Sample::processes`; `ProcessId::UNKNOWN` is the empty name (an orphan, or
 /// an owner that could not be resolved).

@@ -17,10 +17,10 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
-use crate::ages::AgeGroup;
-use crate::aggregate::{GroupStats, OwnerKey, Sample};
-use crate::namespace_set::{NamespaceInfo, NamespaceSample};
-use crate::record::TcpState;
+use crate::kernel::record::TcpState;
+use crate::model::ages::AgeGroup;
+use crate::model::aggregate::{GroupStats, OwnerKey, Sample};
+use crate::sampling::namespace_set::{NamespaceInfo, NamespaceSample};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -195,7 +195,7 @@ pub fn sample_families(
         families.push(f);
     }
 
-    type ListenerField = fn(&crate::aggregate::ListenerStats) -> u64;
+    type ListenerField = fn(&crate::model::aggregate::ListenerStats) -> u64;
     let listener_families: [(&str, &str, ListenerField); 2] = [
         (
             "tcpstate_listen_queue_length",
@@ -655,8 +655,8 @@ pub fn counter(labels: Vec<LabelPair>, value: f64) -> Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{GroupKey, PortLabel, ProcessId};
-    use crate::classify::Direction;
+    use crate::model::aggregate::{GroupKey, PortLabel, ProcessId};
+    use crate::model::classify::Direction;
 
     fn sample() -> Sample {
         let mut sample = Sample {
@@ -717,7 +717,7 @@ mod tests {
     fn namespaces_prefix_every_series_and_get_an_info_metric() {
         let namespace = |netns: &str| NamespaceSample {
             info: NamespaceInfo {
-                labels: crate::namespace_set::NamespaceLabels {
+                labels: crate::sampling::namespace_set::NamespaceLabels {
                     netns: netns.into(),
                     pod: String::new(),
                     namespace: String::new(),

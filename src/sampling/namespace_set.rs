@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::ages::CloseWaitEvent;
-use crate::aggregate::Sample;
 use crate::config::{NamespaceMode, Settings};
-use crate::netns::{self, NamespaceRef, Roots};
-use crate::pods::{PodDirectory, PodIdentity};
-use crate::record::TcpState;
-use crate::sampler::{Attribution, SampleReport, Sampler};
-use crate::sockdiag::DumpError;
+use crate::kernel::netns::{self, NamespaceRef, Roots};
+use crate::kernel::pods::{PodDirectory, PodIdentity};
+use crate::kernel::record::TcpState;
+use crate::kernel::sockdiag::DumpError;
+use crate::model::ages::CloseWaitEvent;
+use crate::model::aggregate::Sample;
+use crate::sampling::sampler::{Attribution, SampleReport, Sampler};
 
 /// Labels that say which namespace a series belongs to (empty in "own" mode).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

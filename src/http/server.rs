@@ -23,10 +23,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth;
-use crate::exposition::{CONTENT_TYPE, Exposition};
-use crate::tls;
-use crate::webconfig::WebConfig;
+use crate::http::auth;
+use crate::http::tls;
+use crate::http::webconfig::WebConfig;
+use crate::output::exposition::{CONTENT_TYPE, Exposition};
 
 /// How long a client may take to send its request head or finish a TLS handshake
 /// (slow-client defence).

@@ -17,8 +17,8 @@ use hyper::HeaderMap;
 use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::auth::BasicAuth;
-use crate::tls::TlsServerConfig;
+use crate::http::auth::BasicAuth;
+use crate::http::tls::TlsServerConfig;
 
 /// A web config problem, phrased for the user on one line: file, line, key, what.
 #[derive(Debug, thiserror::Error)]

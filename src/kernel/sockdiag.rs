@@ -18,7 +18,7 @@ use netlink_packet_sock_diag::inet::InetResponseHeader;
 use netlink_packet_sock_diag::inet::Timer;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::record::{SocketRecord, TcpInfoExcerpt, TcpState};
+use crate::kernel::record::{SocketRecord, TcpInfoExcerpt, TcpState};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;

@@ -37,7 +37,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::record::TcpState;
+use crate::kernel::record::TcpState;
 
 pub use abi::STATE_SLOTS;
 pub use clock::{WallOffset, monotonic_now_ns};

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::Flags;
-use crate::record::TcpState;
+pub mod cli;
+
+use crate::kernel::record::TcpState;
+use cli::Flags;
 
 pub const DEFAULT_PORT: u16 = 9815;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -556,7 +558,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_is_valid_and_states_the_defaults() {
-        let text = include_str!("../config/tcpstate-exporter.toml");
+        let text = include_str!("../../config/tcpstate-exporter.toml");
         let settings = parse_text(text).expect("shipped config is valid");
         let defaults = Settings::default();
         assert_eq!(settings.listen_address, defaults.listen_address);

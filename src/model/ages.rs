@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::aggregate::{OwnerKey, PortLabel};
-use crate::classify::Direction;
+use crate::model::aggregate::{OwnerKey, PortLabel};
+use crate::model::classify::Direction;
 
 /// The labels ages and durations are reported by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -479,9 +479,9 @@ mod tests {
         tracker.sight(1, 42, group(80));
         tracker.assign_owners(|inode, g| AgeGroup {
             owner: OwnerKey {
-                process: crate::aggregate::ProcessId(inode),
+                process: crate::model::aggregate::ProcessId(inode),
                 pid: 0,
-                container: crate::aggregate::ProcessId::UNKNOWN,
+                container: crate::model::aggregate::ProcessId::UNKNOWN,
             },
             ..g
         });

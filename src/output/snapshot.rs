@@ -7,14 +7,14 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::ages::{AgeGroup, DurationHistogram};
-use crate::aggregate::{GroupStats, PortLabel, Sample};
-use crate::classify::Direction;
-use crate::cli::SnapshotFormat;
-use crate::diagnosis::{self, Closes, Evidence, Thresholds, Verdict, human_seconds};
-use crate::exposition::{self, LabelOptions};
-use crate::namespace_set::{NamespaceLabels, NamespaceSample};
-use crate::record::TcpState;
+use crate::config::cli::SnapshotFormat;
+use crate::kernel::record::TcpState;
+use crate::model::ages::{AgeGroup, DurationHistogram};
+use crate::model::aggregate::{GroupStats, PortLabel, Sample};
+use crate::model::classify::Direction;
+use crate::model::diagnosis::{self, Closes, Evidence, Thresholds, Verdict, human_seconds};
+use crate::output::exposition::{self, LabelOptions};
+use crate::sampling::namespace_set::{NamespaceLabels, NamespaceSample};
 
 #[derive(Serialize)]
 struct JsonSnapshot<'a> {

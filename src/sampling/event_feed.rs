@@ -5,9 +5,9 @@
 //! Lives on the sampling thread: the tracker state it feeds is owned there, so no lock
 //! is needed, and the ring buffer is drained once per round.
 
-use crate::ages::CloseWaitEvent;
 use crate::config::{EventsMode, Settings};
-use crate::record::TcpState;
+use crate::kernel::record::TcpState;
+use crate::model::ages::CloseWaitEvent;
 
 /// Kernel-side counts for the exposition.
 #[derive(Clone, Debug, Default)]
@@ -20,7 +20,7 @@ pub struct EventCounts {
 
 pub struct EventFeed {
     #[cfg(feature = "events")]
-    source: Option<crate::events::EventSource>,
+    source: Option<crate::kernel::events::EventSource>,
 }
 
 impl EventFeed {
@@ -116,11 +116,11 @@ impl EventFeed {
 
 #[cfg(feature = "events")]
 fn attach(settings: &Settings) -> Result<EventFeed, String> {
-    let config = crate::events::EventsConfig {
+    let config = crate::kernel::events::EventsConfig {
         ring_bytes: settings.events_ring_bytes,
-        ..crate::events::EventsConfig::default()
+        ..crate::kernel::events::EventsConfig::default()
     };
-    crate::events::EventSource::attach(&config)
+    crate::kernel::events::EventSource::attach(&config)
         .map(|source| EventFeed {
             source: Some(source),
         })

@@ -13,17 +13,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::ages::{AgeGroup, AgesReport, CloseWaitEvent, CloseWaitTracker};
-use crate::aggregate::{
+use crate::config::{NamespaceMode, Settings};
+use crate::kernel::owners::{OwnerCache, ResolveStats};
+use crate::kernel::pods::ContainerDirectory;
+use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
+use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
+use crate::kernel::sysctl;
+use crate::model::ages::{AgeGroup, AgesReport, CloseWaitEvent, CloseWaitTracker};
+use crate::model::aggregate::{
     ConnectionFacts, GroupKey, ListenerKey, OwnerKey, PortLabel, ProcessId, Sample, SampleBuilder,
 };
-use crate::classify::{Classifier, Direction, ListeningPorts};
-use crate::config::{NamespaceMode, Settings};
-use crate::owners::{OwnerCache, ResolveStats};
-use crate::pods::ContainerDirectory;
-use crate::record::{STATE_COUNT, SocketRecord, TcpState};
-use crate::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
-use crate::sysctl;
+use crate::model::classify::{Classifier, Direction, ListeningPorts};
 
 /// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
 /// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.

@@ -1,0 +1,7 @@
+//! Plain data in, plain data out: no I/O, so unit tests feed these stages records
+//! without a kernel.
+
+pub mod ages;
+pub mod aggregate;
+pub mod classify;
+pub mod diagnosis;

@@ -1,0 +1,5 @@
+//! What a sample becomes: the Prometheus exposition, encoded once per sample, and the
+//! `snapshot` report for a person or a script.
+
+pub mod exposition;
+pub mod snapshot;
