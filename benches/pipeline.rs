@@ -10,10 +10,9 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tcpstate_exporter::kernel::record::{SocketRecord, TcpState};
 use tcpstate_exporter::kernel::sockdiag::{DumpStats, decode_socket};
-use tcpstate_exporter::model::aggregate::{
-    ConnectionFacts, GroupKey, OwnerKey, PortLabel, ProcessId, SampleBuilder,
-};
+use tcpstate_exporter::model::aggregate::{ConnectionFacts, GroupKey, SampleBuilder};
 use tcpstate_exporter::model::classify::{Classifier, ListeningPorts};
+use tcpstate_exporter::model::labels::{Direction, OwnerKey, PortLabel, ProcessId};
 
 const BATCH: usize = 10_000;
 /// `struct inet_diag_msg` without attributes.
@@ -105,9 +104,7 @@ fn classify(c: &mut Criterion) {
             for r in &records {
                 let (direction, port) =
                     classifier.classify(black_box(r.local_port), black_box(r.remote_port));
-                inbound +=
-                    u32::from(direction == tcpstate_exporter::model::classify::Direction::Inbound)
-                        + u32::from(port & 1);
+                inbound += u32::from(direction == Direction::Inbound) + u32::from(port & 1);
             }
             inbound
         })
@@ -146,8 +143,7 @@ fn aggregate(c: &mut Criterion) {
                 };
                 builder.add_connection(key, ConnectionFacts::of(r, false));
             }
-            let names = (0..5).map(|i| format!("proc{i}")).collect();
-            builder.finish(500, names)
+            builder.finish(500)
         })
     });
     group.finish();

@@ -18,9 +18,9 @@ use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{
     self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics,
 };
+use crate::sampling::attribution::Attribution;
 use crate::sampling::event_feed::EventFeed;
 use crate::sampling::namespace_set::NamespaceSet;
-use crate::sampling::sampler::Attribution;
 
 /// Control messages to the sampling thread.
 enum Control {

@@ -13,8 +13,8 @@ use tcpstate_exporter::model::diagnosis::Thresholds;
 use tcpstate_exporter::output::exposition::LabelOptions;
 use tcpstate_exporter::output::snapshot;
 use tcpstate_exporter::output::snapshot::{RenderOptions, Watch, diagnose_groups};
+use tcpstate_exporter::sampling::attribution::Attribution;
 use tcpstate_exporter::sampling::namespace_set::NamespaceSet;
-use tcpstate_exporter::sampling::sampler::Attribution;
 
 /// Exit code for bad input (flags, config), as clap uses for bad flags.
 const EXIT_BAD_INPUT: u8 = 2;

@@ -49,6 +49,14 @@ pub struct ResolveStats {
     pub unresolved: u64,
 }
 
+impl ResolveStats {
+    pub fn add(&mut self, other: ResolveStats) {
+        self.processes_listed += other.processes_listed;
+        self.fds_read += other.fds_read;
+        self.unresolved += other.unresolved;
+    }
+}
+
 pub struct OwnerCache {
     proc_root: PathBuf,
     processes: HashMap<u32, ProcessEntry>,

@@ -98,6 +98,13 @@ pub struct DumpStats {
     pub unknown_states: u64,
 }
 
+impl DumpStats {
+    pub fn add(&mut self, other: DumpStats) {
+        self.duplicates += other.duplicates;
+        self.unknown_states += other.unknown_states;
+    }
+}
+
 /// A sock_diag netlink socket bound to the network namespace of the thread that opened it.
 pub struct DiagSocket {
     socket: Socket,

@@ -18,16 +18,7 @@ use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::model::aggregate::{OwnerKey, PortLabel};
-use crate::model::classify::Direction;
-
-/// The labels ages and durations are reported by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgeGroup {
-    pub direction: Direction,
-    pub port: PortLabel,
-    pub owner: OwnerKey,
-}
+use crate::model::labels::{AgeGroup, PortLabel};
 
 /// One tracked socket. Kept small: it is the per-socket memory cost.
 #[derive(Clone, Copy, Debug)]
@@ -346,6 +337,7 @@ impl CloseWaitTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::labels::{Direction, OwnerKey};
 
     fn group(port: u16) -> AgeGroup {
         AgeGroup {
@@ -479,9 +471,9 @@ mod tests {
         tracker.sight(1, 42, group(80));
         tracker.assign_owners(|inode, g| AgeGroup {
             owner: OwnerKey {
-                process: crate::model::aggregate::ProcessId(inode),
+                process: crate::model::labels::ProcessId(inode),
                 pid: 0,
-                container: crate::model::aggregate::ProcessId::UNKNOWN,
+                container: crate::model::labels::ProcessId::UNKNOWN,
             },
             ..g
         });

@@ -5,49 +5,11 @@
 //! into `port="other"` so a host with thousands of peers cannot explode the series count.
 
 use std::cmp::Reverse;
-use std::fmt;
 
 use foldhash::{HashMap, HashMapExt};
 
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
-use crate::kernel::sysctl::{ListenCounters, TcpSettings};
-use crate::model::ages::AgesReport;
-use crate::model::classify::Direction;
-
-/// Index into `Sample::processes`; `ProcessId::UNKNOWN` is the empty name (an orphan, or
-/// an owner that could not be resolved).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProcessId(pub u32);
-
-impl ProcessId {
-    pub const UNKNOWN: ProcessId = ProcessId(0);
-}
-
-/// The port label: a port, or the fold bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PortLabel {
-    Port(u16),
-    Other,
-}
-
-impl fmt::Display for PortLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PortLabel::Port(port) => write!(f, "{port}"),
-            PortLabel::Other => f.write_str("other"),
-        }
-    }
-}
-
-/// Who owns a group: the process name, its pid when the pid label is on (else 0), and
-/// its Kubernetes container name (an index into the same name table; "" off Kubernetes
-/// or with `namespaces = "own"`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OwnerKey {
-    pub process: ProcessId,
-    pub pid: u32,
-    pub container: ProcessId,
-}
+use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
@@ -55,6 +17,17 @@ pub struct GroupKey {
     pub direction: Direction,
     pub port: PortLabel,
     pub owner: OwnerKey,
+}
+
+impl GroupKey {
+    /// The group without its state: how CLOSE_WAIT ages and evidence are labelled.
+    pub fn close_wait_group(&self) -> AgeGroup {
+        AgeGroup {
+            direction: self.direction,
+            port: self.port,
+            owner: self.owner,
+        }
+    }
 }
 
 /// Sums over the connections of one group.
@@ -140,9 +113,9 @@ impl ListenerStats {
     }
 }
 
-/// One complete, aggregated sample: what the exposition encodes.
+/// The groups of one sample, folded and ordered: what the dump streamed into the builder.
 #[derive(Clone, Debug, Default)]
-pub struct Sample {
+pub struct Aggregate {
     /// All sockets of the namespace per state, indexed by `TcpState::index`.
     pub state_counts: [u64; STATE_COUNT],
     /// Detail-state groups, largest first (after folding).
@@ -150,28 +123,6 @@ pub struct Sample {
     pub listeners: Vec<(ListenerKey, ListenerStats)>,
     /// Groups folded into `port="other"` (connections and listeners).
     pub groups_folded: u64,
-    /// Process names, indexed by `ProcessId`; entry 0 is "".
-    pub processes: Vec<String>,
-    /// CLOSE_WAIT ages and durations (filled in by the sampler's tracker).
-    pub ages: AgesReport,
-    /// CLOSE_WAIT sockets whose age is being tracked.
-    pub close_wait_tracked: u64,
-    /// The namespace's TCP settings and accept-queue overflow counters.
-    pub tcp_settings: TcpSettings,
-    pub listen_counters: Option<ListenCounters>,
-}
-
-impl Sample {
-    pub fn process_name(&self, id: ProcessId) -> &str {
-        self.processes
-            .get(id.0 as usize)
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-
-    pub fn state_count(&self, state: TcpState) -> u64 {
-        self.state_counts[state.index()]
-    }
 }
 
 /// Accumulates one sample while the dump streams by.
@@ -199,8 +150,8 @@ impl SampleBuilder {
         stats.listeners += 1;
     }
 
-    /// Folds and orders the groups; `processes` is the name table the owner ids index.
-    pub fn finish(self, max_groups: usize, processes: Vec<String>) -> Sample {
+    /// Folds and orders the groups.
+    pub fn finish(self, max_groups: usize) -> Aggregate {
         let (groups, folded_connections) = fold(self.groups, max_groups, |key| GroupKey {
             port: PortLabel::Other,
             ..key
@@ -209,16 +160,11 @@ impl SampleBuilder {
             port: PortLabel::Other,
             ..key
         });
-        Sample {
+        Aggregate {
             state_counts: self.state_counts,
             groups,
             listeners,
             groups_folded: folded_connections + folded_listeners,
-            processes,
-            ages: AgesReport::default(),
-            close_wait_tracked: 0,
-            tcp_settings: TcpSettings::default(),
-            listen_counters: None,
         }
     }
 }
@@ -304,7 +250,7 @@ mod tests {
         builder.add_connection(k, facts(TcpState::CloseWait, 6, 0, false));
         builder.add_connection(k, facts(TcpState::CloseWait, 1, 0, true));
         builder.add_connection(k, facts(TcpState::CloseWait, 0, 3, false));
-        let sample = builder.finish(10, vec![String::new()]);
+        let sample = builder.finish(10);
         let stats = sample.groups[0].1;
         assert_eq!(stats.connections, 3);
         assert_eq!(stats.recv_queue_bytes, 5);
@@ -330,7 +276,7 @@ mod tests {
             key(TcpState::Established, 9),
             facts(TcpState::Established, 0, 0, false),
         );
-        let sample = builder.finish(2, vec![String::new()]);
+        let sample = builder.finish(2);
         let summary: Vec<(TcpState, PortLabel, u64, u64)> = sample
             .groups
             .iter()
@@ -358,7 +304,7 @@ mod tests {
                     facts(TcpState::CloseWait, 1, 0, false),
                 );
             }
-            builder.finish(10, vec![String::new()])
+            builder.finish(10)
         };
         let kept: Vec<PortLabel> = build().groups.iter().map(|(k, _)| k.port).collect();
         assert_eq!(
@@ -384,7 +330,7 @@ mod tests {
         };
         builder.add_listener(k, &SocketRecord::for_tests(TcpState::Listen, 3, 128));
         builder.add_listener(k, &SocketRecord::for_tests(TcpState::Listen, 1, 128));
-        let sample = builder.finish(10, vec![String::new()]);
+        let sample = builder.finish(10);
         assert_eq!(
             sample.listeners,
             vec![(

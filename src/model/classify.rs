@@ -1,32 +1,9 @@
 //! Direction and port of a connection: the label pair that makes per-port metrics useful
 //! without ever carrying an ephemeral port (which would explode cardinality).
 
-use std::fmt;
 use std::ops::RangeInclusive;
 
-/// Who opened the connection, as far as the socket table can tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    /// A peer connected to a port served here; the port label is the local port.
-    Inbound,
-    /// This host connected out; the port label is the remote (service) port.
-    Outbound,
-}
-
-impl Direction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::model::labels::Direction;
 
 /// The set of local ports with a listener in the namespace, as a 64 Ki-bit set (8 KiB):
 /// a lookup per socket must cost a bit test, not a hash.

@@ -5,3 +5,5 @@ pub mod ages;
 pub mod aggregate;
 pub mod classify;
 pub mod diagnosis;
+pub mod labels;
+pub mod sample;

@@ -18,9 +18,9 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use crate::kernel::record::TcpState;
-use crate::model::ages::AgeGroup;
-use crate::model::aggregate::{GroupStats, OwnerKey, Sample};
-use crate::sampling::namespace_set::{NamespaceInfo, NamespaceSample};
+use crate::model::aggregate::GroupStats;
+use crate::model::labels::{AgeGroup, OwnerKey};
+use crate::model::sample::{NamespaceInfo, NamespaceSample, Sample};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -655,8 +655,8 @@ pub fn counter(labels: Vec<LabelPair>, value: f64) -> Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::aggregate::{GroupKey, PortLabel, ProcessId};
-    use crate::model::classify::Direction;
+    use crate::model::aggregate::GroupKey;
+    use crate::model::labels::{Direction, PortLabel, ProcessId};
 
     fn sample() -> Sample {
         let mut sample = Sample {
@@ -717,7 +717,7 @@ mod tests {
     fn namespaces_prefix_every_series_and_get_an_info_metric() {
         let namespace = |netns: &str| NamespaceSample {
             info: NamespaceInfo {
-                labels: crate::sampling::namespace_set::NamespaceLabels {
+                labels: crate::model::sample::NamespaceLabels {
                     netns: netns.into(),
                     pod: String::new(),
                     namespace: String::new(),

@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use crate::config::cli::SnapshotFormat;
 use crate::kernel::record::TcpState;
-use crate::model::ages::{AgeGroup, DurationHistogram};
-use crate::model::aggregate::{GroupStats, PortLabel, Sample};
-use crate::model::classify::Direction;
+use crate::model::ages::DurationHistogram;
+use crate::model::aggregate::GroupStats;
 use crate::model::diagnosis::{self, Closes, Evidence, Thresholds, Verdict, human_seconds};
+use crate::model::labels::{AgeGroup, Direction, PortLabel};
+use crate::model::sample::{NamespaceLabels, NamespaceSample, Sample};
 use crate::output::exposition::{self, LabelOptions};
-use crate::sampling::namespace_set::{NamespaceLabels, NamespaceSample};
 
 #[derive(Serialize)]
 struct JsonSnapshot<'a> {

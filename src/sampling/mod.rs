@@ -1,6 +1,7 @@
 //! The sampler thread's work: one sample of a namespace through the pipeline, owners
 //! attributed, kernel events fed to the age tracker, rounds over every namespace.
 
+pub mod attribution;
 pub mod event_feed;
 pub mod namespace_set;
 pub mod sampler;

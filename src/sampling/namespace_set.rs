@@ -14,34 +14,9 @@ use crate::kernel::pods::{PodDirectory, PodIdentity};
 use crate::kernel::record::TcpState;
 use crate::kernel::sockdiag::DumpError;
 use crate::model::ages::CloseWaitEvent;
-use crate::model::aggregate::Sample;
-use crate::sampling::sampler::{Attribution, SampleReport, Sampler};
-
-/// Labels that say which namespace a series belongs to (empty in "own" mode).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespaceLabels {
-    pub netns: String,
-    pub pod: String,
-    pub namespace: String,
-}
-
-/// What is known about a sampled namespace, for `tcpstate_netns_info`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespaceInfo {
-    pub labels: NamespaceLabels,
-    pub inode: u64,
-    pub pid: Option<u32>,
-    pub comm: String,
-    pub pod_uid: String,
-    pub container_id: String,
-}
-
-/// The last good sample of one namespace.
-#[derive(Clone, Debug)]
-pub struct NamespaceSample {
-    pub info: NamespaceInfo,
-    pub sample: Sample,
-}
+use crate::model::sample::{NamespaceInfo, NamespaceLabels, NamespaceSample, Sample};
+use crate::sampling::attribution::Attribution;
+use crate::sampling::sampler::{SampleReport, Sampler};
 
 /// One round over every namespace.
 #[derive(Debug, Default)]
@@ -190,7 +165,7 @@ impl NamespaceSet {
             match result {
                 Ok((sample, report)) => {
                     round.sampled += 1;
-                    accumulate(&mut round.report, report);
+                    round.report.add(report);
                     member.last_good = Some(sample);
                 }
                 Err(e) => {
@@ -312,15 +287,6 @@ fn open_sampler(namespace: &NamespaceRef, settings: &Settings) -> std::io::Resul
     let sampler = Sampler::new(settings);
     drop(entered);
     sampler
-}
-
-fn accumulate(total: &mut SampleReport, report: SampleReport) {
-    total.dump.duplicates += report.dump.duplicates;
-    total.dump.unknown_states += report.dump.unknown_states;
-    total.owners.fds_read += report.owners.fds_read;
-    total.owners.processes_listed += report.owners.processes_listed;
-    total.owners.unresolved += report.owners.unresolved;
-    total.pending += report.pending;
 }
 
 #[cfg(test)]

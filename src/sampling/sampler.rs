@@ -1,5 +1,6 @@
-//! One sample of one network namespace: dump listeners, then every other socket, and
-//! stream each through classification, attribution and tracking into the aggregate.
+//! One sample of one network namespace, in four phases: read the listeners, read every
+//! other socket (classifying, attributing from the cache and tracking CLOSE_WAIT as the
+//! dump streams by), attribute what the cache did not know, and date new CLOSE_WAITs.
 //!
 //! Listeners are dumped first (a walk of the listening hash only) because classifying a
 //! connection needs the namespace's full set of listening ports, and accept-queue
@@ -7,23 +8,21 @@
 //! hash once for both families; memory grows only with sockets in the detail states
 //! whose owner is not cached yet, never with the rest of the table.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::config::{NamespaceMode, Settings};
-use crate::kernel::owners::{OwnerCache, ResolveStats};
-use crate::kernel::pods::ContainerDirectory;
+use crate::config::Settings;
+use crate::kernel::owners::ResolveStats;
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::kernel::sysctl;
-use crate::model::ages::{AgeGroup, AgesReport, CloseWaitEvent, CloseWaitTracker};
-use crate::model::aggregate::{
-    ConnectionFacts, GroupKey, ListenerKey, OwnerKey, PortLabel, ProcessId, Sample, SampleBuilder,
-};
-use crate::model::classify::{Classifier, Direction, ListeningPorts};
+use crate::model::ages::{CloseWaitEvent, CloseWaitTracker};
+use crate::model::aggregate::{ConnectionFacts, GroupKey, ListenerKey, SampleBuilder};
+use crate::model::classify::{Classifier, ListeningPorts};
+use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
+use crate::model::sample::{Sample, SampleContext};
+use crate::sampling::attribution::Attribution;
 
 /// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
 /// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.
@@ -38,6 +37,15 @@ pub struct SampleReport {
     pub pending: usize,
 }
 
+impl SampleReport {
+    /// Adds another sample's report (of another namespace, or another dump).
+    pub fn add(&mut self, other: SampleReport) {
+        self.dump.add(other.dump);
+        self.owners.add(other.owners);
+        self.pending += other.pending;
+    }
+}
+
 /// A detail-state connection whose owner was unknown when the dump reached it.
 struct PendingConnection {
     key: GroupKey,
@@ -45,119 +53,85 @@ struct PendingConnection {
     inode: u32,
 }
 
-/// Process names seen since start, interned: ids stay valid across samples because
-/// the histograms keep them.
+/// What the connections dump leaves for the phases after it.
 #[derive(Default)]
-pub struct ProcessNames {
-    ids: HashMap<Arc<str>, ProcessId>,
-    names: Vec<String>,
+struct AfterDump {
+    pending: Vec<PendingConnection>,
+    new_close_wait: Vec<SocketRecord>,
 }
 
-impl ProcessNames {
-    fn new() -> Self {
-        ProcessNames {
-            ids: HashMap::new(),
-            names: vec![String::new()],
-        }
-    }
-
-    fn intern(&mut self, comm: &Arc<str>) -> ProcessId {
-        if comm.is_empty() {
-            return ProcessId::UNKNOWN;
-        }
-        if let Some(id) = self.ids.get(comm) {
-            return *id;
-        }
-        let id = ProcessId(self.names.len() as u32);
-        self.names.push(comm.to_string());
-        self.ids.insert(comm.clone(), id);
-        id
-    }
+/// Takes each connection as the dump streams it: counts its state, classifies it, finds
+/// its owner in the cache, tracks it if in CLOSE_WAIT, and adds it to its group.
+struct ConnectionSink<'a> {
+    classifier: Classifier<'a>,
+    listener_owner: &'a HashMap<u16, (OwnerKey, u32)>,
+    detail_mask: [bool; STATE_COUNT],
+    attribution: &'a mut Attribution,
+    tracker: &'a mut CloseWaitTracker,
+    builder: &'a mut SampleBuilder,
+    left: AfterDump,
 }
 
-/// Attribution state shared by the samplers of every namespace: /proc and socket inodes
-/// are host-wide, so one cache serves them all.
-pub struct Attribution {
-    owners: Option<OwnerCache>,
-    keys: OwnerKeys,
-}
-
-/// Turns an owner into its label key: interned process name, pid when configured, and
-/// the Kubernetes container (with `namespaces = "all"`). Keys are memoized per pid for
-/// the round, so a socket costs two hash lookups by integer, not a string hash and an
-/// `Arc` clone.
-struct OwnerKeys {
-    names: ProcessNames,
-    pid_label: bool,
-    containers: Option<ContainerDirectory>,
-    /// Label key per owner pid, for this round (cleared by `Attribution::revalidate`:
-    /// a process may rename itself or change container between rounds).
-    key_of_pid: HashMap<u32, OwnerKey>,
-}
-
-impl OwnerKeys {
-    /// The key and pid of the owner of `inode`, when the cache knows it.
-    fn key_of(&mut self, cache: &OwnerCache, inode: u32) -> Option<(OwnerKey, u32)> {
-        let pid = cache.owner_pid(inode)?;
-        if let Some(key) = self.key_of_pid.get(&pid) {
-            return Some((*key, pid));
+impl ConnectionSink<'_> {
+    fn take(&mut self, record: &SocketRecord) {
+        // The listening hash was read by the first dump; a listener created between the
+        // dumps must not be counted twice.
+        if record.state == TcpState::Listen {
+            return;
         }
-        let owner = cache.lookup(inode)?;
-        let container = match &self.containers {
-            None => ProcessId::UNKNOWN,
-            Some(directory) => {
-                let name: Arc<str> = directory
-                    .container_of(Path::new("/proc"), pid)
-                    .unwrap_or_default()
-                    .into();
-                self.names.intern(&name)
-            }
+        self.builder.count_state(record.state);
+        let is_close_wait = record.state == TcpState::CloseWait;
+        let detailed = self.detail_mask[record.state.index()];
+        if !detailed && !is_close_wait {
+            return;
+        }
+        let (direction, port) = self
+            .classifier
+            .classify(record.local_port, record.remote_port);
+        let unaccepted = record.unowned()
+            && self.classifier.listening.contains(record.local_port)
+            && matches!(record.state, TcpState::Established | TcpState::CloseWait);
+        let owner = self.cached_owner(record, unaccepted);
+        let key = GroupKey {
+            state: record.state,
+            direction,
+            port: PortLabel::Port(port),
+            owner: owner.unwrap_or_default(),
         };
-        let key = OwnerKey {
-            process: self.names.intern(&owner.comm),
-            pid: if self.pid_label { pid } else { 0 },
-            container,
-        };
-        self.key_of_pid.insert(pid, key);
-        Some((key, pid))
-    }
-}
-
-impl Attribution {
-    pub fn new(settings: &Settings) -> Self {
-        Attribution {
-            owners: settings
-                .process_attribution
-                .then(|| OwnerCache::new("/proc")),
-            keys: OwnerKeys {
-                names: ProcessNames::new(),
-                pid_label: settings.pid_label,
-                containers: (settings.namespaces == NamespaceMode::All)
-                    .then(|| ContainerDirectory::new(&settings.containers_log_dir)),
-                key_of_pid: HashMap::new(),
-            },
+        if is_close_wait
+            && self
+                .tracker
+                .sight(record.cookie, record.inode, key.close_wait_group())
+        {
+            self.left.new_close_wait.push(*record);
+        }
+        if !detailed {
+            return;
+        }
+        let facts = ConnectionFacts::of(record, unaccepted);
+        match owner {
+            Some(_) => self.builder.add_connection(key, facts),
+            None => self.left.pending.push(PendingConnection {
+                key,
+                facts,
+                inode: record.inode,
+            }),
         }
     }
 
-    /// Drops processes that exited since the last sample, and re-reads the container
-    /// names; once per sampling round.
-    pub fn revalidate(&mut self) {
-        if let Some(owners) = &mut self.owners {
-            owners.revalidate();
+    /// The owner as known during the dump: the listener's for an accept-queue child,
+    /// none for an orphan, else the cache's (`None`: resolve after the dump).
+    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<OwnerKey> {
+        if unaccepted {
+            let owner = self.listener_owner.get(&record.local_port);
+            return Some(owner.map(|(owner, _)| *owner).unwrap_or_default());
         }
-        if let Some(containers) = &mut self.keys.containers {
-            containers.refresh();
+        if record.inode == 0 {
+            return Some(OwnerKey::default());
         }
-        self.keys.key_of_pid.clear();
-    }
-
-    /// Owner of an inode as a label key, and its pid (0 when unknown).
-    fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
-        let keys = &mut self.keys;
-        self.owners
-            .as_ref()
-            .and_then(|cache| keys.key_of(cache, inode))
-            .unwrap_or_default()
+        self.attribution
+            .cached_owner(record.inode)
+            .map(|(owner, _)| owner)
     }
 }
 
@@ -248,16 +222,27 @@ impl Sampler {
         &mut self,
         attribution: &mut Attribution,
     ) -> Result<(Sample, SampleReport), DumpError> {
-        let ephemeral = self.ephemeral_range();
-        let now = unix_now();
         let mut report = SampleReport::default();
         let mut builder = SampleBuilder::default();
-        self.tracker.begin(now);
+        self.tracker.begin(unix_now());
+        self.read_listeners(attribution, &mut builder, &mut report)?;
+        let left = self.read_connections(attribution, &mut builder, &mut report)?;
+        self.attribute_pending(attribution, left.pending, &mut builder, &mut report);
+        self.date_close_waits(attribution, &left.new_close_wait)?;
+        Ok((self.assemble(builder, attribution), report))
+    }
 
-        // Listeners first: their ports classify connections, their owners own the
-        // accept queues.
+    /// Phase 1: the listeners. Their ports classify connections, their owners own the
+    /// accept queues.
+    fn read_listeners(
+        &mut self,
+        attribution: &mut Attribution,
+        builder: &mut SampleBuilder,
+        report: &mut SampleReport,
+    ) -> Result<(), DumpError> {
         self.listening.clear();
         self.listeners.clear();
+        self.listener_owner.clear();
         let (listeners, listening) = (&mut self.listeners, &mut self.listening);
         let stats = self.socket.dump(
             DumpRequest::for_states([TcpState::Listen], false),
@@ -266,18 +251,13 @@ impl Sampler {
                 listeners.push(*record);
             },
         )?;
-        accumulate(&mut report.dump, stats);
-        if let Some(owners) = &mut attribution.owners {
-            let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
-            report.owners = owners.resolve(&inodes, &[]);
-        }
-        let mut listener_owner = std::mem::take(&mut self.listener_owner);
-        listener_owner.clear();
-        let listeners = std::mem::take(&mut self.listeners);
-        for listener in &listeners {
+        report.dump.add(stats);
+        let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
+        report.owners = attribution.resolve(&inodes, &[]);
+        for listener in &self.listeners {
             builder.count_state(TcpState::Listen);
             let (owner, pid) = attribution.owner_of(listener.inode);
-            listener_owner
+            self.listener_owner
                 .entry(listener.local_port)
                 .or_insert((owner, pid));
             let key = ListenerKey {
@@ -286,90 +266,50 @@ impl Sampler {
             };
             builder.add_listener(key, listener);
         }
-        self.listeners = listeners;
+        Ok(())
+    }
 
-        // Everything else, in one walk.
-        self.ephemeral = ephemeral.clone();
-        let classifier = Classifier {
-            listening: &self.listening,
-            ephemeral,
+    /// Phase 2: every other socket, in one walk.
+    fn read_connections(
+        &mut self,
+        attribution: &mut Attribution,
+        builder: &mut SampleBuilder,
+        report: &mut SampleReport,
+    ) -> Result<AfterDump, DumpError> {
+        self.ephemeral = self.ephemeral_range();
+        let mut sink = ConnectionSink {
+            classifier: Classifier {
+                listening: &self.listening,
+                ephemeral: self.ephemeral.clone(),
+            },
+            listener_owner: &self.listener_owner,
+            detail_mask: self.detail_mask,
+            attribution,
+            tracker: &mut self.tracker,
+            builder,
+            left: AfterDump::default(),
         };
-        let mut pending: Vec<PendingConnection> = Vec::new();
-        let mut new_close_wait: Vec<SocketRecord> = Vec::new();
-        let detail_mask = self.detail_mask;
-        let owners = attribution.owners.as_ref();
-        let tracker = &mut self.tracker;
-        let keys = &mut attribution.keys;
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
             DumpRequest::for_states(all_but_listen, false),
-            &mut |record| {
-                // The listening hash was read by the first dump; a listener created
-                // between the dumps must not be counted twice.
-                if record.state == TcpState::Listen {
-                    return;
-                }
-                builder.count_state(record.state);
-                let is_close_wait = record.state == TcpState::CloseWait;
-                if !detail_mask[record.state.index()] && !is_close_wait {
-                    return;
-                }
-                let (direction, port) = classifier.classify(record.local_port, record.remote_port);
-                let unaccepted = record.unowned()
-                    && classifier.listening.contains(record.local_port)
-                    && matches!(record.state, TcpState::Established | TcpState::CloseWait);
-                let owner = if unaccepted {
-                    listener_owner.get(&record.local_port).map(|(o, _)| *o)
-                } else if record.inode == 0 {
-                    Some(OwnerKey::default()) // orphan
-                } else {
-                    owners
-                        .and_then(|cache| keys.key_of(cache, record.inode))
-                        .map(|(key, _)| key)
-                }
-                .or(owners.is_none().then(OwnerKey::default));
-                if is_close_wait {
-                    let group = AgeGroup {
-                        direction,
-                        port: PortLabel::Port(port),
-                        owner: owner.unwrap_or_default(),
-                    };
-                    if tracker.sight(record.cookie, record.inode, group) {
-                        new_close_wait.push(*record);
-                    }
-                }
-                if !detail_mask[record.state.index()] {
-                    return;
-                }
-                let key = GroupKey {
-                    state: record.state,
-                    direction,
-                    port: PortLabel::Port(port),
-                    owner: owner.unwrap_or_default(),
-                };
-                let facts = ConnectionFacts::of(record, unaccepted);
-                match owner {
-                    Some(_) => builder.add_connection(key, facts),
-                    None => pending.push(PendingConnection {
-                        key,
-                        facts,
-                        inode: record.inode,
-                    }),
-                }
-            },
+            &mut |record| sink.take(record),
         )?;
-        accumulate(&mut report.dump, stats);
+        report.dump.add(stats);
+        Ok(sink.left)
+    }
 
-        // Attribution of what the cache did not know, likely owners first.
+    /// Phase 3: owners the cache did not know, looked for in likely processes first.
+    fn attribute_pending(
+        &self,
+        attribution: &mut Attribution,
+        pending: Vec<PendingConnection>,
+        builder: &mut SampleBuilder,
+        report: &mut SampleReport,
+    ) {
         report.pending = pending.len();
-        if let (Some(owners), false) = (&mut attribution.owners, pending.is_empty()) {
-            let wanted: HashSet<u32> = pending.iter().map(|p| p.inode).collect();
-            let likely: Vec<u32> = likely_owner_pids(&pending, &listener_owner);
-            let stats = owners.resolve(&wanted, &likely);
-            report.owners.fds_read += stats.fds_read;
-            report.owners.processes_listed += stats.processes_listed;
-            report.owners.unresolved += stats.unresolved;
-        }
+        let wanted: HashSet<u32> = pending.iter().map(|p| p.inode).collect();
+        let likely = likely_owner_pids(&pending, &self.listener_owner);
+        report.owners.add(attribution.resolve(&wanted, &likely));
         for connection in pending {
             let (owner, _) = attribution.owner_of(connection.inode);
             let key = GroupKey {
@@ -378,30 +318,37 @@ impl Sampler {
             };
             builder.add_connection(key, connection.facts);
         }
+    }
 
-        // Ages: owners of tracked sockets, entry times of new ones.
-        if let Some(owners) = &attribution.owners {
-            let keys = &mut attribution.keys;
-            self.tracker.assign_owners(|inode, group| {
-                if inode == 0 || group.owner != OwnerKey::default() {
-                    return group;
-                }
-                match keys.key_of(owners, inode) {
-                    Some((owner, _)) => AgeGroup { owner, ..group },
-                    None => group,
-                }
-            });
-        }
-        self.refine_entry_times(&new_close_wait)?;
+    /// Phase 4: owners of tracked CLOSE_WAIT sockets resolved after the dump, and entry
+    /// times of the new ones.
+    fn date_close_waits(
+        &mut self,
+        attribution: &mut Attribution,
+        new_close_wait: &[SocketRecord],
+    ) -> Result<(), DumpError> {
+        self.tracker.assign_owners(|inode, group| {
+            if inode == 0 || group.owner != OwnerKey::default() {
+                return group;
+            }
+            match attribution.cached_owner(inode) {
+                Some((owner, _)) => AgeGroup { owner, ..group },
+                None => group,
+            }
+        });
+        self.refine_entry_times(new_close_wait)
+    }
 
-        self.listener_owner = listener_owner;
+    /// The sample: the folded aggregate, the tracker's ages, the namespace's settings.
+    fn assemble(&mut self, builder: SampleBuilder, attribution: &Attribution) -> Sample {
         let ages = self.tracker.finish();
-        let mut sample = builder.finish(self.max_groups, attribution.keys.names.names.clone());
-        sample.ages = fold_ages(ages, &sample);
-        sample.close_wait_tracked = self.tracker.tracked() as u64;
-        sample.tcp_settings = sysctl::tcp_settings();
-        sample.listen_counters = sysctl::listen_counters().ok();
-        Ok((sample, report))
+        let context = SampleContext {
+            processes: attribution.process_names(),
+            close_wait_tracked: self.tracker.tracked() as u64,
+            tcp_settings: sysctl::tcp_settings(),
+            listen_counters: sysctl::listen_counters().ok(),
+        };
+        Sample::assemble(builder.finish(self.max_groups), ages, context)
     }
 
     /// Entry time of newly seen CLOSE_WAIT sockets from tcp_info's last_ack_recv.
@@ -421,7 +368,8 @@ impl Sampler {
         }
         let new: HashSet<u64> = new_close_wait.iter().map(|r| r.cookie).collect();
         let tracker = &mut self.tracker;
-        let stats = self.socket.dump(
+        // Its duplicates were counted by the walk that found these sockets.
+        self.socket.dump(
             DumpRequest::for_states([TcpState::CloseWait], true),
             &mut |record| {
                 if let (true, Some(info)) = (new.contains(&record.cookie), record.tcp_info) {
@@ -429,7 +377,6 @@ impl Sampler {
                 }
             },
         )?;
-        let _ = stats;
         Ok(())
     }
 
@@ -465,38 +412,6 @@ fn likely_owner_pids(
     pids.sort_unstable();
     pids.dedup();
     pids
-}
-
-/// Ages of groups that were folded in the sample go to `port="other"` too, so the
-/// oldest-age series never outnumber the connection series.
-fn fold_ages(mut ages: AgesReport, sample: &Sample) -> AgesReport {
-    let kept: HashSet<(Direction, PortLabel, OwnerKey)> = sample
-        .groups
-        .iter()
-        .filter(|(key, _)| key.state == TcpState::CloseWait)
-        .map(|(key, _)| (key.direction, key.port, key.owner))
-        .collect();
-    let mut folded: HashMap<AgeGroup, f64> = HashMap::new();
-    for (group, age) in ages.oldest {
-        let group = if kept.contains(&(group.direction, group.port, group.owner)) {
-            group
-        } else {
-            AgeGroup {
-                port: PortLabel::Other,
-                ..group
-            }
-        };
-        let slot = folded.entry(group).or_insert(age);
-        *slot = slot.max(age);
-    }
-    ages.oldest = folded.into_iter().collect();
-    ages.oldest.sort_by_key(|o| o.0);
-    ages
-}
-
-fn accumulate(total: &mut DumpStats, stats: DumpStats) {
-    total.duplicates += stats.duplicates;
-    total.unknown_states += stats.unknown_states;
 }
 
 fn unix_now() -> f64 {

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use tcpstate_exporter::config::Settings;
-use tcpstate_exporter::sampling::sampler::{Attribution, SampleReport, Sampler};
+use tcpstate_exporter::sampling::attribution::Attribution;
+use tcpstate_exporter::sampling::sampler::{SampleReport, Sampler};
 
 use crate::Options;
 use crate::daemon::{DaemonFigures, WrkFigures};
