@@ -3,16 +3,18 @@
 //! Precedence: flag, then file, then built-in default. Every error is one line that names
 //! the file, the line and the key (or the flag), so `check-config` output can be acted on.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 pub mod cli;
+mod file;
+mod values;
 
 use crate::kernel::record::TcpState;
 use cli::Flags;
+use file::{FileConfig, parse_file};
+use values::*;
 
 pub const DEFAULT_PORT: u16 = 9815;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -102,6 +104,39 @@ impl Settings {
             || self.namespaces_include.iter().any(|p| p.matches(label)))
             && !self.namespaces_exclude.iter().any(|p| p.matches(label))
     }
+
+    /// The keys whose change in `new` a reload cannot apply (they take effect only on
+    /// restart): the listener, and the state the sampler thread built at start.
+    pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+        let changed = [
+            (
+                "web.listen_address",
+                self.listen_address != new.listen_address,
+            ),
+            (
+                "process.attribution",
+                self.process_attribution != new.process_attribution,
+            ),
+            ("process.pid_label", self.pid_label != new.pid_label),
+            (
+                "close_wait.duration_buckets",
+                self.duration_buckets != new.duration_buckets,
+            ),
+            (
+                "close_wait.max_tracked_sockets",
+                self.max_tracked_sockets != new.max_tracked_sockets,
+            ),
+            ("events", self.events != new.events),
+            (
+                "events_ring_bytes",
+                self.events_ring_bytes != new.events_ring_bytes,
+            ),
+        ];
+        changed
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
+    }
 }
 
 impl Default for Settings {
@@ -130,69 +165,6 @@ impl Default for Settings {
     }
 }
 
-/// The file's schema. Unknown keys are errors: a typo must not silently fall back to a
-/// default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    /// "own" or "all".
-    namespaces: Option<String>,
-    namespaces_include: Option<Vec<String>>,
-    namespaces_exclude: Option<Vec<String>>,
-    pods_log_dir: Option<PathBuf>,
-    containers_log_dir: Option<PathBuf>,
-    /// "auto", "on" or "off".
-    events: Option<String>,
-    events_ring_bytes: Option<u32>,
-    #[serde(default)]
-    web: WebSection,
-    #[serde(default)]
-    sample: SampleSection,
-    #[serde(default)]
-    log: LogSection,
-    #[serde(default)]
-    process: ProcessSection,
-    #[serde(default)]
-    close_wait: CloseWaitSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WebSection {
-    listen_address: Option<String>,
-    telemetry_path: Option<String>,
-    config_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SampleSection {
-    interval: Option<String>,
-    detail_states: Option<Vec<String>>,
-    max_groups: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogSection {
-    level: Option<String>,
-    format: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProcessSection {
-    attribution: Option<bool>,
-    pid_label: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CloseWaitSection {
-    duration_buckets: Option<Vec<f64>>,
-    max_tracked_sockets: Option<usize>,
-}
-
 /// Reads the file named by `--config.file` (if any) and merges the flags over it.
 pub fn load(flags: &Flags) -> Result<Settings, ConfigError> {
     let file = match &flags.config_file {
@@ -212,166 +184,77 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
     build(parse_file(text, path)?, &Flags::default())
 }
 
-fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| {
-        let location = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                let content = text.lines().nth(line - 1).unwrap_or("").trim();
-                format!(" line {line} (`{content}`)")
-            })
-            .unwrap_or_default();
-        ConfigError(format!(
-            "config file {}:{location}: {}",
-            path.display(),
-            e.message().trim().replace('\n', " ")
-        ))
-    })?;
-    // Semantic errors below name the key; point at its line too.
-    let located = |key: &str, message: String| {
-        let line = find_key_line(text, key)
-            .map(|n| format!(" line {n}"))
-            .unwrap_or_default();
-        ConfigError(format!(
-            "config file {}:{line}: {key}: {message}",
-            path.display()
-        ))
-    };
-    validate_file(&file).map_err(|(key, message)| located(key, message))?;
-    Ok(file)
-}
-
-/// Line number of `key = ...` (the last dotted part), for messages about a key's value.
-fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    let leaf = key.rsplit('.').next().unwrap_or(key);
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start();
-            line.strip_prefix(leaf)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|index| index + 1)
-}
-
-/// Checks the file's values on their own, so errors can name key and line.
-fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
-    if let Some(v) = &file.events {
-        parse_events_mode(v).map_err(|e| ("events", e))?;
-    }
-    if let Some(v) = file.events_ring_bytes {
-        check_ring_bytes(v).map_err(|e| ("events_ring_bytes", e))?;
-    }
-    if let Some(v) = &file.namespaces {
-        parse_namespace_mode(v).map_err(|e| ("namespaces", e))?;
-    }
-    if let Some(v) = &file.namespaces_include {
-        parse_patterns(v).map_err(|e| ("namespaces_include", e))?;
-    }
-    if let Some(v) = &file.namespaces_exclude {
-        parse_patterns(v).map_err(|e| ("namespaces_exclude", e))?;
-    }
-    if let Some(v) = &file.web.listen_address {
-        parse_listen_address(v).map_err(|e| ("web.listen_address", e))?;
-    }
-    if let Some(v) = &file.web.telemetry_path {
-        check_telemetry_path(v).map_err(|e| ("web.telemetry_path", e))?;
-    }
-    if let Some(v) = &file.sample.interval {
-        parse_interval(v).map_err(|e| ("sample.interval", e))?;
-    }
-    if let Some(v) = &file.sample.detail_states {
-        parse_states(v).map_err(|e| ("sample.detail_states", e))?;
-    }
-    if let Some(v) = file.sample.max_groups {
-        check_max_groups(v).map_err(|e| ("sample.max_groups", e))?;
-    }
-    if let Some(v) = &file.log.level {
-        parse_level(v).map_err(|e| ("log.level", e))?;
-    }
-    if let Some(v) = &file.log.format {
-        parse_format(v).map_err(|e| ("log.format", e))?;
-    }
-    if let Some(v) = &file.close_wait.duration_buckets {
-        check_buckets(v).map_err(|e| ("close_wait.duration_buckets", e))?;
-    }
-    Ok(())
-}
-
+/// Merges flags over the file over the defaults. File values were validated in
+/// `parse_file`; flags are validated here, and an error names the flag.
 fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
     let defaults = Settings::default();
-    let flag_error = |flag: &str, message: String| ConfigError(format!("flag --{flag}: {message}"));
-    // File values were validated in `parse_file`; flags are validated here.
-    let listen_address = match (&flags.listen_address, &file.web.listen_address) {
-        (Some(v), _) => parse_listen_address(v).map_err(|e| flag_error("web.listen-address", e))?,
-        (None, Some(v)) => parse_listen_address(v).map_err(ConfigError)?,
-        (None, None) => defaults.listen_address,
-    };
-    let telemetry_path = match (&flags.telemetry_path, file.web.telemetry_path) {
-        (Some(v), _) => {
-            check_telemetry_path(v).map_err(|e| flag_error("web.telemetry-path", e))?;
-            v.clone()
-        }
-        (None, Some(v)) => v,
-        (None, None) => defaults.telemetry_path,
-    };
-    let sample_interval = match (&flags.sample_interval, &file.sample.interval) {
-        (Some(v), _) => parse_interval(v).map_err(|e| flag_error("sample.interval", e))?,
-        (None, Some(v)) => parse_interval(v).map_err(ConfigError)?,
-        (None, None) => defaults.sample_interval,
-    };
-    let log_level = match (&flags.log_level, &file.log.level) {
-        (Some(v), _) => parse_level(v).map_err(|e| flag_error("log.level", e))?,
-        (None, Some(v)) => parse_level(v).map_err(ConfigError)?,
-        (None, None) => defaults.log_level,
-    };
-    let log_format = match (&flags.log_format, &file.log.format) {
-        (Some(v), _) => parse_format(v).map_err(|e| flag_error("log.format", e))?,
-        (None, Some(v)) => parse_format(v).map_err(ConfigError)?,
-        (None, None) => defaults.log_format,
-    };
-    let detail_states = match &file.sample.detail_states {
-        Some(v) => parse_states(v).map_err(ConfigError)?,
-        None => defaults.detail_states,
-    };
-    let namespaces = match &file.namespaces {
-        Some(v) => parse_namespace_mode(v).map_err(ConfigError)?,
-        None => defaults.namespaces,
-    };
-    let namespaces_include = match &file.namespaces_include {
-        Some(v) => parse_patterns(v).map_err(ConfigError)?,
-        None => Vec::new(),
-    };
-    let namespaces_exclude = match &file.namespaces_exclude {
-        Some(v) => parse_patterns(v).map_err(ConfigError)?,
-        None => Vec::new(),
-    };
-    let events = match &file.events {
-        Some(v) => parse_events_mode(v).map_err(ConfigError)?,
-        None => defaults.events,
-    };
+    let listen_address = layered(
+        ("web.listen-address", &flags.listen_address),
+        &file.web.listen_address,
+        parse_listen_address,
+    )?;
+    let telemetry_path = layered(
+        ("web.telemetry-path", &flags.telemetry_path),
+        &file.web.telemetry_path,
+        |v| check_telemetry_path(v).map(|()| v.to_string()),
+    )?;
+    let sample_interval = layered(
+        ("sample.interval", &flags.sample_interval),
+        &file.sample.interval,
+        parse_interval,
+    )?;
+    let log_level = layered(
+        ("log.level", &flags.log_level),
+        &file.log.level,
+        parse_level,
+    )?;
+    let log_format = layered(
+        ("log.format", &flags.log_format),
+        &file.log.format,
+        parse_format,
+    )?;
+    let web_config_file = flags
+        .web_config_file
+        .clone()
+        .or(file.web.config_file.clone())
+        .filter(|p| !p.as_os_str().is_empty());
+    let from_file = from_file(file, Settings::default())?;
     Ok(Settings {
-        events,
-        events_ring_bytes: file.events_ring_bytes.unwrap_or(defaults.events_ring_bytes),
-        namespaces,
-        namespaces_include,
-        namespaces_exclude,
+        listen_address: listen_address.unwrap_or(defaults.listen_address),
+        telemetry_path: telemetry_path.unwrap_or(defaults.telemetry_path),
+        web_config_file,
+        sample_interval: sample_interval.unwrap_or(defaults.sample_interval),
+        log_level: log_level.unwrap_or(defaults.log_level),
+        log_format: log_format.unwrap_or(defaults.log_format),
+        ..from_file
+    })
+}
+
+/// The settings only the file sets (flags are layered over these by `build`).
+fn from_file(file: FileConfig, defaults: Settings) -> Result<Settings, ConfigError> {
+    Ok(Settings {
+        detail_states: match &file.sample.detail_states {
+            Some(v) => parse_states(v).map_err(ConfigError)?,
+            None => defaults.detail_states,
+        },
+        max_groups: file.sample.max_groups.unwrap_or(defaults.max_groups),
+        namespaces: match &file.namespaces {
+            Some(v) => parse_namespace_mode(v).map_err(ConfigError)?,
+            None => defaults.namespaces,
+        },
+        namespaces_include: parse_patterns(file.namespaces_include.as_deref().unwrap_or_default())
+            .map_err(ConfigError)?,
+        namespaces_exclude: parse_patterns(file.namespaces_exclude.as_deref().unwrap_or_default())
+            .map_err(ConfigError)?,
         pods_log_dir: file.pods_log_dir.unwrap_or(defaults.pods_log_dir),
         containers_log_dir: file
             .containers_log_dir
             .unwrap_or(defaults.containers_log_dir),
-        listen_address,
-        telemetry_path,
-        web_config_file: flags
-            .web_config_file
-            .clone()
-            .or(file.web.config_file)
-            .filter(|p| !p.as_os_str().is_empty()),
-        sample_interval,
-        log_level,
-        log_format,
-        detail_states,
-        max_groups: file.sample.max_groups.unwrap_or(defaults.max_groups),
+        events: match &file.events {
+            Some(v) => parse_events_mode(v).map_err(ConfigError)?,
+            None => defaults.events,
+        },
+        events_ring_bytes: file.events_ring_bytes.unwrap_or(defaults.events_ring_bytes),
         process_attribution: file
             .process
             .attribution
@@ -385,142 +268,24 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
             .close_wait
             .max_tracked_sockets
             .unwrap_or(defaults.max_tracked_sockets),
+        ..defaults
     })
 }
 
-fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
-    let invalid = |why: &str| format!("invalid listen address {text:?}: {why}");
-    if let Some(port) = text.strip_prefix(':') {
-        return port
-            .parse()
-            .map(ListenAddress::AnyHost)
-            .map_err(|_| invalid("port must be a number from 0 to 65535"));
+/// A value set by a flag (which wins, and names itself in an error) or by the file;
+/// `None` when neither sets it.
+fn layered<T>(
+    (flag_name, flag): (&str, &Option<String>),
+    file: &Option<String>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    match (flag, file) {
+        (Some(v), _) => parse(v)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("flag --{flag_name}: {e}"))),
+        (None, Some(v)) => parse(v).map(Some).map_err(ConfigError),
+        (None, None) => Ok(None),
     }
-    if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok(ListenAddress::Exact(address));
-    }
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("expected HOST:PORT or :PORT"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid("port must be a number from 0 to 65535"))?;
-    if host.is_empty() || host.contains(':') {
-        return Err(invalid("expected HOST:PORT, [IPv6]:PORT or :PORT"));
-    }
-    (host, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addresses| addresses.next())
-        .map(ListenAddress::Exact)
-        .ok_or_else(|| invalid("host does not resolve"))
-}
-
-fn parse_events_mode(text: &str) -> Result<EventsMode, String> {
-    match text {
-        "auto" => Ok(EventsMode::Auto),
-        "on" => Ok(EventsMode::On),
-        "off" => Ok(EventsMode::Off),
-        _ => Err(format!("invalid value {text:?} (one of: auto, on, off)")),
-    }
-}
-
-fn check_ring_bytes(bytes: u32) -> Result<(), String> {
-    if bytes.is_power_of_two() && bytes >= 4096 {
-        Ok(())
-    } else {
-        Err(format!("{bytes} is not a power of two of at least 4096"))
-    }
-}
-
-fn parse_namespace_mode(text: &str) -> Result<NamespaceMode, String> {
-    match text {
-        "own" => Ok(NamespaceMode::Own),
-        "all" => Ok(NamespaceMode::All),
-        _ => Err(format!("invalid value {text:?} (one of: own, all)")),
-    }
-}
-
-fn parse_patterns(patterns: &[String]) -> Result<Vec<glob::Pattern>, String> {
-    patterns
-        .iter()
-        .map(|p| glob::Pattern::new(p).map_err(|e| format!("invalid pattern {p:?}: {e}")))
-        .collect()
-}
-
-fn check_telemetry_path(path: &str) -> Result<(), String> {
-    if path.starts_with('/') && path.len() > 1 && !path.contains(char::is_whitespace) {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid telemetry path {path:?}: must start with / and not be / itself"
-        ))
-    }
-}
-
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 15s, 1m, 500ms)"))?;
-    if interval < Duration::from_millis(100) {
-        return Err(format!("interval {text:?} is below the 100ms minimum"));
-    }
-    Ok(interval)
-}
-
-fn parse_states(names: &[String]) -> Result<Vec<TcpState>, String> {
-    let mut states = Vec::new();
-    for name in names {
-        let state = TcpState::parse(name).ok_or_else(|| {
-            let known: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown state {name:?} (known: {})", known.join(", "))
-        })?;
-        if state == TcpState::Listen {
-            return Err(
-                "listen is not a connection state; listeners have their own metrics".into(),
-            );
-        }
-        if !states.contains(&state) {
-            states.push(state);
-        }
-    }
-    Ok(states)
-}
-
-fn check_max_groups(value: usize) -> Result<(), String> {
-    if value == 0 {
-        Err("must be at least 1".into())
-    } else {
-        Ok(())
-    }
-}
-
-fn parse_level(text: &str) -> Result<tracing::Level, String> {
-    text.parse().map_err(|_| {
-        format!("invalid log level {text:?} (one of: error, warn, info, debug, trace)")
-    })
-}
-
-fn parse_format(text: &str) -> Result<LogFormat, String> {
-    match text {
-        "logfmt" => Ok(LogFormat::Logfmt),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(format!(
-            "invalid log format {text:?} (one of: logfmt, json)"
-        )),
-    }
-}
-
-fn check_buckets(buckets: &[f64]) -> Result<(), String> {
-    if buckets.is_empty() {
-        return Err("needs at least one bucket".into());
-    }
-    if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
-        return Err("bucket bounds must be positive, finite seconds".into());
-    }
-    if buckets.windows(2).any(|w| w[0] >= w[1]) {
-        return Err("bucket bounds must be strictly increasing".into());
-    }
-    Ok(())
 }
 
 impl ListenAddress {
@@ -671,6 +436,22 @@ mod tests {
         };
         let error = build(FileConfig::default(), &flags).unwrap_err().0;
         assert!(error.starts_with("flag --web.listen-address:"), "{error}");
+    }
+
+    #[test]
+    fn restart_only_changes_are_named_by_key() {
+        let running = Settings::default();
+        let same = running.clone();
+        assert!(running.restart_only_changes(&same).is_empty());
+        let new = parse_text(
+            "[web]\nlisten_address = \":1\"\n[process]\npid_label = true\n[sample]\ninterval = \"1s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            running.restart_only_changes(&new),
+            vec!["web.listen_address", "process.pid_label"],
+            "the interval applies on reload"
+        );
     }
 
     #[test]

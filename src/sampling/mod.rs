@@ -4,4 +4,5 @@
 pub mod attribution;
 pub mod event_feed;
 pub mod namespace_set;
+pub mod sample_loop;
 pub mod sampler;

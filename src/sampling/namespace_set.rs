@@ -314,7 +314,7 @@ mod tests {
             let own = set.members.values_mut().next().expect("own namespace");
             own.sampler.inject_failure(error);
             let failed = set.sample_round(&mut attribution);
-            assert_eq!(failed.errors.len(), 1, "{reason}");
+            assert_eq!(failed.errors.len(), 1, "{}", reason.name());
             assert_eq!(failed.errors[0].reason(), reason);
             assert_eq!(failed.sampled, 0);
             assert_eq!(

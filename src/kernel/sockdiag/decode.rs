@@ -1,93 +1,26 @@
-//! The netlink edge: dumps the TCP table of the calling thread's network namespace
-//! through sock_diag and decodes each socket into a `SocketRecord`.
-//!
-//! Why a blocking `netlink-sys` socket read on the sampler's own thread, not netlink-proto:
-//! see Cargo.toml. Records are handed to a callback straight from the receive buffer, so a
-//! dump never holds the table in memory and decoding allocates nothing per socket.
-//!
-//! One walk for both families: the legacy `TCPDIAG_GETSOCK` request accepts `AF_UNSPEC`
-//! and returns IPv4 and IPv6 sockets from a single pass over the kernel's hash tables,
-//! where two `SOCK_DIAG_BY_FAMILY` requests would walk the shared established hash twice.
-//! Kernels built without the compat path get the two-request fallback.
+//! Decoding: netlink messages of one read into `SocketRecord`s, straight from the receive
+//! buffer, with the de-duplication a non-atomic dump needs.
 
 use std::io;
-use std::net::IpAddr;
 
 use netlink_packet_core::{NetlinkBuffer, NlasIterator, Parseable};
 use netlink_packet_sock_diag::inet::InetResponseHeader;
 use netlink_packet_sock_diag::inet::Timer;
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::kernel::record::{SocketRecord, TcpInfoExcerpt, TcpState};
+use crate::kernel::sockdiag::error::DumpError;
+use crate::kernel::sockdiag::request::INET_DIAG_INFO;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_DUMP_INTR: u16 = 0x10;
-/// Legacy request type of the inet_diag compat path (linux/inet_diag.h).
-const TCPDIAG_GETSOCK: u16 = 18;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const INET_DIAG_INFO: u16 = 2;
-const IPPROTO_TCP: u8 = 6;
 /// `struct inet_diag_msg` without attributes.
 const INET_DIAG_MSG_LEN: usize = 72;
 /// Offsets into `struct tcp_info` of the fields we read (linux/tcp.h, stable ABI).
 const TCP_INFO_LAST_DATA_RECV: usize = 52;
 const TCP_INFO_LAST_ACK_RECV: usize = 56;
-/// The kernel fills at most 32 KiB per dump read (netlink_recvmsg caps max_recvmsg_len);
-/// a larger buffer only wastes memory, a smaller one costs more syscalls.
-const RECV_BUFFER_LEN: usize = 64 * 1024;
 /// How many cookies of the previous read are kept for de-duplication (see `Deduper`).
 const DEDUP_WINDOW: usize = 64;
-
-/// Why a dump failed; each maps to a `reason` label of `tcpstate_sample_errors_total`.
-#[derive(Debug, thiserror::Error)]
-pub enum DumpError {
-    #[error("netlink socket: {0}")]
-    Io(#[from] io::Error),
-    #[error("kernel refused the sock_diag request: {0}")]
-    Kernel(io::Error),
-    #[error("malformed sock_diag message: {0}")]
-    Decode(String),
-    #[error("the kernel marked the dump interrupted (NLM_F_DUMP_INTR)")]
-    Interrupted,
-    #[error("netlink receive buffer overrun (ENOBUFS)")]
-    Overrun,
-}
-
-impl DumpError {
-    /// Stable, bounded label value for the error counter.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            DumpError::Io(_) => "netlink_io",
-            DumpError::Kernel(_) => "netlink_refused",
-            DumpError::Decode(_) => "decode",
-            DumpError::Interrupted => "dump_interrupted",
-            DumpError::Overrun => "enobufs",
-        }
-    }
-}
-
-/// What to ask the kernel for.
-#[derive(Clone, Copy, Debug)]
-pub struct DumpRequest {
-    /// Bitmask of `TcpState::kernel_mask` values.
-    pub states: u32,
-    /// Ask for `tcp_info` (INET_DIAG_INFO) with every socket: costly (the kernel locks
-    /// each socket to fill it), so only for the states that need it.
-    pub with_tcp_info: bool,
-}
-
-impl DumpRequest {
-    pub fn for_states(states: impl IntoIterator<Item = TcpState>, with_tcp_info: bool) -> Self {
-        let states = states.into_iter().fold(0, |mask, s| mask | s.kernel_mask());
-        DumpRequest {
-            states,
-            with_tcp_info,
-        }
-    }
-}
 
 /// Counts of what a dump passed over without failing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,168 +38,14 @@ impl DumpStats {
     }
 }
 
-/// A sock_diag netlink socket bound to the network namespace of the thread that opened it.
-pub struct DiagSocket {
-    socket: Socket,
-    buffer: Vec<u8>,
-    sequence: u32,
-    /// Cleared when the kernel refuses the legacy AF_UNSPEC request.
-    legacy_supported: bool,
-    /// A failure the next dump reports, for tests of what a real kernel cannot be
-    /// made to do on demand (ENOBUFS, an interrupted dump).
-    #[cfg(test)]
-    pub(crate) inject: Option<DumpError>,
-}
-
-impl DiagSocket {
-    pub fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(DiagSocket {
-            socket,
-            buffer: vec![0; RECV_BUFFER_LEN],
-            sequence: 0,
-            legacy_supported: true,
-            #[cfg(test)]
-            inject: None,
-        })
-    }
-
-    /// Dumps IPv4 and IPv6 TCP sockets matching `request`, calling `on_record` for each.
-    pub fn dump(
-        &mut self,
-        request: DumpRequest,
-        on_record: &mut dyn FnMut(&SocketRecord),
-    ) -> Result<DumpStats, DumpError> {
-        #[cfg(test)]
-        if let Some(error) = self.inject.take() {
-            return Err(error);
-        }
-        let mut stats = DumpStats::default();
-        if self.legacy_supported {
-            let message = legacy_request(request);
-            match self.run_dump(TCPDIAG_GETSOCK, &message, &mut stats, on_record) {
-                Ok(()) => return Ok(stats),
-                Err(DumpError::Kernel(e)) if is_unsupported(&e) => {
-                    tracing::info!(
-                        error = %e,
-                        "legacy AF_UNSPEC inet_diag request refused; using one dump per family"
-                    );
-                    self.legacy_supported = false;
-                    stats = DumpStats::default();
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let message = by_family_request(family, request, None);
-            self.run_dump(SOCK_DIAG_BY_FAMILY, &message, &mut stats, on_record)?;
-        }
-        Ok(stats)
-    }
-
-    /// Looks up one socket by its identity (addresses, ports and cookie), with
-    /// `tcp_info`. `Ok(None)` when it is gone.
-    pub fn lookup_with_info(
-        &mut self,
-        record: &SocketRecord,
-    ) -> Result<Option<SocketRecord>, DumpError> {
-        let family = match record.local_addr {
-            IpAddr::V4(_) => libc::AF_INET as u8,
-            IpAddr::V6(_) => libc::AF_INET6 as u8,
-        };
-        let request = DumpRequest {
-            states: u32::MAX,
-            with_tcp_info: true,
-        };
-        let message = by_family_request(family, request, Some(record));
-        let mut found = None;
-        let mut stats = DumpStats::default();
-        let result = self.run_exchange(SOCK_DIAG_BY_FAMILY, 0, &message, &mut stats, &mut |r| {
-            found = Some(*r)
-        });
-        match result {
-            Ok(()) => Ok(found),
-            // ENOENT: the socket closed since the dump saw it.
-            Err(DumpError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn run_dump(
-        &mut self,
-        message_type: u16,
-        payload: &[u8],
-        stats: &mut DumpStats,
-        on_record: &mut dyn FnMut(&SocketRecord),
-    ) -> Result<(), DumpError> {
-        self.run_exchange(message_type, NLM_F_DUMP, payload, stats, on_record)
-    }
-
-    /// Sends one request and reads replies until DONE (dump) or the single answer.
-    fn run_exchange(
-        &mut self,
-        message_type: u16,
-        extra_flags: u16,
-        payload: &[u8],
-        stats: &mut DumpStats,
-        on_record: &mut dyn FnMut(&SocketRecord),
-    ) -> Result<(), DumpError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        let header = netlink_header(
-            payload.len(),
-            message_type,
-            NLM_F_REQUEST | extra_flags,
-            sequence,
-        );
-        let mut request = Vec::with_capacity(header.len() + payload.len());
-        request.extend_from_slice(&header);
-        request.extend_from_slice(payload);
-        self.socket.send(&request, 0)?;
-
-        let is_dump = extra_flags & NLM_F_DUMP != 0;
-        let mut deduper = Deduper::default();
-        loop {
-            let received = match self.socket.recv(&mut &mut self.buffer[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(DumpError::Overrun);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DumpError::Io(e)),
-            };
-            deduper.start_read();
-            let outcome = decode_read(
-                &self.buffer[..received],
-                sequence,
-                &mut deduper,
-                stats,
-                on_record,
-            )?;
-            if outcome == ReadOutcome::Done || !is_dump {
-                return Ok(());
-            }
-        }
-    }
-}
-
-fn is_unsupported(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)
-    )
-}
-
 #[derive(Debug, PartialEq, Eq)]
-enum ReadOutcome {
+pub(super) enum ReadOutcome {
     More,
     Done,
 }
 
 /// Decodes one `recv` worth of netlink messages.
-fn decode_read(
+pub(super) fn decode_read(
     data: &[u8],
     sequence: u32,
     deduper: &mut Deduper,
@@ -377,7 +156,7 @@ fn decode_tcp_info(value: &[u8]) -> Result<TcpInfoExcerpt, DumpError> {
 /// cookies suffices and memory stays flat whatever the table size. A chain longer than
 /// the window (never seen: the kernel sizes the hash to the socket count) could let one
 /// through.
-struct Deduper {
+pub(super) struct Deduper {
     /// The last `DEDUP_WINDOW` cookies of the previous read and of this one (rings).
     previous: [u64; DEDUP_WINDOW],
     current: [u64; DEDUP_WINDOW],
@@ -397,7 +176,7 @@ impl Default for Deduper {
 }
 
 impl Deduper {
-    fn start_read(&mut self) {
+    pub(super) fn start_read(&mut self) {
         std::mem::swap(&mut self.previous, &mut self.current);
         self.previous_len = self.position_in_read.min(DEDUP_WINDOW);
         self.position_in_read = 0;
@@ -415,67 +194,12 @@ fn align4(length: usize) -> usize {
     (length.max(16) + 3) & !3
 }
 
-fn netlink_header(payload_len: usize, message_type: u16, flags: u16, sequence: u32) -> [u8; 16] {
-    let mut header = [0u8; 16];
-    let length = (16 + payload_len) as u32;
-    header[0..4].copy_from_slice(&length.to_ne_bytes());
-    header[4..6].copy_from_slice(&message_type.to_ne_bytes());
-    header[6..8].copy_from_slice(&flags.to_ne_bytes());
-    header[8..12].copy_from_slice(&sequence.to_ne_bytes());
-    header
-}
-
-fn extensions(request: DumpRequest) -> u8 {
-    if request.with_tcp_info {
-        1 << (INET_DIAG_INFO - 1)
-    } else {
-        0
-    }
-}
-
-/// `struct inet_diag_req` (legacy): family, src_len, dst_len, ext, id, states, dbs.
-fn legacy_request(request: DumpRequest) -> Vec<u8> {
-    let mut message = vec![0u8; 60];
-    message[0] = libc::AF_UNSPEC as u8;
-    message[3] = extensions(request);
-    // bytes 4..52: inet_diag_sockid, all zero (no filter); cookie "no cookie" = ~0.
-    message[44..52].copy_from_slice(&[0xff; 8]);
-    message[52..56].copy_from_slice(&request.states.to_ne_bytes());
-    message
-}
-
-/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, id. With `exact`, the
-/// id names one socket (addresses, ports, cookie) for a non-dump lookup.
-fn by_family_request(family: u8, request: DumpRequest, exact: Option<&SocketRecord>) -> Vec<u8> {
-    let mut message = vec![0u8; 56];
-    message[0] = family;
-    message[1] = IPPROTO_TCP;
-    message[2] = extensions(request);
-    message[4..8].copy_from_slice(&request.states.to_ne_bytes());
-    let id = &mut message[8..56];
-    match exact {
-        None => id[40..48].copy_from_slice(&[0xff; 8]),
-        Some(record) => {
-            id[0..2].copy_from_slice(&record.local_port.to_be_bytes());
-            id[2..4].copy_from_slice(&record.remote_port.to_be_bytes());
-            write_address(&mut id[4..20], record.local_addr);
-            write_address(&mut id[20..36], record.remote_addr);
-            id[40..48].copy_from_slice(&record.cookie.to_ne_bytes());
-        }
-    }
-    message
-}
-
-fn write_address(target: &mut [u8], address: IpAddr) {
-    match address {
-        IpAddr::V4(v4) => target[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => target.copy_from_slice(&v6.octets()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
+    use crate::kernel::sockdiag::request::netlink_header;
 
     /// Builds an inet_diag_msg as the kernel lays it out.
     fn diag_message(state: u8, local_port: u16, recv_queue: u32, cookie: u64) -> Vec<u8> {

@@ -1,0 +1,143 @@
+//! One parser per kind of value, shared by the file and the flags: each error says what
+//! is wrong with the value, and the caller adds where it came from.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::config::{EventsMode, ListenAddress, LogFormat, NamespaceMode};
+use crate::kernel::record::TcpState;
+
+pub(super) fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
+    let invalid = |why: &str| format!("invalid listen address {text:?}: {why}");
+    if let Some(port) = text.strip_prefix(':') {
+        return port
+            .parse()
+            .map(ListenAddress::AnyHost)
+            .map_err(|_| invalid("port must be a number from 0 to 65535"));
+    }
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(ListenAddress::Exact(address));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected HOST:PORT or :PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("port must be a number from 0 to 65535"))?;
+    if host.is_empty() || host.contains(':') {
+        return Err(invalid("expected HOST:PORT, [IPv6]:PORT or :PORT"));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .map(ListenAddress::Exact)
+        .ok_or_else(|| invalid("host does not resolve"))
+}
+
+pub(super) fn parse_events_mode(text: &str) -> Result<EventsMode, String> {
+    match text {
+        "auto" => Ok(EventsMode::Auto),
+        "on" => Ok(EventsMode::On),
+        "off" => Ok(EventsMode::Off),
+        _ => Err(format!("invalid value {text:?} (one of: auto, on, off)")),
+    }
+}
+
+pub(super) fn check_ring_bytes(bytes: u32) -> Result<(), String> {
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(())
+    } else {
+        Err(format!("{bytes} is not a power of two of at least 4096"))
+    }
+}
+
+pub(super) fn parse_namespace_mode(text: &str) -> Result<NamespaceMode, String> {
+    match text {
+        "own" => Ok(NamespaceMode::Own),
+        "all" => Ok(NamespaceMode::All),
+        _ => Err(format!("invalid value {text:?} (one of: own, all)")),
+    }
+}
+
+pub(super) fn parse_patterns(patterns: &[String]) -> Result<Vec<glob::Pattern>, String> {
+    patterns
+        .iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| format!("invalid pattern {p:?}: {e}")))
+        .collect()
+}
+
+pub(super) fn check_telemetry_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') && path.len() > 1 && !path.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid telemetry path {path:?}: must start with / and not be / itself"
+        ))
+    }
+}
+
+pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 15s, 1m, 500ms)"))?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("interval {text:?} is below the 100ms minimum"));
+    }
+    Ok(interval)
+}
+
+pub(super) fn parse_states(names: &[String]) -> Result<Vec<TcpState>, String> {
+    let mut states = Vec::new();
+    for name in names {
+        let state = TcpState::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown state {name:?} (known: {})", known.join(", "))
+        })?;
+        if state == TcpState::Listen {
+            return Err(
+                "listen is not a connection state; listeners have their own metrics".into(),
+            );
+        }
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    Ok(states)
+}
+
+pub(super) fn check_max_groups(value: usize) -> Result<(), String> {
+    if value == 0 {
+        Err("must be at least 1".into())
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) fn parse_level(text: &str) -> Result<tracing::Level, String> {
+    text.parse().map_err(|_| {
+        format!("invalid log level {text:?} (one of: error, warn, info, debug, trace)")
+    })
+}
+
+pub(super) fn parse_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "logfmt" => Ok(LogFormat::Logfmt),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!(
+            "invalid log format {text:?} (one of: logfmt, json)"
+        )),
+    }
+}
+
+pub(super) fn check_buckets(buckets: &[f64]) -> Result<(), String> {
+    if buckets.is_empty() {
+        return Err("needs at least one bucket".into());
+    }
+    if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+        return Err("bucket bounds must be positive, finite seconds".into());
+    }
+    if buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("bucket bounds must be strictly increasing".into());
+    }
+    Ok(())
+}

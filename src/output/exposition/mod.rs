@@ -1,0 +1,267 @@
+//! Exposition: a `Sample` and the exporter's own counters, encoded once per sample into
+//! the Prometheus text format (0.0.4), plus its gzip form, ready to be served as bytes.
+//!
+//! Families are built directly from the sample (no `*Vec` metrics reset and refilled,
+//! which would race a concurrent scrape and cost more). No timestamps are set: the
+//! values are those of the last sample, and `tcpstate_last_sample_timestamp_seconds`
+//! says when it was taken.
+//!
+//! `proto` holds the data-model pieces, `labels` the typed label sets, and one file per
+//! source of families: `sample_families` (a namespace's sample), `self_families` (the
+//! exporter's health).
+
+use std::io::Write;
+
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, TextEncoder};
+
+use crate::model::sample::NamespaceSample;
+
+mod labels;
+mod proto;
+mod sample_families;
+mod self_families;
+
+pub use labels::LabelOptions;
+use labels::{namespace_info, namespace_prefix};
+use proto::FamilySpec;
+pub use sample_families::sample_families;
+pub use self_families::{SelfMetrics, self_families};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The encoded bytes one scrape is served.
+#[derive(Clone, Debug, Default)]
+pub struct Exposition {
+    pub text: Bytes,
+    pub gzip: Bytes,
+}
+
+const NETNS_INFO: FamilySpec = FamilySpec::gauge(
+    "tcpstate_netns_info",
+    "Sampled network namespaces and what is known of them (always 1).",
+);
+
+/// Families of every sampled namespace, merged: with `namespace_labels` each series
+/// carries `netns`, `pod` and `namespace` first, and `tcpstate_netns_info` maps them.
+pub fn namespace_families(samples: &[NamespaceSample], options: LabelOptions) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::new();
+    for namespace in samples {
+        let prefix = if options.namespace_labels {
+            namespace_prefix(&namespace.info)
+        } else {
+            Vec::new()
+        };
+        // Merged by name: a family may be absent from one namespace (an unreadable
+        // sysctl), so positions cannot be trusted.
+        for mut family in sample_families(&namespace.sample, options, &prefix) {
+            match merged.iter_mut().find(|f| f.name() == family.name()) {
+                Some(target) => target.mut_metric().extend(family.take_metric()),
+                None => merged.push(family),
+            }
+        }
+    }
+    if options.namespace_labels {
+        merged.push(
+            NETNS_INFO.with_values(
+                samples
+                    .iter()
+                    .map(|namespace| (namespace_info(&namespace.info), 1.0)),
+            ),
+        );
+    }
+    merged
+}
+
+/// Encodes families (text and gzip). The process collector adds the standard
+/// `process_*` metrics, read now. An error leaves nothing half-encoded: the caller keeps
+/// serving what it had.
+pub fn encode(
+    mut families: Vec<MetricFamily>,
+    process: Option<&prometheus::process_collector::ProcessCollector>,
+) -> Result<Exposition, prometheus::Error> {
+    if let Some(collector) = process {
+        families.extend(collector.collect());
+    }
+    // The text encoder rejects a family without members (e.g. no histogram observed
+    // yet); such a family has nothing to say, so it is left out.
+    families.retain(|f| !f.get_metric().is_empty());
+    let mut text = Vec::with_capacity(64 * 1024);
+    TextEncoder::new().encode(&families, &mut text)?;
+    let mut gzip = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
+    gzip.write_all(&text)?;
+    let gzip = gzip.finish()?;
+    Ok(Exposition {
+        text: Bytes::from(text),
+        gzip: Bytes::from(gzip),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::record::TcpState;
+    use crate::kernel::sockdiag::SampleErrorReason;
+    use crate::model::aggregate::{GroupKey, GroupStats};
+    use crate::model::labels::OwnerKey;
+    use crate::model::labels::{Direction, PortLabel, ProcessId};
+    use crate::model::sample::{NamespaceInfo, Sample};
+    use crate::output::exposition::proto::{family, histogram, label};
+    use prometheus::proto::MetricType;
+
+    fn sample() -> Sample {
+        let mut sample = Sample {
+            processes: vec![String::new(), "server".into(), "api".into()],
+            ..Sample::default()
+        };
+        sample.state_counts[TcpState::CloseWait.index()] = 2;
+        sample.groups.push((
+            GroupKey {
+                state: TcpState::CloseWait,
+                direction: Direction::Inbound,
+                port: PortLabel::Port(8080),
+                owner: OwnerKey {
+                    process: ProcessId(1),
+                    pid: 42,
+                    container: ProcessId(2),
+                },
+            },
+            GroupStats {
+                connections: 2,
+                recv_queue_bytes: 5,
+                unread_connections: 1,
+                ..GroupStats::default()
+            },
+        ));
+        sample
+    }
+
+    fn text(families: Vec<MetricFamily>) -> String {
+        String::from_utf8(encode(families, None).expect("encodes").text.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn every_state_is_present_and_groups_carry_their_labels() {
+        let options = LabelOptions {
+            pid_label: false,
+            namespace_labels: false,
+        };
+        let out = text(sample_families(&sample(), options, &[]));
+        for state in TcpState::ALL {
+            assert!(out.contains(&format!("tcpstate_sockets{{state=\"{}\"}}", state.name())));
+        }
+        assert!(
+            out.contains("tcpstate_sockets{state=\"close_wait\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains(
+            "tcpstate_connections{state=\"close_wait\",direction=\"inbound\",port=\"8080\",process=\"server\"} 2\n"
+        ), "{out}");
+        assert!(out.contains(
+            "tcpstate_recv_queue_bytes{state=\"close_wait\",direction=\"inbound\",port=\"8080\",process=\"server\"} 5\n"
+        ), "{out}");
+        assert!(!out.contains("pid="), "{out}");
+        assert!(out.contains("# TYPE tcpstate_connections gauge"));
+    }
+
+    #[test]
+    fn namespaces_prefix_every_series_and_get_an_info_metric() {
+        let namespace = |netns: &str| NamespaceSample {
+            info: NamespaceInfo {
+                labels: crate::model::sample::NamespaceLabels {
+                    netns: netns.into(),
+                    pod: String::new(),
+                    namespace: String::new(),
+                },
+                inode: 7,
+                ..NamespaceInfo::default()
+            },
+            sample: sample(),
+        };
+        let options = LabelOptions {
+            pid_label: false,
+            namespace_labels: true,
+        };
+        let out = text(namespace_families(
+            &[namespace("blue"), namespace("red")],
+            options,
+        ));
+        for netns in ["blue", "red"] {
+            assert!(out.contains(&format!(
+                "tcpstate_sockets{{netns=\"{netns}\",pod=\"\",namespace=\"\",state=\"close_wait\"}} 2\n"
+            )), "{out}");
+            assert!(
+                out.contains(&format!(
+                    "tcpstate_netns_info{{netns=\"{netns}\",pod=\"\",namespace=\"\",inode=\"7\""
+                )),
+                "{out}"
+            );
+        }
+        assert_eq!(
+            out.matches("# TYPE tcpstate_sockets gauge").count(),
+            1,
+            "one family"
+        );
+    }
+
+    #[test]
+    fn pid_label_only_when_asked() {
+        let options = LabelOptions {
+            pid_label: true,
+            namespace_labels: false,
+        };
+        let out = text(sample_families(&sample(), options, &[]));
+        assert!(out.contains("process=\"server\",pid=\"42\"} 2\n"), "{out}");
+    }
+
+    #[test]
+    fn errors_start_at_zero_for_every_reason_and_gzip_round_trips() {
+        let exposition = encode(self_families(&SelfMetrics::default()), None).expect("encodes");
+        let out = String::from_utf8(exposition.text.to_vec()).expect("utf-8");
+        for reason in SampleErrorReason::ALL {
+            assert!(out.contains(&format!(
+                "tcpstate_sample_errors_total{{reason=\"{}\"}} 0\n",
+                reason.name()
+            )));
+        }
+        assert!(out.contains("# TYPE tcpstate_sample_errors_total counter"));
+        let mut decoded = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(&exposition.gzip[..]),
+            &mut decoded,
+        )
+        .expect("valid gzip");
+        assert_eq!(decoded, out);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_inf() {
+        let mut f = family("h_seconds", "help", MetricType::HISTOGRAM);
+        f.mut_metric().push(histogram(
+            vec![label("a", "b")],
+            &[1.0, 5.0],
+            &[1, 3],
+            4,
+            20.5,
+        ));
+        let out = text(vec![f]);
+        assert!(
+            out.contains("h_seconds_bucket{a=\"b\",le=\"1\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_seconds_bucket{a=\"b\",le=\"5\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_seconds_bucket{a=\"b\",le=\"+Inf\"} 4\n"),
+            "{out}"
+        );
+        assert!(out.contains("h_seconds_sum{a=\"b\"} 20.5\n"), "{out}");
+        assert!(out.contains("h_seconds_count{a=\"b\"} 4\n"), "{out}");
+    }
+}

@@ -1,0 +1,302 @@
+//! The families of one namespace's sample, one builder per group of families.
+
+use prometheus::proto::{LabelPair, MetricFamily};
+
+use crate::kernel::record::TcpState;
+use crate::model::aggregate::{GroupStats, ListenerStats};
+use crate::model::sample::Sample;
+use crate::output::exposition::labels::{LabelOptions, SeriesLabels};
+use crate::output::exposition::proto::{FamilySpec, histogram};
+
+/// Families derived from one namespace's sample, each series' labels after `prefix`.
+pub fn sample_families(
+    sample: &Sample,
+    options: LabelOptions,
+    prefix: &[LabelPair],
+) -> Vec<MetricFamily> {
+    let labels = SeriesLabels {
+        sample,
+        options,
+        prefix,
+    };
+    let mut families = vec![socket_family(&labels)];
+    families.extend(group_families(&labels));
+    families.extend(listener_families(&labels));
+    families.extend(age_families(&labels));
+    families.extend(evidence_families(&labels));
+    families.extend(kernel_families(&labels));
+    families.extend(tracking_families(&labels));
+    families
+}
+
+const SOCKETS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_sockets",
+    "TCP sockets of the network namespace per state, as of the last sample (taken on a \
+     timer, not at scrape time).",
+);
+
+/// `tcpstate_sockets`: every state, zeros included.
+fn socket_family(labels: &SeriesLabels) -> MetricFamily {
+    SOCKETS.with_values(
+        TcpState::ALL
+            .into_iter()
+            .map(|state| (labels.state(state), labels.sample.state_count(state) as f64)),
+    )
+}
+
+type GroupField = fn(&GroupStats) -> u64;
+
+const GROUP_FAMILIES: [(FamilySpec, GroupField); 4] = [
+    (
+        FamilySpec::gauge(
+            "tcpstate_connections",
+            "Connections in a detail state by direction, service port and owning process.",
+        ),
+        |s| s.connections,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_recv_queue_bytes",
+            "Unread data in the receive queues of the group's connections (in CLOSE_WAIT the \
+             peer's FIN is not counted).",
+        ),
+        |s| s.recv_queue_bytes,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_send_queue_bytes",
+            "Data not yet acknowledged by the peer in the send queues of the group's \
+             connections.",
+        ),
+        |s| s.send_queue_bytes,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_unread_connections",
+            "Connections of the group holding unread data: the program stopped reading.",
+        ),
+        |s| s.unread_connections,
+    ),
+];
+
+/// Per-group connection counts and queue sums.
+fn group_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    GROUP_FAMILIES
+        .iter()
+        .map(|(spec, field)| {
+            spec.with_values(
+                labels
+                    .sample
+                    .groups
+                    .iter()
+                    .map(|(key, stats)| (labels.group(key), field(stats) as f64)),
+            )
+        })
+        .collect()
+}
+
+type ListenerField = fn(&ListenerStats) -> u64;
+
+const LISTENER_FAMILIES: [(FamilySpec, ListenerField); 2] = [
+    (
+        FamilySpec::gauge(
+            "tcpstate_listen_queue_length",
+            "Connections waiting in the accept queues of the listeners on the port.",
+        ),
+        |s| s.queue_length,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_listen_queue_max",
+            "Accept-queue limit (backlog) of the listeners on the port, summed.",
+        ),
+        |s| s.queue_max,
+    ),
+];
+
+/// Accept queues per port.
+fn listener_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    LISTENER_FAMILIES
+        .iter()
+        .map(|(spec, field)| {
+            spec.with_values(
+                labels
+                    .sample
+                    .listeners
+                    .iter()
+                    .map(|(key, stats)| (labels.listener(key), field(stats) as f64)),
+            )
+        })
+        .collect()
+}
+
+const OLDEST: FamilySpec = FamilySpec::gauge(
+    "tcpstate_close_wait_oldest_seconds",
+    "Age of the oldest CLOSE_WAIT connection of the group, from the peer's FIN (a lower \
+     bound when this side was still sending or keepalive probes were answered).",
+);
+const DURATIONS: FamilySpec = FamilySpec::histogram(
+    "tcpstate_close_wait_duration_seconds",
+    "Time CLOSE_WAIT connections spent in CLOSE_WAIT, observed once when they left it \
+     (closed by the program, or gone); within half a sample interval.",
+);
+
+/// The oldest CLOSE_WAIT per group, and the histogram of times spent there.
+fn age_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let ages = &labels.sample.ages;
+    let oldest = OLDEST.with_values(
+        ages.oldest
+            .iter()
+            .map(|(group, age)| (labels.close_wait(group), *age)),
+    );
+    let mut durations = DURATIONS.empty();
+    for (group, h) in &ages.durations {
+        durations.mut_metric().push(histogram(
+            labels.close_wait(group),
+            &ages.bounds,
+            &h.cumulative,
+            h.count,
+            h.sum,
+        ));
+    }
+    vec![oldest, durations]
+}
+
+const EVIDENCE_FAMILIES: [(FamilySpec, GroupField); 3] = [
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_eof_read_connections",
+            "CLOSE_WAIT connections whose program read the EOF (Recv-Q 0) and still did not \
+             close: it saw the peer leave and ignored it.",
+        ),
+        |s| s.eof_read,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_unaccepted",
+            "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up \
+             before the program accepted them.",
+        ),
+        |s| s.unaccepted,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_keepalive_connections",
+            "CLOSE_WAIT connections with a keepalive timer armed.",
+        ),
+        |s| s.keepalive,
+    ),
+];
+
+/// What the CLOSE_WAIT groups show of their cause.
+fn evidence_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    EVIDENCE_FAMILIES
+        .iter()
+        .map(|(spec, field)| {
+            spec.with_values(
+                labels
+                    .sample
+                    .groups
+                    .iter()
+                    .filter(|(key, _)| key.state == TcpState::CloseWait)
+                    .map(|(key, stats)| {
+                        (
+                            labels.close_wait(&key.close_wait_group()),
+                            field(stats) as f64,
+                        )
+                    }),
+            )
+        })
+        .collect()
+}
+
+const LISTEN_OVERFLOWS: FamilySpec = FamilySpec::counter(
+    "tcpstate_listen_overflows_total",
+    "Connections refused because an accept queue was full (TcpExt ListenOverflows).",
+);
+const LISTEN_DROPS: FamilySpec = FamilySpec::counter(
+    "tcpstate_listen_drops_total",
+    "SYNs dropped at listeners, overflows included (TcpExt ListenDrops).",
+);
+const SYSCTLS: [FamilySpec; 5] = [
+    FamilySpec::gauge(
+        "tcpstate_tcp_fin_timeout_seconds",
+        "net.ipv4.tcp_fin_timeout: how long an orphaned FIN_WAIT2 lasts (CLOSE_WAIT has no \
+         such bound).",
+    ),
+    FamilySpec::gauge(
+        "tcpstate_tcp_keepalive_time_seconds",
+        "net.ipv4.tcp_keepalive_time: idle time before keepalive probes start.",
+    ),
+    FamilySpec::gauge(
+        "tcpstate_tcp_keepalive_interval_seconds",
+        "net.ipv4.tcp_keepalive_intvl: time between keepalive probes.",
+    ),
+    FamilySpec::gauge(
+        "tcpstate_tcp_keepalive_probes",
+        "net.ipv4.tcp_keepalive_probes: unanswered probes before a connection is dropped.",
+    ),
+    FamilySpec::gauge(
+        "tcpstate_somaxconn",
+        "net.core.somaxconn: the cap on any listener's accept-queue limit.",
+    ),
+];
+
+/// The namespace's accept-queue counters and the sysctls the article names; a value
+/// that could not be read is left out.
+fn kernel_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    if let Some(counters) = labels.sample.listen_counters {
+        families.push(LISTEN_OVERFLOWS.with_value(labels.namespace(), counters.overflows as f64));
+        families.push(LISTEN_DROPS.with_value(labels.namespace(), counters.drops as f64));
+    }
+    let settings = labels.sample.tcp_settings;
+    let values = [
+        settings.fin_timeout_seconds,
+        settings.keepalive_time_seconds,
+        settings.keepalive_interval_seconds,
+        settings.keepalive_probes,
+        settings.somaxconn,
+    ];
+    for (spec, value) in SYSCTLS.iter().zip(values) {
+        if let Some(value) = value {
+            families.push(spec.with_value(labels.namespace(), value));
+        }
+    }
+    families
+}
+
+const ENTERED: FamilySpec = FamilySpec::counter(
+    "tcpstate_close_wait_entered_total",
+    "Connections that entered CLOSE_WAIT, from kernel events (events mode only): the rate \
+     to alert on, visible before the gauge moves.",
+);
+const TRACKED: FamilySpec = FamilySpec::gauge(
+    "tcpstate_close_wait_tracked",
+    "CLOSE_WAIT connections whose age is tracked.",
+);
+const UNTRACKED: FamilySpec = FamilySpec::gauge(
+    "tcpstate_close_wait_untracked",
+    "CLOSE_WAIT connections not aged because close_wait.max_tracked_sockets was reached.",
+);
+const FOLDED: FamilySpec = FamilySpec::gauge(
+    "tcpstate_groups_folded",
+    "Groups folded into port=\"other\" because max_groups was reached.",
+);
+
+/// Entries counted from events, and what the tracker and the folding left out.
+fn tracking_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let sample = labels.sample;
+    vec![
+        ENTERED.with_values(
+            sample
+                .ages
+                .entered
+                .iter()
+                .map(|(group, n)| (labels.close_wait(group), *n as f64)),
+        ),
+        TRACKED.with_value(labels.namespace(), sample.close_wait_tracked as f64),
+        UNTRACKED.with_value(labels.namespace(), sample.ages.untracked as f64),
+        FOLDED.with_value(labels.namespace(), sample.groups_folded as f64),
+    ]
+}
