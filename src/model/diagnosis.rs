@@ -86,75 +86,92 @@ pub struct Verdict {
     pub summary: String,
 }
 
+/// The first cause whose evidence holds, in the order accept backlog, closed late,
+/// never closed; else undetermined, with what is known.
 pub fn diagnose(evidence: &Evidence, thresholds: Thresholds) -> Verdict {
-    let mut reasons: Vec<String> = Vec::new();
-    let cw = evidence.close_wait;
+    accept_backlog(evidence)
+        .or_else(|| closed_late(evidence, thresholds))
+        .or_else(|| never_closed(evidence, thresholds))
+        .unwrap_or_else(|| undetermined(evidence))
+}
 
-    // 3: still in the accept queue.
+/// Cause 3: the CLOSE_WAIT sockets are still in the accept queue.
+fn accept_backlog(evidence: &Evidence) -> Option<Verdict> {
+    let cw = evidence.close_wait;
     let queue_full = evidence
         .listen_queue
         .is_some_and(|(length, max)| max > 0 && length >= max);
     let overflowing = evidence.closes.is_some_and(|c| c.listen_overflows > 0);
-    if cw > 0
+    let backlogged = cw > 0
         && (evidence.unaccepted * 2 >= cw
-            || (evidence.unaccepted > 0 && (queue_full || overflowing)))
-    {
-        reasons.push(format!("{} of {} never accepted", evidence.unaccepted, cw));
-        if let Some((length, max)) = evidence.listen_queue {
-            reasons.push(format!("accept queue {length}/{max}"));
-        }
-        if let Some(closes) = evidence.closes.filter(|c| c.listen_overflows > 0) {
-            reasons.push(format!("{} listen overflows", closes.listen_overflows));
-        }
-        return verdict(Cause::AcceptBacklog, reasons);
+            || (evidence.unaccepted > 0 && (queue_full || overflowing)));
+    if !backlogged {
+        return None;
     }
-
-    // 2: closes happen, late.
-    if let Some(closes) = evidence.closes.filter(|c| c.count > 0) {
-        let mean = closes.seconds_total / closes.count as f64;
-        if mean >= thresholds.late_after {
-            reasons.push(format!(
-                "{} closed after {} on average",
-                closes.count,
-                human_seconds(mean)
-            ));
-            if cw > 0 {
-                reasons.push(format!("{cw} still waiting"));
-            }
-            reasons.push("the peer gave up first".into());
-            return verdict(Cause::ClosedLate, reasons);
-        }
+    let mut reasons = vec![format!("{} of {} never accepted", evidence.unaccepted, cw)];
+    if let Some((length, max)) = evidence.listen_queue {
+        reasons.push(format!("accept queue {length}/{max}"));
     }
+    if let Some(closes) = evidence.closes.filter(|c| c.listen_overflows > 0) {
+        reasons.push(format!("{} listen overflows", closes.listen_overflows));
+    }
+    Some(verdict(Cause::AcceptBacklog, reasons))
+}
 
-    // 1: old, and nothing closes (or the EOF was read and ignored).
+/// Cause 2: closes happen, but late.
+fn closed_late(evidence: &Evidence, thresholds: Thresholds) -> Option<Verdict> {
+    let closes = evidence.closes.filter(|c| c.count > 0)?;
+    let mean = closes.seconds_total / closes.count as f64;
+    if mean < thresholds.late_after {
+        return None;
+    }
+    let mut reasons = vec![format!(
+        "{} closed after {} on average",
+        closes.count,
+        human_seconds(mean)
+    )];
+    if evidence.close_wait > 0 {
+        reasons.push(format!("{} still waiting", evidence.close_wait));
+    }
+    reasons.push("the peer gave up first".into());
+    Some(verdict(Cause::ClosedLate, reasons))
+}
+
+/// Cause 1: old, and nothing closes (or the EOF was read and ignored).
+fn never_closed(evidence: &Evidence, thresholds: Thresholds) -> Option<Verdict> {
+    let cw = evidence.close_wait;
     let oldest = evidence.oldest_seconds.unwrap_or(0.0);
-    let closes_seen = evidence.closes.map(|c| c.count);
-    if cw > 0
-        && (oldest >= thresholds.stuck_after || evidence.eof_read > 0)
-        && closes_seen.unwrap_or(0) == 0
-    {
-        reasons.push(format!("oldest {}", human_seconds(oldest)));
-        match evidence.closes {
-            Some(c) => reasons.push(format!(
-                "no closes seen in {}",
-                human_seconds(c.window_seconds)
-            )),
-            None => reasons.push("closes not watched (use --watch)".into()),
-        }
-        if evidence.eof_read > 0 {
-            reasons.push(format!("EOF read and ignored on {}", evidence.eof_read));
-        }
-        if evidence.unread_connections > 0 {
-            reasons.push(format!(
-                "{}% hold unread data",
-                evidence.unread_connections * 100 / cw
-            ));
-        }
-        return verdict(Cause::NeverClosed, reasons);
+    let closes_seen = evidence.closes.map_or(0, |c| c.count);
+    if cw == 0 || closes_seen > 0 || (oldest < thresholds.stuck_after && evidence.eof_read == 0) {
+        return None;
     }
+    let mut reasons = vec![format!("oldest {}", human_seconds(oldest))];
+    match evidence.closes {
+        Some(c) => reasons.push(format!(
+            "no closes seen in {}",
+            human_seconds(c.window_seconds)
+        )),
+        None => reasons.push("closes not watched (use --watch)".into()),
+    }
+    if evidence.eof_read > 0 {
+        reasons.push(format!("EOF read and ignored on {}", evidence.eof_read));
+    }
+    if evidence.unread_connections > 0 {
+        reasons.push(format!(
+            "{}% hold unread data",
+            evidence.unread_connections * 100 / cw
+        ));
+    }
+    Some(verdict(Cause::NeverClosed, reasons))
+}
 
+/// No cause holds yet: what is known, for the person watching.
+fn undetermined(evidence: &Evidence) -> Verdict {
+    let cw = evidence.close_wait;
+    let mut reasons = Vec::new();
+    let closes = evidence.closes.filter(|c| c.count > 0);
     if cw == 0 {
-        if let Some(closes) = evidence.closes.filter(|c| c.count > 0) {
+        if let Some(closes) = closes {
             reasons.push(format!(
                 "{} closed after {} on average",
                 closes.count,
@@ -162,10 +179,11 @@ pub fn diagnose(evidence: &Evidence, thresholds: Thresholds) -> Verdict {
             ));
         }
     } else {
+        let oldest = evidence.oldest_seconds.unwrap_or(0.0);
         reasons.push(format!("oldest {}", human_seconds(oldest)));
-    }
-    if let Some(closes) = evidence.closes.filter(|c| c.count > 0 && cw > 0) {
-        reasons.push(format!("{} closed meanwhile", closes.count));
+        if let Some(closes) = closes {
+            reasons.push(format!("{} closed meanwhile", closes.count));
+        }
     }
     verdict(Cause::Undetermined, reasons)
 }
