@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use arc_swap::ArcSwap;
+use prometheus::process_collector::ProcessCollector;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::http::server::{self, Site};
 use crate::http::webconfig::WebConfig;
-use crate::output::exposition::Exposition;
+use crate::output::exposition::{self, Exposition, LabelOptions};
 use crate::sampling::namespace_set::NamespaceSet;
-use crate::sampling::sample_loop::{Control, SamplerThread};
+use crate::sampling::sample_loop::{Control, Publish, SamplerThread};
 
 /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration through `reload`.
 /// Errors are startup errors (bad address, no netlink, bad web config).
@@ -26,15 +27,26 @@ pub fn run(
     let namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
     let (control_tx, control_rx) = mpsc::channel::<Control>();
-    let sampler = SamplerThread::start(
-        namespaces,
-        settings.clone(),
-        Arc::clone(&exposition),
-        control_rx,
-    )?;
+    let publish = publisher(Arc::clone(&exposition));
+    let sampler = SamplerThread::start(namespaces, settings.clone(), publish, control_rx)?;
     let result = serve(settings, web, exposition, control_tx, reload);
     sampler.join();
     result
+}
+
+/// Encodes each round once and swaps it in: scrapes take the last one without a lock.
+/// An encoding error keeps the previous exposition served.
+fn publisher(exposition: Arc<ArcSwap<Exposition>>) -> Publish {
+    let process = ProcessCollector::for_self();
+    Box::new(move |samples, metrics, started, settings| {
+        let options = LabelOptions::of(settings);
+        match exposition::encode_round(samples, metrics, started, options, &process) {
+            Ok(encoded) => exposition.store(Arc::new(encoded)),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding failed; serving the previous exposition")
+            }
+        }
+    })
 }
 
 /// Serves HTTP until a stop signal, applying reloads on SIGHUP.

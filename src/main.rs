@@ -7,7 +7,7 @@ use clap::Parser;
 use std::io::IsTerminal;
 
 use tcpstate_exporter::config::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
-use tcpstate_exporter::config::{self, LogFormat, NamespaceMode, Settings};
+use tcpstate_exporter::config::{self, LogFormat, Settings};
 use tcpstate_exporter::daemon;
 use tcpstate_exporter::model::diagnosis::Thresholds;
 use tcpstate_exporter::output::exposition::LabelOptions;
@@ -117,10 +117,7 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
     let options = RenderOptions {
         format: request.format,
         top: request.top,
-        labels: LabelOptions {
-            pid_label: settings.pid_label,
-            namespace_labels: settings.namespaces == NamespaceMode::All,
-        },
+        labels: LabelOptions::of(&settings),
         color: match request.color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,

@@ -44,6 +44,7 @@ step() {
 }
 
 step "format" cargo fmt --all -- --check
+step "source structure" python3 tests/structure/check.py
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --workspace
 # The exporter must still build and pass its tests where no BPF toolchain is present.

@@ -24,7 +24,8 @@ const DEFAULT_MAX_GROUPS: usize = 500;
 pub const DEFAULT_DURATION_BUCKETS: [f64; 11] = [
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
-/// A tracked CLOSE_WAIT socket costs about 64 bytes (see `ages`): 1M is ~64 MiB at most.
+/// A tracked CLOSE_WAIT socket costs `ages::BYTES_PER_TRACKED_SOCKET` (65) bytes: 1M is
+/// about 62 MiB at most.
 const DEFAULT_MAX_TRACKED_SOCKETS: usize = 1_000_000;
 
 /// A configuration problem, already phrased for the user.

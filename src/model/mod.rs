@@ -7,3 +7,4 @@ pub mod classify;
 pub mod diagnosis;
 pub mod labels;
 pub mod sample;
+pub mod self_metrics;

@@ -6,19 +6,22 @@
 //! piece of sampling state (namespaces, trackers, owner cache, the events ring), so none
 //! of it needs a lock; the HTTP side only ever sees the `Arc` of the last exposition.
 
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use prometheus::process_collector::ProcessCollector;
-
-use crate::config::{NamespaceMode, Settings};
-use crate::output::exposition::{self, Exposition, LabelOptions, SelfMetrics};
+use crate::config::Settings;
+use crate::model::sample::NamespaceSample;
+use crate::model::self_metrics::SelfMetrics;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::event_feed::EventFeed;
 use crate::sampling::namespace_set::{NamespaceSet, Round};
+
+/// Hands each round on: the namespaces' last good samples, the exporter's own counters
+/// (the publisher sets the round's duration), when the round started, and the running
+/// settings. The daemon's publisher encodes the round and swaps it in for the HTTP side.
+pub type Publish =
+    Box<dyn FnMut(&[NamespaceSample], &mut SelfMetrics, Instant, &Settings) + Send + 'static>;
 
 /// Control messages to the sampling thread.
 pub enum Control {
@@ -54,7 +57,7 @@ impl SamplerThread {
     pub fn start(
         namespaces: NamespaceSet,
         settings: Settings,
-        exposition: Arc<ArcSwap<Exposition>>,
+        publish: Publish,
         control: mpsc::Receiver<Control>,
     ) -> Result<SamplerThread, String> {
         let (first_done_tx, first_done_rx) = mpsc::channel::<Result<(), String>>();
@@ -70,8 +73,7 @@ impl SamplerThread {
                         return;
                     }
                 };
-                SampleLoop::new(namespaces, events, settings, exposition)
-                    .run(first_done_tx, control);
+                SampleLoop::new(namespaces, events, settings, publish).run(first_done_tx, control);
             })
             .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
         // A closed channel means the thread ended (it logs why); serve what there is.
@@ -95,8 +97,7 @@ struct SampleLoop {
     attribution: Attribution,
     settings: Settings,
     metrics: SelfMetrics,
-    process: ProcessCollector,
-    exposition: Arc<ArcSwap<Exposition>>,
+    publish: Publish,
 }
 
 impl SampleLoop {
@@ -104,7 +105,7 @@ impl SampleLoop {
         namespaces: NamespaceSet,
         events: EventFeed,
         settings: Settings,
-        exposition: Arc<ArcSwap<Exposition>>,
+        publish: Publish,
     ) -> Self {
         SampleLoop {
             namespaces,
@@ -112,8 +113,7 @@ impl SampleLoop {
             attribution: Attribution::new(&settings),
             settings,
             metrics: SelfMetrics::default(),
-            process: ProcessCollector::for_self(),
-            exposition,
+            publish,
         }
     }
 
@@ -147,7 +147,8 @@ impl SampleLoop {
         self.namespaces.apply_events(&self.events.drain());
         let round = self.namespaces.sample_round(&mut self.attribution);
         self.count(&round);
-        self.publish(&round, started);
+        // Namespaces whose sample failed keep their last good one in `round.samples`.
+        (self.publish)(&round.samples, &mut self.metrics, started, &self.settings);
     }
 
     /// The round's outcome in the exporter's own counters.
@@ -170,24 +171,6 @@ impl SampleLoop {
         metrics.owners_unresolved = round.report.owners.unresolved;
         metrics.namespaces_vanished += round.vanished;
         metrics.namespaces_sampled = round.samples.len() as u64;
-    }
-
-    /// Encodes the round (namespaces whose sample failed keep their last good one in
-    /// `round.samples`) and swaps it in; an encoding error keeps the previous one served.
-    fn publish(&mut self, round: &Round, started: Instant) {
-        let options = LabelOptions {
-            pid_label: self.settings.pid_label,
-            namespace_labels: self.settings.namespaces == NamespaceMode::All,
-        };
-        let mut families = exposition::namespace_families(&round.samples, options);
-        self.metrics.last_sample_duration_seconds = started.elapsed().as_secs_f64();
-        families.extend(exposition::self_families(&self.metrics));
-        match exposition::encode(families, Some(&self.process)) {
-            Ok(encoded) => self.exposition.store(Arc::new(encoded)),
-            Err(e) => {
-                tracing::error!(error = %e, "encoding failed; serving the previous exposition")
-            }
-        }
     }
 
     /// Until `next`: kernel events drained every `EVENT_DRAIN_EVERY`, so the ring holds a

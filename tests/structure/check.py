@@ -3,7 +3,8 @@
 
 - no file in src/ over MAX_FILE_LINES lines;
 - no function over MAX_FN_LINES lines (from its `fn` line to its closing brace);
-- no import cycle between modules (files), nor between the top-level folders of src/.
+- no import cycle between modules (files), nor between the top-level folders of src/;
+- each top-level folder imports only the folders before it in LAYERS (data flows down).
 
     tests/structure/check.py [SRC_DIR]      exit 0 when all hold, 1 with one line per breach
 
@@ -18,6 +19,9 @@ from collections import defaultdict
 
 MAX_FILE_LINES = 500
 MAX_FN_LINES = 80
+# The pipeline, top to bottom (README "How it works"): a folder may import only the
+# folders before it. config sits under the kernel's types (TcpState) and above the rest.
+LAYERS = ["kernel", "config", "model", "sampling", "output", "http", "daemon"]
 
 FN_START = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?(extern\s+\"C\"\s+)?fn\s+(\w+)")
 
@@ -208,6 +212,12 @@ def main():
     cycle = find_cycle(folders)
     if cycle:
         breaches.append("folder cycle: " + " -> ".join(cycle))
+    for folder, targets in sorted(folders.items()):
+        for target in sorted(targets):
+            if folder in LAYERS and target in LAYERS and LAYERS.index(target) > LAYERS.index(folder):
+                breaches.append(f"src/{folder} imports src/{target}, which comes after it in {LAYERS}")
+        if folder not in LAYERS:
+            breaches.append(f"src/{folder} is not in the layer list of {__file__}")
     for line in breaches:
         print(line)
     edges = sum(len(t) for t in graph.values())

@@ -19,7 +19,9 @@ use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, TextEncoder};
 
+use crate::config::{NamespaceMode, Settings};
 use crate::model::sample::NamespaceSample;
+use crate::model::self_metrics::SelfMetrics;
 
 mod labels;
 mod proto;
@@ -30,7 +32,7 @@ pub use labels::LabelOptions;
 use labels::{namespace_info, namespace_prefix};
 use proto::FamilySpec;
 pub use sample_families::sample_families;
-pub use self_families::{SelfMetrics, self_families};
+pub use self_families::self_families;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -77,6 +79,32 @@ pub fn namespace_families(samples: &[NamespaceSample], options: LabelOptions) ->
     merged
 }
 
+impl LabelOptions {
+    /// The label names the running settings ask for.
+    pub fn of(settings: &Settings) -> Self {
+        LabelOptions {
+            pid_label: settings.pid_label,
+            namespace_labels: settings.namespaces == NamespaceMode::All,
+        }
+    }
+}
+
+/// Encodes one round: every namespace's last good sample, then the exporter's own
+/// families, with the round's duration (`started` to the end of the namespaces'
+/// families) set in `metrics` first.
+pub fn encode_round(
+    samples: &[NamespaceSample],
+    metrics: &mut SelfMetrics,
+    started: std::time::Instant,
+    options: LabelOptions,
+    process: &prometheus::process_collector::ProcessCollector,
+) -> Result<Exposition, prometheus::Error> {
+    let mut families = namespace_families(samples, options);
+    metrics.last_sample_duration_seconds = started.elapsed().as_secs_f64();
+    families.extend(self_families(metrics));
+    encode(families, Some(process))
+}
+
 /// Encodes families (text and gzip). The process collector adds the standard
 /// `process_*` metrics, read now. An error leaves nothing half-encoded: the caller keeps
 /// serving what it had.
@@ -110,6 +138,7 @@ mod tests {
     use crate::model::labels::OwnerKey;
     use crate::model::labels::{Direction, PortLabel, ProcessId};
     use crate::model::sample::{NamespaceInfo, Sample};
+    use crate::model::self_metrics::SelfMetrics;
     use crate::output::exposition::proto::{family, histogram, label};
     use prometheus::proto::MetricType;
 
@@ -263,5 +292,94 @@ mod tests {
         );
         assert!(out.contains("h_seconds_sum{a=\"b\"} 20.5\n"), "{out}");
         assert!(out.contains("h_seconds_count{a=\"b\"} 4\n"), "{out}");
+    }
+
+    /// A sample with something in every family, in namespaces mode, and the exporter's
+    /// own families with events attached: every family the exporter can export.
+    fn every_family() -> Vec<MetricFamily> {
+        use crate::kernel::sysctl::{ListenCounters, TcpSettings};
+        use crate::model::ages::{AgesReport, DurationHistogram};
+        use crate::model::aggregate::{ListenerKey, ListenerStats};
+        let mut sample = sample();
+        let group = sample.groups[0].0.close_wait_group();
+        sample.listeners.push((
+            ListenerKey {
+                port: PortLabel::Port(8080),
+                owner: OwnerKey::default(),
+            },
+            ListenerStats::default(),
+        ));
+        let histogram = DurationHistogram {
+            cumulative: vec![1],
+            count: 1,
+            sum: 1.0,
+        };
+        sample.ages = AgesReport {
+            oldest: vec![(group, 3.0)],
+            durations: vec![(group, histogram)],
+            bounds: vec![1.0],
+            entered: vec![(group, 1)],
+            ..AgesReport::default()
+        };
+        sample.listen_counters = Some(ListenCounters::default());
+        sample.tcp_settings = TcpSettings {
+            fin_timeout_seconds: Some(60.0),
+            keepalive_time_seconds: Some(7200.0),
+            keepalive_interval_seconds: Some(75.0),
+            keepalive_probes: Some(9.0),
+            somaxconn: Some(4096.0),
+        };
+        let namespace = NamespaceSample {
+            info: NamespaceInfo::default(),
+            sample,
+        };
+        let options = LabelOptions {
+            pid_label: true,
+            namespace_labels: true,
+        };
+        let mut families = namespace_families(&[namespace], options);
+        let own = SelfMetrics {
+            events_attached: true,
+            transitions: vec![(TcpState::Established, TcpState::CloseWait, 1)],
+            ..SelfMetrics::default()
+        };
+        families.extend(self_families(&own));
+        families
+    }
+
+    /// The README's metric table is the contract operators read: it names exactly the
+    /// families the exporter exports.
+    #[test]
+    fn the_readme_metric_table_lists_every_exported_family() {
+        let readme = include_str!("../../../README.md");
+        let table = readme
+            .split("\n## Metrics\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a ## Metrics section");
+        let mut documented: Vec<&str> = table
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .filter_map(|line| line.split('|').nth(1))
+            .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+            .filter(|name| name.starts_with("tcpstate_"))
+            .collect();
+        documented.sort_unstable();
+        let mut exported: Vec<String> = every_family()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        exported.sort_unstable();
+        assert_eq!(
+            documented, exported,
+            "README metric table vs exported families"
+        );
+        for family in every_family() {
+            assert!(
+                !family.get_metric().is_empty(),
+                "{} has a member",
+                family.name()
+            );
+        }
     }
 }

@@ -1,0 +1,30 @@
+//! The exporter's own counters: what the sampler thread counts about itself, encoded
+//! beside the samples.
+
+use crate::kernel::record::TcpState;
+use crate::kernel::sockdiag::SampleErrorReason;
+
+/// What the sampler thread counts about itself.
+#[derive(Clone, Debug, Default)]
+pub struct SelfMetrics {
+    pub last_sample_duration_seconds: f64,
+    /// Unix time of the last successful sample (0 before the first).
+    pub last_success_timestamp_seconds: f64,
+    /// Failed samples per reason, indexed by `SampleErrorReason as usize`.
+    pub sample_errors: [u64; SampleErrorReason::ALL.len()],
+    pub samples_total: u64,
+    pub duplicates_dropped: u64,
+    pub unknown_states_skipped: u64,
+    /// /proc/PID/fd links read to attribute sockets (the cost of attribution).
+    pub owner_fds_read: u64,
+    /// Detail-state sockets left without an owner in the last sample.
+    pub owners_unresolved: u64,
+    /// Namespaces that vanished between discovery and their sample.
+    pub namespaces_vanished: u64,
+    pub namespaces_sampled: u64,
+    /// Events mode: attached, events the ring had no room for, and every TCP transition
+    /// the kernel made (all namespaces).
+    pub events_attached: bool,
+    pub events_lost: u64,
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
+}
