@@ -21,7 +21,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Actor, Daemon, Exposition, Netns, parse_response, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, http, wait_until};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const EXPORTER_ADDR: &str = support::EXPORTER_ADDRESS;
@@ -550,24 +550,12 @@ impl PromApi<'_> {
             .iter()
             .map(|(k, v)| format!("{k}={}", percent_encode(v)))
             .collect();
-        let request = format!(
-            "GET {path}?{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            query.join("&"),
-            self.addr
-        );
+        let target = format!("{path}?{}", query.join("&"));
         let addr = self.addr;
-        let raw = self.ns.run(|| {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("connect to Prometheus at {addr}: {e}"));
-            stream
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .expect("read timeout");
-            stream.write_all(request.as_bytes()).expect("send request");
-            let mut raw = Vec::new();
-            stream.read_to_end(&mut raw).expect("read response");
-            raw
-        });
-        let response = parse_response(&raw).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = self
+            .ns
+            .run(|| http::get(addr, &target, Duration::from_secs(30)))
+            .unwrap_or_else(|e| panic!("Prometheus {path}: {e}"));
         let body: Value = serde_json::from_slice(&response.body)
             .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", response.text()));
         assert_eq!(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, http, inbound_close_wait, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
@@ -236,22 +236,17 @@ fn slow_clients_floods_and_huge_requests_are_bounded() {
 }
 
 /// One GET /metrics from the calling thread (inside the namespace); the status, or None
-/// when the server closed the connection.
+/// when the server closed the connection without an answer.
 fn scrape_status(headers: &[(&str, &str)]) -> Option<u16> {
-    let mut stream = TcpStream::connect(address()).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut request = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let _ = stream.write_all(request.as_bytes());
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    http::request(
+        address(),
+        "GET",
+        "/metrics",
+        headers,
+        Duration::from_secs(10),
+    )
+    .ok()
+    .map(|response| response.status)
 }
 
 #[test]

@@ -1,13 +1,15 @@
-//! The exporter as a real daemon inside a [`Netns`], and a minimal HTTP/1.1 client
-//! to scrape it from inside the same namespace.
+//! The exporter as a real daemon inside a [`Netns`], scraped from inside the same
+//! namespace with the shared HTTP client.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use tcpstate_testkit::http::{self, Response};
 
 use super::netns::Netns;
 use super::wait_until;
@@ -24,28 +26,6 @@ pub struct Daemon<'ns> {
     child: Child,
     output: Arc<Mutex<Vec<u8>>>,
     pumps: Vec<JoinHandle<()>>,
-}
-
-/// One HTTP response. Header names are lower-cased.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).expect("body is UTF-8")
-    }
 }
 
 /// Where the tests run the exporter, inside their own namespace.
@@ -137,31 +117,9 @@ impl<'ns> Daemon<'ns> {
     /// One HTTP/1.1 request with `Connection: close`, sent from inside the namespace.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
         let addr = self.addr;
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        let raw = self.ns.run(|| {
-            let mut stream = TcpStream::connect_timeout(&addr, EXCHANGE)
-                .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-            stream.set_read_timeout(Some(EXCHANGE)).expect("timeout");
-            stream
-                .write_all(request.as_bytes())
-                .unwrap_or_else(|e| panic!("send request: {e}"));
-            let mut raw = Vec::new();
-            stream
-                .read_to_end(&mut raw)
-                .unwrap_or_else(|e| panic!("read response to {method} {path}: {e}"));
-            raw
-        });
-        parse_response(&raw).unwrap_or_else(|why| {
-            panic!(
-                "bad HTTP response to {method} {path} ({why}): {:?}",
-                String::from_utf8_lossy(&raw)
-            )
-        })
+        self.ns
+            .run(|| http::request(addr, method, path, headers, EXCHANGE))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -195,68 +153,4 @@ fn pump(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> Join
             }
         }
     })
-}
-
-/// Parses a complete HTTP/1.1 response: status line, headers, and a body framed by
-/// Content-Length, chunked encoding, or the end of the connection.
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
-    let status = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers = lines
-        .map(|l| {
-            l.split_once(':')
-                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .ok_or_else(|| format!("bad header {l:?}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut response = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let rest = &raw[end + 4..];
-    response.body = if response
-        .header("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(rest)?
-    } else if let Some(len) = response.header("content-length") {
-        let len: usize = len.parse().map_err(|_| "bad content-length")?;
-        rest.get(..len)
-            .ok_or("body shorter than content-length")?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(response)
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("unterminated chunk size")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(rest.get(..size).ok_or("truncated chunk")?);
-        rest = rest.get(size + 2..).ok_or("truncated chunk end")?;
-    }
 }

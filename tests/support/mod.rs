@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use actor::{Actor, port_of, scenario_binary};
 #[allow(unused_imports)]
-pub use daemon::{Daemon, EXPORTER_ADDRESS, Response, parse_response};
+pub use daemon::{Daemon, EXPORTER_ADDRESS};
 #[allow(unused_imports)]
 pub use exposition::{Exposition, Labels};
 #[allow(unused_imports)]
-pub use netns::{Netns, enter};
+pub use netns::Netns;
 #[allow(unused_imports)]
 pub use ss::{SsSocket, SsUser, parse as parse_ss};
+#[allow(unused_imports)]
+pub use tcpstate_testkit::http::{self, Response, parse_response};
 
 /// How many sockets of the namespace `ss` shows in `state` (ss spelling: `CLOSE-WAIT`).
 pub fn count_state(ns: &Netns, state: &str) -> usize {

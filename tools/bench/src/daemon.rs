@@ -3,15 +3,14 @@
 //! the same scrapes against a daemon that does not sample, the same-run baseline that
 //! says how much of the latency is the machine (wrk and the server sharing its CPUs).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::measure;
-use crate::netns::Netns;
+use tcpstate_testkit::http;
+use tcpstate_testkit::netns::Netns;
 
 const PORT: u16 = 9815;
 
@@ -153,21 +152,14 @@ fn samples_now() -> u64 {
         .unwrap_or(0.0) as u64
 }
 
-/// `GET /metrics` over a plain HTTP/1.0 connection (this thread's namespace).
+/// `GET /metrics` from this thread's namespace, with the shared HTTP client.
 fn scrape() -> Result<String, String> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", PORT)).map_err(|e| format!("connect :{PORT}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("scrape: {e}"))?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| format!("scrape: {e}"))?;
-    Ok(text)
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], PORT));
+    let response = http::get(addr, "/metrics", Duration::from_secs(10))?;
+    match response.status {
+        200 => Ok(response.text()),
+        status => Err(format!("scrape: HTTP {status}")),
+    }
 }
 
 /// Value of an unlabelled sample line.

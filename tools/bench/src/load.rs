@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::netns::Netns;
+use tcpstate_testkit::netns::Netns;
 
 /// Fds an actor may use for loads (20,000 per process here, minus stdio and listeners).
 const ACTOR_FDS: usize = 19_000;

@@ -12,7 +12,6 @@ mod floor;
 mod hold;
 mod load;
 mod measure;
-mod netns;
 mod report;
 mod rounds;
 
@@ -20,7 +19,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use netns::Netns;
+use tcpstate_testkit::netns::{self, Netns};
+
+/// Prefix of the namespaces this tool creates (`tcpstate-bench-PID-N`): one left by a
+/// killed run is removed by the next.
+const NETNS_PREFIX: &str = "tcpstate-bench";
 
 /// Options; see `usage`.
 #[derive(Clone, Debug)]
@@ -203,7 +206,8 @@ fn run(options: &Options) -> Result<(), String> {
 
 /// A fresh namespace with the sysctls a large loopback table needs.
 pub fn prepared_netns() -> Result<Netns, String> {
-    let ns = Netns::create()?;
+    netns::remove_stale(NETNS_PREFIX);
+    let ns = Netns::create(NETNS_PREFIX)?;
     ns.sysctl("net.core.somaxconn", "65535")?;
     ns.sysctl("net.ipv4.tcp_max_tw_buckets", "2000000")?;
     ns.sysctl("net.ipv4.ip_local_port_range", load::EPHEMERAL_RANGE)?;

@@ -12,7 +12,7 @@ use crate::daemon::{DaemonFigures, WrkFigures};
 use crate::floor::{Dump, FloorSocket, StateCounts};
 use crate::load::Table;
 use crate::measure::{self, Cost};
-use crate::netns::Netns;
+use tcpstate_testkit::netns::Netns;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
