@@ -44,9 +44,10 @@ fn socket_family(labels: &SeriesLabels) -> MetricFamily {
     )
 }
 
-type GroupField = fn(&GroupStats) -> u64;
+/// A family whose value per series is one field of the series' statistics.
+type FieldFamily<S> = (FamilySpec, fn(&S) -> u64);
 
-const GROUP_FAMILIES: [(FamilySpec, GroupField); 4] = [
+const GROUP_FAMILIES: [FieldFamily<GroupStats>; 4] = [
     (
         FamilySpec::gauge(
             "tcpstate_connections",
@@ -81,23 +82,31 @@ const GROUP_FAMILIES: [(FamilySpec, GroupField); 4] = [
 
 /// Per-group connection counts and queue sums.
 fn group_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
-    GROUP_FAMILIES
+    let series: Vec<_> = labels
+        .sample
+        .groups
+        .iter()
+        .map(|(key, stats)| (labels.group(key), stats))
+        .collect();
+    per_field(&GROUP_FAMILIES, &series)
+}
+
+/// One family per (spec, field), over the same series: each series' labels are built
+/// once, and each family takes its field of the series' stats.
+fn per_field<S>(specs: &[FieldFamily<S>], series: &[(Vec<LabelPair>, &S)]) -> Vec<MetricFamily> {
+    specs
         .iter()
         .map(|(spec, field)| {
             spec.with_values(
-                labels
-                    .sample
-                    .groups
+                series
                     .iter()
-                    .map(|(key, stats)| (labels.group(key), field(stats) as f64)),
+                    .map(|(labels, stats)| (labels.clone(), field(stats) as f64)),
             )
         })
         .collect()
 }
 
-type ListenerField = fn(&ListenerStats) -> u64;
-
-const LISTENER_FAMILIES: [(FamilySpec, ListenerField); 2] = [
+const LISTENER_FAMILIES: [FieldFamily<ListenerStats>; 2] = [
     (
         FamilySpec::gauge(
             "tcpstate_listen_queue_length",
@@ -116,18 +125,13 @@ const LISTENER_FAMILIES: [(FamilySpec, ListenerField); 2] = [
 
 /// Accept queues per port.
 fn listener_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
-    LISTENER_FAMILIES
+    let series: Vec<_> = labels
+        .sample
+        .listeners
         .iter()
-        .map(|(spec, field)| {
-            spec.with_values(
-                labels
-                    .sample
-                    .listeners
-                    .iter()
-                    .map(|(key, stats)| (labels.listener(key), field(stats) as f64)),
-            )
-        })
-        .collect()
+        .map(|(key, stats)| (labels.listener(key), stats))
+        .collect();
+    per_field(&LISTENER_FAMILIES, &series)
 }
 
 const OLDEST: FamilySpec = FamilySpec::gauge(
@@ -162,7 +166,7 @@ fn age_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
     vec![oldest, durations]
 }
 
-const EVIDENCE_FAMILIES: [(FamilySpec, GroupField); 3] = [
+const EVIDENCE_FAMILIES: [FieldFamily<GroupStats>; 3] = [
     (
         FamilySpec::gauge(
             "tcpstate_close_wait_eof_read_connections",
@@ -190,24 +194,14 @@ const EVIDENCE_FAMILIES: [(FamilySpec, GroupField); 3] = [
 
 /// What the CLOSE_WAIT groups show of their cause.
 fn evidence_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
-    EVIDENCE_FAMILIES
+    let series: Vec<_> = labels
+        .sample
+        .groups
         .iter()
-        .map(|(spec, field)| {
-            spec.with_values(
-                labels
-                    .sample
-                    .groups
-                    .iter()
-                    .filter(|(key, _)| key.state == TcpState::CloseWait)
-                    .map(|(key, stats)| {
-                        (
-                            labels.close_wait(&key.close_wait_group()),
-                            field(stats) as f64,
-                        )
-                    }),
-            )
-        })
-        .collect()
+        .filter(|(key, _)| key.state == TcpState::CloseWait)
+        .map(|(key, stats)| (labels.close_wait(&key.close_wait_group()), stats))
+        .collect();
+    per_field(&EVIDENCE_FAMILIES, &series)
 }
 
 const LISTEN_OVERFLOWS: FamilySpec = FamilySpec::counter(
