@@ -16,6 +16,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use support::{Netns, wait_until};
@@ -24,6 +25,7 @@ use tcpstate_exporter::kernel::events::{
 };
 use tcpstate_exporter::kernel::record::TcpState::{self, *};
 use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest};
+use tcpstate_testkit::churn::{self, Churn, Plan};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -426,7 +428,7 @@ fn churn_overhead() {
     const ROUND: Duration = Duration::from_millis(400);
     let ns = Netns::new("ev-churn");
     let inum = inum(&ns);
-    ns.run(|| churn(ROUND)); // warm-up
+    ns.run(|| churn_for(ROUND)); // warm-up
     let default = EventsConfig {
         ring_bytes: 16 << 20,
         ..EventsConfig::default()
@@ -475,7 +477,7 @@ fn churn_overhead() {
                         .get(Established, CloseWait)
                 };
                 let before = source.as_ref().map(established_to_close_wait);
-                let churned = ns.run(|| churn(ROUND));
+                let churned = ns.run(|| churn_for(ROUND));
                 if let (Some(source), Some(before)) = (&mut source, before) {
                     let started = std::time::Instant::now();
                     drained += source.drain(|e| {
@@ -539,82 +541,12 @@ impl RatioLog {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Churn {
-    made: u64,
-    wall: Duration,
-    cpu: Duration,
-}
-
-impl Churn {
-    fn per_wall_second(&self) -> f64 {
-        self.made as f64 / self.wall.as_secs_f64()
-    }
-
-    fn per_cpu_second(&self) -> f64 {
-        self.made as f64 / self.cpu.as_secs_f64()
-    }
-}
-
-/// Opens and closes loopback connections for `duration`, the way CLOSE_WAIT sockets
-/// come and go: the client closes first, the server closes after, with a reset
-/// (SO_LINGER 0) so that no TIME_WAIT piles up and every round starts from the same
-/// table.
-fn churn(duration: Duration) -> Churn {
-    let listeners: Vec<TcpListener> = (0..4)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address"))
-        .collect();
-    let start = std::time::Instant::now();
-    let cpu_start = thread_cpu_time();
-    let mut made = 0u64;
-    while start.elapsed() < duration {
-        for _ in 0..256 {
-            let i = made as usize % listeners.len();
-            let client = TcpStream::connect(addrs[i]).expect("connect");
-            let (server, _) = listeners[i].accept().expect("accept");
-            drop(client);
-            linger_zero(&server);
-            drop(server);
-            made += 1;
-        }
-    }
-    Churn {
-        made,
-        wall: start.elapsed(),
-        cpu: thread_cpu_time() - cpu_start,
-    }
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+/// Loopback churn for `duration`, flat out, on this thread (see `tcpstate_testkit::churn`:
+/// every connection passes through CLOSE_WAIT, no TIME_WAIT piles up).
+fn churn_for(duration: Duration) -> Churn {
+    let plan = Plan {
+        duration: Some(duration),
+        rate: None,
     };
-    // SAFETY: a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn linger_zero(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a linger struct of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    churn::churn(plan, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e}"))
 }

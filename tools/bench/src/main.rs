@@ -7,6 +7,7 @@
 //! 2-core machine mean little, ratios travel. Needs root (network namespaces).
 //! See docs/benchmarks.md for how to run it and what the figures say.
 
+mod busy;
 mod daemon;
 mod floor;
 mod hold;
@@ -41,6 +42,9 @@ pub struct Options {
     pub doc: Option<PathBuf>,
     /// `--hold N -- COMMAND...`: hold a table of N sockets while COMMAND runs.
     pub hold: Option<(usize, Vec<String>)>,
+    /// `--busy`: events lost vs churn rate and staleness under CPU hogs instead.
+    pub busy_mode: bool,
+    pub busy: busy::BusyPlan,
     pub scenario: PathBuf,
     pub exporter: PathBuf,
 }
@@ -51,14 +55,19 @@ fn usage() -> &'static str {
        [--rss-samples 1000] [--rss-size N] [--daemon-size N] [--daemon-samples 20]
        [--wrk-seconds 10] [--wrk-connections 50] [--wrk-threads 1,2]
        [--doc docs/benchmarks.md | --no-doc]
-       [--scenario PATH] [--exporter PATH]
+       [--scenario PATH] [--exporter PATH] [--churn PATH]
        tcpstate-bench --hold N -- COMMAND [ARGS...]
+       tcpstate-bench --busy [--busy-rates 10k,20k,50k,100k] [--busy-churn-seconds 5]
+       [--busy-hogs 0,2,4] [--busy-table 110k] [--busy-interval-ms 1000]
+       [--busy-staleness-seconds 20] [--doc PATH | --no-doc]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
 sampling daemon, then again against a daemon that does not sample (the same-run
 baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace (named
-in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. Needs root."
+in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --busy
+measures events lost vs connection churn (own, foreign and both namespaces) and the
+served sample's age beside CPU hogs (docs/benchmarks.md, \"Busy host\"). Needs root."
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -82,6 +91,11 @@ fn parse_options() -> Result<Options, String> {
         },
         doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
         hold: None,
+        busy_mode: false,
+        busy: busy::BusyPlan {
+            churn: bin_dir.join("tcpstate-churn"),
+            ..busy::BusyPlan::default()
+        },
         scenario: bin_dir.join("tcpstate-scenario"),
         exporter: bin_dir.join("tcpstate-exporter"),
     };
@@ -93,6 +107,10 @@ fn parse_options() -> Result<Options, String> {
         }
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--busy" {
+            o.busy_mode = true;
+            continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |v: &str| -> Result<usize, String> {
@@ -136,6 +154,24 @@ fn parse_options() -> Result<Options, String> {
                 }
                 o.hold = Some((number(&value)?, command));
             }
+            "--busy-rates" => {
+                o.busy.rates = value
+                    .split(',')
+                    .map(|r| number(r).map(|n| n as u64))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--busy-hogs" => {
+                o.busy.hogs = value.split(',').map(number).collect::<Result<_, _>>()?;
+            }
+            "--busy-churn-seconds" => o.busy.churn_seconds = number(&value)?.max(1) as u64,
+            "--busy-table" => o.busy.table = number(&value)?,
+            "--busy-interval-ms" => {
+                o.busy.interval = std::time::Duration::from_millis(number(&value)?.max(1) as u64);
+            }
+            "--busy-staleness-seconds" => {
+                o.busy.staleness_seconds = number(&value)?.max(1) as u64;
+            }
+            "--churn" => o.busy.churn = PathBuf::from(value),
             "--scenario" => o.scenario = PathBuf::from(value),
             "--exporter" => o.exporter = PathBuf::from(value),
             _ => return Err(format!("unknown flag {flag}")),
@@ -147,10 +183,10 @@ fn parse_options() -> Result<Options, String> {
     let near_100k = o.sizes.iter().copied().min_by_key(|s| s.abs_diff(100_000));
     o.rss_size = o.rss_size.or(near_100k);
     o.daemon_size = o.daemon_size.or(o.sizes.last().copied());
-    for binary in [&o.scenario, &o.exporter] {
+    for binary in [&o.scenario, &o.exporter, &o.busy.churn] {
         if !binary.exists() {
             return Err(format!(
-                "{} is missing: cargo build --release -p tcpstate-scenario --bin tcpstate-exporter",
+                "{} is missing: cargo build --release --workspace",
                 binary.display()
             ));
         }
@@ -178,7 +214,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&options) {
+    let result = if options.busy_mode {
+        busy::run(&options)
+    } else {
+        run(&options)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcpstate-bench: {e}");

@@ -348,12 +348,17 @@ fn write_targets(md: &mut String, results: &[SizeResult]) {
     md.push('\n');
 }
 
-/// Replaces what lies between the markers in `doc` (appends them if missing).
+/// Replaces what lies between the results markers in `doc` (appends them if missing).
 pub fn write_into_doc(doc: &Path, markdown: &str) -> Result<(), String> {
+    write_between(doc, START, END, markdown)
+}
+
+/// Replaces what lies between `start` and `end` in `doc` (appends both if missing).
+pub fn write_between(doc: &Path, start: &str, end: &str, markdown: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(doc).unwrap_or_default();
-    let block = format!("{START}\n{markdown}{END}");
-    let updated = match (text.find(START), text.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
+    let block = format!("{start}\n{markdown}{end}");
+    let updated = match (text.find(start), text.find(end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + end.len()..]),
         _ => format!("{text}\n{block}\n"),
     };
     std::fs::write(doc, updated).map_err(|e| format!("{}: {e}", doc.display()))
