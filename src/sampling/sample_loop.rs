@@ -3,8 +3,10 @@
 //!
 //! Sampling runs on its own OS thread, off the async workers: a dump is blocking netlink
 //! I/O and /proc reads, and a slow one must never delay a scrape. The thread owns every
-//! piece of sampling state (namespaces, trackers, owner cache, the events ring), so none
+//! piece of sampling state (namespaces, trackers, owner cache, the events maps), so none
 //! of it needs a lock; the HTTP side only ever sees the `Arc` of the last exposition.
+//! Only the events ring is read elsewhere, by the drain thread the feed starts, which
+//! hands its events over through a bounded queue.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -29,10 +31,11 @@ pub enum Control {
     Reconfigure(Box<Settings>),
 }
 
-/// How often the sampler thread empties the events ring between samples. A quarter
-/// second keeps the default 1 MiB ring (13,000 events) ahead of 52,000 CLOSE_WAIT
-/// transitions a second; the cost is four wake-ups a second that find little to do.
-const EVENT_DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// How often the sampler thread applies the events the drain thread queued, between
+/// samples. The ring itself is read on a thread of its own (`event_drain`); this only
+/// keeps the queue short (it is bounded: 2 s of 50,000 connections a second), at the
+/// cost of four wake-ups a second that find little to do.
+const EVENT_APPLY_EVERY: Duration = Duration::from_millis(250);
 
 /// Sampling is background work: on a busy host a scrape should win the CPU, but a flood
 /// of scrapes must not starve the samples. So the sampler thread is SCHED_BATCH (it never
@@ -64,15 +67,16 @@ impl SamplerThread {
         let handle = std::thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
-                lower_own_priority();
-                // Attached here: the tracker it feeds lives on this thread.
-                let events = match EventFeed::start(&settings) {
+                // Attached here: the tracker it feeds lives on this thread. Before the
+                // priority is lowered: its drain thread inherits this thread's.
+                let events = match EventFeed::start(&settings, &namespaces.inodes()) {
                     Ok(feed) => feed,
                     Err(e) => {
                         let _ = first_done_tx.send(Err(e));
                         return;
                     }
                 };
+                lower_own_priority();
                 SampleLoop::new(namespaces, events, settings, publish).run(first_done_tx, control);
             })
             .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
@@ -144,8 +148,10 @@ impl SampleLoop {
     fn sample_once(&mut self) {
         let started = Instant::now();
         self.metrics.samples_total += 1;
-        self.namespaces.apply_events(&self.events.drain());
+        self.namespaces.apply_events(&self.events.flush());
         let round = self.namespaces.sample_round(&mut self.attribution);
+        // Discovery may have added or dropped namespaces: the kernel filter follows.
+        self.events.sample_namespaces(&self.namespaces.inodes());
         self.count(&round);
         // Namespaces whose sample failed keep their last good one in `round.samples`.
         (self.publish)(&round.samples, &mut self.metrics, started, &self.settings);
@@ -173,8 +179,9 @@ impl SampleLoop {
         metrics.namespaces_sampled = round.samples.len() as u64;
     }
 
-    /// Until `next`: kernel events drained every `EVENT_DRAIN_EVERY`, so the ring holds a
-    /// quarter second of them rather than a whole interval, and control messages applied.
+    /// Until `next`: queued kernel events applied every `EVENT_APPLY_EVERY`, so the queue
+    /// holds a quarter second of them rather than a whole interval, and control messages
+    /// applied.
     /// Returns when the next round is due (at once after a reconfiguration), `None` when
     /// the daemon is stopping.
     fn wait_until(&mut self, next: Instant, control: &mpsc::Receiver<Control>) -> Option<Instant> {
@@ -184,7 +191,7 @@ impl SampleLoop {
                 return Some(next);
             }
             let wait = if self.events.attached() {
-                (next - now).min(EVENT_DRAIN_EVERY)
+                (next - now).min(EVENT_APPLY_EVERY)
             } else {
                 next - now
             };
@@ -195,6 +202,7 @@ impl SampleLoop {
                 Ok(Control::Reconfigure(new)) => {
                     self.settings = *new;
                     self.namespaces.reconfigure(&self.settings);
+                    self.events.sample_namespaces(&self.namespaces.inodes());
                     return Some(Instant::now());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
