@@ -37,17 +37,6 @@ pub enum Control {
 /// cost of four wake-ups a second that find little to do.
 const EVENT_APPLY_EVERY: Duration = Duration::from_millis(250);
 
-/// Sampling is background work: on a busy host a scrape should win the CPU, but a flood
-/// of scrapes must not starve the samples. So the sampler thread is SCHED_BATCH (it never
-/// preempts a thread that wakes up, such as an HTTP worker with a request) at nice 10
-/// (weight 110 against 1024: a tenth of a busy CPU at worst, never nothing).
-///
-/// Measured on 2 CPUs at 520k sockets, sampling every second, under `wrk -t2 -c50`: p99
-/// lower in 8 of 8 alternating 5 s pairs against the former plain nice 5 (mean 7.1 vs
-/// 9.1 ms). Nice 19 starved the soak test (34 samples in 20 s where nice 5 took 168).
-/// Failure (a seccomp filter, say) only costs that gain.
-const SAMPLER_NICE: libc::c_int = 10;
-
 /// The running sampler thread.
 pub struct SamplerThread {
     handle: JoinHandle<()>,
@@ -68,7 +57,7 @@ impl SamplerThread {
             .name("sampler".into())
             .spawn(move || {
                 // Attached here: the tracker it feeds lives on this thread. Before the
-                // priority is lowered: its drain thread inherits this thread's.
+                // policy changes: its drain thread inherits this thread's.
                 let events = match EventFeed::start(&settings, &namespaces.inodes()) {
                     Ok(feed) => feed,
                     Err(e) => {
@@ -76,7 +65,7 @@ impl SamplerThread {
                         return;
                     }
                 };
-                lower_own_priority();
+                background_policy();
                 SampleLoop::new(namespaces, events, settings, publish).run(first_done_tx, control);
             })
             .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
@@ -211,19 +200,23 @@ impl SampleLoop {
     }
 }
 
-fn lower_own_priority() {
+/// Sampling is background work, but it must not starve: a sample that is seconds old
+/// blinds the operator exactly when the host is busy. So the sampler thread is
+/// SCHED_BATCH (it never preempts a thread that wakes up, such as an HTTP worker with a
+/// request) at the normal nice 0 (a fair share of a saturated CPU).
+///
+/// It was nice 10 (weight 110 against 1024: a tenth of a busy CPU at worst), which gave
+/// scrapes a lower p99 under `wrk -t2` at a 1 s interval (7.1 against 9.1 ms at nice
+/// 5), but with four busy threads on the two CPUs beside 110k sockets the daemon took
+/// one sample in 15 s and served one 9.5-12.2 s old (nice 5: 3.7-5.5 s; nice 0: 2.2-3.1
+/// s, against 2 x 1 s + one sample; tcpstate-bench --busy and two alternating rounds).
+/// Nice 19 had starved the soak test. Failure (a seccomp filter, say) only costs the
+/// batch policy.
+fn background_policy() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(0, ..) acts on the calling thread; `param` outlives it.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot make the sampler SCHED_BATCH");
-    }
-    // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
-    let niced = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, SAMPLER_NICE)
-    };
-    if niced != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the sampler's nice");
     }
 }
 
