@@ -71,7 +71,7 @@ fn samples_stay_fresh_with_the_cpus_saturated() {
     let flag = format!("{}ms", (interval * 1000.0).round());
     let daemon = Daemon::exporter(&ns, &["--sample.interval", &flag]);
     wait_for_samples(&daemon, 2.0);
-    let window = (8.0 * interval).max(16.0).ceil() as u64;
+    let window = (4.0 * interval).max(16.0).ceil() as u64;
 
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let stop = AtomicBool::new(false);
