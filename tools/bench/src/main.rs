@@ -59,7 +59,8 @@ fn usage() -> &'static str {
        tcpstate-bench --hold N -- COMMAND [ARGS...]
        tcpstate-bench --busy [--busy-rates 10k,20k,50k,100k] [--busy-churn-seconds 5]
        [--busy-hogs 0,2,4] [--busy-table 110k] [--busy-interval-ms 1000]
-       [--busy-staleness-seconds 20] [--doc PATH | --no-doc]
+       [--busy-staleness-seconds 20] [--busy-ring-bytes N] [--busy-only loss|staleness]
+       [--doc PATH | --no-doc]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
@@ -170,6 +171,17 @@ fn parse_options() -> Result<Options, String> {
             }
             "--busy-staleness-seconds" => {
                 o.busy.staleness_seconds = number(&value)?.max(1) as u64;
+            }
+            "--busy-ring-bytes" => {
+                o.busy.ring_bytes =
+                    Some(u32::try_from(number(&value)?).map_err(|e| e.to_string())?);
+            }
+            "--busy-only" => {
+                o.busy.only = Some(match value.as_str() {
+                    "loss" => busy::Part::Loss,
+                    "staleness" => busy::Part::Staleness,
+                    _ => return Err("--busy-only: loss or staleness".into()),
+                });
             }
             "--churn" => o.busy.churn = PathBuf::from(value),
             "--scenario" => o.scenario = PathBuf::from(value),
@@ -290,6 +302,16 @@ fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String
                 &options.exporter,
                 "1h",
                 1,
+                &options.wrk,
+            )?);
+            // The scrape latency target holds at the default interval: a sample every
+            // 15 s, so the wrk runs (10 s each) overlap one or two of them.
+            eprintln!("   daemon at the default interval (15 s): wrk");
+            result.daemon_default = Some(daemon::measure(
+                &ns,
+                &options.exporter,
+                "15s",
+                2,
                 &options.wrk,
             )?);
         }

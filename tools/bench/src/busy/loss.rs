@@ -45,6 +45,15 @@ pub struct ChurnFigures {
     pub cpu_seconds: f64,
 }
 
+/// The loss runs and what the daemon's memory did meanwhile.
+#[derive(Clone, Debug, Default)]
+pub struct Losses {
+    pub runs: Vec<LossRun>,
+    /// The daemon's peak and final resident memory over all the runs.
+    pub hwm_kib: u64,
+    pub rss_kib: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct LossRun {
     pub rate: u64,
@@ -92,13 +101,21 @@ fn wait_for_samples(ns: &Netns, samples: f64) -> Result<Reading, String> {
     }
 }
 
-pub fn measure(options: &crate::Options) -> Result<Vec<LossRun>, String> {
+pub fn measure(options: &crate::Options) -> Result<Losses, String> {
     let plan = &options.busy;
     let own = crate::prepared_netns()?;
     let foreign = crate::prepared_netns()?;
-    let daemon = Daemon::start(&own, &options.exporter, &["--sample.interval", "1s"])?;
+    let mut args = vec!["--sample.interval".to_string(), "1s".to_string()];
+    let config = std::env::temp_dir().join(format!("tcpstate-bench-{}.toml", std::process::id()));
+    if let Some(bytes) = plan.ring_bytes {
+        std::fs::write(&config, format!("events_ring_bytes = {bytes}\n"))
+            .map_err(|e| format!("{}: {e}", config.display()))?;
+        args.extend(["--config.file".to_string(), config.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&own, &options.exporter, &args)?;
     wait_for_samples(&own, 2.0)?;
-    let mut runs = Vec::new();
+    let mut losses = Losses::default();
     for &rate in &plan.rates {
         for place in [Place::Own, Place::Both, Place::Foreign] {
             eprintln!("== churn {rate}/s, {}", place.label());
@@ -110,10 +127,14 @@ pub fn measure(options: &crate::Options) -> Result<Vec<LossRun>, String> {
                 run.entered,
                 run.lost
             );
-            runs.push(run);
+            losses.runs.push(run);
         }
     }
-    Ok(runs)
+    let pid = daemon.pid().to_string();
+    losses.hwm_kib = measure::status_kib(&pid, "VmHWM").unwrap_or(0);
+    losses.rss_kib = measure::status_kib(&pid, "VmRSS").unwrap_or(0);
+    let _ = std::fs::remove_file(&config);
+    Ok(losses)
 }
 
 fn one_run(
@@ -184,24 +205,27 @@ pub fn parse_churn(text: &str) -> Option<ChurnFigures> {
     })
 }
 
-pub fn write(md: &mut String, plan: &BusyPlan, runs: &[LossRun]) {
+pub fn write(md: &mut String, plan: &BusyPlan, losses: &Losses) {
+    let ring = plan.ring_bytes.map_or("the default ring".to_string(), |b| {
+        format!("`events_ring_bytes = {b}`")
+    });
     let _ = writeln!(
         md,
         "#### Events lost vs churn rate\n\n`tcpstate-churn --threads 2 --rate R --seconds {}` \
          (every connection through CLOSE_WAIT) in the daemon's own namespace, in a foreign \
          one, or one of each at once; one daemon, default settings but \
-         `--sample.interval 1s`, for all runs. *Reached*: connections per second made \
+         `--sample.interval 1s` and {ring}, for all runs. *Reached*: connections per second made \
          (own / foreign). *Entered − made*: CLOSE_WAIT entries the daemon counted minus \
          the own namespace's connections (0: every one counted). *Churn CPUs*: the churning \
          threads' CPU time over the wall time (2.0: both CPUs). *Daemon CPU*: its user + \
          system time during the churn.\n",
-        plan.churn_seconds
+        plan.churn_seconds,
     );
     md.push_str(
         "| rate asked | churn in | reached (own / foreign) | churn CPUs | own connections | entered − made | events lost | daemon CPU |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|\n",
     );
-    for r in runs {
+    for r in &losses.runs {
         let reached =
             |c: Option<ChurnFigures>| c.map_or("-".to_string(), |c| format!("{:.0}", c.rate));
         let made = r.own.map_or(0, |c| c.made);
@@ -223,7 +247,12 @@ pub fn write(md: &mut String, plan: &BusyPlan, runs: &[LossRun]) {
             r.daemon_cpu.as_secs_f64(),
         );
     }
-    md.push('\n');
+    let _ = writeln!(
+        md,
+        "\nThe daemon's memory after these runs: peak (VmHWM) {:.1} MiB, resident {:.1} MiB.\n",
+        losses.hwm_kib as f64 / 1024.0,
+        losses.rss_kib as f64 / 1024.0
+    );
 }
 
 #[cfg(test)]

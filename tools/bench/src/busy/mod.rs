@@ -13,14 +13,10 @@
 mod loss;
 mod staleness;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::report::{self, Machine};
-
-pub use loss::LossRun;
-pub use staleness::StalenessRun;
 
 /// What `--busy` runs.
 #[derive(Clone, Debug)]
@@ -32,7 +28,17 @@ pub struct BusyPlan {
     pub table: usize,
     pub interval: Duration,
     pub staleness_seconds: u64,
+    /// `events_ring_bytes` for the loss runs (`None`: the daemon's default).
+    pub ring_bytes: Option<u32>,
+    /// Run only one of the two measurements.
+    pub only: Option<Part>,
     pub churn: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Loss,
+    Staleness,
 }
 
 impl Default for BusyPlan {
@@ -44,47 +50,62 @@ impl Default for BusyPlan {
             table: 110_000,
             interval: Duration::from_secs(1),
             staleness_seconds: 20,
+            ring_bytes: None,
+            only: None,
             churn: PathBuf::new(),
         }
     }
 }
 
-const START: &str = "<!-- tcpstate-bench busy: start -->";
-const END: &str = "<!-- tcpstate-bench busy: end -->";
+const LOSS_MARKERS: (&str, &str) = (
+    "<!-- tcpstate-bench busy loss: start -->",
+    "<!-- tcpstate-bench busy loss: end -->",
+);
+const STALENESS_MARKERS: (&str, &str) = (
+    "<!-- tcpstate-bench busy staleness: start -->",
+    "<!-- tcpstate-bench busy staleness: end -->",
+);
 
-/// Runs both measurements, prints their tables and writes them into `doc`.
+/// Runs the measurements of the plan, prints their tables and writes each into `doc`
+/// between its own markers (a run of one part leaves the other's figures).
 pub fn run(options: &crate::Options) -> Result<(), String> {
     let plan = &options.busy;
-    let losses = loss::measure(options)?;
-    let stale = staleness::measure(options)?;
-    let markdown = markdown(&Machine::probe(), plan, &losses, &stale);
-    println!("\n{markdown}");
+    let mut parts = Vec::new();
+    if plan.only != Some(Part::Staleness) {
+        let mut md = header();
+        let losses = loss::measure(options)?;
+        loss::write(&mut md, plan, &losses);
+        parts.push((LOSS_MARKERS, md));
+    }
+    if plan.only != Some(Part::Loss) {
+        let mut md = header();
+        let runs = staleness::measure(options)?;
+        staleness::write(&mut md, plan, &runs);
+        parts.push((STALENESS_MARKERS, md));
+    }
+    for ((start, end), markdown) in &parts {
+        println!("\n{markdown}");
+        if let Some(doc) = &options.doc {
+            report::write_between(doc, start, end, markdown)?;
+        }
+    }
     if let Some(doc) = &options.doc {
-        report::write_between(doc, START, END, &markdown)?;
         println!("results written into {}", doc.display());
     }
     Ok(())
 }
 
-fn markdown(
-    machine: &Machine,
-    plan: &BusyPlan,
-    losses: &[LossRun],
-    stale: &[StalenessRun],
-) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "Run of {}: {} CPUs ({}), kernel {}; load average before the run: {}.\n",
+/// When and where, and how busy the machine was before the benchmark started.
+fn header() -> String {
+    let machine = Machine::probe();
+    format!(
+        "Run of {}: {} CPUs ({}), kernel {}; load average before: {}.\n\n",
         machine.date,
         machine.cpus,
         machine.model,
         machine.kernel,
         load_average(),
-    );
-    loss::write(&mut md, plan, losses);
-    staleness::write(&mut md, plan, stale);
-    md
+    )
 }
 
 /// /proc/loadavg's first three fields: how busy the machine was besides the benchmark.
