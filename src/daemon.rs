@@ -174,6 +174,9 @@ fn apply_reload(
                 tracing::warn!(keys = %ignored.join(", "), "these settings change only on restart");
             }
             let new = new.keeping_restart_only(running);
+            if let (Some(fresh), Some(old)) = (&web.basic_auth, &site.web.load().basic_auth) {
+                fresh.carry_over(old);
+            }
             site.web.store(Arc::new(web));
             site.telemetry_path
                 .store(Arc::new(new.telemetry_path.clone()));
