@@ -230,3 +230,29 @@ fn a_long_bad_line_is_quoted_short() {
     let error = parse_text(&line).unwrap_err();
     assert!(error.len() < 400, "{} bytes: {error:.200}", error.len());
 }
+
+#[test]
+fn telemetry_paths_that_can_never_match_are_refused() {
+    for bad in [
+        "/métrics",
+        "/metrics?x=1",
+        "/a#b",
+        "/a b",
+        "/a%20b",
+        "/\"><script>",
+        "metrics",
+        "/",
+    ] {
+        let error = parse_text(&format!("[web]\ntelemetry_path = {bad:?}\n")).unwrap_err();
+        assert!(
+            error.contains("web.telemetry_path") && error.contains("line 2"),
+            "{bad}: {error}"
+        );
+    }
+    for good in ["/metrics", "/probe/tcp-state_v1", "/a:b@c"] {
+        assert!(
+            parse_text(&format!("[web]\ntelemetry_path = {good:?}\n")).is_ok(),
+            "{good}"
+        );
+    }
+}

@@ -77,13 +77,22 @@ pub(super) fn parse_patterns(patterns: &[String]) -> Result<Vec<glob::Pattern>, 
         .collect()
 }
 
+/// A telemetry path must match a request's path as sent, byte for byte: so only the
+/// characters a URI path carries unencoded (RFC 3986 `pchar` and `/`). `/métrics` arrives
+/// as `/m%C3%A9trics` and a `?` starts the query: either would answer 404 forever.
 pub(super) fn check_telemetry_path(path: &str) -> Result<(), String> {
-    if path.starts_with('/') && path.len() > 1 && !path.contains(char::is_whitespace) {
-        Ok(())
-    } else {
-        Err(format!(
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c);
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!(
             "invalid telemetry path {path:?}: must start with / and not be / itself"
-        ))
+        ));
+    }
+    match path.chars().find(|c| !allowed(*c)) {
+        Some(c) => Err(format!(
+            "invalid telemetry path {path:?}: {c:?} can never match a request's path (use \
+             letters, digits and -._~!$&'()*+,;=:@/)"
+        )),
+        None => Ok(()),
     }
 }
 
