@@ -13,6 +13,7 @@ use tcpstate_exporter::model::diagnosis::Thresholds;
 use tcpstate_exporter::output::exposition::LabelOptions;
 use tcpstate_exporter::output::snapshot;
 use tcpstate_exporter::output::snapshot::{RenderOptions, Watch, diagnose_groups};
+use tcpstate_exporter::output::terminal::escape_control;
 use tcpstate_exporter::sampling::attribution::Attribution;
 use tcpstate_exporter::sampling::namespace_set::NamespaceSet;
 
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
     let settings = match config::load(&cli.flags) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("tcpstate-exporter: {e}");
+            eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
                 .as_deref()
                 .map(tcpstate_exporter::http::webconfig::WebConfig::load);
             if let Some(Err(e)) = web_config {
-                eprintln!("tcpstate-exporter: {e}");
+                eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
             match &cli.flags.config_file {
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
         Some(Command::Snapshot(request)) => match run_snapshot(settings, request) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("tcpstate-exporter: {e}");
+                eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         },
@@ -101,7 +102,10 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
     let watched = started.elapsed().as_secs_f64();
     let round = last.as_ref().unwrap_or(&first);
     if let Some(e) = round.errors.first() {
-        eprintln!("tcpstate-exporter: snapshot failed: {e}");
+        eprintln!(
+            "tcpstate-exporter: snapshot failed: {}",
+            escape_control(&e.to_string())
+        );
         return Ok(ExitCode::FAILURE);
     }
     let watch = last.as_ref().map(|_| Watch {

@@ -3,5 +3,6 @@
 
 pub mod auth;
 pub mod server;
+pub mod slots;
 pub mod tls;
 pub mod webconfig;

@@ -180,6 +180,20 @@ impl OwnerCache {
         stats
     }
 
+    /// Says once that other users' sockets cannot be attributed, and what to grant: the
+    /// fd directory cannot be listed, or (root without CAP_SYS_PTRACE) listed but its
+    /// links not read.
+    fn warn_permission(&mut self, pid: u32) {
+        if !self.warned_permission {
+            self.warned_permission = true;
+            tracing::warn!(
+                pid,
+                "cannot read /proc/PID/fd of other users' processes: their sockets \
+                 get process=\"\" (grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
+            );
+        }
+    }
+
     /// Reads the fds of one process: new fd numbers only, or all with `full`.
     fn scan_process(
         &mut self,
@@ -195,13 +209,8 @@ impl OwnerCache {
         let listing = match fs::read_dir(&fd_dir) {
             Ok(listing) => listing,
             Err(e) => {
-                if e.kind() == io::ErrorKind::PermissionDenied && !self.warned_permission {
-                    self.warned_permission = true;
-                    tracing::warn!(
-                        pid,
-                        "cannot read /proc/PID/fd of other users' processes: their sockets \
-                         get process=\"\" (grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
-                    );
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    self.warn_permission(pid);
                 }
                 tracing::debug!(pid, error = %e, "cannot list fds");
                 return;
@@ -210,6 +219,7 @@ impl OwnerCache {
         let mut present = HashSet::new();
         let mut found = Vec::new();
         let mut dropped = Vec::new();
+        let mut refused = false;
         {
             let Some(entry) = self.processes.get_mut(&pid) else {
                 return;
@@ -225,6 +235,10 @@ impl OwnerCache {
                 stats.fds_read += 1;
                 let inode = match fs::read_link(item.path()) {
                     Ok(target) => socket_inode(target.as_os_str().as_bytes()).unwrap_or(0),
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                        refused = true;
+                        break;
+                    }
                     Err(_) => continue, // closed meanwhile
                 };
                 let previous = entry.fds.insert(fd, inode).unwrap_or(0);
@@ -242,6 +256,9 @@ impl OwnerCache {
                 }
                 keep
             });
+        }
+        if refused {
+            self.warn_permission(pid);
         }
         // The index only holds inodes some cached fd holds: it cannot grow with churn.
         for inode in dropped {

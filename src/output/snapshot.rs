@@ -15,6 +15,7 @@ use crate::model::diagnosis::{self, Closes, Evidence, Thresholds, Verdict, human
 use crate::model::labels::{AgeGroup, Direction, PortLabel};
 use crate::model::sample::{NamespaceLabels, NamespaceSample, Sample};
 use crate::output::exposition::{self, LabelOptions};
+use crate::output::terminal::escape_control;
 
 #[derive(Serialize)]
 struct JsonSnapshot<'a> {
@@ -277,7 +278,7 @@ pub fn render(
             .iter()
             .map(|ns| {
                 let heading = if options.labels.namespace_labels {
-                    format!("== netns {}\n", ns.info.labels.netns)
+                    format!("== netns {}\n", escape_control(&ns.info.labels.netns))
                 } else {
                     String::new()
                 };
@@ -397,16 +398,23 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
                     diagnosis::Cause::Undetermined => "33",
                     _ => "31",
                 };
-                format!("\x1b[{colour}m{}\x1b[0m", d.verdict.summary)
+                format!(
+                    "\x1b[{colour}m{}\x1b[0m",
+                    escape_control(&d.verdict.summary)
+                )
             } else {
-                d.verdict.summary.clone()
+                escape_control(&d.verdict.summary).into_owned()
             };
             let _ = writeln!(
                 out,
                 "{:<9} {:>6} {:<16} {:>8} {:>6} {:>7} {:>9} {:>10} {:>6}  {}",
                 d.direction.name(),
                 d.port.to_string(),
-                if d.process.is_empty() { "-" } else { d.process },
+                if d.process.is_empty() {
+                    "-".into()
+                } else {
+                    escape_control(d.process)
+                },
                 d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 e.close_wait,
                 e.oldest_seconds

@@ -67,6 +67,8 @@ pub struct NamespaceSet {
     roots: Roots,
     pods: PodDirectory,
     members: BTreeMap<u64, Member>,
+    /// Whether "no permission to enter a namespace" was said (once).
+    warned_privileges: bool,
 }
 
 impl NamespaceSet {
@@ -80,6 +82,7 @@ impl NamespaceSet {
             roots: Roots::default(),
             pods: PodDirectory::new(&settings.pods_log_dir),
             members: BTreeMap::new(),
+            warned_privileges: false,
         };
         let sampler = Sampler::new(settings)?;
         set.members.insert(
@@ -224,6 +227,15 @@ impl NamespaceSet {
                             skipped: 0,
                         },
                     );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    if !self.warned_privileges {
+                        self.warned_privileges = true;
+                        tracing::warn!(netns = %info.labels.netns, error = %e,
+                            "namespaces = \"all\" cannot enter other network namespaces: only \
+                             those it may enter are sampled (grant CAP_SYS_ADMIN and \
+                             CAP_SYS_PTRACE)");
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(netns = %info.labels.netns, error = %e,
