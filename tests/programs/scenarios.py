@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from handmade import set_name
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_EXPORTER = REPO / "target" / "debug" / "tcpstate-exporter"
@@ -305,6 +307,16 @@ class Clients:
             s.sendall(payload)
         self.socks.append(s)
         return s.getsockname()[1]
+
+    def close(self, ports):
+        """Closes the clients whose local port is in `ports`."""
+        keep = []
+        for s in self.socks:
+            if s.getsockname()[1] in ports:
+                s.close()
+            else:
+                keep.append(s)
+        self.socks = keep
 
     def close_all(self):
         for s in self.socks:
@@ -615,6 +627,7 @@ NGINX_CONF = """\
 daemon off;
 master_process on;
 worker_processes 1;
+worker_rlimit_nofile {nofile};
 pid {dir}/nginx.pid;
 error_log stderr info;
 events {{ worker_connections 64; }}
@@ -625,13 +638,60 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    keepalive_timeout 1s;
+    keepalive_timeout {keepalive};
     server {{
-        listen 127.0.0.1:8081;
+        listen 127.0.0.1:{port};
         location / {{ return 200 "ok\\n"; }}
     }}
 }}
 """
+
+
+def start_nginx(ctx, port, keepalive, nofile=1024):
+    """nginx, a master and one worker, answering "ok" on `port`; its error log (stderr) is
+    `nginx.log` in the scenario's folder."""
+    conf = ctx.logdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=ctx.logdir, port=port, keepalive=keepalive,
+                                      nofile=nofile))
+    serve(ctx, "nginx", [executable("nginx"), "-c", str(conf), "-p", str(ctx.logdir)],
+          port=port, processes=2)
+
+
+@scenario(needs=["nginx"])
+def event_loop_fd_limit(ctx):
+    """nginx, one worker limited to 16 descriptors (worker_rlimit_nofile) with
+    keepalive_timeout 1h: 16 keep-alive clients take its last descriptors, accept4()
+    fails with EMFILE and the worker stops accepting. The clients still queued give up;
+    the idle ones stay. Truth: the queued ones are CLOSE_WAIT in nginx's accept queue,
+    never accepted: accept backlog."""
+    run = Run("event_loop_fd_limit", ["nginx worker_rlimit_nofile 16 (Debian)"])
+    start_nginx(ctx, port=8082, keepalive="1h", nofile=16)
+    ports = [ctx.clients.open(8082, http_get("/")) for _ in range(16)]
+    log = ctx.logdir / "nginx.log"
+    wait_until(lambda: "accept4() failed (24: Too many open files)" in log.read_text(),
+               "nginx's worker to run out of descriptors")
+
+    def server_side():
+        return [s for s in ss() if s.state == "ESTAB" and s.local_port == 8082]
+
+    # Out of descriptors, the worker accepts nothing more: each connection is either
+    # read by it (held, Recv-Q 0) or waits in the queue (no holder).
+    wait_until(lambda: len([s for s in server_side() if s.users and s.recv_q == 0]
+                           + [s for s in server_side() if not s.users]) == len(ports),
+               "each of the 16 connections accepted and read, or queued")
+    queued = [s.peer_port for s in server_side() if not s.users]
+    if len(queued) < 3:
+        raise ScenarioError(f"only {len(queued)} connections queued; the limit did not bite")
+    ctx.clients.close(queued)
+    wait_until(lambda: len(close_wait(ss(), port=8082, held=False)) == len(queued),
+               f"the {len(queued)} queued connections in CLOSE_WAIT")
+    wait_until(oldest_at_least(8082, 3), "CLOSE_WAIT 3 s old")
+    ctx.setup_done(run)
+    run.expect = [Expect("inbound", 8082, "nginx", "accept_backlog", close_wait=len(queued),
+                         unaccepted=len(queued),
+                         why="the worker, out of descriptors, accepts nothing; the peers left")]
+    single_and_watch(ctx, ["--stuck-after", "2s"], samples=3)
+    return run
 
 
 @scenario(needs=["nginx", "requests"])
@@ -641,10 +701,7 @@ def pool_keepalive(ctx):
     looks at them. Truth: 4 outbound CLOSE_WAIT to 8081, held by the client, never
     closed while it is idle."""
     run = Run("pool_keepalive", ["nginx keepalive_timeout 1s (Debian)", "requests pool (PyPI)"])
-    conf = ctx.logdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=ctx.logdir))
-    serve(ctx, "nginx", [executable("nginx"), "-c", str(conf), "-p", str(ctx.logdir)],
-          port=8081, processes=2)
+    start_nginx(ctx, port=8081, keepalive="1s")
     client = ctx.programs.start(
         "poolclient",
         [sys.executable, str(HERE / "handmade.py"), "pool-client", "http://127.0.0.1:8081/", "4"],
@@ -929,6 +986,8 @@ def run_inside(name, netns, exporter, out):
     logdir = out / name
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
+    # The clients this process opens show in ss and in the exporter under this name.
+    set_name("peers")
     ctx = Context(name, netns, exporter, logdir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
