@@ -14,11 +14,11 @@
 //! Memory is bounded by `max_tracked`: beyond it new CLOSE_WAIT sockets are counted as
 //! untracked, not aged.
 
-use std::collections::BTreeMap;
-
 use foldhash::{HashMap, HashMapExt};
 
-use crate::model::labels::{AgeGroup, PortLabel};
+use crate::model::durations::BoundedSeries;
+pub use crate::model::durations::DurationHistogram;
+use crate::model::labels::AgeGroup;
 
 /// One tracked socket. Kept small: it is the per-socket memory cost.
 #[derive(Clone, Copy, Debug)]
@@ -63,35 +63,6 @@ pub const BYTES_PER_TRACKED_SOCKET: usize =
 // 65 on x86_64; README.md states the figure, and a test keeps the two equal.
 const _: () = assert!(BYTES_PER_TRACKED_SOCKET < 100);
 
-/// A cumulative histogram of seconds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DurationHistogram {
-    /// Cumulative counts per bound of `CloseWaitTracker::bounds`.
-    pub cumulative: Vec<u64>,
-    pub count: u64,
-    pub sum: f64,
-}
-
-impl DurationHistogram {
-    fn new(buckets: usize) -> Self {
-        DurationHistogram {
-            cumulative: vec![0; buckets],
-            count: 0,
-            sum: 0.0,
-        }
-    }
-
-    fn observe(&mut self, bounds: &[f64], seconds: f64) {
-        for (bound, count) in bounds.iter().zip(self.cumulative.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-}
-
 /// What the tracker reports after a sample.
 #[derive(Clone, Debug, Default)]
 pub struct AgesReport {
@@ -110,34 +81,31 @@ pub struct AgesReport {
 
 pub struct CloseWaitTracker {
     entries: HashMap<u64, Tracked>,
-    histograms: BTreeMap<AgeGroup, DurationHistogram>,
+    histograms: BoundedSeries<DurationHistogram>,
     bounds: Vec<f64>,
     max_tracked: usize,
-    /// Distinct histogram series at most; further groups share `port="other"`.
-    max_groups: usize,
     epoch: u32,
     now: f64,
     untracked: u64,
     announced: HashMap<u64, Announced>,
     /// Exact departure times of tracked sockets, from events since the last sample.
     departures: HashMap<u64, f64>,
-    entered: BTreeMap<AgeGroup, u64>,
+    entered: BoundedSeries<u64>,
 }
 
 impl CloseWaitTracker {
     pub fn new(bounds: Vec<f64>, max_tracked: usize, max_groups: usize) -> Self {
         CloseWaitTracker {
             entries: HashMap::new(),
-            histograms: BTreeMap::new(),
+            histograms: BoundedSeries::new(max_groups),
             bounds,
             max_tracked,
-            max_groups,
             epoch: 0,
             now: 0.0,
             untracked: 0,
             announced: HashMap::new(),
             departures: HashMap::new(),
-            entered: BTreeMap::new(),
+            entered: BoundedSeries::new(max_groups),
         }
     }
 
@@ -174,32 +142,13 @@ impl CloseWaitTracker {
     }
 
     fn count_entered(&mut self, group: AgeGroup) {
-        let group = self.bounded(group, self.entered.contains_key(&group), self.entered.len());
-        *self.entered.entry(group).or_default() += 1;
-    }
-
-    /// A group of its own while fewer than `max_groups` exist, else `port="other"`.
-    fn bounded(&self, group: AgeGroup, known: bool, count: usize) -> AgeGroup {
-        if known || count < self.max_groups {
-            group
-        } else {
-            AgeGroup {
-                port: PortLabel::Other,
-                ..group
-            }
-        }
+        *self.entered.entry(group, || 0) += 1;
     }
 
     fn observe(&mut self, group: AgeGroup, seconds: f64) {
-        let group = self.bounded(
-            group,
-            self.histograms.contains_key(&group),
-            self.histograms.len(),
-        );
         let buckets = self.bounds.len();
         self.histograms
-            .entry(group)
-            .or_insert_with(|| DurationHistogram::new(buckets))
+            .entry(group, || DurationHistogram::new(buckets))
             .observe(&self.bounds, seconds);
     }
 
@@ -337,7 +286,7 @@ impl CloseWaitTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::labels::{Direction, OwnerKey};
+    use crate::model::labels::{Direction, OwnerKey, PortLabel};
 
     fn group(port: u16) -> AgeGroup {
         AgeGroup {
@@ -449,19 +398,6 @@ mod tests {
         let report = tracker.finish();
         assert_eq!(report.untracked, 1);
         assert_eq!(tracker.tracked(), 2);
-    }
-
-    #[test]
-    fn histogram_series_are_bounded_by_max_groups() {
-        let mut tracker = CloseWaitTracker::new(vec![1.0], 100, 1);
-        tracker.begin(1.0);
-        tracker.sight(1, 1, group(80));
-        tracker.sight(2, 2, group(81));
-        tracker.finish();
-        tracker.begin(2.0);
-        let report = tracker.finish();
-        let ports: Vec<PortLabel> = report.durations.iter().map(|(g, _)| g.port).collect();
-        assert_eq!(ports, vec![PortLabel::Port(80), PortLabel::Other]);
     }
 
     #[test]

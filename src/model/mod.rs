@@ -5,6 +5,7 @@ pub mod ages;
 pub mod aggregate;
 pub mod classify;
 pub mod diagnosis;
+pub mod durations;
 pub mod labels;
 pub mod sample;
 pub mod self_metrics;

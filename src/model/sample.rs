@@ -8,7 +8,7 @@ use crate::kernel::record::{STATE_COUNT, TcpState};
 use crate::kernel::sysctl::{ListenCounters, TcpSettings};
 use crate::model::ages::AgesReport;
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
-use crate::model::labels::{AgeGroup, PortLabel, ProcessId};
+use crate::model::labels::{AgeGroup, ProcessId};
 
 /// One complete, aggregated sample of a namespace.
 #[derive(Clone, Debug, Default)]
@@ -18,7 +18,7 @@ pub struct Sample {
     /// Detail-state groups, largest first (after folding).
     pub groups: Vec<(GroupKey, GroupStats)>,
     pub listeners: Vec<(ListenerKey, ListenerStats)>,
-    /// Groups folded into `port="other"` (connections and listeners).
+    /// Groups folded into `port="other", process="other"` (connections and listeners).
     pub groups_folded: u64,
     /// Process names, indexed by `ProcessId`; entry 0 is "".
     pub processes: Vec<String>,
@@ -61,6 +61,9 @@ impl Sample {
     }
 
     pub fn process_name(&self, id: ProcessId) -> &str {
+        if id == ProcessId::OTHER {
+            return "other";
+        }
         self.processes
             .get(id.0 as usize)
             .map(String::as_str)
@@ -72,7 +75,7 @@ impl Sample {
     }
 }
 
-/// Ages of groups that were folded in the aggregate go to `port="other"` too.
+/// Ages of groups that were folded in the aggregate go to their fold bucket too.
 fn fold_ages(mut ages: AgesReport, aggregate: &Aggregate) -> AgesReport {
     let kept: HashSet<AgeGroup> = aggregate
         .groups
@@ -85,10 +88,7 @@ fn fold_ages(mut ages: AgesReport, aggregate: &Aggregate) -> AgesReport {
         let group = if kept.contains(&group) {
             group
         } else {
-            AgeGroup {
-                port: PortLabel::Other,
-                ..group
-            }
+            group.folded()
         };
         let slot = folded.entry(group).or_insert(age);
         *slot = slot.max(age);
@@ -127,7 +127,7 @@ pub struct NamespaceSample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::labels::{Direction, OwnerKey};
+    use crate::model::labels::{Direction, OwnerKey, PortLabel};
 
     fn group(port: PortLabel) -> AgeGroup {
         AgeGroup {
@@ -162,7 +162,7 @@ mod tests {
             sample.ages.oldest,
             vec![
                 (group(PortLabel::Port(80)), 5.0),
-                (group(PortLabel::Other), 9.0)
+                (group(PortLabel::Other).folded(), 9.0)
             ]
         );
     }

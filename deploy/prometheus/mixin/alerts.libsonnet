@@ -135,8 +135,8 @@ local where = {
             |||
               tcpstate_groups_folded > 0
             |||,
-            'Some ports/processes are folded into port="other".',
-            'tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} folded {{ $value | humanize }} groups into port="other" because max_groups is reached: raise max_groups or expect CLOSE_WAIT there to show only as port="other".',
+            'Some ports/processes are folded into port="other", process="other".',
+            'tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} folded {{ $value | humanize }} groups into port="other", process="other" because max_groups is reached: raise max_groups or expect CLOSE_WAIT there to show only in that bucket.',
           ),
         ],
       },

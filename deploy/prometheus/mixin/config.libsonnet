@@ -70,7 +70,7 @@
     stale: { ageSeconds: 120, 'for': '5m', severity: 'warning' },
 
     // TcpStateGroupsFolded: the per-metric group limit (max_groups) is reached and some
-    // ports/processes are folded into port="other".
+    // ports/processes are folded into port="other", process="other".
     groupsFolded: { 'for': '30m', severity: 'info' },
   },
 }

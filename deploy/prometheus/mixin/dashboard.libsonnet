@@ -226,7 +226,7 @@ local w(width, p) = { w: width, panel: p };
           title: 'CLOSE_WAIT',
           lines: [
             { h: 8, panels: [
-              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other" is the fold bucket.', [
+              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other", process="other" is the fold bucket.', [
                 target('sum by (netns, direction, port) (tcpstate_connections{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{netns}}'),
               ])),
               w(12, timeseries('CLOSE_WAIT by process', 'The owning process (comm); empty for orphaned sockets.', [
@@ -298,7 +298,7 @@ local w(width, p) = { w: width, panel: p };
               ], 's', c.stale.ageSeconds)),
             ] },
             { h: 7, panels: [
-              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other".', [
+              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other", process="other".', [
                 target('tcpstate_groups_folded{%s}' % sampled, '{{instance}} {{netns}}'),
               ])),
               w(6, timeseries('Exporter memory', 'Resident memory of the exporter process.', [

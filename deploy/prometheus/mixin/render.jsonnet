@@ -35,6 +35,6 @@ function(overrides={})
       row('TcpStateExporterDown', c.exporterDown, '`up{%s} == 0`' % c.jobSelector),
       row('TcpStateSampleErrors', c.sampleErrors, 'samples failed in the last %(window)s' % c.sampleErrors),
       row('TcpStateDataStale', c.stale, 'the last good sample is older than %(ageSeconds)s s' % c.stale),
-      row('TcpStateGroupsFolded', c.groupsFolded, 'groups are folded into port="other"'),
+      row('TcpStateGroupsFolded', c.groupsFolded, 'groups are folded into port="other", process="other"'),
     ]) + '\n',
   }

@@ -275,7 +275,7 @@ const UNTRACKED: FamilySpec = FamilySpec::gauge(
 );
 const FOLDED: FamilySpec = FamilySpec::gauge(
     "tcpstate_groups_folded",
-    "Groups folded into port=\"other\" because max_groups was reached.",
+    "Groups folded into port=\"other\", process=\"other\" because max_groups was reached.",
 );
 
 /// Entries counted from events, and what the tracker and the folding left out.
