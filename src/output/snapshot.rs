@@ -161,10 +161,24 @@ fn evidence_of(
         .find(|(g, _)| g == group)
         .map(|(_, age)| *age);
     if group.direction == Direction::Inbound {
-        let queues: Vec<(u64, u64)> = sample
+        // The group's own listeners (SO_REUSEPORT: each program has its own queue); all
+        // the port's when none is the group's (its owner could not be told).
+        let port: Vec<_> = sample
             .listeners
             .iter()
             .filter(|(key, _)| key.port == group.port)
+            .collect();
+        let own: Vec<_> = port
+            .iter()
+            .filter(|(key, _)| key.owner == group.owner)
+            .collect();
+        let chosen = if own.is_empty() {
+            port.iter().collect()
+        } else {
+            own
+        };
+        let queues: Vec<(u64, u64)> = chosen
+            .iter()
             .map(|(_, s)| (s.queue_length, s.queue_max))
             .collect();
         if !queues.is_empty() {

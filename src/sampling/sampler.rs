@@ -22,7 +22,7 @@ use crate::model::aggregate::{ConnectionFacts, GroupKey, ListenerKey, SampleBuil
 use crate::model::classify::{Classifier, ListeningPorts};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
 use crate::model::sample::{Sample, SampleContext};
-use crate::sampling::attribution::Attribution;
+use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 
 /// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
 /// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.
@@ -64,7 +64,7 @@ struct AfterDump {
 /// its owner in the cache, tracks it if in CLOSE_WAIT, and adds it to its group.
 struct ConnectionSink<'a> {
     classifier: Classifier<'a>,
-    listener_owner: &'a HashMap<u16, (OwnerKey, u32)>,
+    queue_owner: &'a HashMap<u16, (OwnerKey, u32)>,
     detail_mask: [bool; STATE_COUNT],
     attribution: &'a mut Attribution,
     tracker: &'a mut CloseWaitTracker,
@@ -119,11 +119,12 @@ impl ConnectionSink<'_> {
         }
     }
 
-    /// The owner as known during the dump: the listener's for an accept-queue child,
-    /// none for an orphan, else the cache's (`None`: resolve after the dump).
+    /// The owner as known during the dump: the program of the listener whose queue holds
+    /// an accept-queue child, none for an orphan, else the cache's (`None`: resolve after
+    /// the dump).
     fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<OwnerKey> {
         if unaccepted {
-            let owner = self.listener_owner.get(&record.local_port);
+            let owner = self.queue_owner.get(&record.local_port);
             return Some(owner.map(|(owner, _)| *owner).unwrap_or_default());
         }
         if record.inode == 0 {
@@ -144,9 +145,11 @@ pub struct Sampler {
     tracker: CloseWaitTracker,
     listening: ListeningPorts,
     listeners: Vec<SocketRecord>,
-    /// Owner of the first listener on each port, from the last sample: accept-queue
-    /// children belong to it, and events are classified with it.
+    /// Owner of the first listener on each port, from the last sample: events are
+    /// classified with it, and accepted sockets looked for in its process first.
     listener_owner: HashMap<u16, (OwnerKey, u32)>,
+    /// Owner of the connections in each port's accept queues (`accept_queue_owners`).
+    queue_owner: HashMap<u16, (OwnerKey, u32)>,
     ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
 }
@@ -170,6 +173,7 @@ impl Sampler {
             listening: ListeningPorts::default(),
             listeners: Vec::new(),
             listener_owner: HashMap::new(),
+            queue_owner: HashMap::new(),
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
         })
@@ -254,18 +258,26 @@ impl Sampler {
         report.dump.add(stats);
         let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
         report.owners = attribution.resolve(&inodes, &[]);
+        let mut holders = Vec::with_capacity(self.listeners.len());
         for listener in &self.listeners {
             builder.count_state(TcpState::Listen);
             let (owner, pid) = attribution.owner_of(listener.inode);
             self.listener_owner
                 .entry(listener.local_port)
                 .or_insert((owner, pid));
+            holders.push(QueueHolder {
+                port: listener.local_port,
+                owner,
+                pid,
+                queue_length: listener.recv_queue,
+            });
             let key = ListenerKey {
                 port: PortLabel::Port(listener.local_port),
                 owner,
             };
             builder.add_listener(key, listener);
         }
+        self.queue_owner = accept_queue_owners(&holders);
         Ok(())
     }
 
@@ -282,7 +294,7 @@ impl Sampler {
                 listening: &self.listening,
                 ephemeral: self.ephemeral.clone(),
             },
-            listener_owner: &self.listener_owner,
+            queue_owner: &self.queue_owner,
             detail_mask: self.detail_mask,
             attribution,
             tracker: &mut self.tracker,
