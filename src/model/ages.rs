@@ -278,6 +278,11 @@ impl CloseWaitTracker {
         }
     }
 
+    /// Whether a dump has seen this socket in CLOSE_WAIT before.
+    pub fn knows(&self, cookie: u64) -> bool {
+        self.entries.contains_key(&cookie)
+    }
+
     pub fn tracked(&self) -> usize {
         self.entries.len()
     }

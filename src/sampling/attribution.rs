@@ -59,7 +59,7 @@ struct OwnerKeys {
 
 impl OwnerKeys {
     /// The key and pid of the owner of `inode`, when the cache knows it.
-    fn key_of(&mut self, cache: &OwnerCache, inode: u32) -> Option<(OwnerKey, u32)> {
+    fn key_of(&mut self, cache: &mut OwnerCache, inode: u32) -> Option<(OwnerKey, u32)> {
         let pid = cache.owner_pid(inode)?;
         if let Some(key) = self.key_of_pid.get(&pid) {
             return Some((*key, pid));
@@ -108,8 +108,9 @@ impl Attribution {
         }
     }
 
-    /// Drops processes that exited since the last sample, and re-reads the container
-    /// names; once per sampling round.
+    /// Drops processes that exited since the last sample, renames those that exec()ed,
+    /// looks again at the sockets of CLOSE_WAIT owners whose descriptors changed, and
+    /// re-reads the container names; once per sampling round.
     pub fn revalidate(&mut self) {
         if let Some(owners) = &mut self.owners {
             owners.revalidate();
@@ -123,7 +124,7 @@ impl Attribution {
     /// The owner of `inode` as far as the cache knows now: `None` when attribution is on
     /// and the inode is not cached yet (the caller resolves it after the dump).
     pub fn cached_owner(&mut self, inode: u32) -> Option<(OwnerKey, u32)> {
-        match &self.owners {
+        match &mut self.owners {
             None => Some((OwnerKey::default(), 0)),
             Some(cache) => self.keys.key_of(cache, inode),
         }
@@ -140,6 +141,29 @@ impl Attribution {
             Some(cache) if !wanted.is_empty() => cache.resolve(wanted, likely_pids),
             _ => ResolveStats::default(),
         }
+    }
+
+    /// `inode` just entered CLOSE_WAIT: its cached owner is checked when next asked for.
+    pub fn recheck(&mut self, inode: u32) {
+        if let Some(cache) = &mut self.owners {
+            cache.expire(inode);
+        }
+    }
+
+    /// `pid` owns the CLOSE_WAIT socket `inode` this round: if its descriptor count
+    /// moves, the socket is checked again next round (closed there, or handed over).
+    pub fn watch_close_wait_owner(&mut self, pid: u32, inode: u32) {
+        if let Some(cache) = &mut self.owners {
+            cache.watch(pid, inode);
+        }
+    }
+
+    /// fd links read to check cached owners since the last call (for
+    /// `tcpstate_attribution_fd_reads_total`, beside what `resolve` reports).
+    pub fn take_validation_reads(&mut self) -> u64 {
+        self.owners
+            .as_mut()
+            .map_or(0, OwnerCache::take_validation_reads)
     }
 
     /// The interned process names, indexed by `ProcessId`.

@@ -91,12 +91,20 @@ impl ConnectionSink<'_> {
         let unaccepted = record.unowned()
             && self.classifier.listening.contains(record.local_port)
             && matches!(record.state, TcpState::Established | TcpState::CloseWait);
+        if is_close_wait && !self.tracker.knows(record.cookie) {
+            // Entering CLOSE_WAIT: the socket may have changed hands while in another
+            // state, where its owner was trusted.
+            self.attribution.recheck(record.inode);
+        }
         let owner = self.cached_owner(record, unaccepted);
+        if let (true, Some((_, pid))) = (is_close_wait, owner) {
+            self.attribution.watch_close_wait_owner(pid, record.inode);
+        }
         let key = GroupKey {
             state: record.state,
             direction,
             port: PortLabel::Port(port),
-            owner: owner.unwrap_or_default(),
+            owner: owner.map(|(owner, _)| owner).unwrap_or_default(),
         };
         if is_close_wait
             && self
@@ -122,17 +130,15 @@ impl ConnectionSink<'_> {
     /// The owner as known during the dump: the program of the listener whose queue holds
     /// an accept-queue child, none for an orphan, else the cache's (`None`: resolve after
     /// the dump).
-    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<OwnerKey> {
+    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<(OwnerKey, u32)> {
         if unaccepted {
             let owner = self.queue_owner.get(&record.local_port);
-            return Some(owner.map(|(owner, _)| *owner).unwrap_or_default());
+            return Some(owner.copied().unwrap_or_default());
         }
         if record.inode == 0 {
-            return Some(OwnerKey::default());
+            return Some((OwnerKey::default(), 0));
         }
-        self.attribution
-            .cached_owner(record.inode)
-            .map(|(owner, _)| owner)
+        self.attribution.cached_owner(record.inode)
     }
 }
 
@@ -233,6 +239,7 @@ impl Sampler {
         let left = self.read_connections(attribution, &mut builder, &mut report)?;
         self.attribute_pending(attribution, left.pending, &mut builder, &mut report);
         self.date_close_waits(attribution, &left.new_close_wait)?;
+        report.owners.fds_read += attribution.take_validation_reads();
         Ok((self.assemble(builder, attribution), report))
     }
 
@@ -323,7 +330,10 @@ impl Sampler {
         let likely = likely_owner_pids(&pending, &self.listener_owner);
         report.owners.add(attribution.resolve(&wanted, &likely));
         for connection in pending {
-            let (owner, _) = attribution.owner_of(connection.inode);
+            let (owner, pid) = attribution.owner_of(connection.inode);
+            if connection.key.state == TcpState::CloseWait {
+                attribution.watch_close_wait_owner(pid, connection.inode);
+            }
             let key = GroupKey {
                 owner,
                 ..connection.key
