@@ -7,5 +7,6 @@ pub mod classify;
 pub mod diagnosis;
 pub mod durations;
 pub mod labels;
+pub mod pids;
 pub mod sample;
 pub mod self_metrics;

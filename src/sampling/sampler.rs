@@ -17,10 +17,11 @@ use crate::kernel::owners::ResolveStats;
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::kernel::sysctl;
-use crate::model::ages::{CloseWaitEvent, CloseWaitTracker};
+use crate::model::ages::{CloseWaitEvent, CloseWaitFacts, CloseWaitTracker};
 use crate::model::aggregate::{ConnectionFacts, GroupKey, ListenerKey, SampleBuilder};
 use crate::model::classify::{Classifier, ListeningPorts};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
+use crate::model::pids::PidCounts;
 use crate::model::sample::{Sample, SampleContext};
 use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 
@@ -58,6 +59,8 @@ struct PendingConnection {
 struct AfterDump {
     pending: Vec<PendingConnection>,
     new_close_wait: Vec<SocketRecord>,
+    /// CLOSE_WAIT sockets per owning pid, when collected (`snapshot`).
+    pids: Option<PidCounts>,
 }
 
 /// Takes each connection as the dump streams it: counts its state, classifies it, finds
@@ -106,15 +109,22 @@ impl ConnectionSink<'_> {
             port: PortLabel::Port(port),
             owner: owner.map(|(owner, _)| owner).unwrap_or_default(),
         };
+        let facts = CloseWaitFacts {
+            eof_read: record.eof_read(),
+            unaccepted,
+        };
         if is_close_wait
             && self
                 .tracker
-                .sight(record.cookie, record.inode, key.close_wait_group())
+                .sight(record.cookie, record.inode, key.close_wait_group(), facts)
         {
             self.left.new_close_wait.push(*record);
         }
         if !detailed {
             return;
+        }
+        if let (true, Some(pids), Some((_, pid))) = (is_close_wait, &mut self.left.pids, owner) {
+            pids.add(key.close_wait_group(), pid);
         }
         let facts = ConnectionFacts::of(record, unaccepted);
         match owner {
@@ -158,6 +168,8 @@ pub struct Sampler {
     queue_owner: HashMap<u16, (OwnerKey, u32)>,
     ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
+    /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
+    count_pids: bool,
 }
 
 impl Sampler {
@@ -175,6 +187,7 @@ impl Sampler {
                 settings.duration_buckets.clone(),
                 settings.max_tracked_sockets,
                 settings.max_groups,
+                settings.stuck_after.as_secs_f64(),
             ),
             listening: ListeningPorts::default(),
             listeners: Vec::new(),
@@ -182,6 +195,7 @@ impl Sampler {
             queue_owner: HashMap::new(),
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
+            count_pids: settings.close_wait_pids,
         })
     }
 
@@ -236,11 +250,12 @@ impl Sampler {
         let mut builder = SampleBuilder::default();
         self.tracker.begin(unix_now());
         self.read_listeners(attribution, &mut builder, &mut report)?;
-        let left = self.read_connections(attribution, &mut builder, &mut report)?;
-        self.attribute_pending(attribution, left.pending, &mut builder, &mut report);
+        let mut left = self.read_connections(attribution, &mut builder, &mut report)?;
+        let pending = std::mem::take(&mut left.pending);
+        self.attribute_pending(attribution, pending, &mut builder, &mut left, &mut report);
         self.date_close_waits(attribution, &left.new_close_wait)?;
         report.owners.fds_read += attribution.take_validation_reads();
-        Ok((self.assemble(builder, attribution), report))
+        Ok((self.assemble(builder, attribution, left.pids), report))
     }
 
     /// Phase 1: the listeners. Their ports classify connections, their owners own the
@@ -306,7 +321,10 @@ impl Sampler {
             attribution,
             tracker: &mut self.tracker,
             builder,
-            left: AfterDump::default(),
+            left: AfterDump {
+                pids: self.count_pids.then(PidCounts::new),
+                ..AfterDump::default()
+            },
         };
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
@@ -323,6 +341,7 @@ impl Sampler {
         attribution: &mut Attribution,
         pending: Vec<PendingConnection>,
         builder: &mut SampleBuilder,
+        left: &mut AfterDump,
         report: &mut SampleReport,
     ) {
         report.pending = pending.len();
@@ -331,13 +350,16 @@ impl Sampler {
         report.owners.add(attribution.resolve(&wanted, &likely));
         for connection in pending {
             let (owner, pid) = attribution.owner_of(connection.inode);
-            if connection.key.state == TcpState::CloseWait {
-                attribution.watch_close_wait_owner(pid, connection.inode);
-            }
             let key = GroupKey {
                 owner,
                 ..connection.key
             };
+            if key.state == TcpState::CloseWait {
+                attribution.watch_close_wait_owner(pid, connection.inode);
+                if let Some(pids) = &mut left.pids {
+                    pids.add(key.close_wait_group(), pid);
+                }
+            }
             builder.add_connection(key, connection.facts);
         }
     }
@@ -362,13 +384,19 @@ impl Sampler {
     }
 
     /// The sample: the folded aggregate, the tracker's ages, the namespace's settings.
-    fn assemble(&mut self, builder: SampleBuilder, attribution: &Attribution) -> Sample {
+    fn assemble(
+        &mut self,
+        builder: SampleBuilder,
+        attribution: &Attribution,
+        pids: Option<PidCounts>,
+    ) -> Sample {
         let ages = self.tracker.finish();
         let context = SampleContext {
             processes: attribution.process_names(),
             close_wait_tracked: self.tracker.tracked() as u64,
             tcp_settings: sysctl::tcp_settings(),
             listen_counters: sysctl::listen_counters().ok(),
+            close_wait_pids: pids,
         };
         Sample::assemble(builder.finish(self.max_groups), ages, context)
     }
