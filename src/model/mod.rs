@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod classify;
 pub mod diagnosis;
 pub mod durations;
+pub mod evidence;
 pub mod labels;
 pub mod pids;
 pub mod sample;
