@@ -226,6 +226,13 @@ impl CloseWaitTracker {
         }
         self.count_event_entries();
         let (oldest, stuck) = self.current_ages();
+        // A group's histogram starts at zero while its sockets wait, not at its first
+        // close: a rate over the first closes (the late-close alert) then sees them all.
+        let buckets = self.bounds.len();
+        for (group, _) in &oldest {
+            self.histograms
+                .entry(*group, || DurationHistogram::new(buckets));
+        }
         AgesReport {
             oldest,
             stuck,
@@ -354,7 +361,11 @@ mod tests {
         );
         let report = tracker.finish();
         assert_eq!(report.oldest, vec![(group(80), 19.0)]);
-        assert!(report.durations.is_empty());
+        assert_eq!(
+            report.durations,
+            vec![(group(80), DurationHistogram::new(2))],
+            "the histogram starts at zero while the socket waits"
+        );
     }
 
     #[test]
