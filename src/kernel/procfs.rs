@@ -57,6 +57,26 @@ pub fn fd_socket(link: &Path) -> io::Result<u32> {
     Ok(socket_inode(target.as_os_str().as_bytes()).unwrap_or(0))
 }
 
+/// The children of `pid` (/proc/PID/task/*/children, every thread's): where a pre-fork or
+/// fork-per-connection server keeps the sockets its listener accepted. Empty when
+/// unreadable.
+pub fn children(proc_root: &Path, pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| fs::read(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split(|b| b.is_ascii_whitespace())
+                .filter_map(parse_u32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
 /// Every pid under `proc_root`, ascending.
 pub fn list_pids(proc_root: &Path) -> Vec<u32> {
     let Ok(listing) = fs::read_dir(proc_root) else {

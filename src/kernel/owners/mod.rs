@@ -6,7 +6,8 @@
 //!   with the cheap checks of `freshness` (a new name after exec, a socket that entered a
 //!   detail state or left its CLOSE_WAIT owner's descriptors);
 //! - unknown inodes are looked for first in the likely owners (the processes holding the
-//!   listener of an inbound connection's port), reading only fds not seen before;
+//!   listener of an inbound connection's port), then in their children (the workers of
+//!   a pre-fork or fork-per-connection server), reading only fds not seen before;
 //! - only if some are still missing are all processes listed, again new fds only; a full
 //!   re-read (fd numbers are reused after close) runs at most once per `FULL_RESCAN_EVERY`.
 //!
@@ -145,10 +146,19 @@ impl OwnerCache {
             return stats;
         }
         // The likely owners first: new fds, then all of theirs (a server reuses the fd
-        // number of the connection it just closed for the next one it accepts).
+        // number of the connection it just closed for the next one it accepts); then
+        // their children, the workers of a pre-fork or fork-per-connection server.
         for full in [false, true] {
             for &pid in likely_pids {
                 self.scan_process(pid, full, &mut missing, &mut stats);
+                if missing.is_empty() {
+                    return stats;
+                }
+            }
+        }
+        for &parent in likely_pids {
+            for pid in procfs::children(&self.proc_root, parent) {
+                self.scan_process(pid, false, &mut missing, &mut stats);
                 if missing.is_empty() {
                     return stats;
                 }
@@ -375,6 +385,29 @@ mod tests {
             "the closed socket left the index"
         );
         drop(first); // closes `fd`, which now holds the second socket
+    }
+
+    #[test]
+    fn a_socket_in_a_child_of_the_likely_owner_is_found_without_a_walk() {
+        // A pre-fork server: the listener's process forked the worker that holds it.
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let inode = fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .expect("stat fd")
+            .ino() as u32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                socket,
+            )))
+            .spawn()
+            .expect("spawn sleep");
+        let mut cache = OwnerCache::new("/proc");
+        let stats = cache.resolve(&HashSet::from_iter([inode]), &[std::process::id()]);
+        let owner = cache.lookup(inode).map(|o| o.pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(owner, Some(child.id()));
+        assert_eq!(stats.processes_listed, 0, "no /proc walk: {stats:?}");
     }
 
     #[test]
