@@ -145,22 +145,24 @@ impl OwnerCache {
         if missing.is_empty() {
             return stats;
         }
-        // The likely owners first: new fds, then all of theirs (a server reuses the fd
-        // number of the connection it just closed for the next one it accepts); then
-        // their children, the workers of a pre-fork or fork-per-connection server.
-        for full in [false, true] {
-            for &pid in likely_pids {
-                self.scan_process(pid, full, &mut missing, &mut stats);
-                if missing.is_empty() {
-                    return stats;
-                }
-            }
-        }
-        for &parent in likely_pids {
-            for pid in procfs::children(&self.proc_root, parent) {
-                self.scan_process(pid, false, &mut missing, &mut stats);
-                if missing.is_empty() {
-                    return stats;
+        // The likely owners first, then their children (the workers of a pre-fork or
+        // fork-per-connection server): new fds, then all of theirs (a server reuses the
+        // fd number of the connection it just closed for the next one it accepts).
+        for generation in 0..2 {
+            let group: Vec<u32> = if generation == 0 {
+                likely_pids.to_vec()
+            } else {
+                likely_pids
+                    .iter()
+                    .flat_map(|pid| procfs::children(&self.proc_root, *pid))
+                    .collect()
+            };
+            for full in [false, true] {
+                for &pid in &group {
+                    self.scan_process(pid, full, &mut missing, &mut stats);
+                    if missing.is_empty() {
+                        return stats;
+                    }
                 }
             }
         }
