@@ -6,10 +6,10 @@ use clap::Parser;
 
 use std::io::IsTerminal;
 
-use tcpstate_exporter::config::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
+use tcpstate_exporter::config::cli::{Cli, ColorChoice, Command, SnapshotArgs};
 use tcpstate_exporter::config::{self, LogFormat, Settings};
 use tcpstate_exporter::daemon;
-use tcpstate_exporter::model::diagnosis::Thresholds;
+use tcpstate_exporter::model::diagnosis::{Thresholds, human_seconds};
 use tcpstate_exporter::output::exposition::LabelOptions;
 use tcpstate_exporter::output::snapshot;
 use tcpstate_exporter::output::snapshot::{RenderOptions, Watch, diagnose_groups};
@@ -46,13 +46,15 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some(Command::Snapshot(request)) => match run_snapshot(settings, request) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
-                ExitCode::from(EXIT_BAD_INPUT)
+        Some(Command::Snapshot(request)) => {
+            match run_snapshot(settings, request, cli.flags.sample_interval.is_some()) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
             }
-        },
+        }
         None => match daemon::run(settings, move || {
             config::load(&cli.flags).map_err(|e| e.to_string())
         }) {
@@ -68,9 +70,17 @@ fn main() -> ExitCode {
 /// Exit code of `snapshot` when a threshold given on the command line is crossed.
 const EXIT_THRESHOLD_CROSSED: u8 = 3;
 
+/// A person at a terminal waits this long between samples, unless --sample.interval says
+/// otherwise: the default watch answers in about 4 s.
+const SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Samples (`watch` times), diagnoses, prints; the exit code says whether a threshold
-/// was crossed. `Err` is bad input.
-fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCode, String> {
+/// was crossed (and stderr which). `Err` is bad input.
+fn run_snapshot(
+    mut settings: Settings,
+    request: SnapshotArgs,
+    interval_given: bool,
+) -> Result<ExitCode, String> {
     let duration = |flag: &str, text: &str| {
         humantime::parse_duration(text)
             .map(|d| d.as_secs_f64())
@@ -85,9 +95,11 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
         .as_deref()
         .map(|text| duration("max-age", text))
         .transpose()?;
-    // A person or a script reads pids here; only the exposition keeps the daemon's labels.
-    if request.format != SnapshotFormat::Prometheus {
-        settings.pid_label = true;
+    // Groups are the metrics' (one verdict per program); the pids are evidence.
+    settings.close_wait_pids = true;
+    settings.stuck_after = std::time::Duration::from_secs_f64(thresholds.stuck_after);
+    if !interval_given {
+        settings.sample_interval = SNAPSHOT_INTERVAL;
     }
     let mut namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
@@ -112,12 +124,7 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
         first: &first.samples,
         seconds: watched,
     });
-    let diagnoses = diagnose_groups(
-        &round.samples,
-        watch.as_ref(),
-        thresholds,
-        settings.pid_label,
-    );
+    let diagnoses = diagnose_groups(&round.samples, watch.as_ref(), thresholds, request.all);
     let options = RenderOptions {
         format: request.format,
         top: request.top,
@@ -129,17 +136,50 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
         },
     };
     print!("{}", snapshot::render(&round.samples, &diagnoses, options));
-    let crossed = diagnoses.iter().any(|d| {
-        request
-            .max_close_wait
-            .is_some_and(|max| d.evidence.close_wait > max)
-            || max_age.is_some_and(|max| d.evidence.oldest_seconds.is_some_and(|age| age > max))
-    });
-    Ok(if crossed {
-        ExitCode::from(EXIT_THRESHOLD_CROSSED)
-    } else {
+    let crossed = crossings(&diagnoses, &request, max_age);
+    for line in &crossed {
+        eprintln!("tcpstate-exporter: {}", escape_control(line));
+    }
+    Ok(if crossed.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_THRESHOLD_CROSSED)
     })
+}
+
+/// One line per group and threshold crossed: which flag, by which group, by how much.
+fn crossings(
+    diagnoses: &[snapshot::GroupDiagnosis],
+    request: &SnapshotArgs,
+    max_age: Option<f64>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for d in diagnoses {
+        let group = format!(
+            "{} {} {}",
+            d.direction.name(),
+            d.port,
+            if d.process.is_empty() { "-" } else { d.process }
+        );
+        if let Some(max) = request
+            .max_close_wait
+            .filter(|max| d.evidence.close_wait > *max)
+        {
+            lines.push(format!(
+                "exit 3: --max-close-wait {max} crossed by {group}: {} CLOSE_WAIT",
+                d.evidence.close_wait
+            ));
+        }
+        let oldest = d.evidence.oldest_seconds.unwrap_or(0.0);
+        if max_age.is_some_and(|max| oldest > max) {
+            lines.push(format!(
+                "exit 3: --max-age {} crossed by {group}: oldest {}",
+                request.max_age.as_deref().unwrap_or_default(),
+                human_seconds(oldest)
+            ));
+        }
+    }
+    lines
 }
 
 fn init_logging(settings: &Settings) {

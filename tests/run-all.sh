@@ -43,6 +43,9 @@ step() {
     fi
 }
 
+# The real programs tests/programs.rs drives (nginx, socat, gunicorn, uvicorn, requests;
+# promtool and jsonnet for its alert check): installed before `cargo test` runs it.
+step "install the real programs" tests/programs/install.sh
 step "format" cargo fmt --all -- --check
 step "source structure" python3 tests/structure/check.py
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings

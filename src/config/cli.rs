@@ -35,12 +35,14 @@ pub struct SnapshotArgs {
     /// How many CLOSE_WAIT groups the table shows.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// Take this many samples, --sample.interval apart, before printing: ages and
-    /// closes seen in between become evidence for the verdicts.
-    #[arg(long, default_value_t = 1, value_name = "SAMPLES")]
+    /// Take this many samples, --sample.interval apart (1s for snapshot unless given),
+    /// before printing: ages and closes seen in between become evidence for the
+    /// verdicts. 1 takes a single sample.
+    #[arg(long, default_value_t = 5, value_name = "SAMPLES")]
     pub watch: u32,
-    /// A group older than this that closes nothing is "never closed".
-    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    /// No evidence counts before a CLOSE_WAIT socket is older than this; sockets older
+    /// that nothing closes are "never closed".
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub stuck_after: String,
     /// Closes taking longer than this on average are "closed late".
     #[arg(long, default_value = "5s", value_name = "DURATION")]
@@ -51,6 +53,10 @@ pub struct SnapshotArgs {
     /// Exit with status 3 when a CLOSE_WAIT connection is older than this.
     #[arg(long, value_name = "DURATION")]
     pub max_age: Option<String>,
+    /// List every group, also those with nothing to report (no CLOSE_WAIT left and no
+    /// cause).
+    #[arg(long)]
+    pub all: bool,
     /// Colour the verdicts: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

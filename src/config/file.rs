@@ -69,6 +69,7 @@ pub(super) struct ProcessSection {
 pub(super) struct CloseWaitSection {
     pub(super) duration_buckets: Option<Vec<f64>>,
     pub(super) max_tracked_sockets: Option<usize>,
+    pub(super) stuck_after: Option<String>,
 }
 
 pub(super) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
@@ -175,6 +176,9 @@ fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
     }
     if let Some(v) = &file.close_wait.duration_buckets {
         check_buckets(v).map_err(|e| ("close_wait.duration_buckets", e))?;
+    }
+    if let Some(v) = &file.close_wait.stuck_after {
+        parse_age(v).map_err(|e| ("close_wait.stuck_after", e))?;
     }
     Ok(())
 }

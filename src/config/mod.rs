@@ -28,6 +28,9 @@ pub const DEFAULT_DURATION_BUCKETS: [f64; 11] = [
 /// A tracked CLOSE_WAIT socket costs `ages::BYTES_PER_TRACKED_SOCKET` (65) bytes: 1M is
 /// about 62 MiB at most.
 const DEFAULT_MAX_TRACKED_SOCKETS: usize = 1_000_000;
+/// Stuck, for the daemon's gauges and the EOF alert: a program that reads the EOF and
+/// closes within a minute is not leaking, whatever a sample catches in between.
+const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
 
 /// A configuration problem, already phrased for the user.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,10 @@ pub struct Settings {
     pub pid_label: bool,
     pub duration_buckets: Vec<f64>,
     pub max_tracked_sockets: usize,
+    /// Age from which a CLOSE_WAIT socket counts as stuck (or `snapshot --stuck-after`).
+    pub stuck_after: Duration,
+    /// Count CLOSE_WAIT sockets per pid, `snapshot`'s evidence (not a file key).
+    pub close_wait_pids: bool,
     pub namespaces: NamespaceMode,
     /// Glob patterns on the `netns` label; empty include means all.
     pub namespaces_include: Vec<glob::Pattern>,
@@ -130,6 +137,10 @@ impl Settings {
             (
                 "close_wait.max_tracked_sockets",
                 self.max_tracked_sockets != new.max_tracked_sockets,
+            ),
+            (
+                "close_wait.stuck_after",
+                self.stuck_after != new.stuck_after,
             ),
             ("events", self.events != new.events),
             (
@@ -177,6 +188,8 @@ impl Default for Settings {
             pid_label: false,
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             max_tracked_sockets: DEFAULT_MAX_TRACKED_SOCKETS,
+            stuck_after: DEFAULT_STUCK_AFTER,
+            close_wait_pids: false,
             namespaces: NamespaceMode::Own,
             namespaces_include: Vec::new(),
             namespaces_exclude: Vec::new(),
@@ -291,6 +304,10 @@ fn from_file(file: FileConfig, defaults: Settings) -> Result<Settings, ConfigErr
             .close_wait
             .max_tracked_sockets
             .unwrap_or(defaults.max_tracked_sockets),
+        stuck_after: match &file.close_wait.stuck_after {
+            Some(v) => parse_age(v).map_err(ConfigError)?,
+            None => defaults.stuck_after,
+        },
         ..defaults
     })
 }

@@ -30,6 +30,7 @@ fn the_shipped_example_is_valid_and_states_the_defaults() {
     assert_eq!(settings.max_groups, defaults.max_groups);
     assert_eq!(settings.duration_buckets, defaults.duration_buckets);
     assert_eq!(settings.max_tracked_sockets, defaults.max_tracked_sockets);
+    assert_eq!(settings.stuck_after, defaults.stuck_after);
     assert_eq!(settings.process_attribution, defaults.process_attribution);
     assert_eq!(settings.pid_label, defaults.pid_label);
 }
@@ -85,6 +86,11 @@ fn bad_values_name_key_and_line() {
         (
             "[close_wait]\nduration_buckets = [5, 1]\n",
             "close_wait.duration_buckets",
+            2,
+        ),
+        (
+            "[close_wait]\nstuck_after = \"soon\"\n",
+            "close_wait.stuck_after",
             2,
         ),
     ] {

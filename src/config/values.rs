@@ -112,6 +112,11 @@ pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+pub(super) fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 10s, 1m, 5m)"))
+}
+
 pub(super) fn parse_states(names: &[String]) -> Result<Vec<TcpState>, String> {
     let mut states = Vec::new();
     for name in names {

@@ -6,9 +6,10 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::kernel::record::{STATE_COUNT, TcpState};
 use crate::kernel::sysctl::{ListenCounters, TcpSettings};
-use crate::model::ages::AgesReport;
+use crate::model::ages::{AgesReport, StuckCounts};
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
-use crate::model::labels::{AgeGroup, PortLabel, ProcessId};
+use crate::model::labels::{AgeGroup, ProcessId};
+use crate::model::pids::{PidCounts, PidEvidence};
 
 /// One complete, aggregated sample of a namespace.
 #[derive(Clone, Debug, Default)]
@@ -18,12 +19,14 @@ pub struct Sample {
     /// Detail-state groups, largest first (after folding).
     pub groups: Vec<(GroupKey, GroupStats)>,
     pub listeners: Vec<(ListenerKey, ListenerStats)>,
-    /// Groups folded into `port="other"` (connections and listeners).
+    /// Groups folded into `port="other", process="other"` (connections and listeners).
     pub groups_folded: u64,
     /// Process names, indexed by `ProcessId`; entry 0 is "".
     pub processes: Vec<String>,
     /// CLOSE_WAIT ages and durations, from the tracker.
     pub ages: AgesReport,
+    /// Which pids hold each CLOSE_WAIT group's sockets (collected for `snapshot` only).
+    pub close_wait_pids: Vec<(AgeGroup, PidEvidence)>,
     /// CLOSE_WAIT sockets whose age is being tracked.
     pub close_wait_tracked: u64,
     /// The namespace's TCP settings and accept-queue overflow counters.
@@ -40,13 +43,32 @@ pub struct SampleContext {
     pub close_wait_tracked: u64,
     pub tcp_settings: TcpSettings,
     pub listen_counters: Option<ListenCounters>,
+    /// CLOSE_WAIT sockets per owning pid, when collected.
+    pub close_wait_pids: Option<PidCounts>,
 }
 
 impl Sample {
     /// The sample of one round: the aggregate, the ages (folded like the groups, so the
     /// age series never outnumber the connection series) and the rest.
     pub fn assemble(aggregate: Aggregate, ages: AgesReport, context: SampleContext) -> Sample {
-        let ages = fold_ages(ages, &aggregate);
+        let kept: HashSet<AgeGroup> = aggregate
+            .groups
+            .iter()
+            .filter(|(key, _)| key.state == TcpState::CloseWait)
+            .map(|(key, _)| key.close_wait_group())
+            .collect();
+        let fold = |group: AgeGroup| {
+            if kept.contains(&group) {
+                group
+            } else {
+                group.folded()
+            }
+        };
+        let ages = fold_ages(ages, fold);
+        let close_wait_pids = context
+            .close_wait_pids
+            .map(|pids| pids.finish(fold))
+            .unwrap_or_default();
         Sample {
             state_counts: aggregate.state_counts,
             groups: aggregate.groups,
@@ -54,6 +76,7 @@ impl Sample {
             groups_folded: aggregate.groups_folded,
             processes: context.processes,
             ages,
+            close_wait_pids,
             close_wait_tracked: context.close_wait_tracked,
             tcp_settings: context.tcp_settings,
             listen_counters: context.listen_counters,
@@ -61,6 +84,9 @@ impl Sample {
     }
 
     pub fn process_name(&self, id: ProcessId) -> &str {
+        if id == ProcessId::OTHER {
+            return "other";
+        }
         self.processes
             .get(id.0 as usize)
             .map(String::as_str)
@@ -72,29 +98,22 @@ impl Sample {
     }
 }
 
-/// Ages of groups that were folded in the aggregate go to `port="other"` too.
-fn fold_ages(mut ages: AgesReport, aggregate: &Aggregate) -> AgesReport {
-    let kept: HashSet<AgeGroup> = aggregate
-        .groups
-        .iter()
-        .filter(|(key, _)| key.state == TcpState::CloseWait)
-        .map(|(key, _)| key.close_wait_group())
-        .collect();
-    let mut folded: HashMap<AgeGroup, f64> = HashMap::new();
+/// Ages of groups that were folded in the aggregate go to their fold bucket too: the
+/// oldest of the groups folded together, and the sum of their stuck sockets.
+fn fold_ages(mut ages: AgesReport, fold: impl Fn(AgeGroup) -> AgeGroup) -> AgesReport {
+    let mut oldest: HashMap<AgeGroup, f64> = HashMap::new();
     for (group, age) in ages.oldest {
-        let group = if kept.contains(&group) {
-            group
-        } else {
-            AgeGroup {
-                port: PortLabel::Other,
-                ..group
-            }
-        };
-        let slot = folded.entry(group).or_insert(age);
+        let slot = oldest.entry(fold(group)).or_insert(age);
         *slot = slot.max(age);
     }
-    ages.oldest = folded.into_iter().collect();
+    ages.oldest = oldest.into_iter().collect();
     ages.oldest.sort_by_key(|o| o.0);
+    let mut stuck: HashMap<AgeGroup, StuckCounts> = HashMap::new();
+    for (group, counts) in &ages.stuck {
+        stuck.entry(fold(*group)).or_default().merge(counts);
+    }
+    ages.stuck = stuck.into_iter().collect();
+    ages.stuck.sort_by_key(|s| s.0);
     ages
 }
 
@@ -127,7 +146,7 @@ pub struct NamespaceSample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::labels::{Direction, OwnerKey};
+    use crate::model::labels::{Direction, OwnerKey, PortLabel};
 
     fn group(port: PortLabel) -> AgeGroup {
         AgeGroup {
@@ -162,7 +181,7 @@ mod tests {
             sample.ages.oldest,
             vec![
                 (group(PortLabel::Port(80)), 5.0),
-                (group(PortLabel::Other), 9.0)
+                (group(PortLabel::Other).folded(), 9.0)
             ]
         );
     }

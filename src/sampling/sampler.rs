@@ -17,12 +17,13 @@ use crate::kernel::owners::ResolveStats;
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::kernel::sysctl;
-use crate::model::ages::{CloseWaitEvent, CloseWaitTracker};
+use crate::model::ages::{CloseWaitEvent, CloseWaitFacts, CloseWaitTracker};
 use crate::model::aggregate::{ConnectionFacts, GroupKey, ListenerKey, SampleBuilder};
 use crate::model::classify::{Classifier, ListeningPorts};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
+use crate::model::pids::PidCounts;
 use crate::model::sample::{Sample, SampleContext};
-use crate::sampling::attribution::Attribution;
+use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 
 /// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
 /// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.
@@ -58,13 +59,15 @@ struct PendingConnection {
 struct AfterDump {
     pending: Vec<PendingConnection>,
     new_close_wait: Vec<SocketRecord>,
+    /// CLOSE_WAIT sockets per owning pid, when collected (`snapshot`).
+    pids: Option<PidCounts>,
 }
 
 /// Takes each connection as the dump streams it: counts its state, classifies it, finds
 /// its owner in the cache, tracks it if in CLOSE_WAIT, and adds it to its group.
 struct ConnectionSink<'a> {
     classifier: Classifier<'a>,
-    listener_owner: &'a HashMap<u16, (OwnerKey, u32)>,
+    queue_owner: &'a HashMap<u16, (OwnerKey, u32)>,
     detail_mask: [bool; STATE_COUNT],
     attribution: &'a mut Attribution,
     tracker: &'a mut CloseWaitTracker,
@@ -91,22 +94,37 @@ impl ConnectionSink<'_> {
         let unaccepted = record.unowned()
             && self.classifier.listening.contains(record.local_port)
             && matches!(record.state, TcpState::Established | TcpState::CloseWait);
+        if is_close_wait && !self.tracker.knows(record.cookie) {
+            // Entering CLOSE_WAIT: the socket may have changed hands while in another
+            // state, where its owner was trusted.
+            self.attribution.recheck(record.inode);
+        }
         let owner = self.cached_owner(record, unaccepted);
+        if let (true, Some((_, pid))) = (is_close_wait, owner) {
+            self.attribution.watch_close_wait_owner(pid, record.inode);
+        }
         let key = GroupKey {
             state: record.state,
             direction,
             port: PortLabel::Port(port),
-            owner: owner.unwrap_or_default(),
+            owner: owner.map(|(owner, _)| owner).unwrap_or_default(),
+        };
+        let facts = CloseWaitFacts {
+            eof_read: record.eof_read(),
+            unaccepted,
         };
         if is_close_wait
             && self
                 .tracker
-                .sight(record.cookie, record.inode, key.close_wait_group())
+                .sight(record.cookie, record.inode, key.close_wait_group(), facts)
         {
             self.left.new_close_wait.push(*record);
         }
         if !detailed {
             return;
+        }
+        if let (true, Some(pids), Some((_, pid))) = (is_close_wait, &mut self.left.pids, owner) {
+            pids.add(key.close_wait_group(), pid);
         }
         let facts = ConnectionFacts::of(record, unaccepted);
         match owner {
@@ -119,19 +137,18 @@ impl ConnectionSink<'_> {
         }
     }
 
-    /// The owner as known during the dump: the listener's for an accept-queue child,
-    /// none for an orphan, else the cache's (`None`: resolve after the dump).
-    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<OwnerKey> {
+    /// The owner as known during the dump: the program of the listener whose queue holds
+    /// an accept-queue child, none for an orphan, else the cache's (`None`: resolve after
+    /// the dump).
+    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<(OwnerKey, u32)> {
         if unaccepted {
-            let owner = self.listener_owner.get(&record.local_port);
-            return Some(owner.map(|(owner, _)| *owner).unwrap_or_default());
+            let owner = self.queue_owner.get(&record.local_port);
+            return Some(owner.copied().unwrap_or_default());
         }
         if record.inode == 0 {
-            return Some(OwnerKey::default());
+            return Some((OwnerKey::default(), 0));
         }
-        self.attribution
-            .cached_owner(record.inode)
-            .map(|(owner, _)| owner)
+        self.attribution.cached_owner(record.inode)
     }
 }
 
@@ -144,11 +161,15 @@ pub struct Sampler {
     tracker: CloseWaitTracker,
     listening: ListeningPorts,
     listeners: Vec<SocketRecord>,
-    /// Owner of the first listener on each port, from the last sample: accept-queue
-    /// children belong to it, and events are classified with it.
+    /// Owner of the first listener on each port, from the last sample: events are
+    /// classified with it, and accepted sockets looked for in its process first.
     listener_owner: HashMap<u16, (OwnerKey, u32)>,
+    /// Owner of the connections in each port's accept queues (`accept_queue_owners`).
+    queue_owner: HashMap<u16, (OwnerKey, u32)>,
     ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
+    /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
+    count_pids: bool,
 }
 
 impl Sampler {
@@ -166,12 +187,15 @@ impl Sampler {
                 settings.duration_buckets.clone(),
                 settings.max_tracked_sockets,
                 settings.max_groups,
+                settings.stuck_after.as_secs_f64(),
             ),
             listening: ListeningPorts::default(),
             listeners: Vec::new(),
             listener_owner: HashMap::new(),
+            queue_owner: HashMap::new(),
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
+            count_pids: settings.close_wait_pids,
         })
     }
 
@@ -226,10 +250,12 @@ impl Sampler {
         let mut builder = SampleBuilder::default();
         self.tracker.begin(unix_now());
         self.read_listeners(attribution, &mut builder, &mut report)?;
-        let left = self.read_connections(attribution, &mut builder, &mut report)?;
-        self.attribute_pending(attribution, left.pending, &mut builder, &mut report);
+        let mut left = self.read_connections(attribution, &mut builder, &mut report)?;
+        let pending = std::mem::take(&mut left.pending);
+        self.attribute_pending(attribution, pending, &mut builder, &mut left, &mut report);
         self.date_close_waits(attribution, &left.new_close_wait)?;
-        Ok((self.assemble(builder, attribution), report))
+        report.owners.fds_read += attribution.take_validation_reads();
+        Ok((self.assemble(builder, attribution, left.pids), report))
     }
 
     /// Phase 1: the listeners. Their ports classify connections, their owners own the
@@ -254,18 +280,26 @@ impl Sampler {
         report.dump.add(stats);
         let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
         report.owners = attribution.resolve(&inodes, &[]);
+        let mut holders = Vec::with_capacity(self.listeners.len());
         for listener in &self.listeners {
             builder.count_state(TcpState::Listen);
             let (owner, pid) = attribution.owner_of(listener.inode);
             self.listener_owner
                 .entry(listener.local_port)
                 .or_insert((owner, pid));
+            holders.push(QueueHolder {
+                port: listener.local_port,
+                owner,
+                pid,
+                queue_length: listener.recv_queue,
+            });
             let key = ListenerKey {
                 port: PortLabel::Port(listener.local_port),
                 owner,
             };
             builder.add_listener(key, listener);
         }
+        self.queue_owner = accept_queue_owners(&holders);
         Ok(())
     }
 
@@ -282,12 +316,15 @@ impl Sampler {
                 listening: &self.listening,
                 ephemeral: self.ephemeral.clone(),
             },
-            listener_owner: &self.listener_owner,
+            queue_owner: &self.queue_owner,
             detail_mask: self.detail_mask,
             attribution,
             tracker: &mut self.tracker,
             builder,
-            left: AfterDump::default(),
+            left: AfterDump {
+                pids: self.count_pids.then(PidCounts::new),
+                ..AfterDump::default()
+            },
         };
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
@@ -304,6 +341,7 @@ impl Sampler {
         attribution: &mut Attribution,
         pending: Vec<PendingConnection>,
         builder: &mut SampleBuilder,
+        left: &mut AfterDump,
         report: &mut SampleReport,
     ) {
         report.pending = pending.len();
@@ -311,11 +349,17 @@ impl Sampler {
         let likely = likely_owner_pids(&pending, &self.listener_owner);
         report.owners.add(attribution.resolve(&wanted, &likely));
         for connection in pending {
-            let (owner, _) = attribution.owner_of(connection.inode);
+            let (owner, pid) = attribution.owner_of(connection.inode);
             let key = GroupKey {
                 owner,
                 ..connection.key
             };
+            if key.state == TcpState::CloseWait {
+                attribution.watch_close_wait_owner(pid, connection.inode);
+                if let Some(pids) = &mut left.pids {
+                    pids.add(key.close_wait_group(), pid);
+                }
+            }
             builder.add_connection(key, connection.facts);
         }
     }
@@ -340,13 +384,19 @@ impl Sampler {
     }
 
     /// The sample: the folded aggregate, the tracker's ages, the namespace's settings.
-    fn assemble(&mut self, builder: SampleBuilder, attribution: &Attribution) -> Sample {
+    fn assemble(
+        &mut self,
+        builder: SampleBuilder,
+        attribution: &Attribution,
+        pids: Option<PidCounts>,
+    ) -> Sample {
         let ages = self.tracker.finish();
         let context = SampleContext {
             processes: attribution.process_names(),
             close_wait_tracked: self.tracker.tracked() as u64,
             tcp_settings: sysctl::tcp_settings(),
             listen_counters: sysctl::listen_counters().ok(),
+            close_wait_pids: pids,
         };
         Sample::assemble(builder.finish(self.max_groups), ages, context)
     }

@@ -100,6 +100,7 @@ check "real Prometheus: rules load, dashboard queries return data, alerts fire, 
     python3 tests/monitoring/live_prometheus.py \
         --expect-firing TcpStateCloseWaitStuck --expect-firing TcpStateAcceptQueueNearLimit \
         --expect-firing TcpStateCloseWaitEofIgnored --expect-firing TcpStateListenOverflows \
+        --expect-firing TcpStateCloseWaitAcceptBacklog \
         --expect-firing TcpStateGroupsFolded --then "$negative"
 
 echo "$passed passed, $failed failed"

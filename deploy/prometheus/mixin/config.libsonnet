@@ -40,11 +40,17 @@
     acceptQueue: { ratio: 0.8, 'for': '5m', severity: 'warning' },
 
     // TcpStateCloseWaitEofIgnored: a group holds at least minConnections CLOSE_WAIT
-    // connections whose program read the EOF (Recv-Q 0) and did not close, without pause
-    // for `for`. A correct program closes within milliseconds of reading EOF, so a sample
-    // catches one between its read and its close only by chance, never for 10 minutes:
-    // this is a definite bug (cause 1 in its purest form), whatever the age.
+    // connections older than the exporter's close_wait.stuck_after (default 1m) whose
+    // program read the EOF (Recv-Q 0) and did not close, without pause for `for`. Young
+    // ones do not count: a busy server reads the EOF, finishes writing and closes a moment
+    // later, so some are always caught in between. Cause 1 in its purest form.
     closeWaitEofIgnored: { minConnections: 1, 'for': '10m', severity: 'warning' },
+
+    // TcpStateCloseWaitAcceptBacklog: a group holds at least minConnections CLOSE_WAIT
+    // connections still in an accept queue, half or more of its CLOSE_WAIT (the rule of
+    // snapshot's "accept backlog" verdict), without pause for `for`: its peers keep giving
+    // up before the program accepts (cause 3). TcpStateCloseWaitStuck skips these groups.
+    closeWaitAcceptBacklog: { minConnections: 1, 'for': '10m', severity: 'warning' },
 
     // TcpStateListenOverflows: a namespace's accept queues overflowed (TcpExt
     // ListenOverflows) at least minIncrease times in `window`, without pause for `for`.
@@ -70,7 +76,7 @@
     stale: { ageSeconds: 120, 'for': '5m', severity: 'warning' },
 
     // TcpStateGroupsFolded: the per-metric group limit (max_groups) is reached and some
-    // ports/processes are folded into port="other".
+    // ports/processes are folded into port="other", process="other".
     groupsFolded: { 'for': '30m', severity: 'info' },
   },
 }

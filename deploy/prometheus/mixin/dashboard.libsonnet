@@ -226,7 +226,7 @@ local w(width, p) = { w: width, panel: p };
           title: 'CLOSE_WAIT',
           lines: [
             { h: 8, panels: [
-              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other" is the fold bucket.', [
+              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other", process="other" is the fold bucket.', [
                 target('sum by (netns, direction, port) (tcpstate_connections{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{netns}}'),
               ])),
               w(12, timeseries('CLOSE_WAIT by process', 'The owning process (comm); empty for orphaned sockets.', [
@@ -298,7 +298,7 @@ local w(width, p) = { w: width, panel: p };
               ], 's', c.stale.ageSeconds)),
             ] },
             { h: 7, panels: [
-              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other".', [
+              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other", process="other".', [
                 target('tcpstate_groups_folded{%s}' % sampled, '{{instance}} {{netns}}'),
               ])),
               w(6, timeseries('Exporter memory', 'Resident memory of the exporter process.', [
@@ -321,8 +321,8 @@ local w(width, p) = { w: width, panel: p };
           title: 'Diagnosis',
           lines: [
             { h: 8, panels: [
-              w(8, timeseries('Cause 1: EOF read and ignored vs EOF unread', "CLOSE_WAIT connections per group. 'EOF read': the program's recv() returned 0 (Recv-Q 0) and it still did not close: it saw the peer leave and ignored it, the purest form of cause 1 (never closed), a bug to fix in the code (a missing close() after the read loop, an exception path). 'EOF unread': the program has not read to the end at all: stuck or slow (cause 1 when it never resumes, cause 2 when it resumes late). Alert: TcpStateCloseWaitEofIgnored.", [
-                target('sum by (netns, direction, port, process) (tcpstate_close_wait_eof_read_connections{%s})' % group, 'EOF read {{direction}} {{port}} {{process}} {{netns}}'),
+              w(8, timeseries('Cause 1: EOF read and ignored vs EOF unread', "CLOSE_WAIT connections per group. 'EOF read, stuck': older than the exporter's close_wait.stuck_after, the program's recv() returned 0 (Recv-Q 0) and it still did not close: it saw the peer leave and ignored it, the purest form of cause 1 (never closed), a bug to fix in the code (a missing close() after the read loop, an exception path); younger ones prove nothing (a program may read the EOF and close a moment later). 'EOF unread': the program has not read to the end at all: stuck or slow (cause 1 when it never resumes, cause 2 when it resumes late). Alert: TcpStateCloseWaitEofIgnored.", [
+                target('sum by (netns, direction, port, process) (tcpstate_close_wait_stuck_eof_read_connections{%s})' % group, 'EOF read, stuck {{direction}} {{port}} {{process}} {{netns}}'),
                 target(|||
                   sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
                   - sum by (netns, direction, port, process) (tcpstate_close_wait_eof_read_connections{%s})
@@ -341,7 +341,7 @@ local w(width, p) = { w: width, panel: p };
               ], 'ops')),
             ] },
             { h: 8, panels: [
-              w(8, timeseries('Cause 3: CLOSE_WAIT never accepted vs accept queue', "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up before the program ever called accept() (cause 3, accept backlog). Against them the queue's length and its limit (backlog, capped by somaxconn). Never-accepted CLOSE_WAIT with a queue at its limit: the program accepts too slowly; raise the accept rate, not only the backlog.", [
+              w(8, timeseries('Cause 3: CLOSE_WAIT never accepted vs accept queue', "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up before the program ever called accept() (cause 3, accept backlog; alert TcpStateCloseWaitAcceptBacklog when they are half or more of the group's). Against them the queue's length and its limit (backlog, capped by somaxconn). Never-accepted CLOSE_WAIT with a queue at its limit: the program accepts too slowly; raise the accept rate, not only the backlog.", [
                 target('sum by (netns, port, process) (tcpstate_close_wait_unaccepted{%s})' % group, 'never accepted {{port}} {{process}} {{netns}}'),
                 target('sum by (netns, port, process) (tcpstate_listen_queue_length{%s})' % group, 'queued {{port}} {{process}} {{netns}}'),
                 target('sum by (netns, port, process) (tcpstate_listen_queue_max{%s})' % group, 'limit {{port}} {{process}} {{netns}}'),

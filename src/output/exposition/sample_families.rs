@@ -3,7 +3,11 @@
 use prometheus::proto::{LabelPair, MetricFamily};
 
 use crate::kernel::record::TcpState;
+use std::collections::BTreeMap;
+
+use crate::model::ages::StuckCounts;
 use crate::model::aggregate::{GroupStats, ListenerStats};
+use crate::model::labels::AgeGroup;
 use crate::model::sample::Sample;
 use crate::output::exposition::labels::{LabelOptions, SeriesLabels};
 use crate::output::exposition::proto::{FamilySpec, histogram};
@@ -24,6 +28,7 @@ pub fn sample_families(
     families.extend(listener_families(&labels));
     families.extend(age_families(&labels));
     families.extend(evidence_families(&labels));
+    families.extend(stuck_families(&labels));
     families.extend(kernel_families(&labels));
     families.extend(tracking_families(&labels));
     families
@@ -204,6 +209,43 @@ fn evidence_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
     per_field(&EVIDENCE_FAMILIES, &series)
 }
 
+const STUCK_FAMILIES: [FieldFamily<StuckCounts>; 2] = [
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_stuck_connections",
+            "CLOSE_WAIT connections of the group older than close_wait.stuck_after: \
+             evidence of a leak, where a young CLOSE_WAIT proves nothing.",
+        ),
+        |s| s.sockets,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_stuck_eof_read_connections",
+            "CLOSE_WAIT connections older than close_wait.stuck_after whose program read the \
+             EOF (Recv-Q 0) and still did not close: it saw the peer leave and ignored it.",
+        ),
+        |s| s.eof_read,
+    ),
+];
+
+/// Stuck sockets per CLOSE_WAIT group, zeros included (so that every group has a series
+/// an alert can match against).
+fn stuck_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let sample = labels.sample;
+    let mut groups: BTreeMap<AgeGroup, StuckCounts> = sample
+        .groups
+        .iter()
+        .filter(|(key, _)| key.state == TcpState::CloseWait)
+        .map(|(key, _)| (key.close_wait_group(), StuckCounts::default()))
+        .collect();
+    groups.extend(sample.ages.stuck.iter().copied());
+    let series: Vec<_> = groups
+        .iter()
+        .map(|(group, stuck)| (labels.close_wait(group), stuck))
+        .collect();
+    per_field(&STUCK_FAMILIES, &series)
+}
+
 const LISTEN_OVERFLOWS: FamilySpec = FamilySpec::counter(
     "tcpstate_listen_overflows_total",
     "Connections refused because an accept queue was full (TcpExt ListenOverflows).",
@@ -275,7 +317,7 @@ const UNTRACKED: FamilySpec = FamilySpec::gauge(
 );
 const FOLDED: FamilySpec = FamilySpec::gauge(
     "tcpstate_groups_folded",
-    "Groups folded into port=\"other\" because max_groups was reached.",
+    "Groups folded into port=\"other\", process=\"other\" because max_groups was reached.",
 );
 
 /// Entries counted from events, and what the tracker and the folding left out.
