@@ -19,6 +19,7 @@ pub mod event_feed;
 #[cfg(feature = "events")]
 pub mod events;
 pub mod exposition;
+pub mod logging;
 pub mod namespace_set;
 pub mod netns;
 pub mod owners;

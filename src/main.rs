@@ -7,7 +7,7 @@ use clap::Parser;
 use std::io::IsTerminal;
 
 use tcpstate_exporter::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
-use tcpstate_exporter::config::{self, LogFormat, NamespaceMode, Settings};
+use tcpstate_exporter::config::{self, NamespaceMode, Settings};
 use tcpstate_exporter::diagnosis::Thresholds;
 use tcpstate_exporter::exposition::LabelOptions;
 use tcpstate_exporter::namespace_set::NamespaceSet;
@@ -141,12 +141,5 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
 }
 
 fn init_logging(settings: &Settings) {
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(settings.log_level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    match settings.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Logfmt => builder.init(),
-    }
+    tcpstate_exporter::logging::init(settings.log_level, settings.log_format);
 }
