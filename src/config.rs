@@ -66,6 +66,8 @@ pub enum ListenAddress {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen_address: ListenAddress,
+    /// The listen address as the flag or the file wrote it, for messages.
+    pub listen_address_text: String,
     pub telemetry_path: String,
     pub web_config_file: Option<PathBuf>,
     pub sample_interval: Duration,
@@ -106,6 +108,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen_address: ListenAddress::AnyHost(DEFAULT_PORT),
+            listen_address_text: format!(":{DEFAULT_PORT}"),
             telemetry_path: "/metrics".into(),
             web_config_file: None,
             sample_interval: DEFAULT_INTERVAL,
@@ -359,6 +362,11 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
             .containers_log_dir
             .unwrap_or(defaults.containers_log_dir),
         listen_address,
+        listen_address_text: flags
+            .listen_address
+            .clone()
+            .or(file.web.listen_address.clone())
+            .unwrap_or(defaults.listen_address_text),
         telemetry_path,
         web_config_file: flags
             .web_config_file

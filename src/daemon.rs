@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::config::{NamespaceMode, Settings};
 use crate::event_feed::EventFeed;
 use crate::exposition::{self, Exposition, LabelOptions, SAMPLE_ERROR_REASONS, SelfMetrics};
+use crate::listen;
 use crate::namespace_set::NamespaceSet;
 use crate::sampler::Attribution;
 use crate::server::{self, Site};
@@ -34,6 +35,18 @@ pub fn run(
 ) -> Result<(), String> {
     pin_malloc_mmap_threshold();
     let web = load_web_config(&settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let mut signals = runtime.block_on(async { Signals::catch() });
+    // Bound before any slow startup work (netlink, the eBPF attach, the first sample): a
+    // busy or wrong address fails at once, named as it was written.
+    let written = settings.listen_address_text.clone();
+    let cannot_listen = |e: std::io::Error| format!("cannot listen on {written}: {e}");
+    let reserved = listen::reserve(&settings.listen_address.candidates()).map_err(cannot_listen)?;
     let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
     let namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
@@ -62,16 +75,8 @@ pub fn run(
         return Err(e);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("http")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = runtime.block_on(async {
-        let listener = server::bind(&settings.listen_address.candidates())
-            .await
-            .map_err(|e| format!("cannot listen on {:?}: {e}", settings.listen_address))?;
+        let listener = listen::listen(reserved).map_err(cannot_listen)?;
         let local = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -86,7 +91,7 @@ pub fn run(
         };
         let serving = tokio::spawn(server::serve(listener, site.clone(), shutdown_rx));
         let mut current = settings;
-        while wait_for_signal().await == Signal::Reload {
+        while signals.next().await == Signal::Reload {
             match reload().and_then(|new| load_web_config(&new).map(|web| (new, web))) {
                 Ok((new, web)) => {
                     if new.listen_address != current.listen_address
@@ -153,20 +158,37 @@ enum Signal {
     Reload,
 }
 
-async fn wait_for_signal() -> Signal {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return Signal::Stop;
-    };
-    tokio::select! {
-        _ = terminate.recv() => Signal::Stop,
-        _ = interrupt.recv() => Signal::Stop,
-        _ = hangup.recv() => Signal::Reload,
+/// SIGTERM, SIGINT and SIGHUP, caught from the start (inside the runtime): one that
+/// arrives during a slow startup (a `systemctl reload` while the first sample of a big
+/// table runs) is kept for the server loop instead of killing the process, which is
+/// what their default action does.
+struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl Signals {
+    fn catch() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(terminate), Ok(interrupt), Ok(hangup)) => {
+                Signals(Some([terminate, interrupt, hangup]))
+            }
+            _ => Signals(None),
+        }
+    }
+
+    async fn next(&mut self) -> Signal {
+        let Some([terminate, interrupt, hangup]) = &mut self.0 else {
+            let _ = tokio::signal::ctrl_c().await;
+            return Signal::Stop;
+        };
+        tokio::select! {
+            _ = terminate.recv() => Signal::Stop,
+            _ = interrupt.recv() => Signal::Stop,
+            _ = hangup.recv() => Signal::Reload,
+        }
     }
 }
 

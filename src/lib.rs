@@ -19,6 +19,7 @@ pub mod event_feed;
 #[cfg(feature = "events")]
 pub mod events;
 pub mod exposition;
+pub mod listen;
 pub mod logging;
 pub mod namespace_set;
 pub mod netns;
@@ -31,4 +32,6 @@ pub mod snapshot;
 pub mod sockdiag;
 pub mod sysctl;
 pub mod tls;
+pub mod usage;
+pub mod version;
 pub mod webconfig;

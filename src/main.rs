@@ -2,11 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use std::io::IsTerminal;
 
-use tcpstate_exporter::cli::{Cli, ColorChoice, Command, SnapshotArgs, SnapshotFormat};
+use tcpstate_exporter::cli::{ColorChoice, Command, SnapshotArgs, SnapshotFormat};
 use tcpstate_exporter::config::{self, NamespaceMode, Settings};
 use tcpstate_exporter::diagnosis::Thresholds;
 use tcpstate_exporter::exposition::LabelOptions;
@@ -15,13 +13,26 @@ use tcpstate_exporter::sampler::Attribution;
 use tcpstate_exporter::snapshot::{RenderOptions, Watch, diagnose_groups};
 use tcpstate_exporter::{daemon, snapshot};
 
-/// Exit code for bad input (flags, config), as clap uses for bad flags.
-const EXIT_BAD_INPUT: u8 = 2;
+use tcpstate_exporter::usage::EXIT_BAD_INPUT;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match tcpstate_exporter::usage::parse() {
+        Ok(cli) => cli,
+        Err(code) => return ExitCode::from(code),
+    };
     let settings = match config::load(&cli.flags) {
         Ok(settings) => settings,
+        Err(e) if cli.command.is_none() => {
+            // The daemon's stderr is a log stream: the error is one log line there too,
+            // in the format the flag asks for (the file's choice is what failed).
+            let format = match cli.flags.log_format.as_deref() {
+                Some("json") => config::LogFormat::Json,
+                _ => config::LogFormat::Logfmt,
+            };
+            tcpstate_exporter::logging::init(tracing::Level::ERROR, format);
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
         Err(e) => {
             eprintln!("tcpstate-exporter: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -30,11 +41,7 @@ fn main() -> ExitCode {
     init_logging(&settings);
     match cli.command {
         Some(Command::CheckConfig) => {
-            let web_config = settings
-                .web_config_file
-                .as_deref()
-                .map(tcpstate_exporter::webconfig::WebConfig::load);
-            if let Some(Err(e)) = web_config {
+            if let Err(e) = check_web_config(&settings) {
                 eprintln!("tcpstate-exporter: {e}");
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
@@ -51,15 +58,37 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         },
-        None => match daemon::run(settings, move || {
-            config::load(&cli.flags).map_err(|e| e.to_string())
-        }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+        None => {
+            tracing::info!(
+                version = tcpstate_exporter::version::VERSION,
+                revision = tcpstate_exporter::version::REVISION,
+                "starting tcpstate-exporter"
+            );
+            // A bad web config is bad input (exit 2), like a bad config file.
+            if let Err(e) = check_web_config(&settings) {
                 tracing::error!("{e}");
-                ExitCode::FAILURE
+                return ExitCode::from(EXIT_BAD_INPUT);
             }
-        },
+            match daemon::run(settings, move || {
+                config::load(&cli.flags).map_err(|e| e.to_string())
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads the web config the settings name, if any, to say whether it is valid.
+fn check_web_config(settings: &Settings) -> Result<(), String> {
+    match settings.web_config_file.as_deref() {
+        Some(path) => tcpstate_exporter::webconfig::WebConfig::load(path)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
 
