@@ -6,6 +6,9 @@
 #
 #   tests/run-all.sh            everything
 #   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build (slow when cold)
+#
+# The shipped artifacts come from one release build (deploy/release.sh binary), which the
+# steps after it reuse.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -50,6 +53,8 @@ step "cargo test" cargo test --workspace
 step "build without events" cargo build --no-default-features --quiet
 step "monitoring" tests/monitoring/check.sh
 step "deployment files" tests/deploy/check.sh
+step "release build" deploy/release.sh binary
+step "debian package" tests/deploy/package.sh
 if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then
     step "container image" tests/deploy/container.sh
 fi
