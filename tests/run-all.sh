@@ -5,7 +5,7 @@
 # README.md gives; .ci/run calls it.
 #
 #   tests/run-all.sh            everything
-#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build (slow when cold)
+#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build and run
 #
 # The shipped artifacts come from one release build (deploy/release.sh binary), which the
 # steps after it reuse.
@@ -58,6 +58,7 @@ step "debian package" tests/deploy/package.sh
 if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then
     step "container image" tests/deploy/container.sh
 fi
+step "install from a fresh clone" tests/deploy/install.sh
 
 echo
 if ((steps_failed)); then
