@@ -20,14 +20,8 @@ t0=$(date +%s)
 step() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "container.sh: must run as root" >&2; exit 1; }
-for pair in podman:podman buildah:buildah runc:runc curl:curl nsenter:util-linux; do
-    command -v "${pair%%:*}" >/dev/null || need="${need:-} ${pair#*:}"
-done
-if [ -n "${need:-}" ]; then
-    step "installing$need"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-fi
+. "$repo/tests/deploy/lib.sh"
+install_missing podman:podman buildah:buildah runc:runc curl:curl nsenter:util-linux
 
 work=$(mktemp -d)
 containers=() holders=()

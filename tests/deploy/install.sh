@@ -18,7 +18,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 t0=$(date +%s)
 step() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "install.sh: must run as root" >&2; exit 1; }
-command -v curl >/dev/null && command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl iproute2 >/dev/null; }
+. "$repo/tests/deploy/lib.sh"
+install_missing curl:curl ip:iproute2 git:git
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -26,15 +26,8 @@ t0=$(date +%s)
 step() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "package.sh: must run as root" >&2; exit 1; }
-need=
-for pair in mmdebstrap:mmdebstrap curl:curl unshare:util-linux dpkg-shlibdeps:dpkg-dev nm:binutils; do
-    command -v "${pair%%:*}" >/dev/null || need="$need ${pair#*:}"
-done
-if [ -n "$need" ]; then
-    step "installing$need"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-fi
+. "$repo/tests/deploy/lib.sh"
+install_missing mmdebstrap:mmdebstrap curl:curl unshare:util-linux dpkg-shlibdeps:dpkg-dev nm:binutils
 mkdir -p "$CACHE"
 
 work=$(mktemp -d)
