@@ -75,10 +75,12 @@ build_deb() {
     say "package: $deb ($(stat -c %s "$deb") bytes)"
 }
 
+# TCPSTATE_BUILD_FLAGS: extra words for `podman build` (the tests pass the machine's).
 build_image() {
-    local tool=podman
+    local tool=podman flags
     command -v podman >/dev/null || tool=docker
-    "$tool" build --tag "tcpstate-exporter:$version" --file "$repo/Dockerfile" "$repo"
+    read -ra flags <<<"${TCPSTATE_BUILD_FLAGS:-}"
+    "$tool" build "${flags[@]}" --tag "tcpstate-exporter:$version" --file "$repo/Dockerfile" "$repo"
 }
 
 case "${1:-}" in

@@ -6,13 +6,13 @@
 #
 #   tests/deploy/container.sh
 #
-# The binary is the release build deploy/release.sh makes (shared with the package and the
-# install test), staged by `deploy/release.sh root`; the Dockerfile starts FROM scratch, so
-# nothing is pulled and no base image is made. Machine details supplied here, never in the
+# `deploy/release.sh image`, as the README says: the release build the suite shares (with
+# the package and the install test), staged and built FROM scratch, so nothing is pulled
+# and no base image is made. Machine details supplied here, never in the
 # Dockerfile: runtime runc and ulimits root cannot raise.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-IMAGE=localhost/tcpstate-exporter:test
+IMAGE=localhost/tcpstate-exporter:$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -1)
 MAX_IMAGE_BYTES=$((20 * 1000 * 1000))
 LIMITS=(--ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 RUN=(podman run --runtime runc "${LIMITS[@]}")
@@ -32,11 +32,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "deploy/release.sh binary, root"
-"$repo/deploy/release.sh" binary
-"$repo/deploy/release.sh" root
-step "podman build $IMAGE"
-podman build --pull=never --runtime runc --tag "$IMAGE" --file "$repo/Dockerfile" "$repo"
+# The README's command; the image it replaces is removed, so runs do not pile up images.
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+step "deploy/release.sh image"
+TCPSTATE_BUILD_FLAGS="--pull=never --runtime runc" "$repo/deploy/release.sh" image
+current=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 step "image size: $size bytes"
 
