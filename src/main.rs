@@ -116,8 +116,14 @@ fn run_snapshot(mut settings: Settings, request: SnapshotArgs) -> Result<ExitCod
     if request.format != SnapshotFormat::Prometheus {
         settings.pid_label = true;
     }
-    let mut namespaces = NamespaceSet::new(&settings)
-        .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
+    // Not bad input: a runtime failure, exit code 1 like a failed sample.
+    let mut namespaces = match NamespaceSet::new(&settings) {
+        Ok(namespaces) => namespaces,
+        Err(e) => {
+            eprintln!("tcpstate-exporter: cannot open a sock_diag netlink socket: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let mut attribution = Attribution::new(&settings);
     let started = std::time::Instant::now();
     let first = namespaces.sample_round(&mut attribution);
