@@ -10,9 +10,12 @@
 #
 # The clone is of the committed HEAD (uncommitted changes are not in it). It runs in a
 # private mount namespace with an overlay on /usr/local, so what the README installs there
-# disappears afterwards, and with CARGO_TARGET_DIR set to this checkout's target/ (unless
-# already set) so that the release build deploy/release.sh made is reused: only the exporter itself is compiled
-# again (its path changed), not its 250 dependencies.
+# disappears afterwards, and with CARGO_TARGET_DIR set to a copy of the release build
+# deploy/release.sh made, so that only the exporter itself is compiled again (its path
+# changed), not its 127 dependencies. A copy, not the checkout's own target/: cargo names
+# a workspace member's artifacts by its path within the workspace, so the clone's build
+# and the checkout's would replace each other's and each rebuild the exporter after the
+# other.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 t0=$(date +%s)
@@ -85,10 +88,14 @@ while IFS= read -r line; do
     case "$line" in *snapshot*) [ "$rc" = 0 ] && grep -q '^Sockets per state: ' "$work/line.out" && echo ok > "$work/snapshot" ;; esac
 done < "$work/run.sh"
 EOF
+shared=${CARGO_TARGET_DIR:-$repo/target}
+[ -d "$shared/release" ] || { bad "no release build in $shared (deploy/release.sh binary)"; exit 1; }
+mkdir -p "$work/target"
+cp -a "$shared/release" "$work/target/"
 local_before=$(ls -A /usr/local/bin)
 step "README steps in a private mount namespace"
 set +e
-CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} unshare --mount --fork bash "$work/inside.sh" "$work" > "$work/log" 2>&1
+CARGO_TARGET_DIR=$work/target unshare --mount --fork bash "$work/inside.sh" "$work" > "$work/log" 2>&1
 rc=$?
 set -e
 case $rc in
