@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::process_collector::ProcessCollector;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::http::listen;
 use crate::http::server::{self, Site};
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{self, Exposition, LabelOptions};
@@ -57,6 +59,10 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     // a big table) or anything else runs: SIGHUP's default action ends the process.
     let mut signals = Signals::install()?;
     let web = load_web_config(&settings)?;
+    // Bound before any slow startup work (netlink, the eBPF attach, the first sample): a
+    // busy or wrong address fails at once, named as it was written.
+    let reserved = listen::reserve(&settings.listen_address.candidates())
+        .map_err(|e| cannot_listen(&settings, e))?;
     let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
     let namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
@@ -70,7 +76,7 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     let result = match first {
         Some(Ok(())) => {
             let wiring = (&mut signals, &mut sampler, control_tx, reload);
-            serve(settings, web, exposition, wiring).await
+            serve(settings, web, reserved, exposition, wiring).await
         }
         Some(Err(e)) => {
             drop(control_tx);
@@ -86,6 +92,11 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
         tracing::info!("leaving the sample in progress unfinished");
     }
     result
+}
+
+/// The listen error, naming the address as the flag or the file wrote it.
+fn cannot_listen(settings: &Settings, error: std::io::Error) -> String {
+    format!("cannot listen on {}: {error}", settings.listen_address_text)
 }
 
 /// Encodes each round once and swaps it in: scrapes take the last one without a lock.
@@ -108,12 +119,11 @@ fn publisher(exposition: Arc<ArcSwap<Exposition>>) -> Publish {
 async fn serve(
     settings: Settings,
     web: WebConfig,
+    reserved: TcpSocket,
     exposition: Arc<ArcSwap<Exposition>>,
     (signals, sampler, control, reload): Wiring<'_>,
 ) -> Result<(), String> {
-    let listener = server::bind(&settings.listen_address.candidates())
-        .await
-        .map_err(|e| format!("cannot listen on {:?}: {e}", settings.listen_address))?;
+    let listener = listen::listen(reserved).map_err(|e| cannot_listen(&settings, e))?;
     let local = listener
         .local_addr()
         .map(|a| a.to_string())

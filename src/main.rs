@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use std::io::IsTerminal;
 
-use tcpstate_exporter::config::cli::{Cli, ColorChoice, Command, SnapshotArgs};
-use tcpstate_exporter::config::{self, LogFormat, Settings};
+use tcpstate_exporter::config::cli::{ColorChoice, Command, SnapshotArgs};
+use tcpstate_exporter::config::usage::{self, EXIT_BAD_INPUT};
+use tcpstate_exporter::config::{self, LogFormat, Settings, version};
 use tcpstate_exporter::daemon;
+use tcpstate_exporter::http::webconfig::WebConfig;
+use tcpstate_exporter::logging;
 use tcpstate_exporter::model::diagnosis::{Thresholds, human_seconds};
 use tcpstate_exporter::output::exposition::LabelOptions;
 use tcpstate_exporter::output::snapshot;
@@ -17,13 +18,24 @@ use tcpstate_exporter::output::terminal::escape_control;
 use tcpstate_exporter::sampling::attribution::Attribution;
 use tcpstate_exporter::sampling::namespace_set::NamespaceSet;
 
-/// Exit code for bad input (flags, config), as clap uses for bad flags.
-const EXIT_BAD_INPUT: u8 = 2;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match usage::parse() {
+        Ok(cli) => cli,
+        Err(code) => return ExitCode::from(code),
+    };
     let settings = match config::load(&cli.flags) {
         Ok(settings) => settings,
+        Err(e) if cli.command.is_none() => {
+            // The daemon's stderr is a log stream: the error is one log line there too,
+            // in the format the flag asks for (the file's choice is what failed).
+            let format = match cli.flags.log_format.as_deref() {
+                Some("json") => LogFormat::Json,
+                _ => LogFormat::Logfmt,
+            };
+            logging::init(tracing::Level::ERROR, format);
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
         Err(e) => {
             eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -32,12 +44,8 @@ fn main() -> ExitCode {
     init_logging(&settings);
     match cli.command {
         Some(Command::CheckConfig) => {
-            let web_config = settings
-                .web_config_file
-                .as_deref()
-                .map(tcpstate_exporter::http::webconfig::WebConfig::load);
-            if let Some(Err(e)) = web_config {
-                eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
+            if let Err(e) = check_web_config(&settings) {
+                eprintln!("tcpstate-exporter: {}", escape_control(&e));
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
             match &cli.flags.config_file {
@@ -55,15 +63,35 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => match daemon::run(settings, move || {
-            config::load(&cli.flags).map_err(|e| e.to_string())
-        }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+        None => {
+            tracing::info!(
+                version = version::VERSION,
+                revision = version::REVISION,
+                "starting tcpstate-exporter"
+            );
+            // A bad web config is bad input (exit 2), like a bad config file.
+            if let Err(e) = check_web_config(&settings) {
                 tracing::error!("{e}");
-                ExitCode::FAILURE
+                return ExitCode::from(EXIT_BAD_INPUT);
             }
-        },
+            match daemon::run(settings, move || {
+                config::load(&cli.flags).map_err(|e| e.to_string())
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads the web config the settings name, if any, to say whether it is valid.
+fn check_web_config(settings: &Settings) -> Result<(), String> {
+    match settings.web_config_file.as_deref() {
+        Some(path) => WebConfig::load(path).map(drop).map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
 
@@ -101,8 +129,14 @@ fn run_snapshot(
     if !interval_given {
         settings.sample_interval = SNAPSHOT_INTERVAL;
     }
-    let mut namespaces = NamespaceSet::new(&settings)
-        .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
+    // Not bad input: a runtime failure, exit code 1 like a failed sample.
+    let mut namespaces = match NamespaceSet::new(&settings) {
+        Ok(namespaces) => namespaces,
+        Err(e) => {
+            eprintln!("tcpstate-exporter: cannot open a sock_diag netlink socket: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let mut attribution = Attribution::new(&settings);
     let started = std::time::Instant::now();
     let first = namespaces.sample_round(&mut attribution);
@@ -183,12 +217,5 @@ fn crossings(
 }
 
 fn init_logging(settings: &Settings) {
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(settings.log_level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    match settings.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Logfmt => builder.init(),
-    }
+    logging::init(settings.log_level, settings.log_format);
 }

@@ -5,7 +5,10 @@
 # README.md gives; .ci/run calls it.
 #
 #   tests/run-all.sh            everything
-#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build (slow when cold)
+#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build and run
+#
+# The shipped artifacts come from one release build (deploy/release.sh binary), which the
+# steps after it reuse.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -54,9 +57,12 @@ step "cargo test" cargo test --workspace
 step "build without events" cargo build --no-default-features --quiet
 step "monitoring" tests/monitoring/check.sh
 step "deployment files" tests/deploy/check.sh
+step "release build" deploy/release.sh binary
+step "debian package" tests/deploy/package.sh
 if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then
     step "container image" tests/deploy/container.sh
 fi
+step "install from a fresh clone" tests/deploy/install.sh
 
 echo
 if ((steps_failed)); then

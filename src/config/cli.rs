@@ -8,11 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpstate-exporter",
-    version,
+    disable_version_flag = true,
     about = "Prometheus exporter for TCP sockets stuck in CLOSE_WAIT: which port, which \
              process, how long, and why."
 )]
 pub struct Cli {
+    /// Print the version, git revision, build date and rustc version, and exit.
+    #[arg(short = 'V', long)]
+    pub version: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]

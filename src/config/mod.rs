@@ -10,7 +10,9 @@ use std::time::Duration;
 pub mod cli;
 mod file;
 pub mod input;
+pub mod usage;
 mod values;
+pub mod version;
 
 use crate::kernel::record::TcpState;
 use cli::Flags;
@@ -75,6 +77,8 @@ pub enum ListenAddress {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen_address: ListenAddress,
+    /// The listen address as the flag or the file wrote it, for messages.
+    pub listen_address_text: String,
     pub telemetry_path: String,
     pub web_config_file: Option<PathBuf>,
     pub sample_interval: Duration,
@@ -177,6 +181,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen_address: ListenAddress::AnyHost(DEFAULT_PORT),
+            listen_address_text: format!(":{DEFAULT_PORT}"),
             telemetry_path: "/metrics".into(),
             web_config_file: None,
             sample_interval: DEFAULT_INTERVAL,
@@ -249,6 +254,10 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
         &file.log.format,
         parse_format,
     )?;
+    let listen_address_text = flags
+        .listen_address
+        .clone()
+        .or(file.web.listen_address.clone());
     let web_config_file = flags
         .web_config_file
         .clone()
@@ -257,6 +266,7 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
     let from_file = from_file(file, Settings::default())?;
     Ok(Settings {
         listen_address: listen_address.unwrap_or(defaults.listen_address),
+        listen_address_text: listen_address_text.unwrap_or(defaults.listen_address_text),
         telemetry_path: telemetry_path.unwrap_or(defaults.telemetry_path),
         web_config_file,
         sample_interval: sample_interval.unwrap_or(defaults.sample_interval),

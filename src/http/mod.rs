@@ -2,6 +2,7 @@
 //! basic auth from an exporter-toolkit web config.
 
 pub mod auth;
+pub mod listen;
 pub mod server;
 pub mod slots;
 pub mod tls;

@@ -52,18 +52,6 @@ pub struct Site {
     pub web: Arc<ArcSwap<WebConfig>>,
 }
 
-/// Binds the first address of `candidates` that works.
-pub async fn bind(candidates: &[SocketAddr]) -> std::io::Result<TcpListener> {
-    let mut last_error = None;
-    for address in candidates {
-        match TcpListener::bind(address).await {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| std::io::Error::other("no listen address")))
-}
-
 /// Accepts connections until `shutdown` flips to true.
 pub async fn serve(listener: TcpListener, site: Site, mut shutdown: watch::Receiver<bool>) {
     let slots = Slots::new(slots::capacity_for_open_file_limit());
