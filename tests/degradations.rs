@@ -37,7 +37,7 @@ fn all_namespaces_without_cap_sys_admin_says_so() {
         1,
         "one warning line: {stderr}"
     );
-    assert!(stderr.contains("WARN"), "{stderr}");
+    assert!(stderr.contains("level=warn"), "{stderr}");
     let _ = std::fs::remove_file(&config);
 }
 

@@ -152,9 +152,9 @@ fi
 bin=$root/usr/bin/tcpstate-exporter
 # (Output captured first: with pipefail, grep -q closing the pipe early fails the pipeline.)
 symbols=$(nm --demangle "$bin" 2>&1 || true)
-grep -q ' T tcpstate_exporter::daemon::sample_loop$' <<<"$symbols" \
-    && ok "the binary keeps its symbols (a backtrace names tcpstate_exporter::daemon::sample_loop)" \
-    || bad "no symbol tcpstate_exporter::daemon::sample_loop in the installed binary"
+grep -q ' T tcpstate_exporter::sampling::sample_loop::SamplerThread::start$' <<<"$symbols" \
+    && ok "the binary keeps its symbols (a backtrace names tcpstate_exporter::sampling::sample_loop::SamplerThread::start)" \
+    || bad "no symbol tcpstate_exporter::sampling::sample_loop::SamplerThread::start in the installed binary"
 sections=$(readelf -S "$bin" 2>&1 || true)
 grep -q '\.symtab' <<<"$sections" && ! grep -q '\.debug_' <<<"$sections" \
     && ok "the binary has no DWARF ($(stat -c %s "$bin") bytes)" \
