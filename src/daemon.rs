@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::http::server::{self, Site};
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{self, Exposition, LabelOptions};
+use crate::output::published::Published;
 use crate::sampling::namespace_set::NamespaceSet;
 use crate::sampling::sample_loop::{Control, Publish, SamplerThread};
 
@@ -57,11 +58,14 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     // a big table) or anything else runs: SIGHUP's default action ends the process.
     let mut signals = Signals::install()?;
     let web = load_web_config(&settings)?;
-    let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
+    let served = Served {
+        exposition: Arc::new(ArcSwap::from_pointee(Exposition::default())),
+        published: Arc::new(ArcSwap::from_pointee(Published::default())),
+    };
     let namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
     let (control_tx, control_rx) = mpsc::channel::<Control>();
-    let publish = publisher(Arc::clone(&exposition));
+    let publish = publisher(served.clone());
     let mut sampler = SamplerThread::start(namespaces, settings.clone(), publish, control_rx)?;
     let first = tokio::select! {
         first = sampler.first_sample() => Some(first),
@@ -70,7 +74,7 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     let result = match first {
         Some(Ok(())) => {
             let wiring = (&mut signals, &mut sampler, control_tx, reload);
-            serve(settings, web, exposition, wiring).await
+            serve(settings, web, served, wiring).await
         }
         Some(Err(e)) => {
             drop(control_tx);
@@ -88,18 +92,30 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     result
 }
 
-/// Encodes each round once and swaps it in: scrapes take the last one without a lock.
-/// An encoding error keeps the previous exposition served.
-fn publisher(exposition: Arc<ArcSwap<Exposition>>) -> Publish {
+/// What the sampler thread publishes and the HTTP side serves, each swapped in whole.
+#[derive(Clone)]
+struct Served {
+    exposition: Arc<ArcSwap<Exposition>>,
+    published: Arc<ArcSwap<Published>>,
+}
+
+/// Encodes each round once and swaps it in, with the round itself for the drill-down:
+/// requests take the last ones without a lock. An encoding error keeps the previous
+/// exposition served.
+fn publisher(served: Served) -> Publish {
     let process = ProcessCollector::for_self();
     Box::new(move |samples, metrics, started, settings| {
         let options = LabelOptions::of(settings);
         match exposition::encode_round(samples, metrics, started, options, &process) {
-            Ok(encoded) => exposition.store(Arc::new(encoded)),
+            Ok(encoded) => served.exposition.store(Arc::new(encoded)),
             Err(e) => {
                 tracing::error!(error = %e, "encoding failed; serving the previous exposition")
             }
         }
+        let taken_at = metrics.last_success_timestamp_seconds;
+        served
+            .published
+            .store(Arc::new(Published::new(samples, taken_at, settings)));
     })
 }
 
@@ -108,7 +124,7 @@ fn publisher(exposition: Arc<ArcSwap<Exposition>>) -> Publish {
 async fn serve(
     settings: Settings,
     web: WebConfig,
-    exposition: Arc<ArcSwap<Exposition>>,
+    served: Served,
     (signals, sampler, control, reload): Wiring<'_>,
 ) -> Result<(), String> {
     let listener = server::bind(&settings.listen_address.candidates())
@@ -123,7 +139,8 @@ async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let site = Site {
         telemetry_path: Arc::new(ArcSwap::from_pointee(settings.telemetry_path.clone())),
-        exposition,
+        exposition: served.exposition,
+        published: served.published,
         web: Arc::new(ArcSwap::from_pointee(web)),
     };
     let serving = tokio::spawn(server::serve(listener, site.clone(), shutdown_rx));

@@ -24,11 +24,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::http::api;
 use crate::http::auth;
 use crate::http::slots::{self, Slots, Trust};
 use crate::http::tls;
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{CONTENT_TYPE, Exposition};
+use crate::output::published::Published;
 
 /// How long a client may take to send its request head or finish a TLS handshake
 /// (slow-client defence). Hyper also applies it to an idle keep-alive connection's next
@@ -42,13 +44,15 @@ const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// A keep-alive connection is closed after this long, so no client holds a slot forever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
-/// What a request handler needs: the path to serve, the exposition to serve there and
-/// who may read it. Path and web config are swapped on reload; every request reads
-/// them anew, so a user removed by a reload loses access on open connections too.
+/// What a request handler needs: the path to serve, the exposition to serve there, the
+/// last round for the drill-down, and who may read it. Path and web config are swapped
+/// on reload; every request reads them anew, so a user removed by a reload loses access
+/// on open connections too.
 #[derive(Clone)]
 pub struct Site {
     pub telemetry_path: Arc<ArcSwap<String>>,
     pub exposition: Arc<ArcSwap<Exposition>>,
+    pub published: Arc<ArcSwap<Published>>,
     pub web: Arc<ArcSwap<WebConfig>>,
 }
 
@@ -182,15 +186,23 @@ pub fn respond(site: &Site, request: &Request<Incoming>) -> Response<Full<Bytes>
         site,
         request.method(),
         request.uri().path(),
+        request.uri().query(),
         accepts_gzip(encodings.iter()),
     )
 }
 
-fn respond_to(site: &Site, method: &Method, path: &str, gzip: bool) -> Response<Full<Bytes>> {
+fn respond_to(
+    site: &Site,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    gzip: bool,
+) -> Response<Full<Bytes>> {
     let telemetry_path = site.telemetry_path.load();
     let is_metrics = path == telemetry_path.as_str();
     let is_landing = path == "/";
-    if !is_metrics && !is_landing {
+    let is_sockets = path == api::SOCKETS_PATH && !is_metrics;
+    if !is_metrics && !is_landing && !is_sockets {
         return plain(StatusCode::NOT_FOUND, "404 page not found\n");
     }
     if method != Method::GET && method != Method::HEAD {
@@ -202,6 +214,8 @@ fn respond_to(site: &Site, method: &Method, path: &str, gzip: bool) -> Response<
     }
     let mut response = if is_metrics {
         metrics(&site.exposition.load(), gzip)
+    } else if is_sockets {
+        api::sockets(&site.published.load(), query)
     } else {
         landing(&telemetry_path)
     };
@@ -323,6 +337,7 @@ mod tests {
                 text: Bytes::from_static(b"m 1\n"),
                 gzip: Bytes::from_static(b"GZ"),
             })),
+            published: Arc::new(ArcSwap::from_pointee(Published::default())),
             web: Arc::new(ArcSwap::from_pointee(WebConfig::default())),
         }
     }
@@ -338,23 +353,23 @@ mod tests {
     #[tokio::test]
     async fn routes_methods_and_encodings() {
         let site = site();
-        let get = respond_to(&site, &Method::GET, "/metrics", false);
+        let get = respond_to(&site, &Method::GET, "/metrics", None, false);
         assert_eq!(get.status(), StatusCode::OK);
         assert_eq!(get.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
         assert_eq!(body(get).await, Bytes::from_static(b"m 1\n"));
 
-        let zipped = respond_to(&site, &Method::GET, "/metrics", true);
+        let zipped = respond_to(&site, &Method::GET, "/metrics", None, true);
         assert_eq!(zipped.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(body(zipped).await, Bytes::from_static(b"GZ"));
 
         assert_eq!(
-            respond_to(&site, &Method::GET, "/nope", false).status(),
+            respond_to(&site, &Method::GET, "/nope", None, false).status(),
             StatusCode::NOT_FOUND
         );
-        let post = respond_to(&site, &Method::POST, "/metrics", false);
+        let post = respond_to(&site, &Method::POST, "/metrics", None, false);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
-        let head = respond_to(&site, &Method::HEAD, "/metrics", false);
+        let head = respond_to(&site, &Method::HEAD, "/metrics", None, false);
         assert_eq!(head.status(), StatusCode::OK);
         assert_eq!(
             head.headers()[header::CONTENT_LENGTH],
@@ -362,7 +377,18 @@ mod tests {
             "the GET's length"
         );
         assert!(body(head).await.is_empty());
-        let landing = respond_to(&site, &Method::GET, "/", false);
+        let api = respond_to(&site, &Method::GET, "/api/v1/sockets", None, false);
+        assert_eq!(api.status(), StatusCode::OK);
+        assert_eq!(api.headers()[header::CONTENT_TYPE], "application/json");
+        let refused = respond_to(
+            &site,
+            &Method::GET,
+            "/api/v1/sockets",
+            Some("limit=0"),
+            false,
+        );
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let landing = respond_to(&site, &Method::GET, "/", None, false);
         assert!(String::from_utf8_lossy(&body(landing).await).contains("href=\"/metrics\""));
     }
 

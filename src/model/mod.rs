@@ -11,3 +11,4 @@ pub mod labels;
 pub mod pids;
 pub mod sample;
 pub mod self_metrics;
+pub mod sockets;

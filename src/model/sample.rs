@@ -2,6 +2,8 @@
 //! ages, the namespace's TCP settings), and the namespace it belongs to. This is what
 //! the exposition and the snapshot read.
 
+use std::sync::Arc;
+
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::kernel::record::{STATE_COUNT, TcpState};
@@ -10,6 +12,7 @@ use crate::model::ages::{AgesReport, StuckCounts};
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
 use crate::model::labels::{AgeGroup, ProcessId};
 use crate::model::pids::{PidCounts, PidEvidence};
+use crate::model::sockets::SocketList;
 
 /// One complete, aggregated sample of a namespace.
 #[derive(Clone, Debug, Default)]
@@ -32,6 +35,8 @@ pub struct Sample {
     /// The namespace's TCP settings and accept-queue overflow counters.
     pub tcp_settings: TcpSettings,
     pub listen_counters: Option<ListenCounters>,
+    /// The sockets behind the groups (bounded; shared, as samples are cloned each round).
+    pub sockets: Arc<SocketList>,
 }
 
 /// What a sample holds besides the aggregate and the ages: read from the kernel and the
@@ -45,6 +50,7 @@ pub struct SampleContext {
     pub listen_counters: Option<ListenCounters>,
     /// CLOSE_WAIT sockets per owning pid, when collected.
     pub close_wait_pids: Option<PidCounts>,
+    pub sockets: SocketList,
 }
 
 impl Sample {
@@ -80,6 +86,7 @@ impl Sample {
             close_wait_tracked: context.close_wait_tracked,
             tcp_settings: context.tcp_settings,
             listen_counters: context.listen_counters,
+            sockets: Arc::new(context.sockets),
         }
     }
 

@@ -2,5 +2,7 @@
 //! `snapshot` report for a person or a script.
 
 pub mod exposition;
+pub mod published;
 pub mod snapshot;
+pub mod sockets;
 pub mod terminal;

@@ -135,6 +135,11 @@ impl Attribution {
         self.cached_owner(inode).unwrap_or_default()
     }
 
+    /// The pid and descriptor holding `inode`, as cached (none with attribution off).
+    pub fn holder_of(&self, inode: u32) -> Option<(u32, u32)> {
+        self.owners.as_ref()?.holder(inode)
+    }
+
     /// Reads /proc for the owners of `wanted` inodes, `likely_pids` first.
     pub fn resolve(&mut self, wanted: &HashSet<u32>, likely_pids: &[u32]) -> ResolveStats {
         match &mut self.owners {

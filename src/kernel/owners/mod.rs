@@ -119,6 +119,15 @@ impl OwnerCache {
         })
     }
 
+    /// The process holding `inode` and its descriptor there (the lowest pid when
+    /// several hold it), without any I/O.
+    pub fn holder(&self, inode: u32) -> Option<(u32, u32)> {
+        let holder = self.inode_owner.get(&inode)?;
+        self.processes
+            .contains_key(&holder.pid)
+            .then_some((holder.pid, holder.fd))
+    }
+
     /// Finds the owners of `wanted` inodes that `lookup` does not know, looking first in
     /// `likely_pids`.
     pub fn resolve(&mut self, wanted: &HashSet<u32>, likely_pids: &[u32]) -> ResolveStats {
