@@ -6,7 +6,8 @@
 //! an edit of the shipped file). Through Prometheus's HTTP API this test checks that
 //! the target is up, that the values Prometheus stored are the ones the scenario holds
 //! and the exporter serves, that the growth and stuck alerts fire for the right group,
-//! and that every dashboard query returns data; `promtool check metrics` must find
+//! that the leak's run toward the leaky server's descriptor limit fires the fd exhaustion
+//! alert for it, and that every dashboard query returns data; `promtool check metrics` must find
 //! nothing to say about the exposition.
 //!
 //! tests/monitoring/live_prometheus.py runs Prometheus (it also checks rule health,
@@ -54,6 +55,9 @@ const MAX_TICKS: usize = 120;
 const GROWTH_SAMPLES: usize = 12;
 /// Per-wait timeout of live_prometheus.py, and how long this test waits for its `ready`.
 const PROM_WAIT_SECONDS: u64 = 30;
+/// The leaky server's soft RLIMIT_NOFILE: the cliff its leak runs toward (it holds
+/// about 200 descriptors at most before the test stops it).
+const NOFILE: u32 = 512;
 const READY: Duration = Duration::from_secs(150);
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -65,6 +69,8 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
     let mut server = Actor::spawn(&ns, "leaky");
     let mut client = Actor::spawn(&ns, "client");
     let daemon = Daemon::exporter(&ns, &["--sample.interval", "1s"]);
+    server.cmd(&format!("nofile {NOFILE}"));
+    let leaky_pid = server.pid();
 
     server.listen("l", &format!("127.0.0.1:{PORT}"), BACKLOG);
     client.cmd(&format!(
@@ -93,10 +99,12 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
         let api = prom.wait_ready(&ns);
         check_target_and_rules(&api);
         check_alerts_fire_for_the_group(&api);
+        check_fd_alert_fires_for_the_leaky_process(&api);
         check_growth_was_scraped(&api);
         stop.store(true, Ordering::Relaxed);
         let held = grower.join().expect("grower thread");
         check_values(&ns, &daemon, &api, &held, first_fin);
+        check_fd_figures(&ns, &daemon, &api, leaky_pid);
         prom.finish(true);
         held
     });
@@ -236,6 +244,51 @@ fn check_alerts_fire_for_the_group(api: &PromApi) {
             groups, want,
             "{name} must fire for direction/port/process {want:?} only; all alerts: {alerts}"
         );
+    }
+}
+
+/// The leak runs toward the leaky server's descriptor limit: the fd exhaustion alert
+/// fires for that process, and for no other.
+fn check_fd_alert_fires_for_the_leaky_process(api: &PromApi) {
+    let alerts = api.get("/api/v1/alerts", &[]);
+    let processes: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == "TcpStateFdExhaustionPredicted")
+        .filter(|a| a["state"] == "firing")
+        .filter_map(|a| a["labels"]["process"].as_str())
+        .collect();
+    assert_eq!(processes, ["leaky"], "all alerts: {alerts}");
+}
+
+/// Once the grower stopped, the descriptors Prometheus holds for the leaky process are
+/// what `ls /proc/PID/fd | wc -l` and /proc/PID/limits say.
+fn check_fd_figures(ns: &Netns, daemon: &Daemon, api: &PromApi, pid: u32) {
+    let ls = ns.exec("sh", &["-c", &format!("ls /proc/{pid}/fd | wc -l")]);
+    let open: f64 = ls.trim().parse().expect("a count");
+    let process = [("process", "leaky")];
+    let expected = [
+        ("tcpstate_process_open_fds", open),
+        ("tcpstate_process_max_fds", f64::from(NOFILE)),
+    ];
+    assert!(
+        wait_until(SETTLE, || expected.iter().all(|(metric, want)| scrape(
+            daemon
+        )
+        .try_get(metric, &process)
+            == Some(*want))),
+        "the exporter never served {expected:?}:\n{}",
+        daemon.scrape("/metrics").2
+    );
+    for (metric, want) in expected {
+        let query = selector(metric, &process);
+        let mut seen = Vec::new();
+        let agreed = wait_until(SETTLE, || {
+            seen = api.query(&query);
+            seen.len() == 1 && sample_value(&seen[0]) == want
+        });
+        assert!(agreed, "Prometheus {query}: want {want}, has {seen:?}");
     }
 }
 
@@ -415,6 +468,7 @@ impl LivePrometheus {
             .args(["--set", "closeWaitGrowth.window=30s"])
             .args(["--expect-firing", "TcpStateCloseWaitGrowing"])
             .args(["--expect-firing", "TcpStateCloseWaitStuck"])
+            .args(["--expect-firing", "TcpStateFdExhaustionPredicted"])
             .args([
                 "--then",
                 r#"echo "ready $PROM_URL"; read -r verdict; [ "$verdict" = pass ]"#,

@@ -7,6 +7,7 @@ use crate::kernel::record::TcpState;
 use crate::model::ages::DurationHistogram;
 use crate::model::aggregate::GroupStats;
 use crate::model::diagnosis::{self, Closes, Evidence, Thresholds, Verdict};
+use crate::model::fds::ProcessFds;
 use crate::model::labels::{AgeGroup, Direction, PortLabel};
 use crate::model::pids::PidEvidence;
 use crate::model::sample::{NamespaceLabels, NamespaceSample, Sample};
@@ -19,6 +20,8 @@ pub struct GroupDiagnosis<'a> {
     pub process: &'a str,
     /// Which pids hold the group's CLOSE_WAIT sockets.
     pub pids: Option<&'a PidEvidence>,
+    /// How near its program is to running out of descriptors.
+    pub fds: Option<ProcessFds>,
     pub evidence: Evidence,
     pub verdict: Verdict,
 }
@@ -81,6 +84,11 @@ pub fn diagnose_groups<'a>(
                     .iter()
                     .find(|(g, _)| *g == group)
                     .map(|(_, pids)| pids),
+                fds: sample
+                    .process_fds
+                    .iter()
+                    .find(|(owner, _)| *owner == group.owner)
+                    .map(|(_, fds)| *fds),
                 verdict,
                 evidence,
             });

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod diagnosis;
 pub mod durations;
 pub mod evidence;
+pub mod fds;
 pub mod labels;
 pub mod pids;
 pub mod sample;

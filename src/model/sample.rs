@@ -10,7 +10,8 @@ use crate::kernel::record::{STATE_COUNT, TcpState};
 use crate::kernel::sysctl::{ListenCounters, TcpSettings};
 use crate::model::ages::{AgesReport, StuckCounts};
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
-use crate::model::labels::{AgeGroup, ProcessId};
+use crate::model::fds::ProcessFds;
+use crate::model::labels::{AgeGroup, OwnerKey, ProcessId};
 use crate::model::pids::{PidCounts, PidEvidence};
 use crate::model::sockets::SocketList;
 
@@ -37,6 +38,8 @@ pub struct Sample {
     pub listen_counters: Option<ListenCounters>,
     /// The sockets behind the groups (bounded; shared, as samples are cloned each round).
     pub sockets: Arc<SocketList>,
+    /// The fd figures of the programs owning detail-state connections (folded).
+    pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
 
 /// What a sample holds besides the aggregate and the ages: read from the kernel and the
@@ -51,6 +54,7 @@ pub struct SampleContext {
     /// CLOSE_WAIT sockets per owning pid, when collected.
     pub close_wait_pids: Option<PidCounts>,
     pub sockets: SocketList,
+    pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
 
 impl Sample {
@@ -87,6 +91,7 @@ impl Sample {
             tcp_settings: context.tcp_settings,
             listen_counters: context.listen_counters,
             sockets: Arc::new(context.sockets),
+            process_fds: context.process_fds,
         }
     }
 

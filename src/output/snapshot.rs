@@ -52,10 +52,20 @@ struct JsonDiagnosis<'a> {
     closes_seen: Option<u64>,
     mean_close_seconds: Option<f64>,
     watched_seconds: Option<f64>,
+    /// The fd cliff of the group's program: open descriptors and soft limit (null when
+    /// unlimited) of its process nearest the limit.
+    fds: Option<JsonFds>,
     cause: diagnosis::Cause,
     /// A second cause the group shows beside the first (late closes beside a leak).
     also: Option<diagnosis::Cause>,
     verdict: String,
+}
+
+#[derive(Serialize)]
+struct JsonFds {
+    pid: u32,
+    open: u64,
+    max: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -204,6 +214,11 @@ fn json_diagnosis<'a>(d: &'a GroupDiagnosis<'a>) -> JsonDiagnosis<'a> {
             .filter(|c| c.count > 0)
             .map(|c| c.seconds_total / c.count as f64),
         watched_seconds: e.closes.map(|c| c.window_seconds),
+        fds: d.fds.map(|f| JsonFds {
+            pid: f.pid,
+            open: f.open,
+            max: f.max,
+        }),
         cause: d.verdict.cause,
         also: d.verdict.also,
         verdict: d.verdict.summary.clone(),
@@ -266,7 +281,7 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
     } else {
         let _ = writeln!(
             out,
-            "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6}  VERDICT",
+            "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6} {:>16}  VERDICT",
             "DIRECTION",
             "PORT",
             "PROCESS",
@@ -275,7 +290,8 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
             "OLDEST",
             "UNREAD_B",
             "UNACCEPTED",
-            "ESTAB"
+            "ESTAB",
+            "FDS"
         );
         for d in rows.iter().take(options.top) {
             let e = &d.evidence;
@@ -293,7 +309,7 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
             };
             let _ = writeln!(
                 out,
-                "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6}  {}",
+                "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6} {:>16}  {}",
                 d.direction.name(),
                 d.port.to_string(),
                 if d.process.is_empty() {
@@ -309,6 +325,9 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
                 e.unread_bytes,
                 e.unaccepted,
                 e.established,
+                d.fds
+                    .map(|f| format!("fds {}", f.figure()))
+                    .unwrap_or_else(|| "-".into()),
                 verdict
             );
         }

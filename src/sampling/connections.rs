@@ -70,8 +70,9 @@ impl ConnectionSink<'_> {
         }
         let owner = self.cached_owner(record, unaccepted);
         let mut view = SocketView::of(record, direction, port, unaccepted);
-        if unaccepted {
-            view.owner = owner.map(|(owner, _)| owner).unwrap_or_default();
+        if let (true, Some((key, pid))) = (unaccepted, owner) {
+            view.owner = key;
+            self.attribution.note_owner(pid, key);
         }
         self.left.sockets.add(view);
         if let (true, Some((_, pid))) = (is_close_wait, owner) {

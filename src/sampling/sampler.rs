@@ -20,6 +20,7 @@ use crate::kernel::sysctl;
 use crate::model::ages::{CloseWaitEvent, CloseWaitTracker};
 use crate::model::aggregate::{GroupKey, ListenerKey, SampleBuilder};
 use crate::model::classify::{Classifier, ListeningPorts};
+use crate::model::fds::{self, ProcessFds};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
 use crate::model::pids::PidCounts;
 use crate::model::sample::{Sample, SampleContext};
@@ -152,13 +153,12 @@ impl Sampler {
         let mut left = self.read_connections(attribution, &mut builder, &mut report, budget)?;
         let pending = std::mem::take(&mut left.pending);
         self.attribute_pending(attribution, pending, &mut builder, &mut left, &mut report);
+        let fds = fds::per_program(attribution.finish_owner_tally(), self.max_groups);
         self.date_close_waits(attribution, &left.new_close_wait)?;
         report.owners.fds_read += attribution.take_validation_reads();
         let sockets = self.describe_sockets(attribution, left.sockets);
-        Ok((
-            self.assemble(builder, attribution, left.pids, sockets),
-            report,
-        ))
+        let sample = self.assemble(builder, attribution, left.pids, (sockets, fds));
+        Ok((sample, report))
     }
 
     /// Phase 1: the listeners. Their ports classify connections, their owners own the
@@ -215,6 +215,7 @@ impl Sampler {
         budget: SocketBudget,
     ) -> Result<AfterDump, DumpError> {
         self.ephemeral = self.ephemeral_range();
+        attribution.begin_owner_tally();
         let mut sink = ConnectionSink {
             classifier: Classifier {
                 listening: &self.listening,
@@ -317,7 +318,7 @@ impl Sampler {
         builder: SampleBuilder,
         attribution: &Attribution,
         pids: Option<PidCounts>,
-        sockets: SocketList,
+        (sockets, process_fds): (SocketList, Vec<(OwnerKey, ProcessFds)>),
     ) -> Sample {
         let ages = self.tracker.finish();
         let context = SampleContext {
@@ -327,6 +328,7 @@ impl Sampler {
             listen_counters: sysctl::listen_counters().ok(),
             close_wait_pids: pids,
             sockets,
+            process_fds,
         };
         Sample::assemble(builder.finish(self.max_groups), ages, context)
     }

@@ -8,6 +8,8 @@ local ds = { type: 'prometheus', uid: '${datasource}' };
 local host = 'job=~"$job", instance=~"$instance"';
 local sampled = host + ', netns=~"$netns"';
 local group = sampled + ', port=~"$port", process=~"$process"';
+// Per-program series (the fd cliff) have no port.
+local program = sampled + ', process=~"$process"';
 
 local target(expr, legend) = { expr: expr, legendFormat: legend };
 
@@ -356,6 +358,16 @@ local w(width, p) = { w: width, panel: p };
                   / sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
                 ||| % [group, group], '{{direction}} {{port}} {{process}} {{netns}}'),
               ], 'percentunit')),
+            ] },
+            { h: 8, panels: [
+              w(12, timeseries('The fd cliff: open descriptors vs limit', "Every leaked socket is a file descriptor. Per program owning connections in a detail state, the open descriptors of its process nearest its limit (solid) and that process's soft RLIMIT_NOFILE: when they meet, accept() fails with EMFILE and the program stops serving. Alert: TcpStateFdExhaustionPredicted, when the open descriptors of a program whose CLOSE_WAIT grows are on course to reach the limit within %dh." % (c.fdExhaustion.horizonSeconds / 3600), [
+                target('max by (instance, netns, process) (tcpstate_process_open_fds{%s})' % program, 'open {{process}} {{instance}} {{netns}}'),
+                target('min by (instance, netns, process) (tcpstate_process_max_fds{%s})' % program, 'limit {{process}} {{instance}} {{netns}}'),
+              ])),
+              w(12, timeseries('The fd cliff: share of the limit used, and in %dh at this rate' % (c.fdExhaustion.horizonSeconds / 3600), "Open descriptors over the soft limit, now (solid) and extrapolated over the last %s as TcpStateFdExhaustionPredicted does; 100%%: the cliff." % c.fdExhaustion.window, [
+                target('max by (instance, netns, process) (tcpstate_process_open_fds{%s} / (tcpstate_process_max_fds{%s} > 0))' % [program, program], 'now {{process}} {{instance}} {{netns}}'),
+                target('max by (instance, netns, process) (predict_linear(tcpstate_process_open_fds{%s}[%s], %d) / (tcpstate_process_max_fds{%s} > 0))' % [program, c.fdExhaustion.window, c.fdExhaustion.horizonSeconds, program], 'in %dh {{process}} {{instance}} {{netns}}' % (c.fdExhaustion.horizonSeconds / 3600)),
+              ], 'percentunit', 1)),
             ] },
             { h: 6, panels: [
               w(24, table('Namespace TCP settings', "The sysctls the article names, per network namespace. tcp_fin_timeout bounds the peer's orphaned FIN_WAIT2, never CLOSE_WAIT (nothing in the kernel does). Keepalive time / interval / probes: how long before keepalive reaps a connection whose peer vanished (mitigation only). somaxconn caps every listener's backlog: raising a backlog past it does nothing (cause 3).", [

@@ -48,6 +48,19 @@ struct ProcessEntry {
     fds: HashMap<u32, u32>,
     /// Open descriptors when the fds were last listed.
     fd_count: u64,
+    /// The descriptor count the CLOSE_WAIT watch read, and the round it read it in.
+    counted: (u64, u64),
+    /// The fd figures, and the round they were read in (read once a round at most).
+    usage: Option<(u64, FdUsage)>,
+}
+
+/// How close a process is to running out of descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdUsage {
+    /// Descriptors open now.
+    pub open: u64,
+    /// Its soft RLIMIT_NOFILE: `None` when unlimited.
+    pub soft_limit: Option<u64>,
 }
 
 /// Where a cached socket was found, and the last round it was asked for.
@@ -330,6 +343,8 @@ impl OwnerCache {
                 start_time: stat.start_time,
                 fds: HashMap::new(),
                 fd_count: 0,
+                counted: (0, 0),
+                usage: None,
             },
         );
         true

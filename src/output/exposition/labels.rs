@@ -63,6 +63,13 @@ impl SeriesLabels<'_> {
         labels
     }
 
+    /// A program: its owner labels alone.
+    pub fn process(&self, owner: OwnerKey) -> Vec<LabelPair> {
+        let mut labels = self.with(&[]);
+        self.push_owner(&mut labels, owner);
+        labels
+    }
+
     fn with(&self, pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         let mut labels = Vec::with_capacity(self.prefix.len() + pairs.len() + 3);
         labels.extend_from_slice(self.prefix);

@@ -322,6 +322,14 @@ mod tests {
             ..AgesReport::default()
         };
         sample.listen_counters = Some(ListenCounters::default());
+        sample.process_fds = vec![(
+            OwnerKey::default(),
+            crate::model::fds::ProcessFds {
+                pid: 1,
+                open: 950,
+                max: Some(1024),
+            },
+        )];
         sample.tcp_settings = TcpSettings {
             fin_timeout_seconds: Some(60.0),
             keepalive_time_seconds: Some(7200.0),

@@ -31,6 +31,7 @@ pub fn sample_families(
     families.extend(stuck_families(&labels));
     families.extend(kernel_families(&labels));
     families.extend(tracking_families(&labels));
+    families.extend(fd_families(&labels));
     families
 }
 
@@ -334,5 +335,31 @@ fn tracking_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
         TRACKED.with_value(labels.namespace(), sample.close_wait_tracked as f64),
         UNTRACKED.with_value(labels.namespace(), sample.ages.untracked as f64),
         FOLDED.with_value(labels.namespace(), sample.groups_folded as f64),
+    ]
+}
+
+const OPEN_FDS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_process_open_fds",
+    "Open file descriptors of the program's process nearest its limit, for programs owning \
+     connections in a detail state: every leaked socket is one.",
+);
+const MAX_FDS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_process_max_fds",
+    "Soft RLIMIT_NOFILE of that process: past it accept() fails with EMFILE (no series \
+     when unlimited).",
+);
+
+/// The fd cliff of each program owning detail-state connections.
+fn fd_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let fds = &labels.sample.process_fds;
+    vec![
+        OPEN_FDS.with_values(
+            fds.iter()
+                .map(|(owner, fds)| (labels.process(*owner), fds.open as f64)),
+        ),
+        MAX_FDS
+            .with_values(fds.iter().filter_map(|(owner, fds)| {
+                fds.max.map(|max| (labels.process(*owner), max as f64))
+            })),
     ]
 }
