@@ -251,3 +251,90 @@ fn snapshot_sockets_prints_the_same_sockets() {
         "tcpstate-exporter: --sockets: limit \"0\" is not a number from 1 to 1000"
     );
 }
+
+/// Outbound CLOSE_WAIT toward two backends: the peers are named in `snapshot`, match the
+/// drill-down's peer filter, and become series only with the opt-in, the top N and
+/// `peer="other"`.
+#[test]
+fn outbound_groups_name_their_peers() {
+    let ns = Netns::new("peers");
+    let mut upstream = Actor::spawn(&ns, "upstream");
+    let mut worker = Actor::spawn(&ns, "worker");
+    upstream.listen("a", "127.0.0.1:6379", 16);
+    upstream.listen("b", "127.0.0.2:6379", 16);
+    worker.cmd("connect x 127.0.0.1:6379 3");
+    worker.cmd("connect y 127.0.0.2:6379 1");
+    upstream.cmd("accept ax a 3");
+    upstream.cmd("accept by b 1");
+    upstream.cmd("close ax");
+    upstream.cmd("close by");
+    assert!(
+        wait_until(Duration::from_secs(30), || count_state(&ns, "CLOSE-WAIT") == 4),
+        "{:?}",
+        ns.sockets()
+    );
+    let held_by_peer = |ip: &str| {
+        ns.sockets()
+            .iter()
+            .filter(|s| s.state == "CLOSE-WAIT" && s.peer_ip == ip && s.peer_port == Some(6379))
+            .filter(|s| s.users.iter().any(|u| u.name == "worker"))
+            .count()
+    };
+    assert_eq!((held_by_peer("127.0.0.1"), held_by_peer("127.0.0.2")), (3, 1));
+
+    let exporter = env!("CARGO_BIN_EXE_tcpstate-exporter");
+    let json = ns.exec(exporter, &["snapshot", "--watch", "1", "--format", "json"]);
+    let snapshot: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let group = snapshot["diagnosis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["direction"] == "outbound" && d["process"] == "worker")
+        .unwrap_or_else(|| panic!("no outbound worker group: {json}"));
+    assert_eq!(group["peer_count"], 2, "{group}");
+    assert_eq!(
+        group["peers"],
+        serde_json::json!([
+            {"peer": "127.0.0.1:6379", "close_wait": 3},
+            {"peer": "127.0.0.2:6379", "close_wait": 1}
+        ])
+    );
+    let table = ns.exec(exporter, &["snapshot", "--watch", "1"]);
+    assert!(
+        table.contains("peers 127.0.0.1:6379 x3, 127.0.0.2:6379 x1"),
+        "{table}"
+    );
+
+    let config = std::env::temp_dir().join(format!("peers-{}.toml", std::process::id()));
+    std::fs::write(&config, "[close_wait]\npeers_per_group = 1\n").expect("config");
+    let config_path = config.display().to_string();
+    let daemon = Daemon::exporter(
+        &ns,
+        &["--sample.interval", "1h", "--config.file", &config_path],
+    );
+    let _ = std::fs::remove_file(&config);
+    let m = support::Exposition::parse(&daemon.scrape("/metrics").2);
+    let peer = |peer: &str| {
+        m.try_get(
+            "tcpstate_close_wait_peer_connections",
+            &[
+                ("direction", "outbound"),
+                ("port", "6379"),
+                ("process", "worker"),
+                ("peer", peer),
+            ],
+        )
+    };
+    assert_eq!(
+        (peer("127.0.0.1:6379"), peer("other"), peer("127.0.0.2:6379")),
+        (Some(3.0), Some(1.0), None)
+    );
+    let answer = get_json(&daemon, "/api/v1/sockets?peer=127.0.0.2");
+    let got: Vec<String> = sockets(&answer)
+        .iter()
+        .map(|s| format!("{} {}", s["peer"], s["process"]))
+        .collect();
+    assert_eq!(got, ["\"127.0.0.2:6379\" \"worker\""]);
+    let answer = get_json(&daemon, "/api/v1/sockets?peer=127.0.0.1:6379&state=close_wait");
+    assert_eq!(answer["matched"], 3, "{answer}");
+}

@@ -81,6 +81,9 @@ pub struct SnapshotArgs {
     /// With --sockets: only inbound or outbound sockets.
     #[arg(long, requires = "sockets", value_name = "DIRECTION")]
     pub direction: Option<String>,
+    /// With --sockets: only sockets to this peer (an address, or address:port).
+    #[arg(long, requires = "sockets", value_name = "PEER")]
+    pub peer: Option<String>,
     /// With --sockets: at most this many sockets (default 100, at most 1000).
     #[arg(long, requires = "sockets", value_name = "N")]
     pub limit: Option<String>,
@@ -95,6 +98,7 @@ impl SnapshotArgs {
             ("process", &self.process),
             ("netns", &self.netns),
             ("direction", &self.direction),
+            ("peer", &self.peer),
             ("limit", &self.limit),
         ]
         .into_iter()

@@ -91,6 +91,9 @@ pub struct Settings {
     pub max_tracked_sockets: usize,
     /// Age from which a CLOSE_WAIT socket counts as stuck (or `snapshot --stuck-after`).
     pub stuck_after: Duration,
+    /// Series of `tcpstate_close_wait_peer_connections` per outbound CLOSE_WAIT group (the
+    /// top peers, and `peer="other"`); 0: the family is off.
+    pub peers_per_group: usize,
     /// Count CLOSE_WAIT sockets per pid, `snapshot`'s evidence (not a file key).
     pub close_wait_pids: bool,
     pub namespaces: NamespaceMode,
@@ -189,6 +192,7 @@ impl Default for Settings {
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             max_tracked_sockets: DEFAULT_MAX_TRACKED_SOCKETS,
             stuck_after: DEFAULT_STUCK_AFTER,
+            peers_per_group: 0,
             close_wait_pids: false,
             namespaces: NamespaceMode::Own,
             namespaces_include: Vec::new(),
@@ -308,6 +312,10 @@ fn from_file(file: FileConfig, defaults: Settings) -> Result<Settings, ConfigErr
             Some(v) => parse_age(v).map_err(ConfigError)?,
             None => defaults.stuck_after,
         },
+        peers_per_group: file
+            .close_wait
+            .peers_per_group
+            .unwrap_or(defaults.peers_per_group),
         ..defaults
     })
 }

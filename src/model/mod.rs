@@ -9,7 +9,7 @@ pub mod durations;
 pub mod evidence;
 pub mod fds;
 pub mod labels;
-pub mod pids;
 pub mod sample;
 pub mod self_metrics;
 pub mod sockets;
+pub mod top;

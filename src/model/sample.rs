@@ -12,8 +12,8 @@ use crate::model::ages::{AgesReport, StuckCounts};
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
 use crate::model::fds::ProcessFds;
 use crate::model::labels::{AgeGroup, OwnerKey, ProcessId};
-use crate::model::pids::{PidCounts, PidEvidence};
 use crate::model::sockets::SocketList;
+use crate::model::top::{PeerCounts, PeerEvidence, PidCounts, PidEvidence, TOP_PIDS};
 
 /// One complete, aggregated sample of a namespace.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +31,8 @@ pub struct Sample {
     pub ages: AgesReport,
     /// Which pids hold each CLOSE_WAIT group's sockets (collected for `snapshot` only).
     pub close_wait_pids: Vec<(AgeGroup, PidEvidence)>,
+    /// The peers of each outbound CLOSE_WAIT group's sockets, the top ones first.
+    pub close_wait_peers: Vec<(AgeGroup, PeerEvidence)>,
     /// CLOSE_WAIT sockets whose age is being tracked.
     pub close_wait_tracked: u64,
     /// The namespace's TCP settings and accept-queue overflow counters.
@@ -53,6 +55,9 @@ pub struct SampleContext {
     pub listen_counters: Option<ListenCounters>,
     /// CLOSE_WAIT sockets per owning pid, when collected.
     pub close_wait_pids: Option<PidCounts>,
+    pub close_wait_peers: PeerCounts,
+    /// How many peers each group keeps by address.
+    pub peers_kept: usize,
     pub sockets: SocketList,
     pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
@@ -77,8 +82,9 @@ impl Sample {
         let ages = fold_ages(ages, fold);
         let close_wait_pids = context
             .close_wait_pids
-            .map(|pids| pids.finish(fold))
+            .map(|pids| pids.finish(fold, TOP_PIDS))
             .unwrap_or_default();
+        let close_wait_peers = context.close_wait_peers.finish(fold, context.peers_kept);
         Sample {
             state_counts: aggregate.state_counts,
             groups: aggregate.groups,
@@ -87,6 +93,7 @@ impl Sample {
             processes: context.processes,
             ages,
             close_wait_pids,
+            close_wait_peers,
             close_wait_tracked: context.close_wait_tracked,
             tcp_settings: context.tcp_settings,
             listen_counters: context.listen_counters,

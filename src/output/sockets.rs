@@ -4,6 +4,7 @@
 //! gets the same one-line reason on either.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -29,7 +30,16 @@ pub struct SocketQuery {
     pub process: Option<String>,
     pub netns: Option<String>,
     pub direction: Option<Direction>,
+    /// The remote end: an address, or an address and port.
+    pub peer: Option<PeerFilter>,
     pub limit: usize,
+}
+
+/// A peer to match: every port of an address, or one address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerFilter {
+    Address(IpAddr),
+    Endpoint(SocketAddr),
 }
 
 impl Default for SocketQuery {
@@ -40,6 +50,7 @@ impl Default for SocketQuery {
             process: None,
             netns: None,
             direction: None,
+            peer: None,
             limit: DEFAULT_LIMIT,
         }
     }
@@ -65,11 +76,12 @@ impl SocketQuery {
                 "process" => query.process = Some(value.to_string()),
                 "netns" => query.netns = Some(value.to_string()),
                 "direction" => query.direction = Some(parse_direction(value)?),
+                "peer" => query.peer = Some(parse_peer(value)?),
                 "limit" => query.limit = parse_limit(value)?,
                 _ => {
                     return Err(format!(
                         "unknown parameter {:?} (known: state, port, process, netns, \
-                         direction, limit)",
+                         direction, peer, limit)",
                         escape_control(name)
                     ));
                 }
@@ -82,6 +94,10 @@ impl SocketQuery {
         self.state.is_none_or(|s| s == socket.state())
             && self.port.is_none_or(|p| p == socket.port)
             && self.direction.is_none_or(|d| d == socket.direction)
+            && self.peer.is_none_or(|p| match p {
+                PeerFilter::Address(ip) => ip == socket.record.remote_addr,
+                PeerFilter::Endpoint(end) => end == socket.peer(),
+            })
             && self
                 .netns
                 .as_ref()
@@ -129,6 +145,21 @@ fn parse_direction(value: &str) -> Result<Direction, String> {
             escape_control(value)
         )),
     }
+}
+
+fn parse_peer(value: &str) -> Result<PeerFilter, String> {
+    if let Ok(end) = value.parse::<SocketAddr>() {
+        return Ok(PeerFilter::Endpoint(end));
+    }
+    value
+        .parse::<IpAddr>()
+        .map(PeerFilter::Address)
+        .map_err(|_| {
+            format!(
+                "peer {:?} is neither an address nor address:port ([v6]:port)",
+                escape_control(value)
+            )
+        })
 }
 
 fn parse_limit(value: &str) -> Result<usize, String> {
@@ -381,8 +412,12 @@ mod tests {
                 "direction \"up\" is neither inbound nor outbound",
             ),
             (
+                &[("peer", "db:3306")],
+                "peer \"db:3306\" is neither an address nor address:port ([v6]:port)",
+            ),
+            (
                 &[("pid", "1")],
-                "unknown parameter \"pid\" (known: state, port, process, netns, direction, limit)",
+                "unknown parameter \"pid\" (known: state, port, process, netns, direction, peer, limit)",
             ),
             (
                 &[("port", "1"), ("port", "2")],
@@ -390,7 +425,7 @@ mod tests {
             ),
             (
                 &[("x\n\x1b", "")],
-                "unknown parameter \"x\\\\x0a\\\\x1b\" (known: state, port, process, netns, direction, limit)",
+                "unknown parameter \"x\\\\x0a\\\\x1b\" (known: state, port, process, netns, direction, peer, limit)",
             ),
         ] {
             let error = parse(pairs).expect_err("refused");

@@ -3,15 +3,17 @@
 //! group and kept in the per-socket view. What the cache did not know waits for the
 //! phases after the dump.
 
+use std::net::SocketAddr;
+
 use foldhash::HashMap;
 
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::model::ages::{CloseWaitFacts, CloseWaitTracker};
 use crate::model::aggregate::{ConnectionFacts, GroupKey, SampleBuilder};
 use crate::model::classify::Classifier;
-use crate::model::labels::{OwnerKey, PortLabel};
-use crate::model::pids::PidCounts;
+use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
 use crate::model::sockets::{SocketCollector, SocketView};
+use crate::model::top::{PeerCounts, PidCounts};
 use crate::sampling::attribution::Attribution;
 
 /// A detail-state connection whose owner was unknown when the dump reached it.
@@ -19,6 +21,8 @@ pub(super) struct PendingConnection {
     pub(super) key: GroupKey,
     pub(super) facts: ConnectionFacts,
     pub(super) inode: u32,
+    /// Outbound CLOSE_WAIT: the peer, counted once the owner is known.
+    pub(super) peer: Option<SocketAddr>,
 }
 
 /// What the connections dump leaves for the phases after it.
@@ -30,6 +34,21 @@ pub(super) struct AfterDump {
     pub(super) pids: Option<PidCounts>,
     /// The per-socket view, owners and ages still to fill in.
     pub(super) sockets: SocketCollector,
+    /// Outbound CLOSE_WAIT sockets per peer.
+    pub(super) peers: PeerCounts,
+}
+
+impl AfterDump {
+    /// A detail-state CLOSE_WAIT connection whose owner is known: its pid (when pids
+    /// are collected) and, outbound, its peer are counted for its group.
+    pub(super) fn count_close_wait(&mut self, group: AgeGroup, pid: u32, peer: Option<SocketAddr>) {
+        if let (Some(pids), true) = (&mut self.pids, pid != 0) {
+            pids.add(group, pid);
+        }
+        if let Some(peer) = peer {
+            self.peers.add(group, peer);
+        }
+    }
 }
 
 /// Takes each connection as the dump streams it: counts its state, classifies it, finds
@@ -98,8 +117,11 @@ impl ConnectionSink<'_> {
         if !detailed {
             return;
         }
-        if let (true, Some(pids), Some((_, pid))) = (is_close_wait, &mut self.left.pids, owner) {
-            pids.add(key.close_wait_group(), pid);
+        let peer = (is_close_wait && direction == Direction::Outbound)
+            .then(|| SocketAddr::new(record.remote_addr, record.remote_port));
+        if let (true, Some((_, pid))) = (is_close_wait, owner) {
+            self.left
+                .count_close_wait(key.close_wait_group(), pid, peer);
         }
         let facts = ConnectionFacts::of(record, unaccepted);
         match owner {
@@ -108,6 +130,7 @@ impl ConnectionSink<'_> {
                 key,
                 facts,
                 inode: record.inode,
+                peer,
             }),
         }
     }

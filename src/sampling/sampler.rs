@@ -22,9 +22,9 @@ use crate::model::aggregate::{GroupKey, ListenerKey, SampleBuilder};
 use crate::model::classify::{Classifier, ListeningPorts};
 use crate::model::fds::{self, ProcessFds};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
-use crate::model::pids::PidCounts;
 use crate::model::sample::{Sample, SampleContext};
 use crate::model::sockets::{SocketAge, SocketBudget, SocketCollector, SocketList};
+use crate::model::top::{PidCounts, TOP_PEERS};
 use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection};
 
@@ -68,6 +68,9 @@ pub struct Sampler {
     warned_port_range: bool,
     /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
     count_pids: bool,
+    /// Top peers kept per outbound CLOSE_WAIT group: what the page and `snapshot` show,
+    /// or more when the peer series ask for more.
+    peers_kept: usize,
 }
 
 impl Sampler {
@@ -94,6 +97,7 @@ impl Sampler {
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
             count_pids: settings.close_wait_pids,
+            peers_kept: TOP_PEERS.max(settings.peers_per_group),
         })
     }
 
@@ -136,6 +140,7 @@ impl Sampler {
             self.detail_mask[state.index()] = true;
         }
         self.max_groups = settings.max_groups;
+        self.peers_kept = TOP_PEERS.max(settings.peers_per_group);
     }
 
     /// One sample; `attribution` is shared with the other namespaces' samplers (call its
@@ -156,8 +161,8 @@ impl Sampler {
         let fds = fds::per_program(attribution.finish_owner_tally(), self.max_groups);
         self.date_close_waits(attribution, &left.new_close_wait)?;
         report.owners.fds_read += attribution.take_validation_reads();
-        let sockets = self.describe_sockets(attribution, left.sockets);
-        let sample = self.assemble(builder, attribution, left.pids, (sockets, fds));
+        let sockets = self.describe_sockets(attribution, std::mem::take(&mut left.sockets));
+        let sample = self.assemble(builder, attribution, left, sockets, fds);
         Ok((sample, report))
     }
 
@@ -262,9 +267,7 @@ impl Sampler {
             };
             if key.state == TcpState::CloseWait {
                 attribution.watch_close_wait_owner(pid, connection.inode);
-                if let Some(pids) = &mut left.pids {
-                    pids.add(key.close_wait_group(), pid);
-                }
+                left.count_close_wait(key.close_wait_group(), pid, connection.peer);
             }
             builder.add_connection(key, connection.facts);
         }
@@ -317,8 +320,9 @@ impl Sampler {
         &mut self,
         builder: SampleBuilder,
         attribution: &Attribution,
-        pids: Option<PidCounts>,
-        (sockets, process_fds): (SocketList, Vec<(OwnerKey, ProcessFds)>),
+        left: AfterDump,
+        sockets: SocketList,
+        process_fds: Vec<(OwnerKey, ProcessFds)>,
     ) -> Sample {
         let ages = self.tracker.finish();
         let context = SampleContext {
@@ -326,7 +330,9 @@ impl Sampler {
             close_wait_tracked: self.tracker.tracked() as u64,
             tcp_settings: sysctl::tcp_settings(),
             listen_counters: sysctl::listen_counters().ok(),
-            close_wait_pids: pids,
+            close_wait_pids: left.pids,
+            close_wait_peers: left.peers,
+            peers_kept: self.peers_kept,
             sockets,
             process_fds,
         };

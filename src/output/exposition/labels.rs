@@ -15,6 +15,8 @@ pub struct LabelOptions {
     pub pid_label: bool,
     /// Add `netns`, `pod` and `namespace` to every series ("all" namespaces mode).
     pub namespace_labels: bool,
+    /// Peer series per outbound CLOSE_WAIT group (`close_wait.peers_per_group`; 0: none).
+    pub peers_per_group: usize,
 }
 
 /// Labels the series of one namespace's sample.
@@ -53,6 +55,13 @@ impl SeriesLabels<'_> {
         let port = group.port.to_string();
         let mut labels = self.with(&[("direction", group.direction.name()), ("port", &port)]);
         self.push_owner(&mut labels, group.owner);
+        labels
+    }
+
+    /// A peer of a CLOSE_WAIT group: direction, port, owner, peer.
+    pub fn peer(&self, group: &AgeGroup, peer: &str) -> Vec<LabelPair> {
+        let mut labels = self.close_wait(group);
+        labels.push(label("peer", peer));
         labels
     }
 
