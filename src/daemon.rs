@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::http::server::{self, Site};
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{self, Exposition, LabelOptions};
-use crate::output::published::Published;
+use crate::output::published::{Published, RoundHistory};
 use crate::sampling::namespace_set::NamespaceSet;
 use crate::sampling::sample_loop::{Control, Publish, SamplerThread};
 
@@ -26,10 +26,13 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 /// Errors are startup errors (bad address, no netlink, bad web config) and a sampler
 /// thread that died (the daemon must not serve a frozen sample as if it were fresh).
 pub fn run(
-    settings: Settings,
+    mut settings: Settings,
     reload: impl Fn() -> Result<Settings, String> + Send + Sync + 'static,
 ) -> Result<(), String> {
     pin_malloc_mmap_threshold();
+    // The live page lists the pids holding each group's CLOSE_WAIT sockets, as
+    // `snapshot` does (evidence, never a label).
+    settings.close_wait_pids = true;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("http")
@@ -99,11 +102,13 @@ struct Served {
     published: Arc<ArcSwap<Published>>,
 }
 
-/// Encodes each round once and swaps it in, with the round itself for the drill-down:
-/// requests take the last ones without a lock. An encoding error keeps the previous
-/// exposition served.
+/// Encodes each round once and swaps it in, with the round itself (and the earlier
+/// round its verdicts compare against) for the drill-down and the live page: requests
+/// take the last ones without a lock. An encoding error keeps the previous exposition
+/// served.
 fn publisher(served: Served) -> Publish {
     let process = ProcessCollector::for_self();
+    let mut history = RoundHistory::default();
     Box::new(move |samples, metrics, started, settings| {
         let options = LabelOptions::of(settings);
         match exposition::encode_round(samples, metrics, started, options, &process) {
@@ -113,9 +118,9 @@ fn publisher(served: Served) -> Publish {
             }
         }
         let taken_at = metrics.last_success_timestamp_seconds;
-        served
-            .published
-            .store(Arc::new(Published::new(samples, taken_at, settings)));
+        let mut published = Published::new(samples, taken_at, settings);
+        published.baseline = history.push(samples, taken_at);
+        served.published.store(Arc::new(published));
     })
 }
 

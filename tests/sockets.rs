@@ -269,7 +269,8 @@ fn outbound_groups_name_their_peers() {
     upstream.cmd("close ax");
     upstream.cmd("close by");
     assert!(
-        wait_until(Duration::from_secs(30), || count_state(&ns, "CLOSE-WAIT") == 4),
+        wait_until(Duration::from_secs(30), || count_state(&ns, "CLOSE-WAIT")
+            == 4),
         "{:?}",
         ns.sockets()
     );
@@ -280,7 +281,10 @@ fn outbound_groups_name_their_peers() {
             .filter(|s| s.users.iter().any(|u| u.name == "worker"))
             .count()
     };
-    assert_eq!((held_by_peer("127.0.0.1"), held_by_peer("127.0.0.2")), (3, 1));
+    assert_eq!(
+        (held_by_peer("127.0.0.1"), held_by_peer("127.0.0.2")),
+        (3, 1)
+    );
 
     let exporter = env!("CARGO_BIN_EXE_tcpstate-exporter");
     let json = ns.exec(exporter, &["snapshot", "--watch", "1", "--format", "json"]);
@@ -326,7 +330,11 @@ fn outbound_groups_name_their_peers() {
         )
     };
     assert_eq!(
-        (peer("127.0.0.1:6379"), peer("other"), peer("127.0.0.2:6379")),
+        (
+            peer("127.0.0.1:6379"),
+            peer("other"),
+            peer("127.0.0.2:6379")
+        ),
         (Some(3.0), Some(1.0), None)
     );
     let answer = get_json(&daemon, "/api/v1/sockets?peer=127.0.0.2");
@@ -335,6 +343,9 @@ fn outbound_groups_name_their_peers() {
         .map(|s| format!("{} {}", s["peer"], s["process"]))
         .collect();
     assert_eq!(got, ["\"127.0.0.2:6379\" \"worker\""]);
-    let answer = get_json(&daemon, "/api/v1/sockets?peer=127.0.0.1:6379&state=close_wait");
+    let answer = get_json(
+        &daemon,
+        "/api/v1/sockets?peer=127.0.0.1:6379&state=close_wait",
+    );
     assert_eq!(answer["matched"], 3, "{answer}");
 }

@@ -171,6 +171,8 @@ impl Settings {
             max_tracked_sockets: running.max_tracked_sockets,
             events: running.events,
             events_ring_bytes: running.events_ring_bytes,
+            // Not a file key: what the running command asked for.
+            close_wait_pids: running.close_wait_pids,
             ..self
         }
     }

@@ -30,6 +30,7 @@ use crate::http::slots::{self, Slots, Trust};
 use crate::http::tls;
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{CONTENT_TYPE, Exposition};
+use crate::output::page;
 use crate::output::published::Published;
 
 /// How long a client may take to send its request head or finish a TLS handshake
@@ -217,7 +218,7 @@ fn respond_to(
     } else if is_sockets {
         api::sockets(&site.published.load(), query)
     } else {
-        landing(&telemetry_path)
+        live_page(&site.published.load())
     };
     if method == Method::HEAD {
         // The GET's length, as HEAD promises; hyper sends no body for a HEAD.
@@ -247,20 +248,38 @@ fn metrics(exposition: &Exposition, gzip: bool) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))
 }
 
-fn landing(telemetry_path: &str) -> Response<Full<Bytes>> {
-    let page = format!(
-        "<!DOCTYPE html>\n<html><head><title>tcpstate-exporter</title></head><body>\n\
-         <h1>tcpstate-exporter</h1>\n\
-         <p>TCP sockets stuck in CLOSE_WAIT: which port, which process, how long.</p>\n\
-         <p><a href=\"{}\">Metrics</a></p>\n\
-         <p>Version {}</p>\n</body></html>\n",
-        html_attribute(telemetry_path),
-        env!("CARGO_PKG_VERSION")
-    );
+/// The live page of the last published round (rendered once per round, by the first
+/// request), with a policy that lets only its own inline script and style run.
+fn live_page(published: &Published) -> Response<Full<Bytes>> {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-        .body(Full::new(Bytes::from(page)))
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CONTENT_SECURITY_POLICY, page_policy())
+        .body(Full::new(published.page(page::render)))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))
+}
+
+/// `default-src 'none'`, and the page's script and style allowed by their SHA-256: a
+/// name that slipped past escaping still could not run anything.
+fn page_policy() -> HeaderValue {
+    static POLICY: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    POLICY
+        .get_or_init(|| {
+            use base64::Engine as _;
+            let hash = |text: &str| {
+                let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+                base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+            };
+            let policy = format!(
+                "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; \
+                 connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+                hash(page::SCRIPT),
+                hash(page::STYLE)
+            );
+            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
+        })
+        .clone()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
@@ -271,22 +290,6 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// `text` escaped for a double-quoted HTML attribute.
-fn html_attribute(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// True when the `Accept-Encoding` headers give gzip a quality above zero: gzip's own
@@ -337,7 +340,11 @@ mod tests {
                 text: Bytes::from_static(b"m 1\n"),
                 gzip: Bytes::from_static(b"GZ"),
             })),
-            published: Arc::new(ArcSwap::from_pointee(Published::default())),
+            published: Arc::new(ArcSwap::from_pointee(Published::new(
+                &[],
+                0.0,
+                &crate::config::Settings::default(),
+            ))),
             web: Arc::new(ArcSwap::from_pointee(WebConfig::default())),
         }
     }
@@ -388,8 +395,13 @@ mod tests {
             false,
         );
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-        let landing = respond_to(&site, &Method::GET, "/", None, false);
-        assert!(String::from_utf8_lossy(&body(landing).await).contains("href=\"/metrics\""));
+        let page = respond_to(&site, &Method::GET, "/", None, false);
+        assert!(
+            page.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .is_ok_and(|p| p.starts_with("default-src 'none'; script-src 'sha256-"))
+        );
+        assert!(String::from_utf8_lossy(&body(page).await).contains("href=\"/metrics\""));
     }
 
     #[test]
@@ -422,10 +434,5 @@ mod tests {
         ] {
             assert!(!accepts(no), "{no:?}");
         }
-    }
-
-    #[test]
-    fn the_landing_page_escapes_the_path() {
-        assert_eq!(html_attribute("/a&b'\"<"), "/a&amp;b&#39;&quot;&lt;");
     }
 }

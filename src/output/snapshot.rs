@@ -388,7 +388,7 @@ pub fn peer_line(peers: &PeerEvidence) -> String {
 }
 
 /// The pids of a group for the table: "4123", "4123,4124", "4123,4124,+4".
-fn pid_column(pids: Option<&PidEvidence>) -> String {
+pub fn pid_column(pids: Option<&PidEvidence>) -> String {
     let Some(pids) = pids.filter(|p| !p.top.is_empty()) else {
         return "-".into();
     };
