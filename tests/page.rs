@@ -114,7 +114,11 @@ fn check_dom(dom: &str, ns: &Netns) {
         .into_iter()
         .filter(|s| s.state == "CLOSE-WAIT")
         .collect();
-    assert_eq!(sockets.len(), truth.len(), "expanded sockets: {sockets:#?} in {dom}");
+    assert_eq!(
+        sockets.len(),
+        truth.len(),
+        "expanded sockets: {sockets:#?} in {dom}"
+    );
     for s in &truth {
         let user = s.users.first().expect("an owner");
         let cells = format!(
