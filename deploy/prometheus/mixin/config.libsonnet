@@ -66,6 +66,10 @@
     // at the limit accept() fails with EMFILE and the program stops serving.
     fdExhaustion: { window: '1h', horizonSeconds: 14400, 'for': '15m', severity: 'critical' },
 
+    // The fleet view (recording rules, the dashboard's "Fleet" row): the `topk` worst
+    // groups of the whole fleet per verdict signal, ranked once per rule evaluation.
+    fleet: { topk: 20 },
+
     // The dashboard's "closes after N s" panel subtracts the duration histogram's bucket
     // le=closeWaitClosedLate.seconds: keep that threshold one of the exporter's
     // close_wait.duration_buckets (default 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600).

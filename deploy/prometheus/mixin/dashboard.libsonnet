@@ -98,6 +98,23 @@ local table(title, description, targets) =
     ],
   };
 
+// The fleet's worst groups for one signal, from a recording rule (deploy/prometheus,
+// rules.libsonnet): one row per group, its labels as columns, the worst first.
+local ranking(title, description, expr, unit='short') =
+  panel('table', title, description, [target(expr, title) { instant: true, format: 'table' }], unit) {
+    options: { showHeader: true, cellHeight: 'sm', footer: { show: false, reducer: ['sum'], fields: '' } },
+    transformations: [
+      {
+        id: 'organize',
+        options: {
+          excludeByName: { Time: true, __name__: true, job: true, state: true },
+          renameByName: { Value: title },
+        },
+      },
+      { id: 'sortBy', options: { sort: [{ field: title, desc: true }] } },
+    ],
+  };
+
 local variable(name, label, query) = {
   type: 'query',
   name: name,
@@ -220,6 +237,35 @@ local w(width, p) = { w: width, panel: p };
             { h: 8, panels: [
               w(24, timeseries('Sockets per state', 'Every TCP socket of the sampled namespaces, per state.', [
                 target('sum by (state) (tcpstate_sockets{%s})' % sampled, '{{state}}'),
+              ])),
+            ] },
+          ],
+        },
+        // The worst groups of every instance and pod, whatever the variables select: read
+        // from the fleet recording rules, so a 1,000-node Prometheus ranks them once per
+        // evaluation, not once per panel refresh and viewer.
+        {
+          title: 'Fleet: the worst groups of every instance',
+          lines: [
+            { h: 8, panels: [
+              w(8, ranking('Never closed: stuck CLOSE_WAIT', "Groups with the most CLOSE_WAIT connections older than the exporter's close_wait.stuck_after, across every instance and pod (recording rule tcpstate_fleet:close_wait_stuck_connections:topk, the worst %d)." % c.fleet.topk,
+                           'tcpstate_fleet:close_wait_stuck_connections:topk{job=~"$job"}')),
+              w(8, ranking('Oldest CLOSE_WAIT', 'Groups whose oldest CLOSE_WAIT connection is the oldest, across the fleet (tcpstate_fleet:close_wait_oldest_seconds:topk).',
+                           'tcpstate_fleet:close_wait_oldest_seconds:topk{job=~"$job"}', 's')),
+              w(8, ranking('Growing fastest', 'Groups whose CLOSE_WAIT count grew the most over the last %s (tcpstate_fleet:close_wait_growth:topk), the TcpStateCloseWaitGrowing signal.' % c.closeWaitGrowth.window,
+                           'tcpstate_fleet:close_wait_growth:topk{job=~"$job"}')),
+            ] },
+            { h: 8, panels: [
+              w(8, ranking('Accept backlog: never accepted', 'Groups with the most CLOSE_WAIT connections still in an accept queue (tcpstate_fleet:close_wait_unaccepted:topk).',
+                           'tcpstate_fleet:close_wait_unaccepted:topk{job=~"$job"}')),
+              w(8, ranking('Closed late: p%g time before the close' % (c.closeWaitClosedLate.quantile * 100), 'Groups whose closed CLOSE_WAIT connections waited the longest over the last %s (tcpstate_fleet:close_wait_closed_seconds:topk).' % c.closeWaitClosedLate.window,
+                           'tcpstate_fleet:close_wait_closed_seconds:topk{job=~"$job"}', 's')),
+              w(8, ranking('Nearest the fd cliff', 'Programs with the largest share of their soft RLIMIT_NOFILE open (tcpstate_fleet:process_fd_usage_ratio:topk): where TcpStateFdExhaustionPredicted looks.',
+                           'tcpstate_fleet:process_fd_usage_ratio:topk{job=~"$job"}', 'percentunit')),
+            ] },
+            { h: 8, panels: [
+              w(24, timeseries('CLOSE_WAIT per instance (the 10 most)', 'All CLOSE_WAIT sockets of each instance (tcpstate_instance:close_wait_connections:sum), the 10 instances holding the most.', [
+                target('topk(10, tcpstate_instance:close_wait_connections:sum{job=~"$job"})', '{{instance}}'),
               ])),
             ] },
           ],

@@ -20,7 +20,11 @@ function(overrides={})
   {
     // Data, not text: build.py writes it (jsonnet 0.18's own YAML/JSON manifesting takes
     // seconds per file).
-    'deploy/prometheus/tcpstate-alerts.yml': mixin.prometheusAlerts,
+    // One rules file for both, so every deployment loads them together: the recording
+    // rules (the fleet view) first, then the alerts.
+    'deploy/prometheus/tcpstate-alerts.yml': {
+      groups: mixin.prometheusRules.groups + mixin.prometheusAlerts.groups,
+    },
     'dashboards/tcpstate-exporter.json': mixin.grafanaDashboards['tcpstate-exporter.json'],
     // The table between the thresholds markers of docs/runbook.md.
     'docs/runbook.md#thresholds': std.join('\n', [
