@@ -3,7 +3,8 @@
 //! 1. A sample with the fd figures (the fd cliff) against one without: two samplers with
 //!    their own owner caches on the same table, steady, interleaved round by round (the
 //!    order alternating), so drifts of a shared machine hit both alike.
-//! 2. The live page (`GET /`) and the drill-down (`GET /api/v1/sockets`) served by the
+//! 2. The live page: rendering it from the last sample (what the first request of a round
+//!    pays), and then `GET /` and the drill-down (`GET /api/v1/sockets`) served by the
 //!    exporter daemon sampling the same table: size and latency of sequential requests.
 
 use std::net::SocketAddr;
@@ -11,7 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tcpstate_exporter::config::Settings;
+use tcpstate_exporter::model::sample::{NamespaceInfo, NamespaceSample, Sample};
 use tcpstate_exporter::model::sockets::SocketBudget;
+use tcpstate_exporter::output::page;
+use tcpstate_exporter::output::published::Published;
 use tcpstate_exporter::sampling::attribution::Attribution;
 use tcpstate_exporter::sampling::sampler::Sampler;
 use tcpstate_testkit::http;
@@ -27,7 +31,7 @@ pub fn run(scenario: &Path, exporter: &Path, size: usize, rounds: usize) -> Resu
     let ns = crate::prepared_netns()?;
     let mut table = Table::build(&ns, scenario, size)?;
     eprintln!("== {size} sockets, {} actors", table.actors());
-    let (with, without) = sample_costs(&ns, &mut table, rounds)?;
+    let (with, without, render) = sample_costs(&ns, &mut table, rounds)?;
     let (w, wo) = (measure::median(&with), measure::median(&without));
     println!("sample at {size} sockets, steady, median of {rounds} interleaved rounds:");
     println!(
@@ -45,6 +49,11 @@ pub fn run(scenario: &Path, exporter: &Path, size: usize, rounds: usize) -> Resu
         ratio(w.wall, wo.wall),
         ratio(w.cpu, wo.cpu)
     );
+    let render = measure::median(&render);
+    println!(
+        "page rendered from the last sample (paid by a round's first request): {:.2} ms",
+        ms(render.wall)
+    );
     table.refresh_and_settle()?;
     let daemon = crate::daemon::start(&ns, exporter, "5s")?;
     let served = ns.run(|| serve_figures(&mut table))?;
@@ -52,12 +61,12 @@ pub fn run(scenario: &Path, exporter: &Path, size: usize, rounds: usize) -> Resu
     served
 }
 
-/// Per round, one steady sample with fd figures and one without.
-fn sample_costs(
-    ns: &Netns,
-    table: &mut Table,
-    rounds: usize,
-) -> Result<(Vec<Cost>, Vec<Cost>), String> {
+/// Costs per round: sample with fd figures, sample without, page rendered.
+type Costs = (Vec<Cost>, Vec<Cost>, Vec<Cost>);
+
+/// Per round, one steady sample with fd figures and one without, and the page rendered
+/// from the first.
+fn sample_costs(ns: &Netns, table: &mut Table, rounds: usize) -> Result<Costs, String> {
     ns.run(|| {
         let settings = Settings::default();
         let mut samplers = Vec::new();
@@ -67,7 +76,7 @@ fn sample_costs(
             owners.set_fd_figures(fd_figures);
             samplers.push((sampler, owners));
         }
-        let mut costs = (Vec::new(), Vec::new());
+        let mut costs = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds + 2 {
             table.refresh_if_due()?;
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -76,7 +85,10 @@ fn sample_costs(
                 owners.revalidate();
                 let (sample, cost) =
                     measure::time(|| sampler.sample(owners, SocketBudget::default()));
-                sample.map_err(|e| format!("sample: {e}"))?;
+                let (sample, _) = sample.map_err(|e| format!("sample: {e}"))?;
+                if i == 0 && round >= 2 {
+                    costs.2.push(render_cost(sample, &settings));
+                }
                 // The first two rounds fill the caches: not steady yet.
                 if round >= 2 {
                     if i == 0 { &mut costs.0 } else { &mut costs.1 }.push(cost);
@@ -124,6 +136,18 @@ fn serve_figures(table: &mut Table) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// What rendering the page of one namespace's sample costs.
+fn render_cost(sample: Sample, settings: &Settings) -> Cost {
+    let namespace = NamespaceSample {
+        info: NamespaceInfo::default(),
+        sample,
+    };
+    let published = Published::new(std::slice::from_ref(&namespace), 0.0, settings);
+    let (page, cost) = measure::time(|| page::render(&published));
+    std::hint::black_box(page);
+    cost
 }
 
 fn ms(d: Duration) -> f64 {
