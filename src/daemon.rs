@@ -15,6 +15,7 @@ use crate::http::listen;
 use crate::http::server::{self, Site};
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{self, Exposition, LabelOptions};
+use crate::output::published::{Published, RoundHistory};
 use crate::sampling::namespace_set::NamespaceSet;
 use crate::sampling::sample_loop::{Control, Publish, SamplerThread};
 
@@ -27,10 +28,13 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 /// Errors are startup errors (bad address, no netlink, bad web config) and a sampler
 /// thread that died (the daemon must not serve a frozen sample as if it were fresh).
 pub fn run(
-    settings: Settings,
+    mut settings: Settings,
     reload: impl Fn() -> Result<Settings, String> + Send + Sync + 'static,
 ) -> Result<(), String> {
     pin_malloc_mmap_threshold();
+    // The live page lists the pids holding each group's CLOSE_WAIT sockets, as
+    // `snapshot` does (evidence, never a label).
+    settings.close_wait_pids = true;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("http")
@@ -63,11 +67,14 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     // busy or wrong address fails at once, named as it was written.
     let reserved = listen::reserve(&settings.listen_address.candidates())
         .map_err(|e| cannot_listen(&settings, e))?;
-    let exposition = Arc::new(ArcSwap::from_pointee(Exposition::default()));
+    let served = Served {
+        exposition: Arc::new(ArcSwap::from_pointee(Exposition::default())),
+        published: Arc::new(ArcSwap::from_pointee(Published::default())),
+    };
     let namespaces = NamespaceSet::new(&settings)
         .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
     let (control_tx, control_rx) = mpsc::channel::<Control>();
-    let publish = publisher(Arc::clone(&exposition));
+    let publish = publisher(served.clone());
     let mut sampler = SamplerThread::start(namespaces, settings.clone(), publish, control_rx)?;
     let first = tokio::select! {
         first = sampler.first_sample() => Some(first),
@@ -76,7 +83,7 @@ async fn run_async(settings: Settings, reload: Reload) -> Result<(), String> {
     let result = match first {
         Some(Ok(())) => {
             let wiring = (&mut signals, &mut sampler, control_tx, reload);
-            serve(settings, web, reserved, exposition, wiring).await
+            serve(settings, web, reserved, served, wiring).await
         }
         Some(Err(e)) => {
             drop(control_tx);
@@ -99,18 +106,32 @@ fn cannot_listen(settings: &Settings, error: std::io::Error) -> String {
     format!("cannot listen on {}: {error}", settings.listen_address_text)
 }
 
-/// Encodes each round once and swaps it in: scrapes take the last one without a lock.
-/// An encoding error keeps the previous exposition served.
-fn publisher(exposition: Arc<ArcSwap<Exposition>>) -> Publish {
+/// What the sampler thread publishes and the HTTP side serves, each swapped in whole.
+#[derive(Clone)]
+struct Served {
+    exposition: Arc<ArcSwap<Exposition>>,
+    published: Arc<ArcSwap<Published>>,
+}
+
+/// Encodes each round once and swaps it in, with the round itself (and the earlier
+/// round its verdicts compare against) for the drill-down and the live page: requests
+/// take the last ones without a lock. An encoding error keeps the previous exposition
+/// served.
+fn publisher(served: Served) -> Publish {
     let process = ProcessCollector::for_self();
+    let mut history = RoundHistory::default();
     Box::new(move |samples, metrics, started, settings| {
         let options = LabelOptions::of(settings);
         match exposition::encode_round(samples, metrics, started, options, &process) {
-            Ok(encoded) => exposition.store(Arc::new(encoded)),
+            Ok(encoded) => served.exposition.store(Arc::new(encoded)),
             Err(e) => {
                 tracing::error!(error = %e, "encoding failed; serving the previous exposition")
             }
         }
+        let taken_at = metrics.last_success_timestamp_seconds;
+        let mut published = Published::new(samples, taken_at, settings);
+        published.baseline = history.push(samples, taken_at);
+        served.published.store(Arc::new(published));
     })
 }
 
@@ -120,7 +141,7 @@ async fn serve(
     settings: Settings,
     web: WebConfig,
     reserved: TcpSocket,
-    exposition: Arc<ArcSwap<Exposition>>,
+    served: Served,
     (signals, sampler, control, reload): Wiring<'_>,
 ) -> Result<(), String> {
     let listener = listen::listen(reserved).map_err(|e| cannot_listen(&settings, e))?;
@@ -133,7 +154,8 @@ async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let site = Site {
         telemetry_path: Arc::new(ArcSwap::from_pointee(settings.telemetry_path.clone())),
-        exposition,
+        exposition: served.exposition,
+        published: served.published,
         web: Arc::new(ArcSwap::from_pointee(web)),
     };
     let serving = tokio::spawn(server::serve(listener, site.clone(), shutdown_rx));

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use std::io::IsTerminal;
 
-use tcpstate_exporter::config::cli::{ColorChoice, Command, SnapshotArgs};
+use tcpstate_exporter::config::cli::{ColorChoice, Command, SnapshotArgs, SnapshotFormat};
 use tcpstate_exporter::config::usage::{self, EXIT_BAD_INPUT};
 use tcpstate_exporter::config::{self, LogFormat, Settings, version};
 use tcpstate_exporter::daemon;
@@ -12,11 +12,13 @@ use tcpstate_exporter::http::webconfig::WebConfig;
 use tcpstate_exporter::logging;
 use tcpstate_exporter::model::diagnosis::{Thresholds, human_seconds};
 use tcpstate_exporter::output::exposition::LabelOptions;
+use tcpstate_exporter::output::published::{self, Published};
 use tcpstate_exporter::output::snapshot;
 use tcpstate_exporter::output::snapshot::{RenderOptions, Watch, diagnose_groups};
+use tcpstate_exporter::output::sockets::{self, SocketQuery};
 use tcpstate_exporter::output::terminal::escape_control;
 use tcpstate_exporter::sampling::attribution::Attribution;
-use tcpstate_exporter::sampling::namespace_set::NamespaceSet;
+use tcpstate_exporter::sampling::namespace_set::{NamespaceSet, Round};
 
 fn main() -> ExitCode {
     let cli = match usage::parse() {
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Snapshot(request)) => {
-            match run_snapshot(settings, request, cli.flags.sample_interval.is_some()) {
+            match run_snapshot(settings, *request, cli.flags.sample_interval.is_some()) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("tcpstate-exporter: {}", escape_control(&e.to_string()));
@@ -123,29 +125,21 @@ fn run_snapshot(
         .as_deref()
         .map(|text| duration("max-age", text))
         .transpose()?;
+    let socket_query = socket_query(&request, &settings)?;
     // Groups are the metrics' (one verdict per program); the pids are evidence.
     settings.close_wait_pids = true;
     settings.stuck_after = std::time::Duration::from_secs_f64(thresholds.stuck_after);
     if !interval_given {
         settings.sample_interval = SNAPSHOT_INTERVAL;
     }
-    // Not bad input: a runtime failure, exit code 1 like a failed sample.
-    let mut namespaces = match NamespaceSet::new(&settings) {
-        Ok(namespaces) => namespaces,
+    let (first, last, watched) = match watch(&settings, request.watch) {
+        Ok(rounds) => rounds,
+        // Not bad input: a runtime failure, exit code 1 like a failed sample.
         Err(e) => {
-            eprintln!("tcpstate-exporter: cannot open a sock_diag netlink socket: {e}");
+            eprintln!("tcpstate-exporter: {}", escape_control(&e));
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut attribution = Attribution::new(&settings);
-    let started = std::time::Instant::now();
-    let first = namespaces.sample_round(&mut attribution);
-    let mut last = None;
-    for _ in 1..request.watch.max(1) {
-        std::thread::sleep(settings.sample_interval);
-        last = Some(namespaces.sample_round(&mut attribution));
-    }
-    let watched = started.elapsed().as_secs_f64();
     let round = last.as_ref().unwrap_or(&first);
     if let Some(e) = round.errors.first() {
         eprintln!(
@@ -169,7 +163,13 @@ fn run_snapshot(
             ColorChoice::Auto => std::io::stdout().is_terminal(),
         },
     };
-    print!("{}", snapshot::render(&round.samples, &diagnoses, options));
+    match &socket_query {
+        Some(query) => print!(
+            "{}",
+            sockets_report(round, &settings, query, request.format)
+        ),
+        None => print!("{}", snapshot::render(&round.samples, &diagnoses, options)),
+    }
     let crossed = crossings(&diagnoses, &request, max_age);
     for line in &crossed {
         eprintln!("tcpstate-exporter: {}", escape_control(line));
@@ -179,6 +179,55 @@ fn run_snapshot(
     } else {
         ExitCode::from(EXIT_THRESHOLD_CROSSED)
     })
+}
+
+/// The first round and, watching, the last one, and the seconds between their starts.
+fn watch(settings: &Settings, samples: u32) -> Result<(Round, Option<Round>, f64), String> {
+    let mut namespaces = NamespaceSet::new(settings)
+        .map_err(|e| format!("cannot open a sock_diag netlink socket: {e}"))?;
+    let mut attribution = Attribution::new(settings);
+    let started = std::time::Instant::now();
+    let first = namespaces.sample_round(&mut attribution);
+    let mut last = None;
+    for _ in 1..samples.max(1) {
+        std::thread::sleep(settings.sample_interval);
+        last = Some(namespaces.sample_round(&mut attribution));
+    }
+    Ok((first, last, started.elapsed().as_secs_f64()))
+}
+
+/// `--sockets` and its filters as a drill-down query; `None` without `--sockets`.
+fn socket_query(
+    request: &SnapshotArgs,
+    settings: &Settings,
+) -> Result<Option<SocketQuery>, String> {
+    if !request.sockets {
+        return Ok(None);
+    }
+    if request.format == SnapshotFormat::Prometheus {
+        return Err("--sockets prints a table or JSON (--format table|json)".into());
+    }
+    let kept = published::kept_states(settings);
+    SocketQuery::from_pairs(request.socket_filters(), &kept)
+        .map(Some)
+        .map_err(|reason| format!("--sockets: {reason}"))
+}
+
+/// The sockets of the round that `query` selects, as the endpoint would answer.
+fn sockets_report(
+    round: &Round,
+    settings: &Settings,
+    query: &SocketQuery,
+    format: SnapshotFormat,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let published = Published::new(&round.samples, now, settings);
+    match format {
+        SnapshotFormat::Json => sockets::json(&published, query),
+        _ => sockets::table(&published, query),
+    }
 }
 
 /// One line per group and threshold crossed: which flag, by which group, by how much.

@@ -15,13 +15,16 @@ cd "$(dirname "$0")/.." || exit 1
 [ "$(id -u)" = 0 ] || { echo "run-all.sh: needs root (namespaces, packages)" >&2; exit 1; }
 
 # iproute2: ip netns and ss for the scenarios; clang and libbpf's headers: the eBPF program
-# of the default events feature (build.rs). The monitoring and deployment checks install
+# of the default events feature (build.rs); chromium and curl: the live page's test. The monitoring and deployment checks install
 # their own tools (prometheus, jsonnet, podman, ...).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ss >/dev/null || need+=(iproute2)
 command -v clang >/dev/null || need+=(clang)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+# Headless Chromium and curl: tests/page.rs loads the live page in a real browser.
+command -v chromium >/dev/null || need+=(chromium)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
         { echo "run-all.sh: apt-get install ${need[*]} failed" >&2; exit 1; }

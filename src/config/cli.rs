@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Take one sample now (or a few, --watch) and print it with a diagnosis.
-    Snapshot(SnapshotArgs),
+    Snapshot(Box<SnapshotArgs>),
     /// Validate a configuration file and exit (0 when valid, 2 when not).
     CheckConfig,
 }
@@ -63,6 +63,51 @@ pub struct SnapshotArgs {
     /// Colour the verdicts: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+    /// Print the sockets behind the groups instead of the verdicts, as `GET
+    /// /api/v1/sockets` answers (a table, or its JSON with --format json): addresses,
+    /// pid and fd, inode, cookie, queues, age, accept queue. CLOSE_WAIT first, oldest
+    /// first.
+    #[arg(long)]
+    pub sockets: bool,
+    /// With --sockets: only sockets in this state (close_wait or a detail state).
+    #[arg(long, requires = "sockets", value_name = "STATE")]
+    pub state: Option<String>,
+    /// With --sockets: only sockets of this group port (local inbound, remote outbound).
+    #[arg(long, requires = "sockets", value_name = "PORT")]
+    pub port: Option<String>,
+    /// With --sockets: only sockets owned by this program (its comm).
+    #[arg(long, requires = "sockets", value_name = "NAME")]
+    pub process: Option<String>,
+    /// With --sockets: only sockets of this network namespace (its netns label).
+    #[arg(long, requires = "sockets", value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// With --sockets: only inbound or outbound sockets.
+    #[arg(long, requires = "sockets", value_name = "DIRECTION")]
+    pub direction: Option<String>,
+    /// With --sockets: only sockets to this peer (an address, or address:port).
+    #[arg(long, requires = "sockets", value_name = "PEER")]
+    pub peer: Option<String>,
+    /// With --sockets: at most this many sockets (default 100, at most 1000).
+    #[arg(long, requires = "sockets", value_name = "N")]
+    pub limit: Option<String>,
+}
+
+impl SnapshotArgs {
+    /// The --sockets filters given, as (parameter, value) pairs of the drill-down query.
+    pub fn socket_filters(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("state", &self.state),
+            ("port", &self.port),
+            ("process", &self.process),
+            ("netns", &self.netns),
+            ("direction", &self.direction),
+            ("peer", &self.peer),
+            ("limit", &self.limit),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -70,6 +70,7 @@ pub(super) struct CloseWaitSection {
     pub(super) duration_buckets: Option<Vec<f64>>,
     pub(super) max_tracked_sockets: Option<usize>,
     pub(super) stuck_after: Option<String>,
+    pub(super) peers_per_group: Option<usize>,
 }
 
 pub(super) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
@@ -179,6 +180,9 @@ fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
     }
     if let Some(v) = &file.close_wait.stuck_after {
         parse_age(v).map_err(|e| ("close_wait.stuck_after", e))?;
+    }
+    if let Some(v) = file.close_wait.peers_per_group {
+        check_peers_per_group(v).map_err(|e| ("close_wait.peers_per_group", e))?;
     }
     Ok(())
 }

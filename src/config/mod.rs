@@ -95,6 +95,9 @@ pub struct Settings {
     pub max_tracked_sockets: usize,
     /// Age from which a CLOSE_WAIT socket counts as stuck (or `snapshot --stuck-after`).
     pub stuck_after: Duration,
+    /// Series of `tcpstate_close_wait_peer_connections` per outbound CLOSE_WAIT group (the
+    /// top peers, and `peer="other"`); 0: the family is off.
+    pub peers_per_group: usize,
     /// Count CLOSE_WAIT sockets per pid, `snapshot`'s evidence (not a file key).
     pub close_wait_pids: bool,
     pub namespaces: NamespaceMode,
@@ -172,6 +175,8 @@ impl Settings {
             max_tracked_sockets: running.max_tracked_sockets,
             events: running.events,
             events_ring_bytes: running.events_ring_bytes,
+            // Not a file key: what the running command asked for.
+            close_wait_pids: running.close_wait_pids,
             ..self
         }
     }
@@ -194,6 +199,7 @@ impl Default for Settings {
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             max_tracked_sockets: DEFAULT_MAX_TRACKED_SOCKETS,
             stuck_after: DEFAULT_STUCK_AFTER,
+            peers_per_group: 0,
             close_wait_pids: false,
             namespaces: NamespaceMode::Own,
             namespaces_include: Vec::new(),
@@ -318,6 +324,10 @@ fn from_file(file: FileConfig, defaults: Settings) -> Result<Settings, ConfigErr
             Some(v) => parse_age(v).map_err(ConfigError)?,
             None => defaults.stuck_after,
         },
+        peers_per_group: file
+            .close_wait
+            .peers_per_group
+            .unwrap_or(defaults.peers_per_group),
         ..defaults
     })
 }

@@ -31,6 +31,7 @@ fn the_shipped_example_is_valid_and_states_the_defaults() {
     assert_eq!(settings.duration_buckets, defaults.duration_buckets);
     assert_eq!(settings.max_tracked_sockets, defaults.max_tracked_sockets);
     assert_eq!(settings.stuck_after, defaults.stuck_after);
+    assert_eq!(settings.peers_per_group, defaults.peers_per_group);
     assert_eq!(settings.process_attribution, defaults.process_attribution);
     assert_eq!(settings.pid_label, defaults.pid_label);
 }
@@ -215,6 +216,10 @@ fn absurd_values_are_refused() {
             "[close_wait]\nmax_tracked_sockets = 18446744073709551615\n",
             "close_wait.max_tracked_sockets",
         ),
+        (
+            "[close_wait]\npeers_per_group = 11\n",
+            "close_wait.peers_per_group",
+        ),
     ] {
         let error = parse_text(text).unwrap_err();
         assert!(error.contains(key), "{text}: {error}");
@@ -222,6 +227,8 @@ fn absurd_values_are_refused() {
     }
     assert!(parse_text("[sample]\ninterval = \"24h\"\n").is_ok());
     assert!(parse_text("events_ring_bytes = 67108864\n").is_ok());
+    let peers = parse_text("[close_wait]\npeers_per_group = 10\n").expect("valid");
+    assert_eq!(peers.peers_per_group, 10);
     let flags = Flags {
         sample_interval: Some("18446744073709551615s".into()),
         ..Flags::default()

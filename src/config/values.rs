@@ -161,6 +161,20 @@ pub(super) fn check_max_tracked(value: usize) -> Result<(), String> {
     }
 }
 
+/// The most peers per outbound group `tcpstate_close_wait_peer_connections` may carry
+/// (each a series, besides `peer="other"`).
+pub(super) const MAX_PEERS_PER_GROUP: usize = 10;
+
+pub(super) fn check_peers_per_group(value: usize) -> Result<(), String> {
+    if value > MAX_PEERS_PER_GROUP {
+        Err(format!(
+            "{value} is above the maximum of {MAX_PEERS_PER_GROUP} (0 turns the peer series off)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 pub(super) fn parse_level(text: &str) -> Result<tracing::Level, String> {
     text.parse().map_err(|_| {
         format!("invalid log level {text:?} (one of: error, warn, info, debug, trace)")

@@ -24,11 +24,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::http::api;
 use crate::http::auth;
 use crate::http::slots::{self, Slots, Trust};
 use crate::http::tls;
 use crate::http::webconfig::WebConfig;
 use crate::output::exposition::{CONTENT_TYPE, Exposition};
+use crate::output::page;
+use crate::output::published::Published;
 
 /// How long a client may take to send its request head or finish a TLS handshake
 /// (slow-client defence). Hyper also applies it to an idle keep-alive connection's next
@@ -42,13 +45,15 @@ const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// A keep-alive connection is closed after this long, so no client holds a slot forever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
-/// What a request handler needs: the path to serve, the exposition to serve there and
-/// who may read it. Path and web config are swapped on reload; every request reads
-/// them anew, so a user removed by a reload loses access on open connections too.
+/// What a request handler needs: the path to serve, the exposition to serve there, the
+/// last round for the drill-down, and who may read it. Path and web config are swapped
+/// on reload; every request reads them anew, so a user removed by a reload loses access
+/// on open connections too.
 #[derive(Clone)]
 pub struct Site {
     pub telemetry_path: Arc<ArcSwap<String>>,
     pub exposition: Arc<ArcSwap<Exposition>>,
+    pub published: Arc<ArcSwap<Published>>,
     pub web: Arc<ArcSwap<WebConfig>>,
 }
 
@@ -170,15 +175,23 @@ pub fn respond(site: &Site, request: &Request<Incoming>) -> Response<Full<Bytes>
         site,
         request.method(),
         request.uri().path(),
+        request.uri().query(),
         accepts_gzip(encodings.iter()),
     )
 }
 
-fn respond_to(site: &Site, method: &Method, path: &str, gzip: bool) -> Response<Full<Bytes>> {
+fn respond_to(
+    site: &Site,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    gzip: bool,
+) -> Response<Full<Bytes>> {
     let telemetry_path = site.telemetry_path.load();
     let is_metrics = path == telemetry_path.as_str();
     let is_landing = path == "/";
-    if !is_metrics && !is_landing {
+    let is_sockets = path == api::SOCKETS_PATH && !is_metrics;
+    if !is_metrics && !is_landing && !is_sockets {
         return plain(StatusCode::NOT_FOUND, "404 page not found\n");
     }
     if method != Method::GET && method != Method::HEAD {
@@ -190,8 +203,10 @@ fn respond_to(site: &Site, method: &Method, path: &str, gzip: bool) -> Response<
     }
     let mut response = if is_metrics {
         metrics(&site.exposition.load(), gzip)
+    } else if is_sockets {
+        api::sockets(&site.published.load(), query)
     } else {
-        landing(&telemetry_path)
+        live_page(&site.published.load())
     };
     if method == Method::HEAD {
         // The GET's length, as HEAD promises; hyper sends no body for a HEAD.
@@ -221,20 +236,38 @@ fn metrics(exposition: &Exposition, gzip: bool) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))
 }
 
-fn landing(telemetry_path: &str) -> Response<Full<Bytes>> {
-    let page = format!(
-        "<!DOCTYPE html>\n<html><head><title>tcpstate-exporter</title></head><body>\n\
-         <h1>tcpstate-exporter</h1>\n\
-         <p>TCP sockets stuck in CLOSE_WAIT: which port, which process, how long.</p>\n\
-         <p><a href=\"{}\">Metrics</a></p>\n\
-         <p>Version {}</p>\n</body></html>\n",
-        html_attribute(telemetry_path),
-        env!("CARGO_PKG_VERSION")
-    );
+/// The live page of the last published round (rendered once per round, by the first
+/// request), with a policy that lets only its own inline script and style run.
+fn live_page(published: &Published) -> Response<Full<Bytes>> {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-        .body(Full::new(Bytes::from(page)))
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CONTENT_SECURITY_POLICY, page_policy())
+        .body(Full::new(published.page(page::render)))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))
+}
+
+/// `default-src 'none'`, and the page's script and style allowed by their SHA-256: a
+/// name that slipped past escaping still could not run anything.
+fn page_policy() -> HeaderValue {
+    static POLICY: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    POLICY
+        .get_or_init(|| {
+            use base64::Engine as _;
+            let hash = |text: &str| {
+                let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+                base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+            };
+            let policy = format!(
+                "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; \
+                 connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+                hash(page::SCRIPT),
+                hash(page::STYLE)
+            );
+            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
+        })
+        .clone()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
@@ -245,22 +278,6 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// `text` escaped for a double-quoted HTML attribute.
-fn html_attribute(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// True when the `Accept-Encoding` headers give gzip a quality above zero: gzip's own
@@ -311,6 +328,11 @@ mod tests {
                 text: Bytes::from_static(b"m 1\n"),
                 gzip: Bytes::from_static(b"GZ"),
             })),
+            published: Arc::new(ArcSwap::from_pointee(Published::new(
+                &[],
+                0.0,
+                &crate::config::Settings::default(),
+            ))),
             web: Arc::new(ArcSwap::from_pointee(WebConfig::default())),
         }
     }
@@ -326,23 +348,23 @@ mod tests {
     #[tokio::test]
     async fn routes_methods_and_encodings() {
         let site = site();
-        let get = respond_to(&site, &Method::GET, "/metrics", false);
+        let get = respond_to(&site, &Method::GET, "/metrics", None, false);
         assert_eq!(get.status(), StatusCode::OK);
         assert_eq!(get.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
         assert_eq!(body(get).await, Bytes::from_static(b"m 1\n"));
 
-        let zipped = respond_to(&site, &Method::GET, "/metrics", true);
+        let zipped = respond_to(&site, &Method::GET, "/metrics", None, true);
         assert_eq!(zipped.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(body(zipped).await, Bytes::from_static(b"GZ"));
 
         assert_eq!(
-            respond_to(&site, &Method::GET, "/nope", false).status(),
+            respond_to(&site, &Method::GET, "/nope", None, false).status(),
             StatusCode::NOT_FOUND
         );
-        let post = respond_to(&site, &Method::POST, "/metrics", false);
+        let post = respond_to(&site, &Method::POST, "/metrics", None, false);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
-        let head = respond_to(&site, &Method::HEAD, "/metrics", false);
+        let head = respond_to(&site, &Method::HEAD, "/metrics", None, false);
         assert_eq!(head.status(), StatusCode::OK);
         assert_eq!(
             head.headers()[header::CONTENT_LENGTH],
@@ -350,8 +372,24 @@ mod tests {
             "the GET's length"
         );
         assert!(body(head).await.is_empty());
-        let landing = respond_to(&site, &Method::GET, "/", false);
-        assert!(String::from_utf8_lossy(&body(landing).await).contains("href=\"/metrics\""));
+        let api = respond_to(&site, &Method::GET, "/api/v1/sockets", None, false);
+        assert_eq!(api.status(), StatusCode::OK);
+        assert_eq!(api.headers()[header::CONTENT_TYPE], "application/json");
+        let refused = respond_to(
+            &site,
+            &Method::GET,
+            "/api/v1/sockets",
+            Some("limit=0"),
+            false,
+        );
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let page = respond_to(&site, &Method::GET, "/", None, false);
+        assert!(
+            page.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .is_ok_and(|p| p.starts_with("default-src 'none'; script-src 'sha256-"))
+        );
+        assert!(String::from_utf8_lossy(&body(page).await).contains("href=\"/metrics\""));
     }
 
     #[test]
@@ -384,10 +422,5 @@ mod tests {
         ] {
             assert!(!accepts(no), "{no:?}");
         }
-    }
-
-    #[test]
-    fn the_landing_page_escapes_the_path() {
-        assert_eq!(html_attribute("/a&b'\"<"), "/a&amp;b&#39;&quot;&lt;");
     }
 }

@@ -42,6 +42,22 @@ pub fn fd_count(proc_root: &Path, pid: u32) -> io::Result<u64> {
     Ok(fs::metadata(proc_root.join(pid.to_string()).join("fd"))?.len())
 }
 
+/// The soft RLIMIT_NOFILE of `pid` from /proc/PID/limits (readable by anyone, where
+/// prlimit(2) on another user's process needs CAP_SYS_RESOURCE); `None` when unlimited.
+pub fn fd_soft_limit(proc_root: &Path, pid: u32) -> io::Result<Option<u64>> {
+    let limits = fs::read_to_string(proc_root.join(pid.to_string()).join("limits"))?;
+    parse_fd_soft_limit(&limits)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Max open files line"))
+}
+
+fn parse_fd_soft_limit(limits: &str) -> Option<Option<u64>> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line["Max open files".len()..].split_whitespace().next()? {
+        "unlimited" => Some(None),
+        soft => soft.parse().ok().map(Some),
+    }
+}
+
 /// The descriptor numbers `pid` has open (a listing of /proc/PID/fd, no link read).
 pub fn fd_numbers(proc_root: &Path, pid: u32) -> io::Result<Vec<u32>> {
     Ok(fs::read_dir(proc_root.join(pid.to_string()).join("fd"))?
@@ -125,6 +141,32 @@ mod tests {
             })
         );
         assert_eq!(parse_stat(b"7 (truncated"), None);
+    }
+
+    #[test]
+    fn reads_the_soft_descriptor_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63459                63459                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_fd_soft_limit(limits), Some(Some(1024)));
+        assert_eq!(
+            parse_fd_soft_limit(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            Some(None)
+        );
+        assert_eq!(parse_fd_soft_limit("Max processes 1 1 processes\n"), None);
+        let me = std::process::id();
+        let mut own = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+        assert_eq!(
+            fd_soft_limit(Path::new("/proc"), me).expect("own limits"),
+            Some(own.rlim_cur)
+        );
     }
 
     #[test]

@@ -7,9 +7,10 @@ use crate::kernel::record::TcpState;
 use crate::model::ages::DurationHistogram;
 use crate::model::aggregate::GroupStats;
 use crate::model::diagnosis::{self, Closes, Evidence, Thresholds, Verdict};
+use crate::model::fds::ProcessFds;
 use crate::model::labels::{AgeGroup, Direction, PortLabel};
-use crate::model::pids::PidEvidence;
 use crate::model::sample::{NamespaceLabels, NamespaceSample, Sample};
+use crate::model::top::{PeerEvidence, PidEvidence};
 
 /// The diagnosis of one CLOSE_WAIT group.
 pub struct GroupDiagnosis<'a> {
@@ -19,6 +20,10 @@ pub struct GroupDiagnosis<'a> {
     pub process: &'a str,
     /// Which pids hold the group's CLOSE_WAIT sockets.
     pub pids: Option<&'a PidEvidence>,
+    /// Outbound: the peers its CLOSE_WAIT sockets were connected to.
+    pub peers: Option<&'a PeerEvidence>,
+    /// How near its program is to running out of descriptors.
+    pub fds: Option<ProcessFds>,
     pub evidence: Evidence,
     pub verdict: Verdict,
 }
@@ -81,6 +86,16 @@ pub fn diagnose_groups<'a>(
                     .iter()
                     .find(|(g, _)| *g == group)
                     .map(|(_, pids)| pids),
+                peers: sample
+                    .close_wait_peers
+                    .iter()
+                    .find(|(g, _)| *g == group)
+                    .map(|(_, peers)| peers),
+                fds: sample
+                    .process_fds
+                    .iter()
+                    .find(|(owner, _)| *owner == group.owner)
+                    .map(|(_, fds)| *fds),
                 verdict,
                 evidence,
             });

@@ -2,14 +2,18 @@
 //! ages, the namespace's TCP settings), and the namespace it belongs to. This is what
 //! the exposition and the snapshot read.
 
+use std::sync::Arc;
+
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::kernel::record::{STATE_COUNT, TcpState};
 use crate::kernel::sysctl::{ListenCounters, TcpSettings};
 use crate::model::ages::{AgesReport, StuckCounts};
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
-use crate::model::labels::{AgeGroup, ProcessId};
-use crate::model::pids::{PidCounts, PidEvidence};
+use crate::model::fds::ProcessFds;
+use crate::model::labels::{AgeGroup, OwnerKey, ProcessId};
+use crate::model::sockets::SocketList;
+use crate::model::top::{PeerCounts, PeerEvidence, PidCounts, PidEvidence, TOP_PIDS};
 
 /// One complete, aggregated sample of a namespace.
 #[derive(Clone, Debug, Default)]
@@ -27,11 +31,17 @@ pub struct Sample {
     pub ages: AgesReport,
     /// Which pids hold each CLOSE_WAIT group's sockets (collected for `snapshot` only).
     pub close_wait_pids: Vec<(AgeGroup, PidEvidence)>,
+    /// The peers of each outbound CLOSE_WAIT group's sockets, the top ones first.
+    pub close_wait_peers: Vec<(AgeGroup, PeerEvidence)>,
     /// CLOSE_WAIT sockets whose age is being tracked.
     pub close_wait_tracked: u64,
     /// The namespace's TCP settings and accept-queue overflow counters.
     pub tcp_settings: TcpSettings,
     pub listen_counters: Option<ListenCounters>,
+    /// The sockets behind the groups (bounded; shared, as samples are cloned each round).
+    pub sockets: Arc<SocketList>,
+    /// The fd figures of the programs owning detail-state connections (folded).
+    pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
 
 /// What a sample holds besides the aggregate and the ages: read from the kernel and the
@@ -45,6 +55,11 @@ pub struct SampleContext {
     pub listen_counters: Option<ListenCounters>,
     /// CLOSE_WAIT sockets per owning pid, when collected.
     pub close_wait_pids: Option<PidCounts>,
+    pub close_wait_peers: PeerCounts,
+    /// How many peers each group keeps by address.
+    pub peers_kept: usize,
+    pub sockets: SocketList,
+    pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
 
 impl Sample {
@@ -67,8 +82,9 @@ impl Sample {
         let ages = fold_ages(ages, fold);
         let close_wait_pids = context
             .close_wait_pids
-            .map(|pids| pids.finish(fold))
+            .map(|pids| pids.finish(fold, TOP_PIDS))
             .unwrap_or_default();
+        let close_wait_peers = context.close_wait_peers.finish(fold, context.peers_kept);
         Sample {
             state_counts: aggregate.state_counts,
             groups: aggregate.groups,
@@ -77,9 +93,12 @@ impl Sample {
             processes: context.processes,
             ages,
             close_wait_pids,
+            close_wait_peers,
             close_wait_tracked: context.close_wait_tracked,
             tcp_settings: context.tcp_settings,
             listen_counters: context.listen_counters,
+            sockets: Arc::new(context.sockets),
+            process_fds: context.process_fds,
         }
     }
 

@@ -12,8 +12,8 @@ use crate::config::cli::SnapshotFormat;
 use crate::kernel::record::TcpState;
 use crate::model::diagnosis::{self, human_seconds};
 pub use crate::model::evidence::{GroupDiagnosis, Watch, diagnose_groups};
-use crate::model::pids::PidEvidence;
 use crate::model::sample::{NamespaceLabels, NamespaceSample, Sample};
+use crate::model::top::{PeerEvidence, PidEvidence};
 use crate::output::exposition::{self, LabelOptions};
 use crate::output::terminal::escape_control;
 
@@ -35,6 +35,10 @@ struct JsonDiagnosis<'a> {
     pids: Vec<JsonPid>,
     /// Distinct pids holding them.
     pid_count: u64,
+    /// Outbound: the peers (host:port) holding the most of its CLOSE_WAIT sockets.
+    peers: Vec<JsonPeer>,
+    /// Distinct peers.
+    peer_count: u64,
     close_wait: u64,
     oldest_seconds: Option<f64>,
     /// Older than --stuck-after; and of those, EOF read / still in the accept queue.
@@ -52,10 +56,26 @@ struct JsonDiagnosis<'a> {
     closes_seen: Option<u64>,
     mean_close_seconds: Option<f64>,
     watched_seconds: Option<f64>,
+    /// The fd cliff of the group's program: open descriptors and soft limit (null when
+    /// unlimited) of its process nearest the limit.
+    fds: Option<JsonFds>,
     cause: diagnosis::Cause,
     /// A second cause the group shows beside the first (late closes beside a leak).
     also: Option<diagnosis::Cause>,
     verdict: String,
+}
+
+#[derive(Serialize)]
+struct JsonFds {
+    pid: u32,
+    open: u64,
+    max: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct JsonPeer {
+    peer: String,
+    close_wait: u64,
 }
 
 #[derive(Serialize)]
@@ -184,7 +204,18 @@ fn json_diagnosis<'a>(d: &'a GroupDiagnosis<'a>) -> JsonDiagnosis<'a> {
                 close_wait: *close_wait,
             })
             .collect(),
-        pid_count: d.pids.map_or(0, |p| p.processes),
+        pid_count: d.pids.map_or(0, |p| p.distinct),
+        peers: d
+            .peers
+            .map(|p| p.top.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|(peer, close_wait)| JsonPeer {
+                peer: peer.to_string(),
+                close_wait: *close_wait,
+            })
+            .collect(),
+        peer_count: d.peers.map_or(0, |p| p.distinct),
         close_wait: e.close_wait,
         oldest_seconds: e.oldest_seconds,
         stuck: e.stuck.sockets,
@@ -204,6 +235,11 @@ fn json_diagnosis<'a>(d: &'a GroupDiagnosis<'a>) -> JsonDiagnosis<'a> {
             .filter(|c| c.count > 0)
             .map(|c| c.seconds_total / c.count as f64),
         watched_seconds: e.closes.map(|c| c.window_seconds),
+        fds: d.fds.map(|f| JsonFds {
+            pid: f.pid,
+            open: f.open,
+            max: f.max,
+        }),
         cause: d.verdict.cause,
         also: d.verdict.also,
         verdict: d.verdict.summary.clone(),
@@ -266,7 +302,7 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
     } else {
         let _ = writeln!(
             out,
-            "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6}  VERDICT",
+            "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6} {:>16}  VERDICT",
             "DIRECTION",
             "PORT",
             "PROCESS",
@@ -275,7 +311,8 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
             "OLDEST",
             "UNREAD_B",
             "UNACCEPTED",
-            "ESTAB"
+            "ESTAB",
+            "FDS"
         );
         for d in rows.iter().take(options.top) {
             let e = &d.evidence;
@@ -293,7 +330,7 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
             };
             let _ = writeln!(
                 out,
-                "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6}  {}",
+                "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6} {:>16}  {}",
                 d.direction.name(),
                 d.port.to_string(),
                 if d.process.is_empty() {
@@ -309,8 +346,14 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
                 e.unread_bytes,
                 e.unaccepted,
                 e.established,
+                d.fds
+                    .map(|f| format!("fds {}", f.figure()))
+                    .unwrap_or_else(|| "-".into()),
                 verdict
             );
+            if let Some(peers) = d.peers.filter(|p| !p.top.is_empty()) {
+                let _ = writeln!(out, "{:>9} peers {}", "", peer_line(peers));
+            }
         }
         if rows.len() > options.top {
             let _ = writeln!(out, "... {} more groups", rows.len() - options.top);
@@ -325,8 +368,27 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
     out
 }
 
+/// The top peers of an outbound group: "10.0.0.5:3306 x1896, 10.0.0.6:3306 x20, 4 more
+/// on 3 other peers".
+pub fn peer_line(peers: &PeerEvidence) -> String {
+    let mut parts: Vec<String> = peers
+        .top
+        .iter()
+        .map(|(peer, n)| format!("{peer} x{n}"))
+        .collect();
+    let other_peers = peers.distinct.saturating_sub(peers.top.len() as u64);
+    if peers.others > 0 {
+        parts.push(format!(
+            "{} more on {} other peers",
+            peers.others,
+            other_peers.max(1)
+        ));
+    }
+    parts.join(", ")
+}
+
 /// The pids of a group for the table: "4123", "4123,4124", "4123,4124,+4".
-fn pid_column(pids: Option<&PidEvidence>) -> String {
+pub fn pid_column(pids: Option<&PidEvidence>) -> String {
     let Some(pids) = pids.filter(|p| !p.top.is_empty()) else {
         return "-".into();
     };
@@ -336,7 +398,7 @@ fn pid_column(pids: Option<&PidEvidence>) -> String {
         .take(2)
         .map(|(pid, _)| pid.to_string())
         .collect();
-    let more = pids.processes.saturating_sub(shown.len() as u64);
+    let more = pids.distinct.saturating_sub(shown.len() as u64);
     if more > 0 {
         format!("{},+{more}", shown.join(","))
     } else {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::config::{NamespaceMode, Settings};
-use crate::kernel::owners::{OwnerCache, ResolveStats};
+use crate::kernel::owners::{FdUsage, OwnerCache, ResolveStats};
 use crate::kernel::pods::ContainerDirectory;
 use crate::model::labels::{OwnerKey, ProcessId};
 
@@ -52,16 +52,41 @@ struct OwnerKeys {
     names: ProcessNames,
     pid_label: bool,
     containers: Option<ContainerDirectory>,
-    /// Label key per owner pid, for this round (cleared by `Attribution::revalidate`:
-    /// a process may rename itself or change container between rounds).
-    key_of_pid: HashMap<u32, OwnerKey>,
+    /// Label key per owner pid for this round (cleared by `Attribution::revalidate`: a
+    /// process may rename itself or change container between rounds), and the tally it
+    /// was last counted in.
+    key_of_pid: HashMap<u32, (OwnerKey, u32)>,
+    tally: OwnerTally,
+}
+
+/// The owners of a sample's detail-state connections, counted on the memo lookups the
+/// connections make anyway: a pid is noted the first time a tally sees it, so a sample
+/// of 100k connections pays one comparison per connection, not one hash insert.
+#[derive(Default)]
+struct OwnerTally {
+    /// Tally number; 0 is "none running".
+    serial: u32,
+    running: bool,
+    seen: Vec<(u32, OwnerKey)>,
+}
+
+impl OwnerTally {
+    /// Notes `pid` if the running tally has not (`counted`: the tally it was last noted
+    /// in, updated).
+    fn note(&mut self, pid: u32, key: OwnerKey, counted: &mut u32) {
+        if self.running && *counted != self.serial {
+            *counted = self.serial;
+            self.seen.push((pid, key));
+        }
+    }
 }
 
 impl OwnerKeys {
     /// The key and pid of the owner of `inode`, when the cache knows it.
     fn key_of(&mut self, cache: &mut OwnerCache, inode: u32) -> Option<(OwnerKey, u32)> {
         let pid = cache.owner_pid(inode)?;
-        if let Some(key) = self.key_of_pid.get(&pid) {
+        if let Some((key, counted)) = self.key_of_pid.get_mut(&pid) {
+            self.tally.note(pid, *key, counted);
             return Some((*key, pid));
         }
         let owner = cache.lookup(inode)?;
@@ -80,7 +105,9 @@ impl OwnerKeys {
             pid: if self.pid_label { pid } else { 0 },
             container,
         };
-        self.key_of_pid.insert(pid, key);
+        let mut counted = 0;
+        self.tally.note(pid, key, &mut counted);
+        self.key_of_pid.insert(pid, (key, counted));
         Some((key, pid))
     }
 }
@@ -90,6 +117,8 @@ impl OwnerKeys {
 pub struct Attribution {
     owners: Option<OwnerCache>,
     keys: OwnerKeys,
+    /// Read the fd figures of the owners (on; off only to measure what they cost).
+    fd_figures: bool,
 }
 
 impl Attribution {
@@ -104,8 +133,16 @@ impl Attribution {
                 containers: (settings.namespaces == NamespaceMode::All)
                     .then(|| ContainerDirectory::new(&settings.containers_log_dir)),
                 key_of_pid: HashMap::new(),
+                tally: OwnerTally::default(),
             },
+            fd_figures: true,
         }
+    }
+
+    /// Turns the fd figures off (or on again): `tcpstate-bench --oncall` measures a
+    /// sample with and without them.
+    pub fn set_fd_figures(&mut self, on: bool) {
+        self.fd_figures = on;
     }
 
     /// Drops processes that exited since the last sample, renames those that exec()ed,
@@ -133,6 +170,11 @@ impl Attribution {
     /// Owner of an inode as a label key, and its pid; the empty owner when unknown.
     pub fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
         self.cached_owner(inode).unwrap_or_default()
+    }
+
+    /// The pid and descriptor holding `inode`, as cached (none with attribution off).
+    pub fn holder_of(&self, inode: u32) -> Option<(u32, u32)> {
+        self.owners.as_ref()?.holder(inode)
     }
 
     /// Reads /proc for the owners of `wanted` inodes, `likely_pids` first.
@@ -164,6 +206,44 @@ impl Attribution {
         self.owners
             .as_mut()
             .map_or(0, OwnerCache::take_validation_reads)
+    }
+
+    /// Starts noting the owners of the connections the sample looks up from now on.
+    pub fn begin_owner_tally(&mut self) {
+        let tally = &mut self.keys.tally;
+        tally.serial = tally.serial.wrapping_add(1).max(1);
+        tally.running = self.fd_figures;
+        tally.seen.clear();
+    }
+
+    /// Notes the owner of an accept-queue connection (its listener's program), which
+    /// has no descriptor to look up.
+    pub fn note_owner(&mut self, pid: u32, key: OwnerKey) {
+        if pid == 0 {
+            return;
+        }
+        let tally = &mut self.keys.tally;
+        match self.keys.key_of_pid.get_mut(&pid) {
+            Some((_, counted)) => tally.note(pid, key, counted),
+            None => {
+                let mut counted = 0;
+                tally.note(pid, key, &mut counted);
+                self.keys.key_of_pid.insert(pid, (key, counted));
+            }
+        }
+    }
+
+    /// The owners noted since `begin_owner_tally`, with their fd figures (the fd
+    /// cliff): (label key, pid, usage) per process still readable.
+    pub fn finish_owner_tally(&mut self) -> Vec<(OwnerKey, u32, FdUsage)> {
+        self.keys.tally.running = false;
+        let seen = std::mem::take(&mut self.keys.tally.seen);
+        let Some(cache) = &mut self.owners else {
+            return Vec::new();
+        };
+        seen.into_iter()
+            .filter_map(|(pid, key)| Some((key, pid, cache.fd_usage(pid)?)))
+            .collect()
     }
 
     /// The interned process names, indexed by `ProcessId`.

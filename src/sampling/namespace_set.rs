@@ -15,6 +15,7 @@ use crate::kernel::record::TcpState;
 use crate::kernel::sockdiag::DumpError;
 use crate::model::ages::CloseWaitEvent;
 use crate::model::sample::{NamespaceInfo, NamespaceLabels, NamespaceSample, Sample};
+use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::sampler::{SampleReport, Sampler};
 
@@ -143,10 +144,16 @@ impl NamespaceSet {
         }
         let own_inode = self.own_inode;
         let mut vanished = Vec::new();
+        // The per-socket view's room, shared by the namespaces in turn; one that keeps its
+        // last sample keeps its sockets, and they count.
+        let mut budget = SocketBudget::default();
         for (inode, member) in &mut self.members {
             if *inode != own_inode && member.quiet() && member.skipped + 1 < QUIET_EVERY {
                 member.skipped += 1;
                 round.skipped_quiet += 1;
+                if let Some(sample) = &member.last_good {
+                    budget.spend(&sample.sockets);
+                }
                 continue;
             }
             member.skipped = 0;
@@ -163,7 +170,7 @@ impl NamespaceSet {
                     }
                 }
             };
-            let result = member.sampler.sample(attribution);
+            let result = member.sampler.sample(attribution, budget);
             drop(entered);
             match result {
                 Ok((sample, report)) => {
@@ -176,6 +183,9 @@ impl NamespaceSet {
                         "sample failed; serving the namespace's last good one");
                     round.errors.push(e);
                 }
+            }
+            if let Some(sample) = &member.last_good {
+                budget.spend(&sample.sockets);
             }
         }
         round.vanished = vanished.len() as u64;

@@ -17,13 +17,16 @@ use crate::kernel::owners::ResolveStats;
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::kernel::sysctl;
-use crate::model::ages::{CloseWaitEvent, CloseWaitFacts, CloseWaitTracker};
-use crate::model::aggregate::{ConnectionFacts, GroupKey, ListenerKey, SampleBuilder};
+use crate::model::ages::{CloseWaitEvent, CloseWaitTracker};
+use crate::model::aggregate::{GroupKey, ListenerKey, SampleBuilder};
 use crate::model::classify::{Classifier, ListeningPorts};
+use crate::model::fds::{self, ProcessFds};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
-use crate::model::pids::PidCounts;
 use crate::model::sample::{Sample, SampleContext};
+use crate::model::sockets::{SocketAge, SocketBudget, SocketCollector, SocketList};
+use crate::model::top::{PidCounts, TOP_PEERS};
 use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
+use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection};
 
 /// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
 /// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.
@@ -47,111 +50,6 @@ impl SampleReport {
     }
 }
 
-/// A detail-state connection whose owner was unknown when the dump reached it.
-struct PendingConnection {
-    key: GroupKey,
-    facts: ConnectionFacts,
-    inode: u32,
-}
-
-/// What the connections dump leaves for the phases after it.
-#[derive(Default)]
-struct AfterDump {
-    pending: Vec<PendingConnection>,
-    new_close_wait: Vec<SocketRecord>,
-    /// CLOSE_WAIT sockets per owning pid, when collected (`snapshot`).
-    pids: Option<PidCounts>,
-}
-
-/// Takes each connection as the dump streams it: counts its state, classifies it, finds
-/// its owner in the cache, tracks it if in CLOSE_WAIT, and adds it to its group.
-struct ConnectionSink<'a> {
-    classifier: Classifier<'a>,
-    queue_owner: &'a HashMap<u16, (OwnerKey, u32)>,
-    detail_mask: [bool; STATE_COUNT],
-    attribution: &'a mut Attribution,
-    tracker: &'a mut CloseWaitTracker,
-    builder: &'a mut SampleBuilder,
-    left: AfterDump,
-}
-
-impl ConnectionSink<'_> {
-    fn take(&mut self, record: &SocketRecord) {
-        // The listening hash was read by the first dump; a listener created between the
-        // dumps must not be counted twice.
-        if record.state == TcpState::Listen {
-            return;
-        }
-        self.builder.count_state(record.state);
-        let is_close_wait = record.state == TcpState::CloseWait;
-        let detailed = self.detail_mask[record.state.index()];
-        if !detailed && !is_close_wait {
-            return;
-        }
-        let (direction, port) = self
-            .classifier
-            .classify(record.local_port, record.remote_port);
-        let unaccepted = record.unowned()
-            && self.classifier.listening.contains(record.local_port)
-            && matches!(record.state, TcpState::Established | TcpState::CloseWait);
-        if is_close_wait && !self.tracker.knows(record.cookie) {
-            // Entering CLOSE_WAIT: the socket may have changed hands while in another
-            // state, where its owner was trusted.
-            self.attribution.recheck(record.inode);
-        }
-        let owner = self.cached_owner(record, unaccepted);
-        if let (true, Some((_, pid))) = (is_close_wait, owner) {
-            self.attribution.watch_close_wait_owner(pid, record.inode);
-        }
-        let key = GroupKey {
-            state: record.state,
-            direction,
-            port: PortLabel::Port(port),
-            owner: owner.map(|(owner, _)| owner).unwrap_or_default(),
-        };
-        let facts = CloseWaitFacts {
-            eof_read: record.eof_read(),
-            unaccepted,
-        };
-        if is_close_wait
-            && self
-                .tracker
-                .sight(record.cookie, record.inode, key.close_wait_group(), facts)
-        {
-            self.left.new_close_wait.push(*record);
-        }
-        if !detailed {
-            return;
-        }
-        if let (true, Some(pids), Some((_, pid))) = (is_close_wait, &mut self.left.pids, owner) {
-            pids.add(key.close_wait_group(), pid);
-        }
-        let facts = ConnectionFacts::of(record, unaccepted);
-        match owner {
-            Some(_) => self.builder.add_connection(key, facts),
-            None => self.left.pending.push(PendingConnection {
-                key,
-                facts,
-                inode: record.inode,
-            }),
-        }
-    }
-
-    /// The owner as known during the dump: the program of the listener whose queue holds
-    /// an accept-queue child, none for an orphan, else the cache's (`None`: resolve after
-    /// the dump).
-    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<(OwnerKey, u32)> {
-        if unaccepted {
-            let owner = self.queue_owner.get(&record.local_port);
-            return Some(owner.copied().unwrap_or_default());
-        }
-        if record.inode == 0 {
-            return Some((OwnerKey::default(), 0));
-        }
-        self.attribution.cached_owner(record.inode)
-    }
-}
-
 /// Samples the namespace its netlink socket was opened in, and owns what is kept between
 /// samples there: the socket and the CLOSE_WAIT tracker.
 pub struct Sampler {
@@ -170,6 +68,9 @@ pub struct Sampler {
     warned_port_range: bool,
     /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
     count_pids: bool,
+    /// Top peers kept per outbound CLOSE_WAIT group: what the page and `snapshot` show,
+    /// or more when the peer series ask for more.
+    peers_kept: usize,
 }
 
 impl Sampler {
@@ -196,6 +97,7 @@ impl Sampler {
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
             count_pids: settings.close_wait_pids,
+            peers_kept: TOP_PEERS.max(settings.peers_per_group),
         })
     }
 
@@ -238,24 +140,30 @@ impl Sampler {
             self.detail_mask[state.index()] = true;
         }
         self.max_groups = settings.max_groups;
+        self.peers_kept = TOP_PEERS.max(settings.peers_per_group);
     }
 
     /// One sample; `attribution` is shared with the other namespaces' samplers (call its
-    /// `revalidate` once per round, not per namespace).
+    /// `revalidate` once per round, not per namespace). `budget`: how many sockets the
+    /// per-socket view may still keep this round.
     pub fn sample(
         &mut self,
         attribution: &mut Attribution,
+        budget: SocketBudget,
     ) -> Result<(Sample, SampleReport), DumpError> {
         let mut report = SampleReport::default();
         let mut builder = SampleBuilder::default();
         self.tracker.begin(unix_now());
         self.read_listeners(attribution, &mut builder, &mut report)?;
-        let mut left = self.read_connections(attribution, &mut builder, &mut report)?;
+        let mut left = self.read_connections(attribution, &mut builder, &mut report, budget)?;
         let pending = std::mem::take(&mut left.pending);
         self.attribute_pending(attribution, pending, &mut builder, &mut left, &mut report);
+        let fds = fds::per_program(attribution.finish_owner_tally(), self.max_groups);
         self.date_close_waits(attribution, &left.new_close_wait)?;
         report.owners.fds_read += attribution.take_validation_reads();
-        Ok((self.assemble(builder, attribution, left.pids), report))
+        let sockets = self.describe_sockets(attribution, std::mem::take(&mut left.sockets));
+        let sample = self.assemble(builder, attribution, left, sockets, fds);
+        Ok((sample, report))
     }
 
     /// Phase 1: the listeners. Their ports classify connections, their owners own the
@@ -309,8 +217,10 @@ impl Sampler {
         attribution: &mut Attribution,
         builder: &mut SampleBuilder,
         report: &mut SampleReport,
+        budget: SocketBudget,
     ) -> Result<AfterDump, DumpError> {
         self.ephemeral = self.ephemeral_range();
+        attribution.begin_owner_tally();
         let mut sink = ConnectionSink {
             classifier: Classifier {
                 listening: &self.listening,
@@ -323,6 +233,7 @@ impl Sampler {
             builder,
             left: AfterDump {
                 pids: self.count_pids.then(PidCounts::new),
+                sockets: SocketCollector::new(budget),
                 ..AfterDump::default()
             },
         };
@@ -356,9 +267,7 @@ impl Sampler {
             };
             if key.state == TcpState::CloseWait {
                 attribution.watch_close_wait_owner(pid, connection.inode);
-                if let Some(pids) = &mut left.pids {
-                    pids.add(key.close_wait_group(), pid);
-                }
+                left.count_close_wait(key.close_wait_group(), pid, connection.peer);
             }
             builder.add_connection(key, connection.facts);
         }
@@ -383,12 +292,37 @@ impl Sampler {
         self.refine_entry_times(new_close_wait)
     }
 
+    /// Phase 5: the per-socket view gets what the dump did not know: owners resolved
+    /// after it, the holder's pid and descriptor, CLOSE_WAIT ages. Only cache lookups.
+    fn describe_sockets(
+        &self,
+        attribution: &mut Attribution,
+        mut sockets: SocketCollector,
+    ) -> SocketList {
+        for view in sockets.sockets_mut() {
+            let (inode, cookie) = (view.record.inode, view.record.cookie);
+            if !view.unaccepted && inode != 0 {
+                view.owner = attribution.owner_of(inode).0;
+                view.holder = attribution.holder_of(inode);
+            }
+            if view.state() == TcpState::CloseWait {
+                view.age = self
+                    .tracker
+                    .age_of(cookie)
+                    .map(|(seconds, exact)| SocketAge { seconds, exact });
+            }
+        }
+        sockets.finish()
+    }
+
     /// The sample: the folded aggregate, the tracker's ages, the namespace's settings.
     fn assemble(
         &mut self,
         builder: SampleBuilder,
         attribution: &Attribution,
-        pids: Option<PidCounts>,
+        left: AfterDump,
+        sockets: SocketList,
+        process_fds: Vec<(OwnerKey, ProcessFds)>,
     ) -> Sample {
         let ages = self.tracker.finish();
         let context = SampleContext {
@@ -396,7 +330,11 @@ impl Sampler {
             close_wait_tracked: self.tracker.tracked() as u64,
             tcp_settings: sysctl::tcp_settings(),
             listen_counters: sysctl::listen_counters().ok(),
-            close_wait_pids: pids,
+            close_wait_pids: left.pids,
+            close_wait_peers: left.peers,
+            peers_kept: self.peers_kept,
+            sockets,
+            process_fds,
         };
         Sample::assemble(builder.finish(self.max_groups), ages, context)
     }

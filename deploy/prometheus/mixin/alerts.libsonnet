@@ -98,6 +98,22 @@ local where = {
             '{{ $value | humanize }} CLOSE_WAIT connections %s, half or more of the group\'s, are still in an accept queue, and the group has held such connections for %s: the program accepts more slowly than its peers wait.' % [where.group, c.closeWaitAcceptBacklog['for']],
           ),
           alert(
+            'TcpStateFdExhaustionPredicted',
+            c.fdExhaustion,
+            |||
+              (
+                predict_linear(tcpstate_process_open_fds[%(window)s], %(horizonSeconds)s)
+                >= tcpstate_process_max_fds
+              )
+              and on (job, instance, netns, process)
+              (
+                sum by (job, instance, netns, process) (delta(tcpstate_connections{state="close_wait"}[%(window)s])) > 0
+              )
+            ||| % c.fdExhaustion,
+            'A program leaking CLOSE_WAIT connections will run out of file descriptors.',
+            'The open file descriptors of %s, extrapolated from the last %s, reach its soft RLIMIT_NOFILE within %dh ({{ $value | humanize }} open by then) while its CLOSE_WAIT connections grow: then accept() fails with EMFILE and it stops serving.' % [where.process + where.context, c.fdExhaustion.window, c.fdExhaustion.horizonSeconds / 3600],
+          ),
+          alert(
             'TcpStateAcceptQueueNearLimit',
             c.acceptQueue,
             |||

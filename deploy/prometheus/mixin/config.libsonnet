@@ -59,6 +59,17 @@
     // burst stays in the window for `window` only and never fires.
     listenOverflows: { minIncrease: 10, window: '5m', 'for': '10m', severity: 'warning' },
 
+    // TcpStateFdExhaustionPredicted: a program holding growing CLOSE_WAIT (its count rose
+    // over `window`) whose open descriptors, extrapolated linearly over `window`, reach
+    // its soft RLIMIT_NOFILE within horizonSeconds (4h: time to find the leak before the
+    // restart it will need), without pause for `for`. Every leaked socket is a descriptor;
+    // at the limit accept() fails with EMFILE and the program stops serving.
+    fdExhaustion: { window: '1h', horizonSeconds: 14400, 'for': '15m', severity: 'critical' },
+
+    // The fleet view (recording rules, the dashboard's "Fleet" row): the `topk` worst
+    // groups of the whole fleet per verdict signal, ranked once per rule evaluation.
+    fleet: { topk: 20 },
+
     // The dashboard's "closes after N s" panel subtracts the duration histogram's bucket
     // le=closeWaitClosedLate.seconds: keep that threshold one of the exporter's
     // close_wait.duration_buckets (default 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600).

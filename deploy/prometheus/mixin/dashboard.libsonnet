@@ -8,6 +8,8 @@ local ds = { type: 'prometheus', uid: '${datasource}' };
 local host = 'job=~"$job", instance=~"$instance"';
 local sampled = host + ', netns=~"$netns"';
 local group = sampled + ', port=~"$port", process=~"$process"';
+// Per-program series (the fd cliff) have no port.
+local program = sampled + ', process=~"$process"';
 
 local target(expr, legend) = { expr: expr, legendFormat: legend };
 
@@ -93,6 +95,23 @@ local table(title, description, targets) =
           renameByName: { ['Value #' + t.refId]: t.legendFormat for t in withRefIds(targets) },
         },
       },
+    ],
+  };
+
+// The fleet's worst groups for one signal, from a recording rule (deploy/prometheus,
+// rules.libsonnet): one row per group, its labels as columns, the worst first.
+local ranking(title, description, expr, unit='short') =
+  panel('table', title, description, [target(expr, title) { instant: true, format: 'table' }], unit) {
+    options: { showHeader: true, cellHeight: 'sm', footer: { show: false, reducer: ['sum'], fields: '' } },
+    transformations: [
+      {
+        id: 'organize',
+        options: {
+          excludeByName: { Time: true, __name__: true, job: true, state: true },
+          renameByName: { Value: title },
+        },
+      },
+      { id: 'sortBy', options: { sort: [{ field: title, desc: true }] } },
     ],
   };
 
@@ -218,6 +237,35 @@ local w(width, p) = { w: width, panel: p };
             { h: 8, panels: [
               w(24, timeseries('Sockets per state', 'Every TCP socket of the sampled namespaces, per state.', [
                 target('sum by (state) (tcpstate_sockets{%s})' % sampled, '{{state}}'),
+              ])),
+            ] },
+          ],
+        },
+        // The worst groups of every instance and pod, whatever the variables select: read
+        // from the fleet recording rules, so a 1,000-node Prometheus ranks them once per
+        // evaluation, not once per panel refresh and viewer.
+        {
+          title: 'Fleet: the worst groups of every instance',
+          lines: [
+            { h: 8, panels: [
+              w(8, ranking('Never closed: stuck CLOSE_WAIT', "Groups with the most CLOSE_WAIT connections older than the exporter's close_wait.stuck_after, across every instance and pod (recording rule tcpstate_fleet:close_wait_stuck_connections:topk, the worst %d)." % c.fleet.topk,
+                           'tcpstate_fleet:close_wait_stuck_connections:topk{job=~"$job"}')),
+              w(8, ranking('Oldest CLOSE_WAIT', 'Groups whose oldest CLOSE_WAIT connection is the oldest, across the fleet (tcpstate_fleet:close_wait_oldest_seconds:topk).',
+                           'tcpstate_fleet:close_wait_oldest_seconds:topk{job=~"$job"}', 's')),
+              w(8, ranking('Growing fastest', 'Groups whose CLOSE_WAIT count grew the most over the last %s (tcpstate_fleet:close_wait_growth:topk), the TcpStateCloseWaitGrowing signal.' % c.closeWaitGrowth.window,
+                           'tcpstate_fleet:close_wait_growth:topk{job=~"$job"}')),
+            ] },
+            { h: 8, panels: [
+              w(8, ranking('Accept backlog: never accepted', 'Groups with the most CLOSE_WAIT connections still in an accept queue (tcpstate_fleet:close_wait_unaccepted:topk).',
+                           'tcpstate_fleet:close_wait_unaccepted:topk{job=~"$job"}')),
+              w(8, ranking('Closed late: p%g time before the close' % (c.closeWaitClosedLate.quantile * 100), 'Groups whose closed CLOSE_WAIT connections waited the longest over the last %s (tcpstate_fleet:close_wait_closed_seconds:topk).' % c.closeWaitClosedLate.window,
+                           'tcpstate_fleet:close_wait_closed_seconds:topk{job=~"$job"}', 's')),
+              w(8, ranking('Nearest the fd cliff', 'Programs with the largest share of their soft RLIMIT_NOFILE open (tcpstate_fleet:process_fd_usage_ratio:topk): where TcpStateFdExhaustionPredicted looks.',
+                           'tcpstate_fleet:process_fd_usage_ratio:topk{job=~"$job"}', 'percentunit')),
+            ] },
+            { h: 8, panels: [
+              w(24, timeseries('CLOSE_WAIT per instance (the 10 most)', 'All CLOSE_WAIT sockets of each instance (tcpstate_instance:close_wait_connections:sum), the 10 instances holding the most.', [
+                target('topk(10, tcpstate_instance:close_wait_connections:sum{job=~"$job"})', '{{instance}}'),
               ])),
             ] },
           ],
@@ -356,6 +404,16 @@ local w(width, p) = { w: width, panel: p };
                   / sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
                 ||| % [group, group], '{{direction}} {{port}} {{process}} {{netns}}'),
               ], 'percentunit')),
+            ] },
+            { h: 8, panels: [
+              w(12, timeseries('The fd cliff: open descriptors vs limit', "Every leaked socket is a file descriptor. Per program owning connections in a detail state, the open descriptors of its process nearest its limit (solid) and that process's soft RLIMIT_NOFILE: when they meet, accept() fails with EMFILE and the program stops serving. Alert: TcpStateFdExhaustionPredicted, when the open descriptors of a program whose CLOSE_WAIT grows are on course to reach the limit within %dh." % (c.fdExhaustion.horizonSeconds / 3600), [
+                target('max by (instance, netns, process) (tcpstate_process_open_fds{%s})' % program, 'open {{process}} {{instance}} {{netns}}'),
+                target('min by (instance, netns, process) (tcpstate_process_max_fds{%s})' % program, 'limit {{process}} {{instance}} {{netns}}'),
+              ])),
+              w(12, timeseries('The fd cliff: share of the limit used, and in %dh at this rate' % (c.fdExhaustion.horizonSeconds / 3600), "Open descriptors over the soft limit, now (solid) and extrapolated over the last %s as TcpStateFdExhaustionPredicted does; 100%%: the cliff." % c.fdExhaustion.window, [
+                target('max by (instance, netns, process) (tcpstate_process_open_fds{%s} / (tcpstate_process_max_fds{%s} > 0))' % [program, program], 'now {{process}} {{instance}} {{netns}}'),
+                target('max by (instance, netns, process) (predict_linear(tcpstate_process_open_fds{%s}[%s], %d) / (tcpstate_process_max_fds{%s} > 0))' % [program, c.fdExhaustion.window, c.fdExhaustion.horizonSeconds, program], 'in %dh {{process}} {{instance}} {{netns}}' % (c.fdExhaustion.horizonSeconds / 3600)),
+              ], 'percentunit', 1)),
             ] },
             { h: 6, panels: [
               w(24, table('Namespace TCP settings', "The sysctls the article names, per network namespace. tcp_fin_timeout bounds the peer's orphaned FIN_WAIT2, never CLOSE_WAIT (nothing in the kernel does). Keepalive time / interval / probes: how long before keepalive reaps a connection whose peer vanished (mitigation only). somaxconn caps every listener's backlog: raising a backlog past it does nothing (cause 3).", [

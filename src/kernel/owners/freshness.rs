@@ -15,7 +15,7 @@
 
 use foldhash::{HashSet, HashSetExt};
 
-use super::{OwnerCache, ResolveStats};
+use super::{FdUsage, OwnerCache, ResolveStats};
 use crate::kernel::procfs;
 
 /// A watched process with at most this many descriptors has its fd numbers listed every
@@ -110,14 +110,45 @@ impl OwnerCache {
         self.validation_reads += stats.fds_read;
     }
 
+    /// The fd figures of a cached process (the fd cliff): open descriptors and soft
+    /// RLIMIT_NOFILE, read at most once a round; the count the CLOSE_WAIT watch took
+    /// this round is reused. One `stat` (a listing before Linux 6.2) and one read of
+    /// /proc/PID/limits; `None` when the process is gone or unreadable.
+    pub fn fd_usage(&mut self, pid: u32) -> Option<FdUsage> {
+        let round = self.round;
+        let entry = self.processes.get_mut(&pid)?;
+        match entry.usage {
+            Some((read_in, usage)) if read_in == round => return Some(usage),
+            _ => {}
+        }
+        let open = if entry.counted.0 == round && entry.counted.1 > 0 {
+            entry.counted.1
+        } else {
+            // 0: a kernel that does not count (before 6.2); list the numbers instead.
+            match procfs::fd_count(&self.proc_root, pid)
+                .ok()
+                .filter(|n| *n > 0)
+            {
+                Some(count) => count,
+                None => procfs::fd_numbers(&self.proc_root, pid).ok()?.len() as u64,
+            }
+        };
+        let soft_limit = procfs::fd_soft_limit(&self.proc_root, pid).ok()?;
+        let usage = FdUsage { open, soft_limit };
+        entry.usage = Some((round, usage));
+        Some(usage)
+    }
+
     /// Whether `pid`'s descriptor table may have changed since its fds were last listed:
     /// its count moved, or (a small table) its fd numbers did.
-    fn descriptors_moved(&self, pid: u32) -> bool {
-        let Some(entry) = self.processes.get(&pid) else {
+    fn descriptors_moved(&mut self, pid: u32) -> bool {
+        let round = self.round;
+        let Some(entry) = self.processes.get_mut(&pid) else {
             return false;
         };
         // 0: a kernel that does not count (before 6.2), or the process is gone.
         let count = procfs::fd_count(&self.proc_root, pid).unwrap_or(0);
+        entry.counted = (round, count);
         if count == 0 || count != entry.fd_count {
             return true;
         }

@@ -48,6 +48,19 @@ struct ProcessEntry {
     fds: HashMap<u32, u32>,
     /// Open descriptors when the fds were last listed.
     fd_count: u64,
+    /// The descriptor count the CLOSE_WAIT watch read, and the round it read it in.
+    counted: (u64, u64),
+    /// The fd figures, and the round they were read in (read once a round at most).
+    usage: Option<(u64, FdUsage)>,
+}
+
+/// How close a process is to running out of descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdUsage {
+    /// Descriptors open now.
+    pub open: u64,
+    /// Its soft RLIMIT_NOFILE: `None` when unlimited.
+    pub soft_limit: Option<u64>,
 }
 
 /// Where a cached socket was found, and the last round it was asked for.
@@ -117,6 +130,15 @@ impl OwnerCache {
             pid,
             comm: entry.comm.clone(),
         })
+    }
+
+    /// The process holding `inode` and its descriptor there (the lowest pid when
+    /// several hold it), without any I/O.
+    pub fn holder(&self, inode: u32) -> Option<(u32, u32)> {
+        let holder = self.inode_owner.get(&inode)?;
+        self.processes
+            .contains_key(&holder.pid)
+            .then_some((holder.pid, holder.fd))
     }
 
     /// Finds the owners of `wanted` inodes that `lookup` does not know, looking first in
@@ -321,6 +343,8 @@ impl OwnerCache {
                 start_time: stat.start_time,
                 fds: HashMap::new(),
                 fd_count: 0,
+                counted: (0, 0),
+                usage: None,
             },
         );
         true

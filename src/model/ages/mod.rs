@@ -272,6 +272,16 @@ impl CloseWaitTracker {
         (oldest, stuck)
     }
 
+    /// How long the tracked socket `cookie` has been in CLOSE_WAIT at this sample, and
+    /// whether that is exact (dated by a kernel event) rather than a lower bound.
+    pub fn age_of(&self, cookie: u64) -> Option<(f64, bool)> {
+        let tracked = self.entries.get(&cookie)?;
+        Some((
+            (self.now - tracked.entered_at).max(0.0),
+            tracked.entry_from_event,
+        ))
+    }
+
     /// Whether a dump has seen this socket in CLOSE_WAIT before.
     pub fn knows(&self, cookie: u64) -> bool {
         self.entries.contains_key(&cookie)

@@ -31,6 +31,10 @@ pub fn sample_families(
     families.extend(stuck_families(&labels));
     families.extend(kernel_families(&labels));
     families.extend(tracking_families(&labels));
+    families.extend(fd_families(&labels));
+    if options.peers_per_group > 0 {
+        families.push(peer_family(&labels));
+    }
     families
 }
 
@@ -334,5 +338,54 @@ fn tracking_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
         TRACKED.with_value(labels.namespace(), sample.close_wait_tracked as f64),
         UNTRACKED.with_value(labels.namespace(), sample.ages.untracked as f64),
         FOLDED.with_value(labels.namespace(), sample.groups_folded as f64),
+    ]
+}
+
+const PEERS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_close_wait_peer_connections",
+    "Outbound CLOSE_WAIT connections of the group per peer (remote address:port): the top \
+     close_wait.peers_per_group peers, the rest as peer=\"other\" (opt-in).",
+);
+
+/// The top peers of each outbound CLOSE_WAIT group, and the rest as `peer="other"`.
+fn peer_family(labels: &SeriesLabels) -> MetricFamily {
+    let keep = labels.options.peers_per_group;
+    let mut series = Vec::new();
+    for (group, peers) in &labels.sample.close_wait_peers {
+        for (peer, count) in peers.top.iter().take(keep) {
+            series.push((labels.peer(group, &peer.to_string()), *count as f64));
+        }
+        let shown: u64 = peers.top.iter().take(keep).map(|(_, n)| n).sum();
+        let rest = peers.top.iter().map(|(_, n)| n).sum::<u64>() + peers.others - shown;
+        if rest > 0 {
+            series.push((labels.peer(group, "other"), rest as f64));
+        }
+    }
+    PEERS.with_values(series)
+}
+
+const OPEN_FDS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_process_open_fds",
+    "Open file descriptors of the program's process nearest its limit, for programs owning \
+     connections in a detail state: every leaked socket is one.",
+);
+const MAX_FDS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_process_max_fds",
+    "Soft RLIMIT_NOFILE of that process: past it accept() fails with EMFILE (no series \
+     when unlimited).",
+);
+
+/// The fd cliff of each program owning detail-state connections.
+fn fd_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let fds = &labels.sample.process_fds;
+    vec![
+        OPEN_FDS.with_values(
+            fds.iter()
+                .map(|(owner, fds)| (labels.process(*owner), fds.open as f64)),
+        ),
+        MAX_FDS
+            .with_values(fds.iter().filter_map(|(owner, fds)| {
+                fds.max.map(|max| (labels.process(*owner), max as f64))
+            })),
     ]
 }

@@ -12,7 +12,7 @@ use crate::measure;
 use tcpstate_testkit::http;
 use tcpstate_testkit::netns::Netns;
 
-const PORT: u16 = 9815;
+pub const PORT: u16 = 9815;
 
 /// What the daemon phase measured.
 #[derive(Clone, Debug, Default)]
@@ -54,7 +54,8 @@ pub struct WrkFigures {
     pub raw: String,
 }
 
-struct Daemon(Child);
+/// The exporter running in the benchmark's namespace; killed on drop.
+pub struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -63,15 +64,8 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts the daemon in `ns` sampling every `interval`, lets it take `samples` samples,
-/// then runs the wrk plan (`seconds` 0: no wrk).
-pub fn measure(
-    ns: &Netns,
-    exporter: &Path,
-    interval: &str,
-    samples: u64,
-    plan: &WrkPlan,
-) -> Result<DaemonFigures, String> {
+/// Starts the exporter in `ns` on 127.0.0.1:PORT, sampling every `interval`.
+pub fn start(ns: &Netns, exporter: &Path, interval: &str) -> Result<Daemon, String> {
     let mut cmd = ns.command(exporter);
     cmd.args([
         "--sample.interval",
@@ -90,7 +84,21 @@ pub fn measure(
             Ok(())
         });
     }
-    let daemon = Daemon(cmd.spawn().map_err(|e| format!("start exporter: {e}"))?);
+    Ok(Daemon(
+        cmd.spawn().map_err(|e| format!("start exporter: {e}"))?,
+    ))
+}
+
+/// Starts the daemon in `ns` sampling every `interval`, lets it take `samples` samples,
+/// then runs the wrk plan (`seconds` 0: no wrk).
+pub fn measure(
+    ns: &Netns,
+    exporter: &Path,
+    interval: &str,
+    samples: u64,
+    plan: &WrkPlan,
+) -> Result<DaemonFigures, String> {
+    let daemon = start(ns, exporter, interval)?;
     // `ip netns exec` execs the daemon: same pid.
     let pid = daemon.0.id();
     let pid_text = pid.to_string();

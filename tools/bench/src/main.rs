@@ -12,6 +12,7 @@ mod floor;
 mod hold;
 mod load;
 mod measure;
+mod oncall;
 mod report;
 mod rounds;
 
@@ -41,6 +42,8 @@ pub struct Options {
     pub doc: Option<PathBuf>,
     /// `--hold N -- COMMAND...`: hold a table of N sockets while COMMAND runs.
     pub hold: Option<(usize, Vec<String>)>,
+    /// `--oncall N`: the on-call view's costs on a table of N sockets.
+    pub oncall: Option<usize>,
     pub scenario: PathBuf,
     pub exporter: PathBuf,
 }
@@ -53,12 +56,15 @@ fn usage() -> &'static str {
        [--doc docs/benchmarks.md | --no-doc]
        [--scenario PATH] [--exporter PATH]
        tcpstate-bench --hold N -- COMMAND [ARGS...]
+       tcpstate-bench --oncall N [--rounds 5]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
 sampling daemon, then again against a daemon that does not sample (the same-run
 baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace (named
-in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. Needs root."
+in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --oncall
+builds a table of N sockets and measures a sample with the fd figures against one without,
+and the latency of the live page and the drill-down. Needs root."
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -82,6 +88,7 @@ fn parse_options() -> Result<Options, String> {
         },
         doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
         hold: None,
+        oncall: None,
         scenario: bin_dir.join("tcpstate-scenario"),
         exporter: bin_dir.join("tcpstate-exporter"),
     };
@@ -136,6 +143,7 @@ fn parse_options() -> Result<Options, String> {
                 }
                 o.hold = Some((number(&value)?, command));
             }
+            "--oncall" => o.oncall = Some(number(&value)?),
             "--scenario" => o.scenario = PathBuf::from(value),
             "--exporter" => o.exporter = PathBuf::from(value),
             _ => return Err(format!("unknown flag {flag}")),
@@ -172,6 +180,15 @@ fn main() -> ExitCode {
     if let Some((size, command)) = &options.hold {
         return match hold::hold(&options.scenario, *size, command) {
             Ok(status) => ExitCode::from(status.code().map_or(1, |c| c as u8)),
+            Err(e) => {
+                eprintln!("tcpstate-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(size) = options.oncall {
+        return match oncall::run(&options.scenario, &options.exporter, size, options.rounds) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tcpstate-bench: {e}");
                 ExitCode::FAILURE
