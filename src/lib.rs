@@ -14,13 +14,15 @@
 //! - [`http`]: serves the last encoded exposition, behind TLS and basic auth.
 //!
 //! [`config`] turns flags and the file into the validated [`config::Settings`] every
-//! stage receives; [`daemon`] wires the sampler thread to the HTTP server and handles
-//! signals.
+//! stage receives (and holds the command line's usage errors and `--version`);
+//! [`logging`] writes node_exporter's logfmt (or JSON); [`daemon`] wires the sampler
+//! thread to the HTTP server and handles signals.
 
 pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod kernel;
+pub mod logging;
 pub mod model;
 pub mod output;
 pub mod sampling;

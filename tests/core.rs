@@ -272,7 +272,7 @@ fn every_metric_is_exact_for_the_issue_scenarios() {
 }
 
 #[test]
-fn max_groups_folds_the_smallest_groups_into_other() {
+fn max_groups_bounds_the_series_folding_the_smallest_into_other() {
     let ns = Netns::new("fold");
     let mut crawler = Actor::spawn(&ns, "crawler");
     let mut servers = Actor::spawn(&ns, "servers");
@@ -291,19 +291,22 @@ fn max_groups_folds_the_smallest_groups_into_other() {
     let config = ns_config("[sample]\nmax_groups = 2\ndetail_states = [\"close_wait\"]\n");
     let daemon = start_daemon(&ns, &["--config.file", config.path()]);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
-    let port = |p| {
+    let group = |port, process| {
         [
             ("state", "close_wait"),
             ("direction", "outbound"),
-            ("port", p),
-            ("process", "crawler"),
+            ("port", port),
+            ("process", process),
         ]
     };
-    assert_eq!(m.get("tcpstate_connections", &port("7001")), 4.0);
-    assert_eq!(m.get("tcpstate_connections", &port("7002")), 3.0);
-    assert_eq!(m.get("tcpstate_connections", &port("other")), 3.0);
-    assert_eq!(m.series("tcpstate_connections").len(), 3);
-    assert_eq!(m.get("tcpstate_groups_folded", &[]), 2.0);
+    // Two series at most: the largest group, and the fold bucket for the rest.
+    assert_eq!(
+        m.get("tcpstate_connections", &group("7001", "crawler")),
+        4.0
+    );
+    assert_eq!(m.get("tcpstate_connections", &group("other", "other")), 6.0);
+    assert_eq!(m.series("tcpstate_connections").len(), 2);
+    assert_eq!(m.get("tcpstate_groups_folded", &[]), 3.0);
 }
 
 #[test]

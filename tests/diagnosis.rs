@@ -11,9 +11,9 @@ use support::{Actor, Netns, count_state, inbound_close_wait, wait_until};
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Runs `snapshot --format json` with `args` in the namespace; returns the parsed JSON
-/// and the exit code.
-fn snapshot(ns: &Netns, args: &[&str]) -> (Value, Option<i32>) {
+/// Runs `snapshot --format json` with `args` in the namespace; returns the parsed JSON,
+/// the exit code and stderr.
+fn snapshot(ns: &Netns, args: &[&str]) -> (Value, Option<i32>, String) {
     let out = ns
         .command(EXPORTER)
         .args(["snapshot", "--format", "json"])
@@ -27,7 +27,16 @@ fn snapshot(ns: &Netns, args: &[&str]) -> (Value, Option<i32>) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    (value, out.status.code())
+    (
+        value,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until sockets whose peer's FIN left at `fin` are older than `age`.
+fn wait_for_age(fin: Instant, age: Duration) {
+    std::thread::sleep(age.saturating_sub(fin.elapsed()));
 }
 
 fn group<'a>(snapshot: &'a Value, port: &str, process: &str) -> &'a Value {
@@ -44,10 +53,10 @@ fn a_program_that_never_closes_is_diagnosed_as_a_bug() {
     let ns = Netns::new("cause1");
     let mut server = Actor::spawn(&ns, "forgetful");
     let mut client = Actor::spawn(&ns, "client");
-    inbound_close_wait(&ns, &mut server, &mut client, 8080, 4, 10);
+    let fin = inbound_close_wait(&ns, &mut server, &mut client, 8080, 4, 10);
     // Old enough to count as stuck with --stuck-after 2s, and nothing closes meanwhile.
-    std::thread::sleep(Duration::from_secs(2));
-    let (value, code) = snapshot(
+    wait_for_age(fin, Duration::from_secs(2));
+    let (value, code, stderr) = snapshot(
         &ns,
         &[
             "--watch",
@@ -65,16 +74,38 @@ fn a_program_that_never_closes_is_diagnosed_as_a_bug() {
     assert_eq!(d["close_wait"], 4);
     assert_eq!(d["unread_bytes"], 40);
     assert_eq!(d["closes_seen"], 0);
-    assert_eq!(d["pid"], server.pid());
+    assert_eq!(d["stuck"], 4);
+    assert_eq!(d["pids"][0]["pid"], server.pid());
+    assert_eq!(d["pids"][0]["close_wait"], 4);
+    assert_eq!(d["pid_count"], 1);
     let verdict = d["verdict"].as_str().expect("verdict");
-    assert!(verdict.starts_with("never closed: oldest"), "{verdict}");
+    assert!(
+        verdict.starts_with("never closed: 4 of 4 older than 2.0s (oldest"),
+        "{verdict}"
+    );
     assert!(
         verdict.contains("no closes seen") && verdict.contains("100% hold unread data"),
         "{verdict}"
     );
     assert_eq!(code, Some(3), "4 CLOSE_WAIT > --max-close-wait 3");
-    let (_, code) = snapshot(&ns, &["--max-close-wait", "4"]);
-    assert_eq!(code, Some(0), "threshold not crossed");
+    assert!(
+        stderr
+            .contains("exit 3: --max-close-wait 3 crossed by inbound 8080 forgetful: 4 CLOSE_WAIT"),
+        "stderr names the threshold: {stderr}"
+    );
+    let (_, code, stderr) = snapshot(&ns, &["--watch", "1", "--max-close-wait", "4"]);
+    assert_eq!(code, Some(0), "threshold not crossed: {stderr}");
+    // What a person types, without flags: a few seconds of watching, and an answer once
+    // the sockets are older than the default --stuck-after (10s).
+    wait_for_age(fin, Duration::from_secs(10));
+    let (value, code, _) = snapshot(&ns, &[]);
+    let d = group(&value, "8080", "forgetful");
+    assert_eq!(d["cause"], "never_closed", "{d:#}");
+    assert!(
+        d["watched_seconds"].as_f64().expect("watched") >= 3.0,
+        "{d:#}"
+    );
+    assert_eq!(code, Some(0));
 }
 
 #[test]
@@ -152,7 +183,7 @@ fn a_backlog_the_program_cannot_drain_is_diagnosed_as_such() {
     client.cmd("connect late 127.0.0.1:8080 2 nowait");
     client.cmd("close c");
     assert!(wait_until(WAIT, || count_state(&ns, "CLOSE-WAIT") == 5));
-    let (value, _) = snapshot(&ns, &["--watch", "2", "--sample.interval", "1500ms"]);
+    let (value, _, _) = snapshot(&ns, &["--watch", "2", "--sample.interval", "1500ms"]);
     let d = group(&value, "8080", "overloaded");
     assert_eq!(d["cause"], "accept_backlog", "{d:#}");
     assert_eq!(d["close_wait"], 5);

@@ -6,7 +6,11 @@
 //! an edit of the shipped file). Through Prometheus's HTTP API this test checks that
 //! the target is up, that the values Prometheus stored are the ones the scenario holds
 //! and the exporter serves, that the growth and stuck alerts fire for the right group,
-//! and that every dashboard query returns data; `promtool check metrics` must find
+//! that the leak's run toward the leaky server's descriptor limit fires the fd exhaustion
+//! alert for it, and that every dashboard query returns data. A second exporter, in a
+//! namespace of its own joined by a veth pair, holds a larger leak that does not grow:
+//! Prometheus scrapes both at once, and the fleet recording rules must rank the groups
+//! of both instances (the dashboard's "Fleet" row reads them); `promtool check metrics` must find
 //! nothing to say about the exposition.
 //!
 //! tests/monitoring/live_prometheus.py runs Prometheus (it also checks rule health,
@@ -17,6 +21,8 @@
 //! Installs `prometheus`, `jsonnet` and `python3-yaml` (apt) when missing, and fails,
 //! never skips, when it cannot.
 
+#[path = "e2e_prometheus/fleet.rs"]
+mod fleet;
 mod support;
 
 use std::collections::HashSet;
@@ -54,6 +60,9 @@ const MAX_TICKS: usize = 120;
 const GROWTH_SAMPLES: usize = 12;
 /// Per-wait timeout of live_prometheus.py, and how long this test waits for its `ready`.
 const PROM_WAIT_SECONDS: u64 = 30;
+/// The leaky server's soft RLIMIT_NOFILE: the cliff its leak runs toward (it holds
+/// about 200 descriptors at most before the test stops it).
+const NOFILE: u32 = 512;
 const READY: Duration = Duration::from_secs(150);
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -62,9 +71,19 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
     ensure_tools();
     let shipped_rules = std::fs::read(rules_path()).expect("read the shipped rules");
     let ns = Netns::new("e2eprom");
+    let fleet_ns = Netns::new("e2efleet");
+    fleet::link(&ns, &fleet_ns);
+    let _hoard = fleet::hoard(&fleet_ns);
+    // No evidence counts before stuck_after (1m by default): 2 s fits the test's minute.
+    let config = std::env::temp_dir().join(format!("e2eprom-{}.toml", std::process::id()));
+    std::fs::write(&config, "[close_wait]\nstuck_after = \"2s\"\n").expect("config");
+    let config = config.display().to_string();
+    let second = fleet::exporter(&fleet_ns, &config);
     let mut server = Actor::spawn(&ns, "leaky");
     let mut client = Actor::spawn(&ns, "client");
-    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1s"]);
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1s", "--config.file", &config]);
+    server.cmd(&format!("nofile {NOFILE}"));
+    let leaky_pid = server.pid();
 
     server.listen("l", &format!("127.0.0.1:{PORT}"), BACKLOG);
     client.cmd(&format!(
@@ -93,14 +112,19 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
         let api = prom.wait_ready(&ns);
         check_target_and_rules(&api);
         check_alerts_fire_for_the_group(&api);
+        check_fd_alert_fires_for_the_leaky_process(&api);
+        fleet::check_ranking(&api, EXPORTER_ADDR, "leaky");
         check_growth_was_scraped(&api);
         stop.store(true, Ordering::Relaxed);
         let held = grower.join().expect("grower thread");
         check_values(&ns, &daemon, &api, &held, first_fin);
+        check_fd_figures(&ns, &daemon, &api, leaky_pid);
         prom.finish(true);
         held
     });
     println!("scenario: {held:?}");
+    drop(second);
+    let _ = std::fs::remove_file(&config);
 
     let (status, _, text) = daemon.scrape("/metrics");
     assert_eq!(status, 200);
@@ -189,9 +213,12 @@ fn with_group<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 }
 
 fn check_target_and_rules(api: &PromApi) {
-    let up = api.query(&selector("up", &[]));
-    assert_eq!(up.len(), 1, "one target expected: {up:?}");
-    assert_eq!(sample_value(&up[0]), 1.0, "target not up: {up:?}");
+    let up = api.query("up{job=\"tcpstate-exporter\"}");
+    assert_eq!(up.len(), 2, "two targets expected: {up:?}");
+    assert!(
+        up.iter().all(|t| sample_value(t) == 1.0),
+        "a target is down: {up:?}"
+    );
     // The rules Prometheus runs are the override: short windows, same expressions.
     let rules = api.get("/api/v1/rules", &[]);
     let growing = rules["groups"]
@@ -212,30 +239,83 @@ fn check_target_and_rules(api: &PromApi) {
     );
 }
 
-/// Both CLOSE_WAIT alerts fire, each for the leaky group and nothing else (a group with
-/// `process=""` would mean the exporter lost track of who holds the sockets).
+/// Both CLOSE_WAIT alerts fire for the leaky group; the stuck one also for the second
+/// instance's leak, which does not grow; nothing else (a group with `process=""` would
+/// mean the exporter lost track of who holds the sockets).
 fn check_alerts_fire_for_the_group(api: &PromApi) {
-    let alerts = api.get("/api/v1/alerts", &[]);
-    let want: Vec<String> = vec![GROUP.iter().map(|(_, v)| *v).collect::<Vec<_>>().join("/")];
-    for name in ["TcpStateCloseWaitGrowing", "TcpStateCloseWaitStuck"] {
-        let groups: Vec<String> = alerts["alerts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
-            .map(|a| {
-                let label = |l: &str| a["labels"][l].as_str().unwrap_or_default().to_string();
-                GROUP
-                    .iter()
-                    .map(|(l, _)| label(l))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            })
-            .collect();
-        assert_eq!(
-            groups, want,
-            "{name} must fire for direction/port/process {want:?} only; all alerts: {alerts}"
+    let leaky = format!("{EXPORTER_ADDR}/inbound/{PORT}/leaky");
+    let hoard = format!("{}/inbound/9090/hoarder", fleet::ADDR);
+    for (name, want) in [
+        ("TcpStateCloseWaitGrowing", vec![leaky.clone()]),
+        ("TcpStateCloseWaitStuck", vec![hoard, leaky.clone()]),
+    ] {
+        let mut groups = Vec::new();
+        let fired = wait_until(SETTLE, || {
+            let alerts = api.get("/api/v1/alerts", &[]);
+            groups = alerts["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+                .map(|a| {
+                    let label = |l: &str| a["labels"][l].as_str().unwrap_or_default().to_string();
+                    ["instance", "direction", "port", "process"]
+                        .map(label)
+                        .join("/")
+                })
+                .collect::<Vec<String>>();
+            groups.sort();
+            groups == want
+        });
+        assert!(
+            fired,
+            "{name} must fire for {want:?} only; fires for {groups:?}"
         );
+    }
+}
+
+/// The leak runs toward the leaky server's descriptor limit: the fd exhaustion alert
+/// fires for that process, and for no other.
+fn check_fd_alert_fires_for_the_leaky_process(api: &PromApi) {
+    let alerts = api.get("/api/v1/alerts", &[]);
+    let processes: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == "TcpStateFdExhaustionPredicted")
+        .filter(|a| a["state"] == "firing")
+        .filter_map(|a| a["labels"]["process"].as_str())
+        .collect();
+    assert_eq!(processes, ["leaky"], "all alerts: {alerts}");
+}
+
+/// Once the grower stopped, the descriptors Prometheus holds for the leaky process are
+/// what `ls /proc/PID/fd | wc -l` and /proc/PID/limits say.
+fn check_fd_figures(ns: &Netns, daemon: &Daemon, api: &PromApi, pid: u32) {
+    let ls = ns.exec("sh", &["-c", &format!("ls /proc/{pid}/fd | wc -l")]);
+    let open: f64 = ls.trim().parse().expect("a count");
+    let process = [("process", "leaky")];
+    let expected = [
+        ("tcpstate_process_open_fds", open),
+        ("tcpstate_process_max_fds", f64::from(NOFILE)),
+    ];
+    assert!(
+        wait_until(SETTLE, || expected.iter().all(|(metric, want)| scrape(
+            daemon
+        )
+        .try_get(metric, &process)
+            == Some(*want))),
+        "the exporter never served {expected:?}:\n{}",
+        daemon.scrape("/metrics").2
+    );
+    for (metric, want) in expected {
+        let query = selector(metric, &process);
+        let mut seen = Vec::new();
+        let agreed = wait_until(SETTLE, || {
+            seen = api.query(&query);
+            seen.len() == 1 && sample_value(&seen[0]) == want
+        });
+        assert!(agreed, "Prometheus {query}: want {want}, has {seen:?}");
     }
 }
 
@@ -409,12 +489,14 @@ impl LivePrometheus {
         let mut child = ns
             .command("python3")
             .arg(Path::new(REPO).join("tests/monitoring/live_prometheus.py"))
-            .args(["--target", EXPORTER_ADDR, "--timeout", &timeout])
+            .args(["--target", EXPORTER_ADDR, "--target", fleet::ADDR])
+            .args(["--timeout", &timeout])
             .args(["--set", "closeWaitStuck.ageSeconds=5"])
             .args(["--set", "closeWaitGrowth.minIncrease=3"])
             .args(["--set", "closeWaitGrowth.window=30s"])
             .args(["--expect-firing", "TcpStateCloseWaitGrowing"])
             .args(["--expect-firing", "TcpStateCloseWaitStuck"])
+            .args(["--expect-firing", "TcpStateFdExhaustionPredicted"])
             .args([
                 "--then",
                 r#"echo "ready $PROM_URL"; read -r verdict; [ "$verdict" = pass ]"#,

@@ -392,7 +392,8 @@ fn without_bpf_privileges_auto_polls_and_on_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("events = \"on\" but the eBPF program cannot attach"),
+        // One logfmt line: the message is quoted, its own quotes escaped.
+        stderr.contains(r#"msg="events = \"on\" but the eBPF program cannot attach"#),
         "{stderr}"
     );
 }

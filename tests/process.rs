@@ -212,3 +212,48 @@ fn a_steady_state_sample_reads_no_fd_again() {
         50.0
     );
 }
+
+/// The fd cliff: a program's open descriptors and soft limit, as `ls /proc/PID/fd | wc
+/// -l` and /proc/PID/limits say, in the metrics and beside the verdict of `snapshot`.
+#[test]
+fn the_fd_figures_equal_proc() {
+    let ns = Netns::new("fdcliff");
+    let mut server = Actor::spawn(&ns, "fd-leaker");
+    let mut client = Actor::spawn(&ns, "fd-client");
+    server.cmd("nofile 300");
+    inbound_close_wait(&ns, &mut server, &mut client, 8080, 20, 0);
+    let pid = server.pid();
+    let ls = ns.exec("sh", &["-c", &format!("ls /proc/{pid}/fd | wc -l")]);
+    let open: f64 = ls.trim().parse().expect("a count");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .expect("Max open files");
+    assert_eq!(soft, 300.0, "{limits}");
+    assert!(open >= 22.0, "listener and 20 accepted sockets: {open}");
+
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1h"]);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let process = [("process", "fd-leaker")];
+    assert_eq!(m.get("tcpstate_process_open_fds", &process), open);
+    assert_eq!(m.get("tcpstate_process_max_fds", &process), soft);
+    assert_eq!(
+        m.try_get("tcpstate_process_open_fds", &[("process", "fd-client")]),
+        None,
+        "its sockets are orphans now: it owns no detail-state connection"
+    );
+    drop(daemon);
+
+    let table = ns.exec(
+        env!("CARGO_BIN_EXE_tcpstate-exporter"),
+        &["snapshot", "--watch", "1"],
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains("fd-leaker"))
+        .unwrap_or_else(|| panic!("no fd-leaker row:\n{table}"));
+    assert!(row.contains(&format!("fds {open}/300")), "{table}");
+}

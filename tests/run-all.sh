@@ -5,20 +5,26 @@
 # README.md gives; .ci/run calls it.
 #
 #   tests/run-all.sh            everything
-#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build (slow when cold)
+#   TCPSTATE_SKIP_CONTAINER=1   everything but the podman image build and run
+#
+# The shipped artifacts come from one release build (deploy/release.sh binary), which the
+# steps after it reuse.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 [ "$(id -u)" = 0 ] || { echo "run-all.sh: needs root (namespaces, packages)" >&2; exit 1; }
 
 # iproute2: ip netns and ss for the scenarios; clang and libbpf's headers: the eBPF program
-# of the default events feature (build.rs). The monitoring and deployment checks install
+# of the default events feature (build.rs); chromium and curl: the live page's test. The monitoring and deployment checks install
 # their own tools (prometheus, jsonnet, podman, ...).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ss >/dev/null || need+=(iproute2)
 command -v clang >/dev/null || need+=(clang)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+# Headless Chromium and curl: tests/page.rs loads the live page in a real browser.
+command -v chromium >/dev/null || need+=(chromium)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
         { echo "run-all.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
@@ -66,6 +72,9 @@ cargo_test() {
     return "$status"
 }
 
+# The real programs tests/programs.rs drives (nginx, socat, gunicorn, uvicorn, requests;
+# promtool and jsonnet for its alert check): installed before `cargo test` runs it.
+step "install the real programs" tests/programs/install.sh
 step "format" cargo fmt --all -- --check
 step "source structure" python3 tests/structure/check.py
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -77,9 +86,12 @@ step "busy host" tests/busy-host.sh
 step "build without events" cargo build --no-default-features --quiet
 step "monitoring" tests/monitoring/check.sh
 step "deployment files" tests/deploy/check.sh
+step "release build" deploy/release.sh binary
+step "debian package" tests/deploy/package.sh
 if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then
     step "container image" tests/deploy/container.sh
 fi
+step "install from a fresh clone" tests/deploy/install.sh
 
 echo
 if ((steps_failed)); then

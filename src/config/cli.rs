@@ -8,11 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpstate-exporter",
-    version,
+    disable_version_flag = true,
     about = "Prometheus exporter for TCP sockets stuck in CLOSE_WAIT: which port, which \
              process, how long, and why."
 )]
 pub struct Cli {
+    /// Print the version, git revision, build date and rustc version, and exit.
+    #[arg(short = 'V', long)]
+    pub version: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -22,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Take one sample now (or a few, --watch) and print it with a diagnosis.
-    Snapshot(SnapshotArgs),
+    Snapshot(Box<SnapshotArgs>),
     /// Validate a configuration file and exit (0 when valid, 2 when not).
     CheckConfig,
 }
@@ -35,12 +38,14 @@ pub struct SnapshotArgs {
     /// How many CLOSE_WAIT groups the table shows.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// Take this many samples, --sample.interval apart, before printing: ages and
-    /// closes seen in between become evidence for the verdicts.
-    #[arg(long, default_value_t = 1, value_name = "SAMPLES")]
+    /// Take this many samples, --sample.interval apart (1s for snapshot unless given),
+    /// before printing: ages and closes seen in between become evidence for the
+    /// verdicts. 1 takes a single sample.
+    #[arg(long, default_value_t = 5, value_name = "SAMPLES")]
     pub watch: u32,
-    /// A group older than this that closes nothing is "never closed".
-    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    /// No evidence counts before a CLOSE_WAIT socket is older than this; sockets older
+    /// that nothing closes are "never closed".
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub stuck_after: String,
     /// Closes taking longer than this on average are "closed late".
     #[arg(long, default_value = "5s", value_name = "DURATION")]
@@ -51,9 +56,58 @@ pub struct SnapshotArgs {
     /// Exit with status 3 when a CLOSE_WAIT connection is older than this.
     #[arg(long, value_name = "DURATION")]
     pub max_age: Option<String>,
+    /// List every group, also those with nothing to report (no CLOSE_WAIT left and no
+    /// cause).
+    #[arg(long)]
+    pub all: bool,
     /// Colour the verdicts: auto (when stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+    /// Print the sockets behind the groups instead of the verdicts, as `GET
+    /// /api/v1/sockets` answers (a table, or its JSON with --format json): addresses,
+    /// pid and fd, inode, cookie, queues, age, accept queue. CLOSE_WAIT first, oldest
+    /// first.
+    #[arg(long)]
+    pub sockets: bool,
+    /// With --sockets: only sockets in this state (close_wait or a detail state).
+    #[arg(long, requires = "sockets", value_name = "STATE")]
+    pub state: Option<String>,
+    /// With --sockets: only sockets of this group port (local inbound, remote outbound).
+    #[arg(long, requires = "sockets", value_name = "PORT")]
+    pub port: Option<String>,
+    /// With --sockets: only sockets owned by this program (its comm).
+    #[arg(long, requires = "sockets", value_name = "NAME")]
+    pub process: Option<String>,
+    /// With --sockets: only sockets of this network namespace (its netns label).
+    #[arg(long, requires = "sockets", value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// With --sockets: only inbound or outbound sockets.
+    #[arg(long, requires = "sockets", value_name = "DIRECTION")]
+    pub direction: Option<String>,
+    /// With --sockets: only sockets to this peer (an address, or address:port).
+    #[arg(long, requires = "sockets", value_name = "PEER")]
+    pub peer: Option<String>,
+    /// With --sockets: at most this many sockets (default 100, at most 1000).
+    #[arg(long, requires = "sockets", value_name = "N")]
+    pub limit: Option<String>,
+}
+
+impl SnapshotArgs {
+    /// The --sockets filters given, as (parameter, value) pairs of the drill-down query.
+    pub fn socket_filters(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("state", &self.state),
+            ("port", &self.port),
+            ("process", &self.process),
+            ("netns", &self.netns),
+            ("direction", &self.direction),
+            ("peer", &self.peer),
+            ("limit", &self.limit),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

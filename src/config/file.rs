@@ -69,6 +69,8 @@ pub(super) struct ProcessSection {
 pub(super) struct CloseWaitSection {
     pub(super) duration_buckets: Option<Vec<f64>>,
     pub(super) max_tracked_sockets: Option<usize>,
+    pub(super) stuck_after: Option<String>,
+    pub(super) peers_per_group: Option<usize>,
 }
 
 pub(super) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
@@ -78,7 +80,7 @@ pub(super) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigEr
             .map(|span| {
                 let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                 let content = text.lines().nth(line - 1).unwrap_or("").trim();
-                format!(" line {line} (`{content}`)")
+                format!(" line {line} (`{}`)", excerpt(content))
             })
             .unwrap_or_default();
         ConfigError(format!(
@@ -101,14 +103,33 @@ pub(super) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigEr
     Ok(file)
 }
 
-/// Line number of `key = ...` (the last dotted part), for messages about a key's value.
+/// A line quoted in an error: at most 80 characters of it.
+fn excerpt(line: &str) -> String {
+    match line.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
+/// Line number of the key's assignment: `leaf = ...` in its table, or a dotted
+/// `table.leaf = ...` (spaces and quotes around the dots allowed), for messages about a
+/// key's value.
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let wanted: Vec<&str> = key.split('.').collect();
     text.lines()
         .position(|line| {
-            let line = line.trim_start();
-            line.strip_prefix(leaf)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            let Some((left, _)) = line.split_once('=') else {
+                return false;
+            };
+            let left = left.trim();
+            if left.is_empty() || left.starts_with(['[', '#']) {
+                return false;
+            }
+            let parts: Vec<&str> = left
+                .split('.')
+                .map(|part| part.trim().trim_matches(['"', '\'']))
+                .collect();
+            wanted.ends_with(&parts)
         })
         .map(|index| index + 1)
 }
@@ -151,8 +172,17 @@ fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
     if let Some(v) = &file.log.format {
         parse_format(v).map_err(|e| ("log.format", e))?;
     }
+    if let Some(v) = file.close_wait.max_tracked_sockets {
+        check_max_tracked(v).map_err(|e| ("close_wait.max_tracked_sockets", e))?;
+    }
     if let Some(v) = &file.close_wait.duration_buckets {
         check_buckets(v).map_err(|e| ("close_wait.duration_buckets", e))?;
+    }
+    if let Some(v) = &file.close_wait.stuck_after {
+        parse_age(v).map_err(|e| ("close_wait.stuck_after", e))?;
+    }
+    if let Some(v) = file.close_wait.peers_per_group {
+        check_peers_per_group(v).map_err(|e| ("close_wait.peers_per_group", e))?;
     }
     Ok(())
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 pub mod cli;
 mod file;
+pub mod input;
+pub mod usage;
 mod values;
+pub mod version;
 
 use crate::kernel::record::TcpState;
 use cli::Flags;
@@ -27,6 +30,9 @@ pub const DEFAULT_DURATION_BUCKETS: [f64; 11] = [
 /// A tracked CLOSE_WAIT socket costs `ages::BYTES_PER_TRACKED_SOCKET` (65) bytes: 1M is
 /// about 62 MiB at most.
 const DEFAULT_MAX_TRACKED_SOCKETS: usize = 1_000_000;
+/// Stuck, for the daemon's gauges and the EOF alert: a program that reads the EOF and
+/// closes within a minute is not leaking, whatever a sample catches in between.
+const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
 
 /// A configuration problem, already phrased for the user.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,8 @@ pub enum ListenAddress {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen_address: ListenAddress,
+    /// The listen address as the flag or the file wrote it, for messages.
+    pub listen_address_text: String,
     pub telemetry_path: String,
     pub web_config_file: Option<PathBuf>,
     pub sample_interval: Duration,
@@ -85,6 +93,13 @@ pub struct Settings {
     pub pid_label: bool,
     pub duration_buckets: Vec<f64>,
     pub max_tracked_sockets: usize,
+    /// Age from which a CLOSE_WAIT socket counts as stuck (or `snapshot --stuck-after`).
+    pub stuck_after: Duration,
+    /// Series of `tcpstate_close_wait_peer_connections` per outbound CLOSE_WAIT group (the
+    /// top peers, and `peer="other"`); 0: the family is off.
+    pub peers_per_group: usize,
+    /// Count CLOSE_WAIT sockets per pid, `snapshot`'s evidence (not a file key).
+    pub close_wait_pids: bool,
     pub namespaces: NamespaceMode,
     /// Glob patterns on the `netns` label; empty include means all.
     pub namespaces_include: Vec<glob::Pattern>,
@@ -107,13 +122,16 @@ impl Settings {
     }
 
     /// The keys whose change in `new` a reload cannot apply (they take effect only on
-    /// restart): the listener, and the state the sampler thread built at start.
+    /// restart): the listener, the logger, and the state the sampler thread built at
+    /// start. `self` is the running configuration.
     pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
         let changed = [
             (
                 "web.listen_address",
                 self.listen_address != new.listen_address,
             ),
+            ("log.level", self.log_level != new.log_level),
+            ("log.format", self.log_format != new.log_format),
             (
                 "process.attribution",
                 self.process_attribution != new.process_attribution,
@@ -127,6 +145,10 @@ impl Settings {
                 "close_wait.max_tracked_sockets",
                 self.max_tracked_sockets != new.max_tracked_sockets,
             ),
+            (
+                "close_wait.stuck_after",
+                self.stuck_after != new.stuck_after,
+            ),
             ("events", self.events != new.events),
             (
                 "events_ring_bytes",
@@ -138,12 +160,33 @@ impl Settings {
             .filter_map(|(key, changed)| changed.then_some(key))
             .collect()
     }
+
+    /// These settings with the restart-only keys (see [`Self::restart_only_changes`])
+    /// taken from `running`: what a reload really runs, and what the next reload must be
+    /// compared with.
+    pub fn keeping_restart_only(self, running: &Settings) -> Settings {
+        Settings {
+            listen_address: running.listen_address.clone(),
+            log_level: running.log_level,
+            log_format: running.log_format,
+            process_attribution: running.process_attribution,
+            pid_label: running.pid_label,
+            duration_buckets: running.duration_buckets.clone(),
+            max_tracked_sockets: running.max_tracked_sockets,
+            events: running.events,
+            events_ring_bytes: running.events_ring_bytes,
+            // Not a file key: what the running command asked for.
+            close_wait_pids: running.close_wait_pids,
+            ..self
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen_address: ListenAddress::AnyHost(DEFAULT_PORT),
+            listen_address_text: format!(":{DEFAULT_PORT}"),
             telemetry_path: "/metrics".into(),
             web_config_file: None,
             sample_interval: DEFAULT_INTERVAL,
@@ -155,6 +198,9 @@ impl Default for Settings {
             pid_label: false,
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             max_tracked_sockets: DEFAULT_MAX_TRACKED_SOCKETS,
+            stuck_after: DEFAULT_STUCK_AFTER,
+            peers_per_group: 0,
+            close_wait_pids: false,
             namespaces: NamespaceMode::Own,
             namespaces_include: Vec::new(),
             namespaces_exclude: Vec::new(),
@@ -170,7 +216,7 @@ impl Default for Settings {
 pub fn load(flags: &Flags) -> Result<Settings, ConfigError> {
     let file = match &flags.config_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            let text = input::read_bounded_text(path).map_err(|e| {
                 ConfigError(format!("config file {}: cannot read: {e}", path.display()))
             })?;
             parse_file(&text, path)?
@@ -214,6 +260,10 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
         &file.log.format,
         parse_format,
     )?;
+    let listen_address_text = flags
+        .listen_address
+        .clone()
+        .or(file.web.listen_address.clone());
     let web_config_file = flags
         .web_config_file
         .clone()
@@ -222,6 +272,7 @@ fn build(file: FileConfig, flags: &Flags) -> Result<Settings, ConfigError> {
     let from_file = from_file(file, Settings::default())?;
     Ok(Settings {
         listen_address: listen_address.unwrap_or(defaults.listen_address),
+        listen_address_text: listen_address_text.unwrap_or(defaults.listen_address_text),
         telemetry_path: telemetry_path.unwrap_or(defaults.telemetry_path),
         web_config_file,
         sample_interval: sample_interval.unwrap_or(defaults.sample_interval),
@@ -269,6 +320,14 @@ fn from_file(file: FileConfig, defaults: Settings) -> Result<Settings, ConfigErr
             .close_wait
             .max_tracked_sockets
             .unwrap_or(defaults.max_tracked_sockets),
+        stuck_after: match &file.close_wait.stuck_after {
+            Some(v) => parse_age(v).map_err(ConfigError)?,
+            None => defaults.stuck_after,
+        },
+        peers_per_group: file
+            .close_wait
+            .peers_per_group
+            .unwrap_or(defaults.peers_per_group),
         ..defaults
     })
 }
@@ -303,172 +362,4 @@ impl ListenAddress {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_text(text: &str) -> Result<Settings, String> {
-        parse(text, Path::new("test.toml")).map_err(|e| e.0)
-    }
-
-    #[test]
-    fn an_empty_file_gives_the_defaults() {
-        let settings = parse_text("").expect("valid");
-        assert_eq!(settings.listen_address, ListenAddress::AnyHost(9815));
-        assert_eq!(settings.sample_interval, Duration::from_secs(15));
-        assert_eq!(
-            settings.detail_states,
-            vec![TcpState::CloseWait, TcpState::Established]
-        );
-        assert_eq!(settings.max_groups, 500);
-    }
-
-    #[test]
-    fn the_shipped_example_is_valid_and_states_the_defaults() {
-        let text = include_str!("../../config/tcpstate-exporter.toml");
-        let settings = parse_text(text).expect("shipped config is valid");
-        let defaults = Settings::default();
-        assert_eq!(settings.listen_address, defaults.listen_address);
-        assert_eq!(settings.telemetry_path, defaults.telemetry_path);
-        assert_eq!(settings.sample_interval, defaults.sample_interval);
-        assert_eq!(settings.detail_states, defaults.detail_states);
-        assert_eq!(settings.max_groups, defaults.max_groups);
-        assert_eq!(settings.duration_buckets, defaults.duration_buckets);
-        assert_eq!(settings.max_tracked_sockets, defaults.max_tracked_sockets);
-        assert_eq!(settings.process_attribution, defaults.process_attribution);
-        assert_eq!(settings.pid_label, defaults.pid_label);
-    }
-
-    #[test]
-    fn unknown_key_names_key_and_line() {
-        let error = parse_text("[sample]\ninterval = \"5s\"\nintervall = \"5s\"\n").unwrap_err();
-        assert!(error.contains("line 3"), "{error}");
-        assert!(error.contains("intervall"), "{error}");
-        assert!(!error.contains('\n'), "one line: {error}");
-    }
-
-    #[test]
-    fn wrong_type_names_line() {
-        let error = parse_text("[sample]\nmax_groups = \"many\"\n").unwrap_err();
-        assert!(error.contains("line 2"), "{error}");
-        assert!(error.contains("max_groups"), "{error}");
-    }
-
-    #[test]
-    fn bad_values_name_key_and_line() {
-        for (text, key, line) in [
-            ("[sample]\ninterval = \"15x\"\n", "sample.interval", 2),
-            ("[sample]\ninterval = \"1ms\"\n", "sample.interval", 2),
-            (
-                "\n[web]\nlisten_address = \"nonsense\"\n",
-                "web.listen_address",
-                3,
-            ),
-            (
-                "[web]\nlisten_address = \":99999\"\n",
-                "web.listen_address",
-                2,
-            ),
-            (
-                "[web]\ntelemetry_path = \"metrics\"\n",
-                "web.telemetry_path",
-                2,
-            ),
-            (
-                "[sample]\ndetail_states = [\"close_wiat\"]\n",
-                "sample.detail_states",
-                2,
-            ),
-            (
-                "[sample]\ndetail_states = [\"listen\"]\n",
-                "sample.detail_states",
-                2,
-            ),
-            ("[sample]\nmax_groups = 0\n", "sample.max_groups", 2),
-            ("[log]\nlevel = \"loud\"\n", "log.level", 2),
-            ("[log]\nformat = \"xml\"\n", "log.format", 2),
-            (
-                "[close_wait]\nduration_buckets = [5, 1]\n",
-                "close_wait.duration_buckets",
-                2,
-            ),
-        ] {
-            let error = parse_text(text).unwrap_err();
-            assert!(error.contains(key), "{text}: {error}");
-            assert!(error.contains(&format!("line {line}")), "{text}: {error}");
-            assert!(!error.contains('\n'), "{error}");
-        }
-    }
-
-    #[test]
-    fn namespace_filters() {
-        let settings = parse_text(
-            "namespaces = \"all\"\nnamespaces_include = [\"test-*\", \"host\"]\nnamespaces_exclude = [\"test-skip*\"]\n",
-        )
-        .expect("valid");
-        assert_eq!(settings.namespaces, NamespaceMode::All);
-        assert!(settings.namespace_wanted("test-a"));
-        assert!(settings.namespace_wanted("host"));
-        assert!(!settings.namespace_wanted("test-skip-1"));
-        assert!(!settings.namespace_wanted("ns-4026531840"));
-        assert!(Settings::default().namespace_wanted("anything"));
-    }
-
-    #[test]
-    fn flags_win_over_the_file() {
-        let file = parse_file(
-            "[sample]\ninterval = \"30s\"\n[web]\nlisten_address = \":1234\"\n",
-            Path::new("f.toml"),
-        )
-        .expect("valid");
-        let flags = Flags {
-            sample_interval: Some("2s".into()),
-            ..Flags::default()
-        };
-        let settings = build(file, &flags).expect("valid");
-        assert_eq!(settings.sample_interval, Duration::from_secs(2));
-        assert_eq!(settings.listen_address, ListenAddress::AnyHost(1234));
-    }
-
-    #[test]
-    fn bad_flags_name_the_flag() {
-        let flags = Flags {
-            listen_address: Some("localhost".into()),
-            ..Flags::default()
-        };
-        let error = build(FileConfig::default(), &flags).unwrap_err().0;
-        assert!(error.starts_with("flag --web.listen-address:"), "{error}");
-    }
-
-    #[test]
-    fn restart_only_changes_are_named_by_key() {
-        let running = Settings::default();
-        let same = running.clone();
-        assert!(running.restart_only_changes(&same).is_empty());
-        let new = parse_text(
-            "[web]\nlisten_address = \":1\"\n[process]\npid_label = true\n[sample]\ninterval = \"1s\"\n",
-        )
-        .expect("valid");
-        assert_eq!(
-            running.restart_only_changes(&new),
-            vec!["web.listen_address", "process.pid_label"],
-            "the interval applies on reload"
-        );
-    }
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            parse_listen_address("127.0.0.1:9"),
-            Ok(ListenAddress::Exact(
-                "127.0.0.1:9".parse().expect("literal")
-            ))
-        );
-        assert_eq!(
-            parse_listen_address("[::1]:9"),
-            Ok(ListenAddress::Exact("[::1]:9".parse().expect("literal")))
-        );
-        assert!(parse_listen_address("localhost:9").is_ok());
-        assert!(parse_listen_address("::1:9").is_err());
-        assert!(parse_listen_address("9815").is_err());
-    }
-}
+mod tests;

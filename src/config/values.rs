@@ -44,11 +44,21 @@ pub(super) fn parse_events_mode(text: &str) -> Result<EventsMode, String> {
     }
 }
 
+/// The largest events ring: 64 MiB holds 830,000 events, 64 times the default, which
+/// already keeps ahead of 52,000 CLOSE_WAIT transitions a second. The kernel maps a ring
+/// twice, so 2 GiB would cost 4 GiB of locked memory.
+pub(super) const MAX_RING_BYTES: u32 = 64 << 20;
+
 pub(super) fn check_ring_bytes(bytes: u32) -> Result<(), String> {
-    if bytes.is_power_of_two() && bytes >= 4096 {
-        Ok(())
-    } else {
+    if !bytes.is_power_of_two() || bytes < 4096 {
         Err(format!("{bytes} is not a power of two of at least 4096"))
+    } else if bytes > MAX_RING_BYTES {
+        Err(format!(
+            "{bytes} is above the {} MiB maximum",
+            MAX_RING_BYTES >> 20
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -67,15 +77,28 @@ pub(super) fn parse_patterns(patterns: &[String]) -> Result<Vec<glob::Pattern>, 
         .collect()
 }
 
+/// A telemetry path must match a request's path as sent, byte for byte: so only the
+/// characters a URI path carries unencoded (RFC 3986 `pchar` and `/`). `/métrics` arrives
+/// as `/m%C3%A9trics` and a `?` starts the query: either would answer 404 forever.
 pub(super) fn check_telemetry_path(path: &str) -> Result<(), String> {
-    if path.starts_with('/') && path.len() > 1 && !path.contains(char::is_whitespace) {
-        Ok(())
-    } else {
-        Err(format!(
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c);
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!(
             "invalid telemetry path {path:?}: must start with / and not be / itself"
-        ))
+        ));
+    }
+    match path.chars().find(|c| !allowed(*c)) {
+        Some(c) => Err(format!(
+            "invalid telemetry path {path:?}: {c:?} can never match a request's path (use \
+             letters, digits and -._~!$&'()*+,;=:@/)"
+        )),
+        None => Ok(()),
     }
 }
+
+/// The longest sample interval: a day. Longer ones serve nothing useful, and one near
+/// `u64::MAX` seconds overflowed the sampler's clock.
+pub(super) const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = humantime::parse_duration(text)
@@ -83,7 +106,15 @@ pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
     if interval < Duration::from_millis(100) {
         return Err(format!("interval {text:?} is below the 100ms minimum"));
     }
+    if interval > MAX_INTERVAL {
+        return Err(format!("interval {text:?} is above the 24h maximum"));
+    }
     Ok(interval)
+}
+
+pub(super) fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 10s, 1m, 5m)"))
 }
 
 pub(super) fn parse_states(names: &[String]) -> Result<Vec<TcpState>, String> {
@@ -105,9 +136,40 @@ pub(super) fn parse_states(names: &[String]) -> Result<Vec<TcpState>, String> {
     Ok(states)
 }
 
+/// Groups per metric: past 100,000 an exposition is tens of MB, which no Prometheus
+/// should be asked to ingest every interval.
+pub(super) const MAX_GROUPS: usize = 100_000;
+
 pub(super) fn check_max_groups(value: usize) -> Result<(), String> {
-    if value == 0 {
-        Err("must be at least 1".into())
+    match value {
+        0 => Err("must be at least 1".into()),
+        v if v > MAX_GROUPS => Err(format!("{v} is above the maximum of {MAX_GROUPS}")),
+        _ => Ok(()),
+    }
+}
+
+/// Tracked CLOSE_WAIT sockets: 65 bytes each, so 20 million is 1.2 GiB at most.
+pub(super) const MAX_TRACKED_SOCKETS: usize = 20_000_000;
+
+pub(super) fn check_max_tracked(value: usize) -> Result<(), String> {
+    if value > MAX_TRACKED_SOCKETS {
+        Err(format!(
+            "{value} is above the maximum of {MAX_TRACKED_SOCKETS}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The most peers per outbound group `tcpstate_close_wait_peer_connections` may carry
+/// (each a series, besides `peer="other"`).
+pub(super) const MAX_PEERS_PER_GROUP: usize = 10;
+
+pub(super) fn check_peers_per_group(value: usize) -> Result<(), String> {
+    if value > MAX_PEERS_PER_GROUP {
+        Err(format!(
+            "{value} is above the maximum of {MAX_PEERS_PER_GROUP} (0 turns the peer series off)"
+        ))
     } else {
         Ok(())
     }
@@ -132,6 +194,10 @@ pub(super) fn parse_format(text: &str) -> Result<LogFormat, String> {
 pub(super) fn check_buckets(buckets: &[f64]) -> Result<(), String> {
     if buckets.is_empty() {
         return Err("needs at least one bucket".into());
+    }
+    // Each bucket is a series per group: 100 is already far more than a histogram needs.
+    if buckets.len() > 100 {
+        return Err(format!("{} buckets; at most 100", buckets.len()));
     }
     if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
         return Err("bucket bounds must be positive, finite seconds".into());

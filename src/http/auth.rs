@@ -5,12 +5,18 @@
 //! same credentials on every scrape. So a password that passed bcrypt is remembered per
 //! user as its SHA-256 digest, and later requests compare digests in constant time.
 //! The cache holds at most one entry per configured user, so it cannot grow.
-//! bcrypt itself runs one at a time: a flood of wrong passwords costs one core at most.
-//! An unknown user is checked against a real hash anyway, so response time does not
-//! tell which user names exist.
+//! bcrypt itself runs one at a time, and few may wait for it: a flood of wrong passwords
+//! costs one core at most, and a request beyond the queue is refused at once (401)
+//! rather than queued for minutes. One client address holds at most two places in the
+//! queue, so a flood from one address leaves room for a scraper elsewhere. An unknown
+//! user costs no bcrypt at all (a constant-time compare with a dummy digest): that
+//! tells, by timing, which user names exist, which the toolkit's decoy hash would hide,
+//! but a flood of made-up users must not be able to keep bcrypt busy.
+//! On reload the cache is carried over for every user whose hash did not change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,12 @@ use tokio::sync::Semaphore;
 /// bcrypt's input limit.
 const MAX_PASSWORD_LEN: usize = 72;
 
+/// bcrypt checks running or waiting at once; past it a check is refused without one.
+/// At cost 10 (~50 ms) a good password met with a full queue waits under half a second.
+const MAX_BCRYPT_QUEUE: usize = 8;
+/// Places in that queue one client address may hold.
+const MAX_BCRYPT_QUEUE_PER_ADDRESS: usize = 2;
+
 /// The challenge a 401 carries.
 pub const CHALLENGE: &str = "Basic realm=\"tcpstate-exporter\"";
 
@@ -39,16 +51,20 @@ pub struct BasicAuth {
 struct Inner {
     /// user -> bcrypt hash.
     users: HashMap<String, String>,
-    /// Checked in place of an unknown user's hash, so unknown users cost the same.
-    decoy_hash: String,
     /// user -> SHA-256 of the password that last passed bcrypt for that user.
     verified: Mutex<HashMap<String, [u8; 32]>>,
     /// Serialises bcrypt runs.
     bcrypt_lock: Mutex<()>,
     /// Keeps async callers waiting here, not on blocking threads, while one bcrypt runs.
     bcrypt_queue: Semaphore,
+    /// Checks running or waiting, per client address (and their sum under `None`).
+    queued: Mutex<HashMap<Option<IpAddr>, usize>>,
     bcrypt_runs: AtomicU64,
 }
+
+/// Compared with an unknown user's password digest, so that the refusal takes the same
+/// steps as a known user's cached check.
+const DUMMY_DIGEST: [u8; 32] = [0x5a; 32];
 
 impl fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -63,22 +79,50 @@ impl BasicAuth {
     /// exporter-toolkit does). The error names the user whose hash is bad.
     pub fn new(users: BTreeMap<String, String>) -> Result<Option<Self>, (String, String)> {
         for (user, hash) in &users {
+            // `Basic base64(user:password)` splits at the first colon: such a user could
+            // never log in, and an empty name is no name.
+            if user.is_empty() || user.contains(':') {
+                return Err((
+                    user.clone(),
+                    "a user name must not be empty nor contain ':' (it could never log in)".into(),
+                ));
+            }
             bcrypt::HashParts::from_str(hash)
                 .map_err(|e| (user.clone(), format!("not a bcrypt hash: {e}")))?;
         }
-        let Some(decoy_hash) = users.values().next().cloned() else {
+        if users.is_empty() {
             return Ok(None);
-        };
+        }
         Ok(Some(BasicAuth {
             inner: Arc::new(Inner {
                 users: users.into_iter().collect(),
-                decoy_hash,
                 verified: Mutex::new(HashMap::new()),
                 bcrypt_lock: Mutex::new(()),
                 bcrypt_queue: Semaphore::new(1),
+                queued: Mutex::new(HashMap::new()),
                 bcrypt_runs: AtomicU64::new(0),
             }),
         }))
+    }
+
+    /// Takes over what `previous` verified for the users whose hash is unchanged, so a
+    /// reload does not make every scraper pay bcrypt again (behind a flood, say).
+    pub fn carry_over(&self, previous: &BasicAuth) {
+        let old = previous
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (user, digest) in old.iter() {
+            if self.inner.users.get(user) == previous.inner.users.get(user) {
+                verified.insert(user.clone(), *digest);
+            }
+        }
     }
 
     /// True when the `Authorization` header carries a configured user and its password.
@@ -91,14 +135,22 @@ impl BasicAuth {
     }
 
     /// As [`Self::check`], but a bcrypt run goes to the blocking pool, one at a time, so
-    /// slow checks never stall the async workers that serve other scrapes.
-    pub async fn authorize(&self, authorization: Option<&HeaderValue>) -> bool {
+    /// slow checks never stall the async workers that serve other scrapes; and when the
+    /// queue for it is full (or `client` holds its share), refused at once.
+    pub async fn authorize(&self, authorization: Option<&HeaderValue>, client: IpAddr) -> bool {
         let Some(credentials) = authorization.and_then(Credentials::parse) else {
             return false;
         };
         if self.inner.cached(&credentials) {
             return true;
         }
+        if !self.inner.users.contains_key(&credentials.user) {
+            return false;
+        }
+        let Some(_place) = QueuePlace::take(&self.inner, client) else {
+            tracing::debug!(%client, "bcrypt queue full; refused without a check");
+            return false;
+        };
         let Ok(_permit) = self.inner.bcrypt_queue.acquire().await else {
             return false;
         };
@@ -114,26 +166,62 @@ impl BasicAuth {
     }
 }
 
+/// A place in the bcrypt queue, given back on drop.
+struct QueuePlace<'a> {
+    inner: &'a Inner,
+    client: IpAddr,
+}
+
+impl<'a> QueuePlace<'a> {
+    fn take(inner: &'a Inner, client: IpAddr) -> Option<QueuePlace<'a>> {
+        let mut queued = inner.queued.lock().unwrap_or_else(|e| e.into_inner());
+        let total = queued.get(&None).copied().unwrap_or(0);
+        let mine = queued.get(&Some(client)).copied().unwrap_or(0);
+        if total >= MAX_BCRYPT_QUEUE || mine >= MAX_BCRYPT_QUEUE_PER_ADDRESS {
+            return None;
+        }
+        queued.insert(None, total + 1);
+        queued.insert(Some(client), mine + 1);
+        Some(QueuePlace { inner, client })
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        let mut queued = self.inner.queued.lock().unwrap_or_else(|e| e.into_inner());
+        for key in [None, Some(self.client)] {
+            if let Some(count) = queued.get_mut(&key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    queued.remove(&key);
+                }
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// True when the password is the one last verified for the user. An unknown user
+    /// is compared with a dummy digest (and refused), in the same steps.
     fn cached(&self, credentials: &Credentials) -> bool {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified
-            .get(&credentials.user)
-            .is_some_and(|known| bool::from(known.ct_eq(&credentials.digest)))
+        let known = verified.get(&credentials.user);
+        let equal = bool::from(known.unwrap_or(&DUMMY_DIGEST).ct_eq(&credentials.digest));
+        equal && known.is_some()
     }
 
     fn bcrypt(&self, credentials: &Credentials) -> bool {
-        let hash = self.users.get(&credentials.user);
+        let Some(hash) = self.users.get(&credentials.user) else {
+            return false;
+        };
         let ok = {
             let _one_at_a_time = self.bcrypt_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
-            let matched = bcrypt::verify(&credentials.password, hash.unwrap_or(&self.decoy_hash))
-                .unwrap_or(false);
+            let matched = bcrypt::verify(&credentials.password, hash).unwrap_or(false);
             // bcrypt reads 72 bytes at most; like Go's bcrypt, a longer password never
             // matches rather than matching on its first 72 bytes.
             matched && credentials.password.len() <= MAX_PASSWORD_LEN
         };
-        let ok = ok && hash.is_some();
         if ok {
             self.verified
                 .lock()
@@ -263,9 +351,9 @@ mod tests {
         assert!(!auth.check(Some(&header("alice", "s3cretX"))));
         assert!(!auth.check(Some(&header("alice", "s3cretX"))));
         assert_eq!(auth.bcrypt_runs(), 3, "failures are not cached");
-        // Unknown users go through bcrypt too (no timing shortcut).
+        // Unknown users cost no bcrypt: a flood of made-up names cannot keep it busy.
         assert!(!auth.check(Some(&header("nobody", "s3cret"))));
-        assert_eq!(auth.bcrypt_runs(), 4);
+        assert_eq!(auth.bcrypt_runs(), 3);
     }
 
     #[test]
@@ -287,13 +375,77 @@ mod tests {
         assert!(message.contains("bcrypt"), "{message}");
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn unusable_user_names_are_refused() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        for name in ["", "a:b"] {
+            let users = BTreeMap::from([(name.to_string(), hash.clone())]);
+            let (user, message) = BasicAuth::new(users).unwrap_err();
+            assert_eq!(user, name);
+            assert!(message.contains("':'"), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_cache_survives_a_reload_for_unchanged_users() {
+        let old = auth();
+        assert!(old.check(Some(&header("alice", "s3cret"))));
+        assert!(old.check(Some(&header("bob", "hunter2:x"))));
+        let users = BTreeMap::from([
+            ("alice".to_string(), old.inner.users["alice"].clone()),
+            ("bob".to_string(), bcrypt::hash("new", 4).unwrap()),
+        ]);
+        let new = BasicAuth::new(users).unwrap().unwrap();
+        new.carry_over(&old);
+        assert!(new.check(Some(&header("alice", "s3cret"))));
+        assert_eq!(new.bcrypt_runs(), 0, "alice's hash is unchanged: no bcrypt");
+        assert!(
+            !new.check(Some(&header("bob", "hunter2:x"))),
+            "bob's changed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_bcrypt_queue_refuses_at_once() {
+        let auth = auth();
+        let places: Vec<_> = (0..MAX_BCRYPT_QUEUE_PER_ADDRESS)
+            .map(|_| QueuePlace::take(&auth.inner, CLIENT).unwrap())
+            .collect();
+        // This address holds its share: refused without a bcrypt run.
+        assert!(
+            !auth
+                .authorize(Some(&header("alice", "s3cret")), CLIENT)
+                .await
+        );
+        assert_eq!(auth.bcrypt_runs(), 0);
+        // Another address still gets its check.
+        let other = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        assert!(
+            auth.authorize(Some(&header("alice", "s3cret")), other)
+                .await
+        );
+        drop(places);
+        assert!(
+            auth.inner.queued.lock().unwrap().is_empty(),
+            "places given back"
+        );
+    }
+
     #[tokio::test]
     async fn authorize_matches_check() {
         let auth = auth();
-        assert!(auth.authorize(Some(&header("alice", "s3cret"))).await);
-        assert!(!auth.authorize(Some(&header("alice", "nope"))).await);
-        assert!(!auth.authorize(None).await);
-        assert!(auth.authorize(Some(&header("alice", "s3cret"))).await);
+        assert!(
+            auth.authorize(Some(&header("alice", "s3cret")), CLIENT)
+                .await
+        );
+        assert!(!auth.authorize(Some(&header("alice", "nope")), CLIENT).await);
+        assert!(!auth.authorize(None, CLIENT).await);
+        assert!(
+            auth.authorize(Some(&header("alice", "s3cret")), CLIENT)
+                .await
+        );
         assert_eq!(auth.bcrypt_runs(), 2);
         let response = unauthorized();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

@@ -17,6 +17,7 @@ use hyper::HeaderMap;
 use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use crate::config::input::read_bounded_text;
 use crate::http::auth::BasicAuth;
 use crate::http::tls::TlsServerConfig;
 
@@ -99,7 +100,7 @@ impl WebConfig {
     /// Reads and validates the file; relative certificate paths are taken from its
     /// directory. Call again to reload: on error keep serving the previous config.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_bounded_text(path).map_err(|e| {
             WebConfigError(format!(
                 "web config file {}: cannot read: {e}",
                 path.display()
@@ -110,6 +111,13 @@ impl WebConfig {
 
     /// Parses and validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<WebConfig, WebConfigError> {
+        if let Some(line) = too_deep(text) {
+            return Err(WebConfigError(format!(
+                "web config file {}: line {line}: collections nested deeper than \
+                 {MAX_FLOW_DEPTH} levels",
+                path.display()
+            )));
+        }
         let file: FileConfig = match serde_norway::from_str::<Option<FileConfig>>(text) {
             Ok(file) => file.unwrap_or_default(),
             Err(e) => {
@@ -185,6 +193,55 @@ impl WebConfig {
             headers.insert(name.clone(), value.clone());
         }
     }
+}
+
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing: the
+/// YAML parser's cost grows with the square of the depth (20,000 levels took 9 s), and a
+/// web config nests three at most.
+const MAX_FLOW_DEPTH: usize = 32;
+
+/// The line where flow collections first nest deeper than `MAX_FLOW_DEPTH`, if they do.
+/// Quoted scalars and comments are skipped; a quote only opens a scalar where YAML
+/// lets one start (after a space or an indicator), as in `it's` it does not.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    let (mut escaped, mut comment, mut previous) = (false, false, ' ');
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+        }
+        if comment {
+            continue;
+        }
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if q == '"' && c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '#' if previous.is_whitespace() => comment = true,
+                '"' | '\'' if previous.is_whitespace() || "[{,:-".contains(previous) => {
+                    quote = Some(c)
+                }
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(line);
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = c;
+    }
+    None
 }
 
 fn headers_of(
@@ -361,6 +418,31 @@ mod tests {
         assert!(error.contains("line 2"), "{error}");
         let error = parse("tls_server_config:\n  cert_file: c.pem\n").unwrap_err();
         assert!(error.contains("missing one of key or key_file") || error.contains("cert_file"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let started = std::time::Instant::now();
+        let deep = format!(
+            "# [[[[ in a comment\nbasic_auth_users: {}{}\n",
+            "[".repeat(20_000),
+            "]".repeat(20_000)
+        );
+        let error = parse(&deep).unwrap_err();
+        assert!(
+            error.contains("line 2") && error.contains("nested"),
+            "{error}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let quoted = format!(
+            "http_server_config:\n  headers:\n    X-XSS-Protection: \"{}\"\n",
+            "[".repeat(100)
+        );
+        assert!(
+            parse(&quoted).is_ok(),
+            "brackets in a quoted scalar are text"
+        );
+        assert_eq!(too_deep("a: [[1], {b: [2]}]\n"), None);
     }
 
     #[test]

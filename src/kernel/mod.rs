@@ -6,6 +6,7 @@ pub mod events;
 pub mod netns;
 pub mod owners;
 pub mod pods;
+pub mod procfs;
 pub mod record;
 pub mod sockdiag;
 pub mod sysctl;

@@ -1,12 +1,14 @@
 //! Aggregation: sockets in, bounded groups out.
 //!
 //! Every socket counts toward its state's total; sockets in a detail state also land in a
-//! group keyed by (state, direction, port, process). Groups beyond `max_groups` are folded
-//! into `port="other"` so a host with thousands of peers cannot explode the series count.
+//! group keyed by (state, direction, port, process). Per state, groups beyond `max_groups`
+//! are folded into `port="other", process="other"` (one bucket per direction), so a host
+//! with thousands of peers or processes cannot explode the series count.
 
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
@@ -121,7 +123,7 @@ pub struct Aggregate {
     /// Detail-state groups, largest first (after folding).
     pub groups: Vec<(GroupKey, GroupStats)>,
     pub listeners: Vec<(ListenerKey, ListenerStats)>,
-    /// Groups folded into `port="other"` (connections and listeners).
+    /// Groups folded into `port="other", process="other"` (connections and listeners).
     pub groups_folded: u64,
 }
 
@@ -150,16 +152,28 @@ impl SampleBuilder {
         stats.listeners += 1;
     }
 
-    /// Folds and orders the groups.
+    /// Folds and orders the groups: per state, at most `max_groups` connection groups,
+    /// and at most `max_groups` listener groups, fold buckets included.
     pub fn finish(self, max_groups: usize) -> Aggregate {
-        let (groups, folded_connections) = fold(self.groups, max_groups, |key| GroupKey {
-            port: PortLabel::Other,
-            ..key
-        });
-        let (listeners, folded_listeners) = fold(self.listeners, max_groups, |key| ListenerKey {
-            port: PortLabel::Other,
-            ..key
-        });
+        let (groups, folded_connections) = fold(
+            self.groups,
+            max_groups,
+            |key| key.state,
+            |key| GroupKey {
+                port: PortLabel::Other,
+                owner: OwnerKey::OTHER,
+                ..key
+            },
+        );
+        let (listeners, folded_listeners) = fold(
+            self.listeners,
+            max_groups,
+            |_| (),
+            |_| ListenerKey {
+                port: PortLabel::Other,
+                owner: OwnerKey::OTHER,
+            },
+        );
         Aggregate {
             state_counts: self.state_counts,
             groups,
@@ -193,29 +207,68 @@ impl Foldable for ListenerStats {
     }
 }
 
-/// Keeps the `max_groups` largest entries (ties broken by key, so the choice is stable
-/// from sample to sample) and merges the rest under `fold_key`. Returns the entries,
-/// largest first, and how many were folded.
-fn fold<K: Ord + Copy + std::hash::Hash, S: Foldable>(
+/// Within each partition (a state, for connection groups), keeps the largest entries
+/// (ties broken by key, so the choice is stable from sample to sample) and merges the
+/// rest under `fold_key`, so that the partition holds at most `max_groups` entries with
+/// its fold buckets. Returns the entries, per partition the kept ones largest first and
+/// then the buckets, and how many were folded.
+fn fold<K, S, P>(
     entries: HashMap<K, S>,
     max_groups: usize,
+    partition: impl Fn(&K) -> P,
     fold_key: impl Fn(K) -> K,
-) -> (Vec<(K, S)>, u64) {
-    let mut entries: Vec<(K, S)> = entries.into_iter().collect();
-    entries.sort_unstable_by_key(|(key, stats)| (Reverse(stats.size()), *key));
-    if entries.len() <= max_groups {
-        return (entries, 0);
+) -> (Vec<(K, S)>, u64)
+where
+    K: Ord + Copy + std::hash::Hash,
+    S: Foldable,
+    P: Ord,
+{
+    let mut partitions: BTreeMap<P, Vec<(K, S)>> = BTreeMap::new();
+    for (key, stats) in entries {
+        partitions
+            .entry(partition(&key))
+            .or_default()
+            .push((key, stats));
     }
-    let folded = entries.split_off(max_groups);
-    let folded_count = folded.len() as u64;
-    let mut merged: HashMap<K, S> = HashMap::new();
-    for (key, stats) in &folded {
-        stats.merge_into(merged.entry(fold_key(*key)).or_default());
+    let mut out = Vec::new();
+    let mut folded_count = 0;
+    for (_, mut entries) in partitions {
+        entries.sort_unstable_by_key(|(key, stats)| (Reverse(stats.size()), *key));
+        if entries.len() <= max_groups {
+            out.extend(entries);
+            continue;
+        }
+        let folded = entries.split_off(kept_count(&entries, max_groups, &fold_key));
+        folded_count += folded.len() as u64;
+        let mut merged: BTreeMap<K, S> = BTreeMap::new();
+        for (key, stats) in &folded {
+            stats.merge_into(merged.entry(fold_key(*key)).or_default());
+        }
+        let mut merged: Vec<(K, S)> = merged.into_iter().collect();
+        merged.sort_by_key(|(key, stats)| (Reverse(stats.size()), *key));
+        out.extend(entries);
+        out.extend(merged);
     }
-    let mut merged: Vec<(K, S)> = merged.into_iter().collect();
-    merged.sort_unstable_by_key(|(key, stats)| (Reverse(stats.size()), *key));
-    entries.extend(merged);
-    (entries, folded_count)
+    (out, folded_count)
+}
+
+/// How many of the ranked `entries` keep a series of their own when the rest is folded:
+/// as many as leave room for the fold buckets the rest needs (one per direction for
+/// connection groups). With `max_groups` 1 and both directions folded, the two buckets
+/// are the only series.
+fn kept_count<K: Ord + Copy, S>(
+    entries: &[(K, S)],
+    max_groups: usize,
+    fold_key: &impl Fn(K) -> K,
+) -> usize {
+    let mut keep = max_groups.saturating_sub(1);
+    loop {
+        let buckets: BTreeSet<K> = entries[keep..].iter().map(|(k, _)| fold_key(*k)).collect();
+        if keep == 0 || keep + buckets.len() <= max_groups {
+            return keep;
+        }
+        keep -= 1;
+    }
 }
 
 #[cfg(test)]
@@ -262,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn folds_the_smallest_groups_into_other_keeping_state_and_direction() {
+    fn folds_the_smallest_groups_into_other_per_state_keeping_direction() {
         let mut builder = SampleBuilder::default();
         for (port, count) in [(1u16, 5), (2, 4), (3, 3), (4, 2), (5, 1)] {
             for _ in 0..count {
@@ -276,7 +329,7 @@ mod tests {
             key(TcpState::Established, 9),
             facts(TcpState::Established, 0, 0, false),
         );
-        let sample = builder.finish(2);
+        let sample = builder.finish(3);
         let summary: Vec<(TcpState, PortLabel, u64, u64)> = sample
             .groups
             .iter()
@@ -285,13 +338,43 @@ mod tests {
         assert_eq!(
             summary,
             vec![
+                (TcpState::Established, PortLabel::Port(9), 1, 0),
                 (TcpState::CloseWait, PortLabel::Port(1), 5, 5),
                 (TcpState::CloseWait, PortLabel::Port(2), 4, 4),
                 (TcpState::CloseWait, PortLabel::Other, 6, 6),
-                (TcpState::Established, PortLabel::Other, 1, 0),
             ]
         );
-        assert_eq!(sample.groups_folded, 4);
+        assert_eq!(sample.groups_folded, 3);
+        // Both directions folded: a bucket each, and one own group less to make room.
+        let mut builder = SampleBuilder::default();
+        for (port, direction, count) in [
+            (1u16, Direction::Inbound, 4),
+            (2, Direction::Outbound, 3),
+            (3, Direction::Inbound, 2),
+            (4, Direction::Outbound, 1),
+        ] {
+            let k = GroupKey {
+                direction,
+                ..key(TcpState::CloseWait, port)
+            };
+            for _ in 0..count {
+                builder.add_connection(k, facts(TcpState::CloseWait, 0, 0, false));
+            }
+        }
+        let sample = builder.finish(3);
+        let summary: Vec<(Direction, PortLabel, u64)> = sample
+            .groups
+            .iter()
+            .map(|(k, s)| (k.direction, k.port, s.connections))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Direction::Inbound, PortLabel::Port(1), 4),
+                (Direction::Outbound, PortLabel::Other, 4),
+                (Direction::Inbound, PortLabel::Other, 2),
+            ]
+        );
     }
 
     #[test]
@@ -308,9 +391,10 @@ mod tests {
         };
         let kept: Vec<PortLabel> = build().groups.iter().map(|(k, _)| k.port).collect();
         assert_eq!(
-            kept[..10],
-            (1..=10).map(PortLabel::Port).collect::<Vec<_>>()[..]
+            kept[..9],
+            (1..=9).map(PortLabel::Port).collect::<Vec<_>>()[..]
         );
+        assert_eq!(kept[9..], [PortLabel::Other]);
         assert_eq!(
             kept,
             build()
@@ -319,6 +403,65 @@ mod tests {
                 .map(|(k, _)| k.port)
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// The case: 30 processes on 50 ports each, and 20 series allowed. The fold
+    /// must bound the series of each state, whatever the number of processes, and keep
+    /// every connection counted.
+    #[test]
+    fn folding_bounds_the_series_of_each_state_across_processes() {
+        let mut builder = SampleBuilder::default();
+        for process in 1..=30u32 {
+            for port in 0..50u16 {
+                let owner = OwnerKey {
+                    process: crate::model::labels::ProcessId(process),
+                    ..OwnerKey::default()
+                };
+                let key = GroupKey {
+                    owner,
+                    direction: Direction::Outbound,
+                    ..key(TcpState::CloseWait, 10_000 + port)
+                };
+                builder.add_connection(key, facts(TcpState::CloseWait, 1, 0, false));
+            }
+        }
+        // A few established connections, inbound and outbound: their own budget.
+        for port in [1u16, 2, 3] {
+            builder.add_connection(
+                key(TcpState::Established, port),
+                facts(TcpState::Established, 0, 0, false),
+            );
+        }
+        let sample = builder.finish(20);
+        let close_wait: Vec<_> = sample
+            .groups
+            .iter()
+            .filter(|(k, _)| k.state == TcpState::CloseWait)
+            .collect();
+        assert_eq!(close_wait.len(), 20, "at most max_groups series");
+        assert_eq!(
+            close_wait.iter().map(|(_, s)| s.connections).sum::<u64>(),
+            1500,
+            "every connection still counted"
+        );
+        let folded: Vec<_> = close_wait
+            .iter()
+            .filter(|(k, _)| k.port == PortLabel::Other)
+            .collect();
+        assert_eq!(folded.len(), 1, "one bucket per state and direction");
+        assert_eq!(
+            folded[0].0.owner,
+            OwnerKey::OTHER,
+            "folded across processes"
+        );
+        assert_eq!(folded[0].1.connections, 1500 - 19);
+        let established = sample
+            .groups
+            .iter()
+            .filter(|(k, _)| k.state == TcpState::Established)
+            .count();
+        assert_eq!(established, 3, "another state keeps its own groups");
+        assert_eq!(sample.groups_folded, 1500 - 19);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct ProcessId(pub u32);
 
 impl ProcessId {
     pub const UNKNOWN: ProcessId = ProcessId(0);
+    /// `process="other"`: the fold bucket, whatever the processes folded into it.
+    pub const OTHER: ProcessId = ProcessId(u32::MAX);
 }
 
 /// The port label: a port, or the fold bucket.
@@ -63,10 +65,36 @@ pub struct OwnerKey {
     pub container: ProcessId,
 }
 
+impl OwnerKey {
+    /// The owner of the fold bucket (`process="other"`).
+    pub const OTHER: OwnerKey = OwnerKey {
+        process: ProcessId::OTHER,
+        pid: 0,
+        container: ProcessId::UNKNOWN,
+    };
+}
+
 /// The labels ages and durations are reported by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgeGroup {
     pub direction: Direction,
     pub port: PortLabel,
     pub owner: OwnerKey,
+}
+
+impl AgeGroup {
+    /// The fold bucket this group goes to beyond `max_groups`: `port="other"`,
+    /// `process="other"`, its direction kept. One per direction, so a metric's series
+    /// stay bounded however many processes are folded.
+    pub fn folded(self) -> AgeGroup {
+        AgeGroup {
+            port: PortLabel::Other,
+            owner: OwnerKey::OTHER,
+            ..self
+        }
+    }
+
+    pub fn is_folded(&self) -> bool {
+        self.port == PortLabel::Other && self.owner == OwnerKey::OTHER
+    }
 }

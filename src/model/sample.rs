@@ -2,13 +2,18 @@
 //! ages, the namespace's TCP settings), and the namespace it belongs to. This is what
 //! the exposition and the snapshot read.
 
+use std::sync::Arc;
+
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::kernel::record::{STATE_COUNT, TcpState};
 use crate::kernel::sysctl::{ListenCounters, TcpSettings};
-use crate::model::ages::AgesReport;
+use crate::model::ages::{AgesReport, StuckCounts};
 use crate::model::aggregate::{Aggregate, GroupKey, GroupStats, ListenerKey, ListenerStats};
-use crate::model::labels::{AgeGroup, PortLabel, ProcessId};
+use crate::model::fds::ProcessFds;
+use crate::model::labels::{AgeGroup, OwnerKey, ProcessId};
+use crate::model::sockets::SocketList;
+use crate::model::top::{PeerCounts, PeerEvidence, PidCounts, PidEvidence, TOP_PIDS};
 
 /// One complete, aggregated sample of a namespace.
 #[derive(Clone, Debug, Default)]
@@ -18,17 +23,25 @@ pub struct Sample {
     /// Detail-state groups, largest first (after folding).
     pub groups: Vec<(GroupKey, GroupStats)>,
     pub listeners: Vec<(ListenerKey, ListenerStats)>,
-    /// Groups folded into `port="other"` (connections and listeners).
+    /// Groups folded into `port="other", process="other"` (connections and listeners).
     pub groups_folded: u64,
     /// Process names, indexed by `ProcessId`; entry 0 is "".
     pub processes: Vec<String>,
     /// CLOSE_WAIT ages and durations, from the tracker.
     pub ages: AgesReport,
+    /// Which pids hold each CLOSE_WAIT group's sockets (collected for `snapshot` only).
+    pub close_wait_pids: Vec<(AgeGroup, PidEvidence)>,
+    /// The peers of each outbound CLOSE_WAIT group's sockets, the top ones first.
+    pub close_wait_peers: Vec<(AgeGroup, PeerEvidence)>,
     /// CLOSE_WAIT sockets whose age is being tracked.
     pub close_wait_tracked: u64,
     /// The namespace's TCP settings and accept-queue overflow counters.
     pub tcp_settings: TcpSettings,
     pub listen_counters: Option<ListenCounters>,
+    /// The sockets behind the groups (bounded; shared, as samples are cloned each round).
+    pub sockets: Arc<SocketList>,
+    /// The fd figures of the programs owning detail-state connections (folded).
+    pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
 
 /// What a sample holds besides the aggregate and the ages: read from the kernel and the
@@ -40,13 +53,38 @@ pub struct SampleContext {
     pub close_wait_tracked: u64,
     pub tcp_settings: TcpSettings,
     pub listen_counters: Option<ListenCounters>,
+    /// CLOSE_WAIT sockets per owning pid, when collected.
+    pub close_wait_pids: Option<PidCounts>,
+    pub close_wait_peers: PeerCounts,
+    /// How many peers each group keeps by address.
+    pub peers_kept: usize,
+    pub sockets: SocketList,
+    pub process_fds: Vec<(OwnerKey, ProcessFds)>,
 }
 
 impl Sample {
     /// The sample of one round: the aggregate, the ages (folded like the groups, so the
     /// age series never outnumber the connection series) and the rest.
     pub fn assemble(aggregate: Aggregate, ages: AgesReport, context: SampleContext) -> Sample {
-        let ages = fold_ages(ages, &aggregate);
+        let kept: HashSet<AgeGroup> = aggregate
+            .groups
+            .iter()
+            .filter(|(key, _)| key.state == TcpState::CloseWait)
+            .map(|(key, _)| key.close_wait_group())
+            .collect();
+        let fold = |group: AgeGroup| {
+            if kept.contains(&group) {
+                group
+            } else {
+                group.folded()
+            }
+        };
+        let ages = fold_ages(ages, fold);
+        let close_wait_pids = context
+            .close_wait_pids
+            .map(|pids| pids.finish(fold, TOP_PIDS))
+            .unwrap_or_default();
+        let close_wait_peers = context.close_wait_peers.finish(fold, context.peers_kept);
         Sample {
             state_counts: aggregate.state_counts,
             groups: aggregate.groups,
@@ -54,13 +92,20 @@ impl Sample {
             groups_folded: aggregate.groups_folded,
             processes: context.processes,
             ages,
+            close_wait_pids,
+            close_wait_peers,
             close_wait_tracked: context.close_wait_tracked,
             tcp_settings: context.tcp_settings,
             listen_counters: context.listen_counters,
+            sockets: Arc::new(context.sockets),
+            process_fds: context.process_fds,
         }
     }
 
     pub fn process_name(&self, id: ProcessId) -> &str {
+        if id == ProcessId::OTHER {
+            return "other";
+        }
         self.processes
             .get(id.0 as usize)
             .map(String::as_str)
@@ -72,29 +117,22 @@ impl Sample {
     }
 }
 
-/// Ages of groups that were folded in the aggregate go to `port="other"` too.
-fn fold_ages(mut ages: AgesReport, aggregate: &Aggregate) -> AgesReport {
-    let kept: HashSet<AgeGroup> = aggregate
-        .groups
-        .iter()
-        .filter(|(key, _)| key.state == TcpState::CloseWait)
-        .map(|(key, _)| key.close_wait_group())
-        .collect();
-    let mut folded: HashMap<AgeGroup, f64> = HashMap::new();
+/// Ages of groups that were folded in the aggregate go to their fold bucket too: the
+/// oldest of the groups folded together, and the sum of their stuck sockets.
+fn fold_ages(mut ages: AgesReport, fold: impl Fn(AgeGroup) -> AgeGroup) -> AgesReport {
+    let mut oldest: HashMap<AgeGroup, f64> = HashMap::new();
     for (group, age) in ages.oldest {
-        let group = if kept.contains(&group) {
-            group
-        } else {
-            AgeGroup {
-                port: PortLabel::Other,
-                ..group
-            }
-        };
-        let slot = folded.entry(group).or_insert(age);
+        let slot = oldest.entry(fold(group)).or_insert(age);
         *slot = slot.max(age);
     }
-    ages.oldest = folded.into_iter().collect();
+    ages.oldest = oldest.into_iter().collect();
     ages.oldest.sort_by_key(|o| o.0);
+    let mut stuck: HashMap<AgeGroup, StuckCounts> = HashMap::new();
+    for (group, counts) in &ages.stuck {
+        stuck.entry(fold(*group)).or_default().merge(counts);
+    }
+    ages.stuck = stuck.into_iter().collect();
+    ages.stuck.sort_by_key(|s| s.0);
     ages
 }
 
@@ -127,7 +165,7 @@ pub struct NamespaceSample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::labels::{Direction, OwnerKey};
+    use crate::model::labels::{Direction, OwnerKey, PortLabel};
 
     fn group(port: PortLabel) -> AgeGroup {
         AgeGroup {
@@ -162,7 +200,7 @@ mod tests {
             sample.ages.oldest,
             vec![
                 (group(PortLabel::Port(80)), 5.0),
-                (group(PortLabel::Other), 9.0)
+                (group(PortLabel::Other).folded(), 9.0)
             ]
         );
     }

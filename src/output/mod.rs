@@ -2,4 +2,9 @@
 //! `snapshot` report for a person or a script.
 
 pub mod exposition;
+pub mod html;
+pub mod page;
+pub mod published;
 pub mod snapshot;
+pub mod sockets;
+pub mod terminal;

@@ -1,7 +1,8 @@
-//! `tcpstate-exporter snapshot`: what an operator runs instead of `ss` + `lsof`. One
-//! sample (or a few, with `--watch`, so that ages and closes are real), printed for a
-//! person (a table with a verdict per CLOSE_WAIT group), for Prometheus tooling (the
-//! exposition) or for scripts (JSON).
+//! `tcpstate-exporter snapshot`: what an operator runs instead of `ss` + `lsof`. A few
+//! samples (`--watch`, so that ages and closes are real), printed for a person (a table
+//! with a verdict per CLOSE_WAIT group: netns, direction, port, process, the way the
+//! metrics group them, with the pids holding the sockets as evidence), for Prometheus
+//! tooling (the exposition) or for scripts (JSON).
 
 use std::fmt::Write as _;
 
@@ -9,12 +10,12 @@ use serde::Serialize;
 
 use crate::config::cli::SnapshotFormat;
 use crate::kernel::record::TcpState;
-use crate::model::ages::DurationHistogram;
-use crate::model::aggregate::GroupStats;
-use crate::model::diagnosis::{self, Closes, Evidence, Thresholds, Verdict, human_seconds};
-use crate::model::labels::{AgeGroup, Direction, PortLabel};
+use crate::model::diagnosis::{self, human_seconds};
+pub use crate::model::evidence::{GroupDiagnosis, Watch, diagnose_groups};
 use crate::model::sample::{NamespaceLabels, NamespaceSample, Sample};
+use crate::model::top::{PeerEvidence, PidEvidence};
 use crate::output::exposition::{self, LabelOptions};
+use crate::output::terminal::escape_control;
 
 #[derive(Serialize)]
 struct JsonSnapshot<'a> {
@@ -30,10 +31,20 @@ struct JsonDiagnosis<'a> {
     direction: &'static str,
     port: String,
     process: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pid: Option<u32>,
+    /// The pids holding the most of the group's CLOSE_WAIT sockets, most first.
+    pids: Vec<JsonPid>,
+    /// Distinct pids holding them.
+    pid_count: u64,
+    /// Outbound: the peers (host:port) holding the most of its CLOSE_WAIT sockets.
+    peers: Vec<JsonPeer>,
+    /// Distinct peers.
+    peer_count: u64,
     close_wait: u64,
     oldest_seconds: Option<f64>,
+    /// Older than --stuck-after; and of those, EOF read / still in the accept queue.
+    stuck: u64,
+    stuck_eof_read: u64,
+    stuck_unaccepted: u64,
     unread_bytes: u64,
     unread_connections: u64,
     eof_read: u64,
@@ -45,150 +56,32 @@ struct JsonDiagnosis<'a> {
     closes_seen: Option<u64>,
     mean_close_seconds: Option<f64>,
     watched_seconds: Option<f64>,
+    /// The fd cliff of the group's program: open descriptors and soft limit (null when
+    /// unlimited) of its process nearest the limit.
+    fds: Option<JsonFds>,
     cause: diagnosis::Cause,
+    /// A second cause the group shows beside the first (late closes beside a leak).
+    also: Option<diagnosis::Cause>,
     verdict: String,
 }
 
-/// The diagnosis of one CLOSE_WAIT group.
-pub struct GroupDiagnosis<'a> {
-    pub labels: &'a NamespaceLabels,
-    pub direction: Direction,
-    pub port: PortLabel,
-    pub process: &'a str,
-    pub pid: Option<u32>,
-    pub evidence: Evidence,
-    pub verdict: Verdict,
+#[derive(Serialize)]
+struct JsonFds {
+    pid: u32,
+    open: u64,
+    max: Option<u64>,
 }
 
-/// A watch: the first and the last round, and the time between them.
-pub struct Watch<'a> {
-    pub first: &'a [NamespaceSample],
-    pub seconds: f64,
+#[derive(Serialize)]
+struct JsonPeer {
+    peer: String,
+    close_wait: u64,
 }
 
-/// Evidence and verdict for every CLOSE_WAIT group of `last` (and for groups whose
-/// sockets all closed during the watch), most CLOSE_WAIT first.
-pub fn diagnose_groups<'a>(
-    last: &'a [NamespaceSample],
-    watch: Option<&Watch<'_>>,
-    thresholds: Thresholds,
-    pid_label: bool,
-) -> Vec<GroupDiagnosis<'a>> {
-    let mut out = Vec::new();
-    for namespace in last {
-        let sample = &namespace.sample;
-        let before = watch.and_then(|w| {
-            w.first
-                .iter()
-                .find(|ns| ns.info.inode == namespace.info.inode)
-                .map(|ns| &ns.sample)
-        });
-        let mut groups: Vec<AgeGroup> = sample
-            .groups
-            .iter()
-            .filter(|(key, _)| key.state == TcpState::CloseWait)
-            .map(|(key, _)| AgeGroup {
-                direction: key.direction,
-                port: key.port,
-                owner: key.owner,
-            })
-            .collect();
-        if let Some(before) = before {
-            for (group, histogram) in &sample.ages.durations {
-                let earlier = histogram_of(before, group).map_or(0, |h| h.count);
-                if histogram.count > earlier && !groups.contains(group) {
-                    groups.push(*group);
-                }
-            }
-        }
-        for group in groups {
-            let evidence = evidence_of(sample, before, watch.map(|w| w.seconds), &group);
-            out.push(GroupDiagnosis {
-                labels: &namespace.info.labels,
-                direction: group.direction,
-                port: group.port,
-                process: sample.process_name(group.owner.process),
-                pid: pid_label.then_some(group.owner.pid).filter(|pid| *pid != 0),
-                verdict: diagnosis::diagnose(&evidence, thresholds),
-                evidence,
-            });
-        }
-    }
-    out.sort_by_key(|d| std::cmp::Reverse(d.evidence.close_wait));
-    out
-}
-
-fn histogram_of<'s>(sample: &'s Sample, group: &AgeGroup) -> Option<&'s DurationHistogram> {
-    sample
-        .ages
-        .durations
-        .iter()
-        .find(|(g, _)| g == group)
-        .map(|(_, h)| h)
-}
-
-fn evidence_of(
-    sample: &Sample,
-    before: Option<&Sample>,
-    window: Option<f64>,
-    group: &AgeGroup,
-) -> Evidence {
-    let mut close_wait = GroupStats::default();
-    let mut established = 0;
-    for (key, stats) in &sample.groups {
-        let same_group =
-            key.direction == group.direction && key.port == group.port && key.owner == group.owner;
-        match key.state {
-            TcpState::CloseWait if same_group => close_wait.merge(stats),
-            TcpState::Established if same_group => established += stats.connections,
-            _ => {}
-        }
-    }
-    let mut evidence = Evidence {
-        close_wait: close_wait.connections,
-        unread_bytes: close_wait.recv_queue_bytes,
-        unread_connections: close_wait.unread_connections,
-        eof_read: close_wait.eof_read,
-        unaccepted: close_wait.unaccepted,
-        keepalive: close_wait.keepalive,
-        established,
-        ..Evidence::default()
-    };
-    evidence.oldest_seconds = sample
-        .ages
-        .oldest
-        .iter()
-        .find(|(g, _)| g == group)
-        .map(|(_, age)| *age);
-    if group.direction == Direction::Inbound {
-        let queues: Vec<(u64, u64)> = sample
-            .listeners
-            .iter()
-            .filter(|(key, _)| key.port == group.port)
-            .map(|(_, s)| (s.queue_length, s.queue_max))
-            .collect();
-        if !queues.is_empty() {
-            evidence.listen_queue = Some(queues.iter().fold((0, 0), |a, q| (a.0 + q.0, a.1 + q.1)));
-        }
-    }
-    if let (Some(before), Some(window)) = (before, window) {
-        let now = histogram_of(sample, group);
-        let then = histogram_of(before, group);
-        let count = now.map_or(0, |h| h.count)
-            - then.map_or(0, |h| h.count).min(now.map_or(0, |h| h.count));
-        let seconds_total = (now.map_or(0.0, |h| h.sum) - then.map_or(0.0, |h| h.sum)).max(0.0);
-        let overflows = match (sample.listen_counters, before.listen_counters) {
-            (Some(now), Some(then)) => now.overflows.saturating_sub(then.overflows),
-            _ => 0,
-        };
-        evidence.closes = Some(Closes {
-            count,
-            seconds_total,
-            window_seconds: window,
-            listen_overflows: overflows,
-        });
-    }
-    evidence
+#[derive(Serialize)]
+struct JsonPid {
+    pid: u32,
+    close_wait: u64,
 }
 
 #[derive(Serialize)]
@@ -277,7 +170,7 @@ pub fn render(
             .iter()
             .map(|ns| {
                 let heading = if options.labels.namespace_labels {
-                    format!("== netns {}\n", ns.info.labels.netns)
+                    format!("== netns {}\n", escape_control(&ns.info.labels.netns))
                 } else {
                     String::new()
                 };
@@ -301,9 +194,33 @@ fn json_diagnosis<'a>(d: &'a GroupDiagnosis<'a>) -> JsonDiagnosis<'a> {
         direction: d.direction.name(),
         port: d.port.to_string(),
         process: d.process,
-        pid: d.pid,
+        pids: d
+            .pids
+            .map(|p| p.top.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|(pid, close_wait)| JsonPid {
+                pid: *pid,
+                close_wait: *close_wait,
+            })
+            .collect(),
+        pid_count: d.pids.map_or(0, |p| p.distinct),
+        peers: d
+            .peers
+            .map(|p| p.top.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|(peer, close_wait)| JsonPeer {
+                peer: peer.to_string(),
+                close_wait: *close_wait,
+            })
+            .collect(),
+        peer_count: d.peers.map_or(0, |p| p.distinct),
         close_wait: e.close_wait,
         oldest_seconds: e.oldest_seconds,
+        stuck: e.stuck.sockets,
+        stuck_eof_read: e.stuck.eof_read,
+        stuck_unaccepted: e.stuck.unaccepted,
         unread_bytes: e.unread_bytes,
         unread_connections: e.unread_connections,
         eof_read: e.eof_read,
@@ -318,7 +235,13 @@ fn json_diagnosis<'a>(d: &'a GroupDiagnosis<'a>) -> JsonDiagnosis<'a> {
             .filter(|c| c.count > 0)
             .map(|c| c.seconds_total / c.count as f64),
         watched_seconds: e.closes.map(|c| c.window_seconds),
+        fds: d.fds.map(|f| JsonFds {
+            pid: f.pid,
+            open: f.open,
+            max: f.max,
+        }),
         cause: d.verdict.cause,
+        also: d.verdict.also,
         verdict: d.verdict.summary.clone(),
     }
 }
@@ -379,16 +302,17 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
     } else {
         let _ = writeln!(
             out,
-            "{:<9} {:>6} {:<16} {:>8} {:>6} {:>7} {:>9} {:>10} {:>6}  VERDICT",
+            "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6} {:>16}  VERDICT",
             "DIRECTION",
             "PORT",
             "PROCESS",
-            "PID",
+            "PIDS",
             "CW",
             "OLDEST",
             "UNREAD_B",
             "UNACCEPTED",
-            "ESTAB"
+            "ESTAB",
+            "FDS"
         );
         for d in rows.iter().take(options.top) {
             let e = &d.evidence;
@@ -397,17 +321,24 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
                     diagnosis::Cause::Undetermined => "33",
                     _ => "31",
                 };
-                format!("\x1b[{colour}m{}\x1b[0m", d.verdict.summary)
+                format!(
+                    "\x1b[{colour}m{}\x1b[0m",
+                    escape_control(&d.verdict.summary)
+                )
             } else {
-                d.verdict.summary.clone()
+                escape_control(&d.verdict.summary).into_owned()
             };
             let _ = writeln!(
                 out,
-                "{:<9} {:>6} {:<16} {:>8} {:>6} {:>7} {:>9} {:>10} {:>6}  {}",
+                "{:<9} {:>6} {:<16} {:<16} {:>6} {:>7} {:>9} {:>10} {:>6} {:>16}  {}",
                 d.direction.name(),
                 d.port.to_string(),
-                if d.process.is_empty() { "-" } else { d.process },
-                d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if d.process.is_empty() {
+                    "-".into()
+                } else {
+                    escape_control(d.process)
+                },
+                pid_column(d.pids),
                 e.close_wait,
                 e.oldest_seconds
                     .map(human_seconds)
@@ -415,8 +346,14 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
                 e.unread_bytes,
                 e.unaccepted,
                 e.established,
+                d.fds
+                    .map(|f| format!("fds {}", f.figure()))
+                    .unwrap_or_else(|| "-".into()),
                 verdict
             );
+            if let Some(peers) = d.peers.filter(|p| !p.top.is_empty()) {
+                let _ = writeln!(out, "{:>9} peers {}", "", peer_line(peers));
+            }
         }
         if rows.len() > options.top {
             let _ = writeln!(out, "... {} more groups", rows.len() - options.top);
@@ -429,4 +366,42 @@ fn table(sample: &Sample, rows: &[&GroupDiagnosis], options: RenderOptions) -> S
         .collect();
     let _ = writeln!(out, "Sockets per state: {}", totals.join(", "));
     out
+}
+
+/// The top peers of an outbound group: "10.0.0.5:3306 x1896, 10.0.0.6:3306 x20, 4 more
+/// on 3 other peers".
+pub fn peer_line(peers: &PeerEvidence) -> String {
+    let mut parts: Vec<String> = peers
+        .top
+        .iter()
+        .map(|(peer, n)| format!("{peer} x{n}"))
+        .collect();
+    let other_peers = peers.distinct.saturating_sub(peers.top.len() as u64);
+    if peers.others > 0 {
+        parts.push(format!(
+            "{} more on {} other peers",
+            peers.others,
+            other_peers.max(1)
+        ));
+    }
+    parts.join(", ")
+}
+
+/// The pids of a group for the table: "4123", "4123,4124", "4123,4124,+4".
+pub fn pid_column(pids: Option<&PidEvidence>) -> String {
+    let Some(pids) = pids.filter(|p| !p.top.is_empty()) else {
+        return "-".into();
+    };
+    let shown: Vec<String> = pids
+        .top
+        .iter()
+        .take(2)
+        .map(|(pid, _)| pid.to_string())
+        .collect();
+    let more = pids.distinct.saturating_sub(shown.len() as u64);
+    if more > 0 {
+        format!("{},+{more}", shown.join(","))
+    } else {
+        shown.join(",")
+    }
 }

@@ -3,6 +3,7 @@
 //! tracker, rounds over every namespace.
 
 pub mod attribution;
+mod connections;
 #[cfg(feature = "events")]
 pub mod event_drain;
 pub mod event_feed;

@@ -15,6 +15,7 @@ use crate::kernel::record::TcpState;
 use crate::kernel::sockdiag::DumpError;
 use crate::model::ages::CloseWaitEvent;
 use crate::model::sample::{NamespaceInfo, NamespaceLabels, NamespaceSample, Sample};
+use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::sampler::{SampleReport, Sampler};
 
@@ -67,6 +68,8 @@ pub struct NamespaceSet {
     roots: Roots,
     pods: PodDirectory,
     members: BTreeMap<u64, Member>,
+    /// Whether "no permission to enter a namespace" was said (once).
+    warned_privileges: bool,
 }
 
 impl NamespaceSet {
@@ -80,6 +83,7 @@ impl NamespaceSet {
             roots: Roots::default(),
             pods: PodDirectory::new(&settings.pods_log_dir),
             members: BTreeMap::new(),
+            warned_privileges: false,
         };
         let sampler = Sampler::new(settings)?;
         set.members.insert(
@@ -145,10 +149,16 @@ impl NamespaceSet {
         }
         let own_inode = self.own_inode;
         let mut vanished = Vec::new();
+        // The per-socket view's room, shared by the namespaces in turn; one that keeps its
+        // last sample keeps its sockets, and they count.
+        let mut budget = SocketBudget::default();
         for (inode, member) in &mut self.members {
             if *inode != own_inode && member.quiet() && member.skipped + 1 < QUIET_EVERY {
                 member.skipped += 1;
                 round.skipped_quiet += 1;
+                if let Some(sample) = &member.last_good {
+                    budget.spend(&sample.sockets);
+                }
                 continue;
             }
             member.skipped = 0;
@@ -165,7 +175,7 @@ impl NamespaceSet {
                     }
                 }
             };
-            let result = member.sampler.sample(attribution);
+            let result = member.sampler.sample(attribution, budget);
             drop(entered);
             match result {
                 Ok((sample, report)) => {
@@ -178,6 +188,9 @@ impl NamespaceSet {
                         "sample failed; serving the namespace's last good one");
                     round.errors.push(e);
                 }
+            }
+            if let Some(sample) = &member.last_good {
+                budget.spend(&sample.sockets);
             }
         }
         round.vanished = vanished.len() as u64;
@@ -229,6 +242,15 @@ impl NamespaceSet {
                             skipped: 0,
                         },
                     );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    if !self.warned_privileges {
+                        self.warned_privileges = true;
+                        tracing::warn!(netns = %info.labels.netns, error = %e,
+                            "namespaces = \"all\" cannot enter other network namespaces: only \
+                             those it may enter are sampled (grant CAP_SYS_ADMIN and \
+                             CAP_SYS_PTRACE)");
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(netns = %info.labels.netns, error = %e,

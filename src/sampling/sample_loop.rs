@@ -8,6 +8,7 @@
 //! Only the events ring is read elsewhere, by the drain thread the feed starts, which
 //! hands its events over through a bounded queue.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use crate::model::self_metrics::SelfMetrics;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::event_feed::EventFeed;
 use crate::sampling::namespace_set::{NamespaceSet, Round};
+use tokio::sync::oneshot;
 
 /// Hands each round on: the namespaces' last good samples, the exporter's own counters
 /// (the publisher sets the round's duration), when the round started, and the running
@@ -40,46 +42,113 @@ const EVENT_APPLY_EVERY: Duration = Duration::from_millis(250);
 /// The running sampler thread.
 pub struct SamplerThread {
     handle: JoinHandle<()>,
+    first_sample: Option<oneshot::Receiver<Result<(), String>>>,
+    ended: Option<oneshot::Receiver<Ended>>,
+}
+
+/// How the sampler thread ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Its control channel was dropped: the daemon is stopping.
+    Stopped,
+    /// It could not start (events mode required and unavailable).
+    FailedToStart(String),
+    /// It panicked; the panic's message. The daemon must not go on serving the last
+    /// sample as if it were fresh.
+    Panicked(String),
 }
 
 impl SamplerThread {
-    /// Starts the thread and waits for its first sample to be published, so the first
-    /// scrape already sees data (or the error counted). `Err` when it cannot start:
-    /// the thread itself, or events mode required and unavailable.
+    /// Starts the thread; it takes its first sample at once. Returns without waiting for
+    /// it (see [`Self::first_sample`]), so the caller can still act on a stop signal
+    /// while a big table is read. `Err` when the thread itself cannot be made.
     pub fn start(
         namespaces: NamespaceSet,
         settings: Settings,
         publish: Publish,
         control: mpsc::Receiver<Control>,
     ) -> Result<SamplerThread, String> {
-        let (first_done_tx, first_done_rx) = mpsc::channel::<Result<(), String>>();
+        let (first_tx, first_rx) = oneshot::channel::<Result<(), String>>();
+        let (ended_tx, ended_rx) = oneshot::channel::<Ended>();
         let handle = std::thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
-                // Attached here: the tracker it feeds lives on this thread. Before the
-                // policy changes: its drain thread inherits this thread's.
-                let events = match EventFeed::start(&settings, &namespaces.inodes()) {
-                    Ok(feed) => feed,
-                    Err(e) => {
-                        let _ = first_done_tx.send(Err(e));
-                        return;
-                    }
-                };
-                background_policy();
-                SampleLoop::new(namespaces, events, settings, publish).run(first_done_tx, control);
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                    // Attached here: the tracker it feeds lives on this thread. Before the
+                    // policy changes: its drain thread inherits this thread's.
+                    let events = match EventFeed::start(&settings, &namespaces.inodes()) {
+                        Ok(feed) => feed,
+                        Err(e) => return Ended::FailedToStart(e),
+                    };
+                    background_policy();
+                    SampleLoop::new(namespaces, events, settings, publish).run(first_tx, control);
+                    Ended::Stopped
+                }));
+                let ended = outcome.unwrap_or_else(|panic| Ended::Panicked(panic_message(&panic)));
+                let _ = ended_tx.send(ended);
             })
             .map_err(|e| format!("cannot start the sampling thread: {e}"))?;
-        // A closed channel means the thread ended (it logs why); serve what there is.
-        if let Ok(Err(e)) = first_done_rx.recv() {
-            let _ = handle.join();
-            return Err(e);
-        }
-        Ok(SamplerThread { handle })
+        Ok(SamplerThread {
+            handle,
+            first_sample: Some(first_rx),
+            ended: Some(ended_rx),
+        })
     }
 
-    /// Waits for the thread to end (after its control channel was dropped).
-    pub fn join(self) {
+    /// Waits for the first sample to be published, so the first scrape already sees data
+    /// (or the error counted). `Err` when the thread ended first: it could not start
+    /// (events mode required and unavailable) or it died.
+    pub async fn first_sample(&mut self) -> Result<(), String> {
+        let Some(first) = self.first_sample.take() else {
+            return Ok(());
+        };
+        if let Ok(result) = first.await {
+            return result;
+        }
+        Err(match self.ended().await {
+            Ended::FailedToStart(e) => e,
+            other => format!("the sampler thread ended before its first sample: {other:?}"),
+        })
+    }
+
+    /// Resolves when the thread has ended, with how; pending forever once reported.
+    pub async fn ended(&mut self) -> Ended {
+        match self.ended.as_mut() {
+            Some(ended) => {
+                let how = ended
+                    .await
+                    .unwrap_or_else(|_| Ended::Panicked("ended without a word".into()));
+                self.ended = None;
+                how
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits up to `limit` for the thread to end (after its control channel was dropped);
+    /// false when it is still in a sample, which the caller may then abandon: a round
+    /// holds no state that outlives the process.
+    pub fn join_within(self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.handle.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.handle.join();
+        true
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".into()
     }
 }
 
@@ -114,18 +183,17 @@ impl SampleLoop {
     /// control channel is dropped.
     fn run(
         mut self,
-        first_done: mpsc::Sender<Result<(), String>>,
+        first_done: oneshot::Sender<Result<(), String>>,
         control: mpsc::Receiver<Control>,
     ) {
+        let mut first_done = Some(first_done);
         let mut next = Instant::now();
         loop {
             self.sample_once();
-            let _ = first_done.send(Ok(()));
-            next += self.settings.sample_interval;
-            let now = Instant::now();
-            while next <= now {
-                next += self.settings.sample_interval;
+            if let Some(first) = first_done.take() {
+                let _ = first.send(Ok(()));
             }
+            next = next_tick(next, Instant::now(), self.settings.sample_interval);
             match self.wait_until(next, &control) {
                 Some(resume_at) => next = resume_at,
                 None => return,
@@ -200,6 +268,27 @@ impl SampleLoop {
     }
 }
 
+/// The first tick after `now` on the grid `previous + k * interval`. Computed without
+/// overflow: the interval is bounded by the configuration, and an `Instant` that would
+/// overflow anyway becomes `now + interval`, saturated.
+fn next_tick(previous: Instant, now: Instant, interval: Duration) -> Instant {
+    let interval = interval.max(Duration::from_millis(1));
+    let Some(next) = previous.checked_add(interval) else {
+        return now.checked_add(interval).unwrap_or(now);
+    };
+    if next > now {
+        return next;
+    }
+    // Missed ticks are skipped, not bunched: jump to the first one after `now`.
+    let behind = now.duration_since(next).as_nanos();
+    let skipped = behind / interval.as_nanos() + 1;
+    u32::try_from(skipped)
+        .ok()
+        .and_then(|k| interval.checked_mul(k))
+        .and_then(|jump| next.checked_add(jump))
+        .unwrap_or_else(|| now.checked_add(interval).unwrap_or(now))
+}
+
 /// Sampling is background work, but it must not starve: a sample that is seconds old
 /// blinds the operator exactly when the host is busy. So the sampler thread is
 /// SCHED_BATCH (it never preempts a thread that wakes up, such as an HTTP worker with a
@@ -225,4 +314,64 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventsMode;
+
+    #[test]
+    fn ticks_skip_missed_ones_and_never_overflow() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(next_tick(start, start, second), start + second);
+        // 3.5 intervals late: the next tick is the fourth, not three bunched ones.
+        let late = start + Duration::from_millis(3500);
+        assert_eq!(next_tick(start, late, second), start + 4 * second);
+        // An interval no Instant can add (u64::MAX seconds) must not panic.
+        let huge = Duration::from_secs(u64::MAX);
+        let next = next_tick(start, start, huge);
+        assert!(next >= start);
+    }
+
+    /// A sampler thread that panics reports it, with the panic's message, instead of
+    /// leaving the daemon to serve its last sample forever.
+    #[tokio::test]
+    async fn a_panicking_sampler_reports_its_death() {
+        let settings = Settings {
+            events: EventsMode::Off,
+            process_attribution: false,
+            ..Settings::default()
+        };
+        let namespaces = NamespaceSet::new(&settings).expect("a sock_diag socket");
+        let mut rounds = 0;
+        let publish: Publish = Box::new(move |_, _, _, _| {
+            rounds += 1;
+            if rounds == 2 {
+                panic!("injected fault in round {rounds}");
+            }
+        });
+        let (control, control_rx) = mpsc::channel();
+        let mut thread =
+            SamplerThread::start(namespaces, settings, publish, control_rx).expect("thread starts");
+        thread.first_sample().await.expect("first round publishes");
+        let settings = Settings {
+            sample_interval: Duration::from_millis(100),
+            ..Settings::default()
+        };
+        // A reconfiguration makes the next round due at once: that round panics.
+        control
+            .send(Control::Reconfigure(Box::new(settings)))
+            .expect("sampler alive");
+        let ended = tokio::time::timeout(Duration::from_secs(60), thread.ended())
+            .await
+            .expect("the death is reported");
+        assert_eq!(
+            ended,
+            Ended::Panicked("injected fault in round 2".into()),
+            "the panic's message is kept"
+        );
+        assert!(thread.join_within(Duration::from_secs(10)));
+    }
 }

@@ -18,11 +18,15 @@ use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 use crate::kernel::sysctl;
 use crate::model::ages::{CloseWaitEvent, CloseWaitTracker};
-use crate::model::aggregate::{ConnectionFacts, GroupKey, ListenerKey, SampleBuilder};
+use crate::model::aggregate::{GroupKey, ListenerKey, SampleBuilder};
 use crate::model::classify::{Classifier, ListeningPorts};
+use crate::model::fds::{self, ProcessFds};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
 use crate::model::sample::{Sample, SampleContext};
-use crate::sampling::attribution::Attribution;
+use crate::model::sockets::{SocketAge, SocketBudget, SocketCollector, SocketList};
+use crate::model::top::{PidCounts, TOP_PEERS};
+use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
+use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection};
 
 /// Up to this many newly seen CLOSE_WAIT sockets get their tcp_info by one lookup each;
 /// more (a first sample, a burst) cost one CLOSE_WAIT dump with tcp_info instead.
@@ -46,95 +50,6 @@ impl SampleReport {
     }
 }
 
-/// A detail-state connection whose owner was unknown when the dump reached it.
-struct PendingConnection {
-    key: GroupKey,
-    facts: ConnectionFacts,
-    inode: u32,
-}
-
-/// What the connections dump leaves for the phases after it.
-#[derive(Default)]
-struct AfterDump {
-    pending: Vec<PendingConnection>,
-    new_close_wait: Vec<SocketRecord>,
-}
-
-/// Takes each connection as the dump streams it: counts its state, classifies it, finds
-/// its owner in the cache, tracks it if in CLOSE_WAIT, and adds it to its group.
-struct ConnectionSink<'a> {
-    classifier: Classifier<'a>,
-    listener_owner: &'a HashMap<u16, (OwnerKey, u32)>,
-    detail_mask: [bool; STATE_COUNT],
-    attribution: &'a mut Attribution,
-    tracker: &'a mut CloseWaitTracker,
-    builder: &'a mut SampleBuilder,
-    left: AfterDump,
-}
-
-impl ConnectionSink<'_> {
-    fn take(&mut self, record: &SocketRecord) {
-        // The listening hash was read by the first dump; a listener created between the
-        // dumps must not be counted twice.
-        if record.state == TcpState::Listen {
-            return;
-        }
-        self.builder.count_state(record.state);
-        let is_close_wait = record.state == TcpState::CloseWait;
-        let detailed = self.detail_mask[record.state.index()];
-        if !detailed && !is_close_wait {
-            return;
-        }
-        let (direction, port) = self
-            .classifier
-            .classify(record.local_port, record.remote_port);
-        let unaccepted = record.unowned()
-            && self.classifier.listening.contains(record.local_port)
-            && matches!(record.state, TcpState::Established | TcpState::CloseWait);
-        let owner = self.cached_owner(record, unaccepted);
-        let key = GroupKey {
-            state: record.state,
-            direction,
-            port: PortLabel::Port(port),
-            owner: owner.unwrap_or_default(),
-        };
-        if is_close_wait
-            && self
-                .tracker
-                .sight(record.cookie, record.inode, key.close_wait_group())
-        {
-            self.left.new_close_wait.push(*record);
-        }
-        if !detailed {
-            return;
-        }
-        let facts = ConnectionFacts::of(record, unaccepted);
-        match owner {
-            Some(_) => self.builder.add_connection(key, facts),
-            None => self.left.pending.push(PendingConnection {
-                key,
-                facts,
-                inode: record.inode,
-            }),
-        }
-    }
-
-    /// The owner as known during the dump: the listener's for an accept-queue child,
-    /// none for an orphan, else the cache's (`None`: resolve after the dump).
-    fn cached_owner(&mut self, record: &SocketRecord, unaccepted: bool) -> Option<OwnerKey> {
-        if unaccepted {
-            let owner = self.listener_owner.get(&record.local_port);
-            return Some(owner.map(|(owner, _)| *owner).unwrap_or_default());
-        }
-        if record.inode == 0 {
-            return Some(OwnerKey::default());
-        }
-        self.attribution
-            .cached_owner(record.inode)
-            .map(|(owner, _)| owner)
-    }
-}
-
 /// Samples the namespace its netlink socket was opened in, and owns what is kept between
 /// samples there: the socket and the CLOSE_WAIT tracker.
 pub struct Sampler {
@@ -144,11 +59,18 @@ pub struct Sampler {
     tracker: CloseWaitTracker,
     listening: ListeningPorts,
     listeners: Vec<SocketRecord>,
-    /// Owner of the first listener on each port, from the last sample: accept-queue
-    /// children belong to it, and events are classified with it.
+    /// Owner of the first listener on each port, from the last sample: events are
+    /// classified with it, and accepted sockets looked for in its process first.
     listener_owner: HashMap<u16, (OwnerKey, u32)>,
+    /// Owner of the connections in each port's accept queues (`accept_queue_owners`).
+    queue_owner: HashMap<u16, (OwnerKey, u32)>,
     ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
+    /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
+    count_pids: bool,
+    /// Top peers kept per outbound CLOSE_WAIT group: what the page and `snapshot` show,
+    /// or more when the peer series ask for more.
+    peers_kept: usize,
 }
 
 impl Sampler {
@@ -166,12 +88,16 @@ impl Sampler {
                 settings.duration_buckets.clone(),
                 settings.max_tracked_sockets,
                 settings.max_groups,
+                settings.stuck_after.as_secs_f64(),
             ),
             listening: ListeningPorts::default(),
             listeners: Vec::new(),
             listener_owner: HashMap::new(),
+            queue_owner: HashMap::new(),
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             warned_port_range: false,
+            count_pids: settings.close_wait_pids,
+            peers_kept: TOP_PEERS.max(settings.peers_per_group),
         })
     }
 
@@ -214,22 +140,30 @@ impl Sampler {
             self.detail_mask[state.index()] = true;
         }
         self.max_groups = settings.max_groups;
+        self.peers_kept = TOP_PEERS.max(settings.peers_per_group);
     }
 
     /// One sample; `attribution` is shared with the other namespaces' samplers (call its
-    /// `revalidate` once per round, not per namespace).
+    /// `revalidate` once per round, not per namespace). `budget`: how many sockets the
+    /// per-socket view may still keep this round.
     pub fn sample(
         &mut self,
         attribution: &mut Attribution,
+        budget: SocketBudget,
     ) -> Result<(Sample, SampleReport), DumpError> {
         let mut report = SampleReport::default();
         let mut builder = SampleBuilder::default();
         self.tracker.begin(unix_now());
         self.read_listeners(attribution, &mut builder, &mut report)?;
-        let left = self.read_connections(attribution, &mut builder, &mut report)?;
-        self.attribute_pending(attribution, left.pending, &mut builder, &mut report);
+        let mut left = self.read_connections(attribution, &mut builder, &mut report, budget)?;
+        let pending = std::mem::take(&mut left.pending);
+        self.attribute_pending(attribution, pending, &mut builder, &mut left, &mut report);
+        let fds = fds::per_program(attribution.finish_owner_tally(), self.max_groups);
         self.date_close_waits(attribution, &left.new_close_wait)?;
-        Ok((self.assemble(builder, attribution), report))
+        report.owners.fds_read += attribution.take_validation_reads();
+        let sockets = self.describe_sockets(attribution, std::mem::take(&mut left.sockets));
+        let sample = self.assemble(builder, attribution, left, sockets, fds);
+        Ok((sample, report))
     }
 
     /// Phase 1: the listeners. Their ports classify connections, their owners own the
@@ -254,18 +188,26 @@ impl Sampler {
         report.dump.add(stats);
         let inodes: HashSet<u32> = self.listeners.iter().map(|l| l.inode).collect();
         report.owners = attribution.resolve(&inodes, &[]);
+        let mut holders = Vec::with_capacity(self.listeners.len());
         for listener in &self.listeners {
             builder.count_state(TcpState::Listen);
             let (owner, pid) = attribution.owner_of(listener.inode);
             self.listener_owner
                 .entry(listener.local_port)
                 .or_insert((owner, pid));
+            holders.push(QueueHolder {
+                port: listener.local_port,
+                owner,
+                pid,
+                queue_length: listener.recv_queue,
+            });
             let key = ListenerKey {
                 port: PortLabel::Port(listener.local_port),
                 owner,
             };
             builder.add_listener(key, listener);
         }
+        self.queue_owner = accept_queue_owners(&holders);
         Ok(())
     }
 
@@ -275,19 +217,25 @@ impl Sampler {
         attribution: &mut Attribution,
         builder: &mut SampleBuilder,
         report: &mut SampleReport,
+        budget: SocketBudget,
     ) -> Result<AfterDump, DumpError> {
         self.ephemeral = self.ephemeral_range();
+        attribution.begin_owner_tally();
         let mut sink = ConnectionSink {
             classifier: Classifier {
                 listening: &self.listening,
                 ephemeral: self.ephemeral.clone(),
             },
-            listener_owner: &self.listener_owner,
+            queue_owner: &self.queue_owner,
             detail_mask: self.detail_mask,
             attribution,
             tracker: &mut self.tracker,
             builder,
-            left: AfterDump::default(),
+            left: AfterDump {
+                pids: self.count_pids.then(PidCounts::new),
+                sockets: SocketCollector::new(budget),
+                ..AfterDump::default()
+            },
         };
         let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
         let stats = self.socket.dump(
@@ -304,6 +252,7 @@ impl Sampler {
         attribution: &mut Attribution,
         pending: Vec<PendingConnection>,
         builder: &mut SampleBuilder,
+        left: &mut AfterDump,
         report: &mut SampleReport,
     ) {
         report.pending = pending.len();
@@ -311,11 +260,15 @@ impl Sampler {
         let likely = likely_owner_pids(&pending, &self.listener_owner);
         report.owners.add(attribution.resolve(&wanted, &likely));
         for connection in pending {
-            let (owner, _) = attribution.owner_of(connection.inode);
+            let (owner, pid) = attribution.owner_of(connection.inode);
             let key = GroupKey {
                 owner,
                 ..connection.key
             };
+            if key.state == TcpState::CloseWait {
+                attribution.watch_close_wait_owner(pid, connection.inode);
+                left.count_close_wait(key.close_wait_group(), pid, connection.peer);
+            }
             builder.add_connection(key, connection.facts);
         }
     }
@@ -339,14 +292,49 @@ impl Sampler {
         self.refine_entry_times(new_close_wait)
     }
 
+    /// Phase 5: the per-socket view gets what the dump did not know: owners resolved
+    /// after it, the holder's pid and descriptor, CLOSE_WAIT ages. Only cache lookups.
+    fn describe_sockets(
+        &self,
+        attribution: &mut Attribution,
+        mut sockets: SocketCollector,
+    ) -> SocketList {
+        for view in sockets.sockets_mut() {
+            let (inode, cookie) = (view.record.inode, view.record.cookie);
+            if !view.unaccepted && inode != 0 {
+                view.owner = attribution.owner_of(inode).0;
+                view.holder = attribution.holder_of(inode);
+            }
+            if view.state() == TcpState::CloseWait {
+                view.age = self
+                    .tracker
+                    .age_of(cookie)
+                    .map(|(seconds, exact)| SocketAge { seconds, exact });
+            }
+        }
+        sockets.finish()
+    }
+
     /// The sample: the folded aggregate, the tracker's ages, the namespace's settings.
-    fn assemble(&mut self, builder: SampleBuilder, attribution: &Attribution) -> Sample {
+    fn assemble(
+        &mut self,
+        builder: SampleBuilder,
+        attribution: &Attribution,
+        left: AfterDump,
+        sockets: SocketList,
+        process_fds: Vec<(OwnerKey, ProcessFds)>,
+    ) -> Sample {
         let ages = self.tracker.finish();
         let context = SampleContext {
             processes: attribution.process_names(),
             close_wait_tracked: self.tracker.tracked() as u64,
             tcp_settings: sysctl::tcp_settings(),
             listen_counters: sysctl::listen_counters().ok(),
+            close_wait_pids: left.pids,
+            close_wait_peers: left.peers,
+            peers_kept: self.peers_kept,
+            sockets,
+            process_fds,
         };
         Sample::assemble(builder.finish(self.max_groups), ages, context)
     }

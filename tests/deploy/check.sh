@@ -75,7 +75,7 @@ refuses() { local name=$1; shift; check "$name" bash -c '! "$@"' _ "$@"; }
 unit_dir() { # unit_dir DIR DROPIN...
     local dir=$1; shift
     mkdir -p "$dir"
-    sed 's#^ExecStart=/usr/local/bin/tcpstate-exporter#ExecStart=/bin/true#' \
+    sed 's#^ExecStart=/usr/bin/tcpstate-exporter#ExecStart=/bin/true#' \
         "$repo/deploy/systemd/tcpstate-exporter.service" > "$dir/tcpstate-exporter.service"
     for d in "$@"; do
         mkdir -p "$dir/tcpstate-exporter.service.d"

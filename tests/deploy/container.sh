@@ -1,42 +1,27 @@
 #!/bin/bash
-# Build the Dockerfile with podman on this machine and prove the image works: it serves
-# /metrics with tcpstate_sockets, counts a CLOSE_WAIT made in its network namespace, runs as
-# the image's non-root user without any capability, and accepts the Kubernetes ConfigMap.
+# Build the image with podman on this machine and prove it works: at most 20 MB, one layer
+# (the binary and the glibc files it links, on scratch), it serves /metrics with
+# tcpstate_sockets, counts a CLOSE_WAIT made in its network namespace, runs as the image's
+# non-root user without any capability, and accepts the Kubernetes ConfigMap.
 #
 #   tests/deploy/container.sh
 #
-# Base images cannot be pulled here, so this script makes them under the names the
-# Dockerfile uses (and only this script knows about this machine):
-#   debian:bookworm-slim     a debootstrap minbase rootfs
-#   rust:1.95-slim-bookworm  the same plus gcc, and the host's Rust toolchain
-# The debootstrap tarballs are cached in $CACHE (second run: no debootstrap); the images
-# and podman's build cache persist (second run: no image import, cargo rebuilds nothing).
-# Machine details supplied here, never in the Dockerfile: runtime runc, ulimits root cannot
-# raise, the host's CA certificates (TLS inside the build goes through an intercepting CA)
-# and host networking for the build.
+# `deploy/release.sh image`, as the README says: the release build the suite shares (with
+# the package and the install test), staged and built FROM scratch, so nothing is pulled
+# and no base image is made. Machine details supplied here, never in the
+# Dockerfile: runtime runc and ulimits root cannot raise.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-CACHE=${TCPSTATE_TEST_CACHE:-/var/cache/tcpstate-test}
-SUITE=bookworm
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-FINAL_IMAGE=docker.io/library/debian:bookworm-slim
-BUILDER_IMAGE=docker.io/library/rust:1.95-slim-bookworm
-IMAGE=localhost/tcpstate-exporter:test
+IMAGE=localhost/tcpstate-exporter:$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -1)
+MAX_IMAGE_BYTES=$((20 * 1000 * 1000))
 LIMITS=(--ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 RUN=(podman run --runtime runc "${LIMITS[@]}")
 t0=$(date +%s)
 step() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "container.sh: must run as root" >&2; exit 1; }
-for pair in podman:podman buildah:buildah runc:runc debootstrap:debootstrap curl:curl; do
-    command -v "${pair%%:*}" >/dev/null || need="${need:-} ${pair#*:}"
-done
-if [ -n "${need:-}" ]; then
-    step "installing$need"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-fi
-mkdir -p "$CACHE"
+. "$repo/tests/deploy/lib.sh"
+install_missing podman:podman buildah:buildah runc:runc curl:curl nsenter:util-linux
 
 work=$(mktemp -d)
 containers=() holders=()
@@ -47,74 +32,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# debootstrap SUITE into a cached tarball: rootfs_tarball NAME EXTRA_PACKAGES
-rootfs_tarball() {
-    local name=$1 include=$2 tarball=$CACHE/$1.tar
-    if [ ! -s "$tarball" ]; then
-        step "debootstrap $name ${include:+(+$include)}"
-        local dir=$work/$name
-        debootstrap --variant=minbase ${include:+--include="$include"} "$SUITE" "$dir" "$MIRROR" \
-            > "$work/$name.log" 2>&1 || { tail -20 "$work/$name.log" >&2; exit 1; }
-        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
-            "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*
-        tar -C "$dir" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-        rm -rf "$dir"
-    fi
-    echo "$tarball"
-}
-
-# The final stage's base.
-final_tar=$(rootfs_tarball debian-$SUITE-slim "")
-if ! podman image exists "$FINAL_IMAGE"; then
-    step "importing $FINAL_IMAGE"
-    podman import --change 'CMD ["bash"]' "$final_tar" "$FINAL_IMAGE" >/dev/null
+# The README's command; the image it replaces is removed, so runs do not pile up images.
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+step "deploy/release.sh image"
+TCPSTATE_BUILD_FLAGS="--pull=never --runtime runc" "$repo/deploy/release.sh" image
+current=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
 fi
-
-# The builder: Debian + gcc + the host's toolchain, laid out like the official rust image
-# (CARGO_HOME=/usr/local/cargo, toolchain under RUSTUP_HOME=/usr/local/rustup). Rebuilt when
-# the host's rustc changes.
-sysroot=$(rustc --print sysroot)
-rustc_version=$(rustc -V)
-if [ "$(podman image inspect --format '{{index .Config.Labels "host-rustc"}}' "$BUILDER_IMAGE" 2>/dev/null)" != "$rustc_version" ]; then
-    build_tar=$(rootfs_tarball debian-$SUITE-rustbuild gcc,libc6-dev,ca-certificates)
-    step "importing $BUILDER_IMAGE from $sysroot ($rustc_version)"
-    root=$work/builder-root
-    mkdir -p "$root"
-    tar -C "$root" -xf "$build_tar"
-    tc=$root/usr/local/rustup/toolchains/$(basename "$sysroot")
-    mkdir -p "$tc/bin" "$root/usr/local/cargo/bin"
-    cp -a "$sysroot/lib" "$tc/"
-    for tool in cargo rustc rustdoc; do
-        cp -a "$sysroot/bin/$tool" "$tc/bin/"
-        ln -s "../../rustup/toolchains/$(basename "$sysroot")/bin/$tool" "$root/usr/local/cargo/bin/$tool"
-    done
-    tar -C "$root" -c . | podman import \
-        --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV CARGO_HOME=/usr/local/cargo' \
-        --change 'ENV RUSTUP_HOME=/usr/local/rustup' \
-        --change "LABEL host-rustc=\"$rustc_version\"" \
-        - "$BUILDER_IMAGE" >/dev/null
-    rm -rf "$root"
-fi
-
-# CA bundle for TLS inside the build: the builder's own plus the host's local CAs.
-ca_bundle=$work/ca-certificates.crt
-cat /etc/ssl/certs/ca-certificates.crt > "$ca_bundle"
-for crt in /usr/local/share/ca-certificates/*.crt; do [ -r "$crt" ] && cat "$crt" >> "$ca_bundle"; done
-
-step "podman build $IMAGE"
-podman build --pull=never --runtime runc "${LIMITS[@]}" --network host \
-    --volume "$ca_bundle:/etc/ssl/certs/ca-certificates.crt:ro" \
-    --tag "$IMAGE" --file "$repo/Dockerfile" "$repo"
-step "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes"
+size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+step "image size: $size bytes"
 
 pass=0 fail=0
 ok()  { pass=$((pass + 1)); echo "ok   $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 
-# Only the exporter binary was added on top of the final base.
-layers=$(podman history --format '{{.CreatedBy}}' "$IMAGE" | grep -c 'COPY' || true)
-[ "$layers" = 1 ] && ok "final image adds one COPY (the binary)" || bad "final image has $layers COPY layers"
+[ "$size" -le "$MAX_IMAGE_BYTES" ] && ok "image is $size bytes (at most $MAX_IMAGE_BYTES)" \
+    || bad "image is $size bytes, more than $MAX_IMAGE_BYTES"
+# One layer: the staged root (binary and the glibc it links) on scratch.
+layers=$(podman inspect --format '{{len .RootFS.Layers}}' "$IMAGE")
+[ "$layers" = 1 ] && ok "one layer on scratch" || bad "the image has $layers layers"
+if out=$("${RUN[@]}" --rm "$IMAGE" --version 2>&1) && grep -q '^tcpstate-exporter, version ' <<<"$out"; then
+    ok "the image runs --version: $(head -1 <<<"$out")"
+else
+    bad "--version in the image: $out"
+fi
 user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
 [ "$user" = 65534:65534 ] && ok "image user is $user" || bad "image user is '$user'"
 

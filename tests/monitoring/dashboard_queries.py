@@ -81,7 +81,7 @@ def api(base, path, params, post=True):
 
 
 def metrics_in(expr):
-    return set(re.findall(r"\b(tcpstate_\w+|process_\w+|up)\b(?=\s*[{\[)])", expr))
+    return set(re.findall(r"\b(tcpstate_[\w:]+|process_\w+|up)\b(?=\s*[{\[)])", expr))
 
 
 def main():

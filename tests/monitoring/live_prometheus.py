@@ -5,14 +5,15 @@ starts it on loopback with a short scrape interval and the alert rules rendered 
 API that the target is up, every rule loaded healthy, every dashboard query returns data
 (dashboard_queries.py) and the expected alerts reach the firing state.
 
-    live_prometheus.py [--target HOST:PORT] [--scrape-interval 1s] [--for 1s]
+    live_prometheus.py [--target HOST:PORT ...] [--scrape-interval 1s] [--for 1s]
                        [--set KEY.PATH=VALUE ...] [--expect-firing NAME ...]
                        [--allow-empty METRIC ...] [--timeout 60]
                        [--dashboard FILE] [--then SHELL_COMMAND ...]
 
 Without --target it serves tests/monitoring/fixtures/exposition.prom on a free loopback
 port (the metric contract, for checking the monitoring before the exporter runs). With
---target HOST:PORT it scrapes that exporter's /metrics. The job is "tcpstate-exporter",
+--target HOST:PORT it scrapes that exporter's /metrics (several --target: every one, as
+one job: a fleet). The job is "tcpstate-exporter",
 as the shipped rules select. Each --then command runs last, with PROM_URL set to the
 running Prometheus (for value checks of an end-to-end test). Everything it starts is
 stopped on exit; it leaves nothing behind but what it prints. Exit status 1 names what
@@ -87,7 +88,7 @@ def wait(what, predicate, timeout):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target")
+    ap.add_argument("--target", action="append")
     ap.add_argument("--scrape-interval", default="1s")
     ap.add_argument("--for", dest="for_duration", default="1s")
     ap.add_argument("--set", dest="settings", action="append", default=[])
@@ -103,9 +104,11 @@ def main():
 
     failures = []
     server = None
-    target = args.target
-    if not target:
-        server, target = serve_fixture()
+    targets = args.target or []
+    if not targets:
+        server, fixture = serve_fixture()
+        targets = [fixture]
+    target = ", ".join(targets)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="tcpstate-prom-"))
     prom = None
     try:
@@ -121,7 +124,7 @@ def main():
             "rule_files: [rules.yml]\n"
             "scrape_configs:\n"
             "  - job_name: tcpstate-exporter\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n"
+            f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
         )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -135,12 +138,12 @@ def main():
 
         def up():
             result = get(url, "/api/v1/query", query='up{job="tcpstate-exporter"}')["result"]
-            return result and result[0]["value"][1] == "1"
+            return len(result) == len(targets) and all(r["value"][1] == "1" for r in result)
 
-        if not wait("Prometheus ready and target up", up, args.timeout):
-            failures.append("target up")
+        if not wait("Prometheus ready and every target up", up, args.timeout):
+            failures.append("targets up")
         else:
-            print("ok: target up")
+            print(f"ok: {len(targets)} target(s) up")
         # Rates and the heatmap need a few scrapes in their window.
         def scraped_4_times():
             query = 'count_over_time(up{job="tcpstate-exporter"}[1m]) >= 4'

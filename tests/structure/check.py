@@ -21,7 +21,7 @@ MAX_FILE_LINES = 500
 MAX_FN_LINES = 80
 # The pipeline, top to bottom (README "How it works"): a folder may import only the
 # folders before it. config sits under the kernel's types (TcpState) and above the rest.
-LAYERS = ["kernel", "config", "model", "sampling", "output", "http", "daemon"]
+LAYERS = ["kernel", "config", "logging", "model", "sampling", "output", "http", "daemon"]
 
 FN_START = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?(extern\s+\"C\"\s+)?fn\s+(\w+)")
 

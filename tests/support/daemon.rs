@@ -51,6 +51,22 @@ impl<'ns> Daemon<'ns> {
     /// `["--web.listen-address", "127.0.0.1:9477", "--sample.interval", "1s"]`.
     /// Panics, with the daemon's output, if it exits or never answers.
     pub fn start(binary: &Path, ns: &'ns Netns, addr: SocketAddr, args: &[&str]) -> Daemon<'ns> {
+        let mut daemon = Daemon::spawn(binary, ns, addr, args);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// The package's exporter, as [`Daemon::exporter`], without waiting for it to listen:
+    /// for tests that act during its startup (then [`Daemon::wait_ready`]).
+    pub fn exporter_starting(ns: &'ns Netns, args: &[&str]) -> Daemon<'ns> {
+        let mut all = vec!["--web.listen-address", EXPORTER_ADDRESS];
+        all.extend_from_slice(args);
+        let address = EXPORTER_ADDRESS.parse().expect("a socket address");
+        let binary: &Path = env!("CARGO_BIN_EXE_tcpstate-exporter").as_ref();
+        Daemon::spawn(binary, ns, address, &all)
+    }
+
+    fn spawn(binary: &Path, ns: &'ns Netns, addr: SocketAddr, args: &[&str]) -> Daemon<'ns> {
         let mut child = ns
             .command(binary)
             .args(args)
@@ -67,30 +83,65 @@ impl<'ns> Daemon<'ns> {
         if let Some(err) = child.stderr.take() {
             pumps.push(pump(err, Arc::clone(&output)));
         }
-        let mut daemon = Daemon {
+        Daemon {
             ns,
             addr,
             child,
             output,
             pumps,
-        };
+        }
+    }
+
+    /// Waits (polling, up to 30 s) until the daemon accepts connections on its address.
+    /// Panics, with the daemon's output, if it exits or never answers.
+    pub fn wait_ready(&mut self) {
+        let (ns, addr) = (self.ns, self.addr);
         let up = wait_until(STARTUP, || {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "{} exited with {status} before listening on {addr}:\n{}",
-                    binary.display(),
-                    daemon.output()
+                    "the exporter exited with {status} before listening on {addr}:\n{}",
+                    self.output()
                 );
             }
             ns.run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
         });
         assert!(
             up,
-            "{} did not listen on {addr} within {STARTUP:?}:\n{}",
-            binary.display(),
-            daemon.output()
+            "the exporter did not listen on {addr} within {STARTUP:?}:\n{}",
+            self.output()
         );
-        daemon
+    }
+
+    /// Sends `signal` (libc::SIGTERM, ...) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of our own child; no memory is touched.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// The daemon's exit status once it has exited, waiting up to `timeout`; `None` when
+    /// it is still running then.
+    pub fn exit_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Names of the daemon's threads (`/proc/PID/task/*/comm`).
+    pub fn threads(&self) -> Vec<String> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(tasks)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                    .map(|comm| comm.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn addr(&self) -> SocketAddr {

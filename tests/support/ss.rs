@@ -15,6 +15,8 @@ pub struct SsSocket {
     pub peer_port: Option<u16>,
     /// 0 for sockets without a file (accept queue, orphans, TIME-WAIT).
     pub inode: u64,
+    /// The kernel's socket cookie (`sk:`, hex in ss's output).
+    pub cookie: u64,
     /// Every (comm, pid, fd) holding the socket; empty when no process does.
     pub users: Vec<SsUser>,
     /// The `timer:(...)` text, e.g. `keepalive,1min59sec,0`.
@@ -58,6 +60,10 @@ fn parse_line(line: &str) -> Option<SsSocket> {
         .iter()
         .find_map(|f| f.strip_prefix("ino:"))
         .map_or(Some(0), |n| n.parse().ok())?;
+    let cookie = rest
+        .iter()
+        .find_map(|f| f.strip_prefix("sk:"))
+        .map_or(Some(0), |n| u64::from_str_radix(n, 16).ok())?;
     let timer = rest
         .iter()
         .find_map(|f| f.strip_prefix("timer:("))
@@ -71,6 +77,7 @@ fn parse_line(line: &str) -> Option<SsSocket> {
         peer_ip,
         peer_port,
         inode,
+        cookie,
         users: parse_users(line)?,
         timer,
     })

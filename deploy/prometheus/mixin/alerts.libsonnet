@@ -9,6 +9,16 @@ local where = {
   // Present only when the exporter samples more than its own namespace / on Kubernetes.
   context: '{{ with $labels.pod }}, pod {{ $labels.namespace }}/{{ . }}{{ with $labels.container }} container {{ . }}{{ end }}{{ end }}{{ with $labels.netns }}, netns {{ . }}{{ end }}, instance {{ $labels.instance }}',
   group: self.port + ', ' + self.process + self.context,
+  // The groups `snapshot` calls "accept backlog": half or more of their CLOSE_WAIT
+  // connections are still in an accept queue. The stuck alert leaves them to the backlog
+  // alert, so that one group gets one cause.
+  backlogged: |||
+    (
+      tcpstate_close_wait_unaccepted >= %(minConnections)s
+      and
+      tcpstate_close_wait_unaccepted * 2 >= ignoring(state) tcpstate_connections{state="close_wait"}
+    )
+  |||,
   listener: 'listener on port {{ $labels.port }}, ' + self.process + self.context,
 };
 
@@ -49,9 +59,10 @@ local where = {
           alert(
             'TcpStateCloseWaitStuck',
             c.closeWaitStuck,
-            |||
+            (|||
               tcpstate_close_wait_oldest_seconds > %(ageSeconds)s
-            ||| % c.closeWaitStuck,
+              unless
+            ||| % c.closeWaitStuck) + (where.backlogged % c.closeWaitAcceptBacklog),
             'A CLOSE_WAIT connection is never being closed.',
             'The oldest CLOSE_WAIT connection %s has waited {{ $value | humanizeDuration }} for its program to close it: a leaked socket.' % where.group,
           ),
@@ -74,10 +85,33 @@ local where = {
             'TcpStateCloseWaitEofIgnored',
             c.closeWaitEofIgnored,
             |||
-              tcpstate_close_wait_eof_read_connections >= %(minConnections)s
+              tcpstate_close_wait_stuck_eof_read_connections >= %(minConnections)s
             ||| % c.closeWaitEofIgnored,
             'A program read the EOF of connections and did not close them.',
-            '{{ $value | humanize }} CLOSE_WAIT connections %s were read to EOF (Recv-Q 0) by their program and not closed, and the group has held such connections for %s: a missing close() after the read loop or on an error path.' % [where.group, c.closeWaitEofIgnored['for']],
+            '{{ $value | humanize }} CLOSE_WAIT connections %s were read to EOF (Recv-Q 0) by their program and not closed, are older than the exporter\'s close_wait.stuck_after, and the group has held such connections for %s: a missing close() after the read loop or on an error path.' % [where.group, c.closeWaitEofIgnored['for']],
+          ),
+          alert(
+            'TcpStateCloseWaitAcceptBacklog',
+            c.closeWaitAcceptBacklog,
+            where.backlogged % c.closeWaitAcceptBacklog,
+            'CLOSE_WAIT connections wait in an accept queue: their peers gave up before the program accepted them.',
+            '{{ $value | humanize }} CLOSE_WAIT connections %s, half or more of the group\'s, are still in an accept queue, and the group has held such connections for %s: the program accepts more slowly than its peers wait.' % [where.group, c.closeWaitAcceptBacklog['for']],
+          ),
+          alert(
+            'TcpStateFdExhaustionPredicted',
+            c.fdExhaustion,
+            |||
+              (
+                predict_linear(tcpstate_process_open_fds[%(window)s], %(horizonSeconds)s)
+                >= tcpstate_process_max_fds
+              )
+              and on (job, instance, netns, process)
+              (
+                sum by (job, instance, netns, process) (delta(tcpstate_connections{state="close_wait"}[%(window)s])) > 0
+              )
+            ||| % c.fdExhaustion,
+            'A program leaking CLOSE_WAIT connections will run out of file descriptors.',
+            'The open file descriptors of %s, extrapolated from the last %s, reach its soft RLIMIT_NOFILE within %dh ({{ $value | humanize }} open by then) while its CLOSE_WAIT connections grow: then accept() fails with EMFILE and it stops serving.' % [where.process + where.context, c.fdExhaustion.window, c.fdExhaustion.horizonSeconds / 3600],
           ),
           alert(
             'TcpStateAcceptQueueNearLimit',
@@ -135,8 +169,8 @@ local where = {
             |||
               tcpstate_groups_folded > 0
             |||,
-            'Some ports/processes are folded into port="other".',
-            'tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} folded {{ $value | humanize }} groups into port="other" because max_groups is reached: raise max_groups or expect CLOSE_WAIT there to show only as port="other".',
+            'Some ports/processes are folded into port="other", process="other".',
+            'tcpstate-exporter on {{ $labels.instance }}{{ with $labels.netns }} (netns {{ . }}){{ end }} folded {{ $value | humanize }} groups into port="other", process="other" because max_groups is reached: raise max_groups or expect CLOSE_WAIT there to show only in that bucket.',
           ),
         ],
       },

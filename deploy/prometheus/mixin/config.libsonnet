@@ -40,11 +40,17 @@
     acceptQueue: { ratio: 0.8, 'for': '5m', severity: 'warning' },
 
     // TcpStateCloseWaitEofIgnored: a group holds at least minConnections CLOSE_WAIT
-    // connections whose program read the EOF (Recv-Q 0) and did not close, without pause
-    // for `for`. A correct program closes within milliseconds of reading EOF, so a sample
-    // catches one between its read and its close only by chance, never for 10 minutes:
-    // this is a definite bug (cause 1 in its purest form), whatever the age.
+    // connections older than the exporter's close_wait.stuck_after (default 1m) whose
+    // program read the EOF (Recv-Q 0) and did not close, without pause for `for`. Young
+    // ones do not count: a busy server reads the EOF, finishes writing and closes a moment
+    // later, so some are always caught in between. Cause 1 in its purest form.
     closeWaitEofIgnored: { minConnections: 1, 'for': '10m', severity: 'warning' },
+
+    // TcpStateCloseWaitAcceptBacklog: a group holds at least minConnections CLOSE_WAIT
+    // connections still in an accept queue, half or more of its CLOSE_WAIT (the rule of
+    // snapshot's "accept backlog" verdict), without pause for `for`: its peers keep giving
+    // up before the program accepts (cause 3). TcpStateCloseWaitStuck skips these groups.
+    closeWaitAcceptBacklog: { minConnections: 1, 'for': '10m', severity: 'warning' },
 
     // TcpStateListenOverflows: a namespace's accept queues overflowed (TcpExt
     // ListenOverflows) at least minIncrease times in `window`, without pause for `for`.
@@ -52,6 +58,17 @@
     // a listener the program cannot drain (cause 3). `window` shorter than `for`: one
     // burst stays in the window for `window` only and never fires.
     listenOverflows: { minIncrease: 10, window: '5m', 'for': '10m', severity: 'warning' },
+
+    // TcpStateFdExhaustionPredicted: a program holding growing CLOSE_WAIT (its count rose
+    // over `window`) whose open descriptors, extrapolated linearly over `window`, reach
+    // its soft RLIMIT_NOFILE within horizonSeconds (4h: time to find the leak before the
+    // restart it will need), without pause for `for`. Every leaked socket is a descriptor;
+    // at the limit accept() fails with EMFILE and the program stops serving.
+    fdExhaustion: { window: '1h', horizonSeconds: 14400, 'for': '15m', severity: 'critical' },
+
+    // The fleet view (recording rules, the dashboard's "Fleet" row): the `topk` worst
+    // groups of the whole fleet per verdict signal, ranked once per rule evaluation.
+    fleet: { topk: 20 },
 
     // The dashboard's "closes after N s" panel subtracts the duration histogram's bucket
     // le=closeWaitClosedLate.seconds: keep that threshold one of the exporter's
@@ -70,7 +87,7 @@
     stale: { ageSeconds: 120, 'for': '5m', severity: 'warning' },
 
     // TcpStateGroupsFolded: the per-metric group limit (max_groups) is reached and some
-    // ports/processes are folded into port="other".
+    // ports/processes are folded into port="other", process="other".
     groupsFolded: { 'for': '30m', severity: 'info' },
   },
 }

@@ -8,6 +8,8 @@ local ds = { type: 'prometheus', uid: '${datasource}' };
 local host = 'job=~"$job", instance=~"$instance"';
 local sampled = host + ', netns=~"$netns"';
 local group = sampled + ', port=~"$port", process=~"$process"';
+// Per-program series (the fd cliff) have no port.
+local program = sampled + ', process=~"$process"';
 
 local target(expr, legend) = { expr: expr, legendFormat: legend };
 
@@ -93,6 +95,23 @@ local table(title, description, targets) =
           renameByName: { ['Value #' + t.refId]: t.legendFormat for t in withRefIds(targets) },
         },
       },
+    ],
+  };
+
+// The fleet's worst groups for one signal, from a recording rule (deploy/prometheus,
+// rules.libsonnet): one row per group, its labels as columns, the worst first.
+local ranking(title, description, expr, unit='short') =
+  panel('table', title, description, [target(expr, title) { instant: true, format: 'table' }], unit) {
+    options: { showHeader: true, cellHeight: 'sm', footer: { show: false, reducer: ['sum'], fields: '' } },
+    transformations: [
+      {
+        id: 'organize',
+        options: {
+          excludeByName: { Time: true, __name__: true, job: true, state: true },
+          renameByName: { Value: title },
+        },
+      },
+      { id: 'sortBy', options: { sort: [{ field: title, desc: true }] } },
     ],
   };
 
@@ -222,11 +241,40 @@ local w(width, p) = { w: width, panel: p };
             ] },
           ],
         },
+        // The worst groups of every instance and pod, whatever the variables select: read
+        // from the fleet recording rules, so a 1,000-node Prometheus ranks them once per
+        // evaluation, not once per panel refresh and viewer.
+        {
+          title: 'Fleet: the worst groups of every instance',
+          lines: [
+            { h: 8, panels: [
+              w(8, ranking('Never closed: stuck CLOSE_WAIT', "Groups with the most CLOSE_WAIT connections older than the exporter's close_wait.stuck_after, across every instance and pod (recording rule tcpstate_fleet:close_wait_stuck_connections:topk, the worst %d)." % c.fleet.topk,
+                           'tcpstate_fleet:close_wait_stuck_connections:topk{job=~"$job"}')),
+              w(8, ranking('Oldest CLOSE_WAIT', 'Groups whose oldest CLOSE_WAIT connection is the oldest, across the fleet (tcpstate_fleet:close_wait_oldest_seconds:topk).',
+                           'tcpstate_fleet:close_wait_oldest_seconds:topk{job=~"$job"}', 's')),
+              w(8, ranking('Growing fastest', 'Groups whose CLOSE_WAIT count grew the most over the last %s (tcpstate_fleet:close_wait_growth:topk), the TcpStateCloseWaitGrowing signal.' % c.closeWaitGrowth.window,
+                           'tcpstate_fleet:close_wait_growth:topk{job=~"$job"}')),
+            ] },
+            { h: 8, panels: [
+              w(8, ranking('Accept backlog: never accepted', 'Groups with the most CLOSE_WAIT connections still in an accept queue (tcpstate_fleet:close_wait_unaccepted:topk).',
+                           'tcpstate_fleet:close_wait_unaccepted:topk{job=~"$job"}')),
+              w(8, ranking('Closed late: p%g time before the close' % (c.closeWaitClosedLate.quantile * 100), 'Groups whose closed CLOSE_WAIT connections waited the longest over the last %s (tcpstate_fleet:close_wait_closed_seconds:topk).' % c.closeWaitClosedLate.window,
+                           'tcpstate_fleet:close_wait_closed_seconds:topk{job=~"$job"}', 's')),
+              w(8, ranking('Nearest the fd cliff', 'Programs with the largest share of their soft RLIMIT_NOFILE open (tcpstate_fleet:process_fd_usage_ratio:topk): where TcpStateFdExhaustionPredicted looks.',
+                           'tcpstate_fleet:process_fd_usage_ratio:topk{job=~"$job"}', 'percentunit')),
+            ] },
+            { h: 8, panels: [
+              w(24, timeseries('CLOSE_WAIT per instance (the 10 most)', 'All CLOSE_WAIT sockets of each instance (tcpstate_instance:close_wait_connections:sum), the 10 instances holding the most.', [
+                target('topk(10, tcpstate_instance:close_wait_connections:sum{job=~"$job"})', '{{instance}}'),
+              ])),
+            ] },
+          ],
+        },
         {
           title: 'CLOSE_WAIT',
           lines: [
             { h: 8, panels: [
-              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other" is the fold bucket.', [
+              w(12, timeseries('CLOSE_WAIT by port', 'Inbound: the local (listening) port. Outbound: the remote port. port="other", process="other" is the fold bucket.', [
                 target('sum by (netns, direction, port) (tcpstate_connections{%s, state="close_wait"})' % group, '{{direction}} {{port}} {{netns}}'),
               ])),
               w(12, timeseries('CLOSE_WAIT by process', 'The owning process (comm); empty for orphaned sockets.', [
@@ -298,7 +346,7 @@ local w(width, p) = { w: width, panel: p };
               ], 's', c.stale.ageSeconds)),
             ] },
             { h: 7, panels: [
-              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other".', [
+              w(6, timeseries('Groups folded into port="other"', 'Groups over max_groups, folded into port="other", process="other".', [
                 target('tcpstate_groups_folded{%s}' % sampled, '{{instance}} {{netns}}'),
               ])),
               w(6, timeseries('Exporter memory', 'Resident memory of the exporter process.', [
@@ -321,8 +369,8 @@ local w(width, p) = { w: width, panel: p };
           title: 'Diagnosis',
           lines: [
             { h: 8, panels: [
-              w(8, timeseries('Cause 1: EOF read and ignored vs EOF unread', "CLOSE_WAIT connections per group. 'EOF read': the program's recv() returned 0 (Recv-Q 0) and it still did not close: it saw the peer leave and ignored it, the purest form of cause 1 (never closed), a bug to fix in the code (a missing close() after the read loop, an exception path). 'EOF unread': the program has not read to the end at all: stuck or slow (cause 1 when it never resumes, cause 2 when it resumes late). Alert: TcpStateCloseWaitEofIgnored.", [
-                target('sum by (netns, direction, port, process) (tcpstate_close_wait_eof_read_connections{%s})' % group, 'EOF read {{direction}} {{port}} {{process}} {{netns}}'),
+              w(8, timeseries('Cause 1: EOF read and ignored vs EOF unread', "CLOSE_WAIT connections per group. 'EOF read, stuck': older than the exporter's close_wait.stuck_after, the program's recv() returned 0 (Recv-Q 0) and it still did not close: it saw the peer leave and ignored it, the purest form of cause 1 (never closed), a bug to fix in the code (a missing close() after the read loop, an exception path); younger ones prove nothing (a program may read the EOF and close a moment later). 'EOF unread': the program has not read to the end at all: stuck or slow (cause 1 when it never resumes, cause 2 when it resumes late). Alert: TcpStateCloseWaitEofIgnored.", [
+                target('sum by (netns, direction, port, process) (tcpstate_close_wait_stuck_eof_read_connections{%s})' % group, 'EOF read, stuck {{direction}} {{port}} {{process}} {{netns}}'),
                 target(|||
                   sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
                   - sum by (netns, direction, port, process) (tcpstate_close_wait_eof_read_connections{%s})
@@ -341,7 +389,7 @@ local w(width, p) = { w: width, panel: p };
               ], 'ops')),
             ] },
             { h: 8, panels: [
-              w(8, timeseries('Cause 3: CLOSE_WAIT never accepted vs accept queue', "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up before the program ever called accept() (cause 3, accept backlog). Against them the queue's length and its limit (backlog, capped by somaxconn). Never-accepted CLOSE_WAIT with a queue at its limit: the program accepts too slowly; raise the accept rate, not only the backlog.", [
+              w(8, timeseries('Cause 3: CLOSE_WAIT never accepted vs accept queue', "CLOSE_WAIT connections still in a listener's accept queue: the peer gave up before the program ever called accept() (cause 3, accept backlog; alert TcpStateCloseWaitAcceptBacklog when they are half or more of the group's). Against them the queue's length and its limit (backlog, capped by somaxconn). Never-accepted CLOSE_WAIT with a queue at its limit: the program accepts too slowly; raise the accept rate, not only the backlog.", [
                 target('sum by (netns, port, process) (tcpstate_close_wait_unaccepted{%s})' % group, 'never accepted {{port}} {{process}} {{netns}}'),
                 target('sum by (netns, port, process) (tcpstate_listen_queue_length{%s})' % group, 'queued {{port}} {{process}} {{netns}}'),
                 target('sum by (netns, port, process) (tcpstate_listen_queue_max{%s})' % group, 'limit {{port}} {{process}} {{netns}}'),
@@ -356,6 +404,16 @@ local w(width, p) = { w: width, panel: p };
                   / sum by (netns, direction, port, process) (tcpstate_connections{%s, state="close_wait"})
                 ||| % [group, group], '{{direction}} {{port}} {{process}} {{netns}}'),
               ], 'percentunit')),
+            ] },
+            { h: 8, panels: [
+              w(12, timeseries('The fd cliff: open descriptors vs limit', "Every leaked socket is a file descriptor. Per program owning connections in a detail state, the open descriptors of its process nearest its limit (solid) and that process's soft RLIMIT_NOFILE: when they meet, accept() fails with EMFILE and the program stops serving. Alert: TcpStateFdExhaustionPredicted, when the open descriptors of a program whose CLOSE_WAIT grows are on course to reach the limit within %dh." % (c.fdExhaustion.horizonSeconds / 3600), [
+                target('max by (instance, netns, process) (tcpstate_process_open_fds{%s})' % program, 'open {{process}} {{instance}} {{netns}}'),
+                target('min by (instance, netns, process) (tcpstate_process_max_fds{%s})' % program, 'limit {{process}} {{instance}} {{netns}}'),
+              ])),
+              w(12, timeseries('The fd cliff: share of the limit used, and in %dh at this rate' % (c.fdExhaustion.horizonSeconds / 3600), "Open descriptors over the soft limit, now (solid) and extrapolated over the last %s as TcpStateFdExhaustionPredicted does; 100%%: the cliff." % c.fdExhaustion.window, [
+                target('max by (instance, netns, process) (tcpstate_process_open_fds{%s} / (tcpstate_process_max_fds{%s} > 0))' % [program, program], 'now {{process}} {{instance}} {{netns}}'),
+                target('max by (instance, netns, process) (predict_linear(tcpstate_process_open_fds{%s}[%s], %d) / (tcpstate_process_max_fds{%s} > 0))' % [program, c.fdExhaustion.window, c.fdExhaustion.horizonSeconds, program], 'in %dh {{process}} {{instance}} {{netns}}' % (c.fdExhaustion.horizonSeconds / 3600)),
+              ], 'percentunit', 1)),
             ] },
             { h: 6, panels: [
               w(24, table('Namespace TCP settings', "The sysctls the article names, per network namespace. tcp_fin_timeout bounds the peer's orphaned FIN_WAIT2, never CLOSE_WAIT (nothing in the kernel does). Keepalive time / interval / probes: how long before keepalive reaps a connection whose peer vanished (mitigation only). somaxconn caps every listener's backlog: raising a backlog past it does nothing (cause 3).", [

@@ -130,6 +130,7 @@ impl TlsServerConfig {
             .filter(|s| s.tls13().is_some())
             .collect();
         let mut tls12 = 0;
+        let mut dropped = Vec::new();
         for name in names {
             if let Some((_, suite)) = TLS12_SUITES.iter().find(|(n, _)| n == name) {
                 if !chosen.contains(suite) {
@@ -137,18 +138,26 @@ impl TlsServerConfig {
                     tls12 += 1;
                 }
             } else if LEGACY_SUITE_NAMES.contains(&name.as_str()) {
-                tracing::warn!(suite = %name, "web config: legacy cipher suite not supported; dropped");
+                dropped.push(name.as_str());
             } else if !TLS13_SUITE_NAMES.contains(&name.as_str()) {
                 return Err((KEY, format!("unknown cipher suite {name:?}")));
             }
         }
+        // A refused list is one error line naming what was dropped; a warning for each
+        // dropped suite only when the list is kept.
         if tls12 == 0 && min_version <= 12 && !names.is_empty() {
             return Err((
                 KEY,
-                "none of the listed TLS 1.2 suites is supported (only ECDHE with AES-GCM or \
-                 ChaCha20-Poly1305 are); list one or set min_version: TLS13"
-                    .into(),
+                format!(
+                    "none of the listed TLS 1.2 suites is supported (only ECDHE with AES-GCM \
+                     or ChaCha20-Poly1305 are; legacy ones dropped: {}); list one or set \
+                     min_version: TLS13",
+                    dropped.join(", ")
+                ),
             ));
+        }
+        for name in dropped {
+            tracing::warn!(suite = %name, "web config: legacy cipher suite not supported; dropped");
         }
         Ok(chosen)
     }
@@ -159,13 +168,14 @@ impl TlsServerConfig {
             return Ok(ring::default_provider().kx_groups);
         };
         let mut groups: Vec<&'static dyn SupportedKxGroup> = Vec::new();
+        let mut dropped = Vec::new();
         for name in names {
             if let Some((_, group)) = CURVES.iter().find(|(n, _)| n == name) {
                 if !groups.iter().any(|g| g.name() == group.name()) {
                     groups.push(*group);
                 }
             } else if UNSUPPORTED_CURVES.contains(&name.as_str()) {
-                tracing::warn!(curve = %name, "web config: curve not supported; dropped");
+                dropped.push(name.as_str());
             } else {
                 return Err((KEY, format!("unknown curve {name:?}")));
             }
@@ -173,8 +183,15 @@ impl TlsServerConfig {
         if groups.is_empty() {
             return Err((
                 KEY,
-                "none of the listed curves is supported (CurveP256, CurveP384, X25519)".into(),
+                format!(
+                    "none of the listed curves is supported (CurveP256, CurveP384, X25519; \
+                     dropped: {})",
+                    dropped.join(", ")
+                ),
             ));
+        }
+        for name in dropped {
+            tracing::warn!(curve = %name, "web config: curve not supported; dropped");
         }
         Ok(groups)
     }

@@ -12,6 +12,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
+use crate::config::input::read_bounded;
 use crate::http::tls::{KeyError, TlsServerConfig};
 
 /// Who must show a client certificate, and whether it is checked against the CA.
@@ -53,13 +54,16 @@ impl TlsServerConfig {
             match (&self.client_ca_file, &self.client_ca) {
                 (Some(file), _) if !file.is_empty() => {
                     let path = base_dir.join(file);
-                    let iter = CertificateDer::pem_file_iter(&path).map_err(|e| {
+                    let pem = read_bounded(&path).map_err(|e| {
                         (
                             "tls_server_config.client_ca_file",
                             format!("cannot read {}: {e}", path.display()),
                         )
                     })?;
-                    ("tls_server_config.client_ca_file", iter.collect())
+                    (
+                        "tls_server_config.client_ca_file",
+                        CertificateDer::pem_slice_iter(&pem).collect(),
+                    )
                 }
                 (_, Some(pem)) if !pem.is_empty() => (
                     "tls_server_config.client_ca",

@@ -5,6 +5,7 @@ use std::path::Path;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::input::read_bounded;
 use crate::http::tls::{KeyError, TlsServerConfig};
 
 impl TlsServerConfig {
@@ -15,14 +16,13 @@ impl TlsServerConfig {
         let certs: Result<Vec<_>, _> = match (&self.cert_file, &self.cert) {
             (Some(file), _) if !file.is_empty() => {
                 let path = base_dir.join(file);
-                CertificateDer::pem_file_iter(&path)
-                    .map_err(|e| {
-                        (
-                            "tls_server_config.cert_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?
-                    .collect()
+                let pem = read_bounded(&path).map_err(|e| {
+                    (
+                        "tls_server_config.cert_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                CertificateDer::pem_slice_iter(&pem).collect()
             }
             (_, Some(pem)) if !pem.is_empty() => {
                 CertificateDer::pem_slice_iter(pem.as_bytes()).collect()
@@ -50,12 +50,14 @@ impl TlsServerConfig {
         match (&self.key_file, &self.key) {
             (Some(file), _) if !file.is_empty() => {
                 let path = base_dir.join(file);
-                PrivateKeyDer::from_pem_file(&path).map_err(|e| {
+                let unreadable = |e: &dyn std::fmt::Display| {
                     (
                         "tls_server_config.key_file",
                         format!("cannot read a PEM private key from {}: {e}", path.display()),
                     )
-                })
+                };
+                let pem = read_bounded(&path).map_err(|e| unreadable(&e))?;
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| unreadable(&e))
             }
             (_, Some(pem)) if !pem.is_empty() => PrivateKeyDer::from_pem_slice(pem.as_bytes())
                 .map_err(|e| {

@@ -15,6 +15,8 @@ pub struct LabelOptions {
     pub pid_label: bool,
     /// Add `netns`, `pod` and `namespace` to every series ("all" namespaces mode).
     pub namespace_labels: bool,
+    /// Peer series per outbound CLOSE_WAIT group (`close_wait.peers_per_group`; 0: none).
+    pub peers_per_group: usize,
 }
 
 /// Labels the series of one namespace's sample.
@@ -56,10 +58,24 @@ impl SeriesLabels<'_> {
         labels
     }
 
+    /// A peer of a CLOSE_WAIT group: direction, port, owner, peer.
+    pub fn peer(&self, group: &AgeGroup, peer: &str) -> Vec<LabelPair> {
+        let mut labels = self.close_wait(group);
+        labels.push(label("peer", peer));
+        labels
+    }
+
     /// The listeners of a port: port, owner.
     pub fn listener(&self, key: &ListenerKey) -> Vec<LabelPair> {
         let mut labels = self.with(&[("port", &key.port.to_string())]);
         self.push_owner(&mut labels, key.owner);
+        labels
+    }
+
+    /// A program: its owner labels alone.
+    pub fn process(&self, owner: OwnerKey) -> Vec<LabelPair> {
+        let mut labels = self.with(&[]);
+        self.push_owner(&mut labels, owner);
         labels
     }
 

@@ -85,6 +85,7 @@ impl LabelOptions {
         LabelOptions {
             pid_label: settings.pid_label,
             namespace_labels: settings.namespaces == NamespaceMode::All,
+            peers_per_group: settings.peers_per_group,
         }
     }
 }
@@ -178,6 +179,7 @@ mod tests {
         let options = LabelOptions {
             pid_label: false,
             namespace_labels: false,
+            peers_per_group: 0,
         };
         let out = text(sample_families(&sample(), options, &[]));
         for state in TcpState::ALL {
@@ -214,6 +216,7 @@ mod tests {
         let options = LabelOptions {
             pid_label: false,
             namespace_labels: true,
+            peers_per_group: 0,
         };
         let out = text(namespace_families(
             &[namespace("blue"), namespace("red")],
@@ -242,9 +245,56 @@ mod tests {
         let options = LabelOptions {
             pid_label: true,
             namespace_labels: false,
+            peers_per_group: 0,
         };
         let out = text(sample_families(&sample(), options, &[]));
         assert!(out.contains("process=\"server\",pid=\"42\"} 2\n"), "{out}");
+    }
+
+    #[test]
+    fn peer_series_are_opt_in_with_the_rest_as_other() {
+        let group = crate::model::labels::AgeGroup {
+            direction: Direction::Outbound,
+            port: PortLabel::Port(3306),
+            owner: OwnerKey {
+                process: ProcessId(1),
+                ..OwnerKey::default()
+            },
+        };
+        let mut sample = sample();
+        sample.close_wait_peers = vec![(
+            group,
+            crate::model::top::Top {
+                top: vec![
+                    (std::net::SocketAddr::from(([10, 0, 0, 5], 3306)), 1896),
+                    (std::net::SocketAddr::from(([10, 0, 0, 6], 3306)), 20),
+                ],
+                others: 4,
+                distinct: 5,
+            },
+        )];
+        let options = |peers_per_group| LabelOptions {
+            pid_label: false,
+            namespace_labels: false,
+            peers_per_group,
+        };
+        let off = text(sample_families(&sample, options(0), &[]));
+        assert!(
+            !off.contains("tcpstate_close_wait_peer_connections"),
+            "{off}"
+        );
+        let on = text(sample_families(&sample, options(1), &[]));
+        let series: Vec<&str> = on
+            .lines()
+            .filter(|l| l.starts_with("tcpstate_close_wait_peer_connections{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "tcpstate_close_wait_peer_connections{direction=\"outbound\",port=\"3306\",process=\"server\",peer=\"10.0.0.5:3306\"} 1896",
+                "tcpstate_close_wait_peer_connections{direction=\"outbound\",port=\"3306\",process=\"server\",peer=\"other\"} 24",
+            ]
+        );
     }
 
     #[test]
@@ -322,6 +372,27 @@ mod tests {
             ..AgesReport::default()
         };
         sample.listen_counters = Some(ListenCounters::default());
+        let outbound = crate::model::labels::AgeGroup {
+            direction: Direction::Outbound,
+            port: PortLabel::Port(3306),
+            owner: OwnerKey::default(),
+        };
+        sample.close_wait_peers = vec![(
+            outbound,
+            crate::model::top::Top {
+                top: vec![(std::net::SocketAddr::from(([10, 0, 0, 5], 3306)), 3)],
+                others: 1,
+                distinct: 2,
+            },
+        )];
+        sample.process_fds = vec![(
+            OwnerKey::default(),
+            crate::model::fds::ProcessFds {
+                pid: 1,
+                open: 950,
+                max: Some(1024),
+            },
+        )];
         sample.tcp_settings = TcpSettings {
             fin_timeout_seconds: Some(60.0),
             keepalive_time_seconds: Some(7200.0),
@@ -336,6 +407,7 @@ mod tests {
         let options = LabelOptions {
             pid_label: true,
             namespace_labels: true,
+            peers_per_group: 2,
         };
         let mut families = namespace_families(&[namespace], options);
         let own = SelfMetrics {

@@ -3,7 +3,11 @@
 use prometheus::proto::{LabelPair, MetricFamily};
 
 use crate::kernel::record::TcpState;
+use std::collections::BTreeMap;
+
+use crate::model::ages::StuckCounts;
 use crate::model::aggregate::{GroupStats, ListenerStats};
+use crate::model::labels::AgeGroup;
 use crate::model::sample::Sample;
 use crate::output::exposition::labels::{LabelOptions, SeriesLabels};
 use crate::output::exposition::proto::{FamilySpec, histogram};
@@ -24,8 +28,13 @@ pub fn sample_families(
     families.extend(listener_families(&labels));
     families.extend(age_families(&labels));
     families.extend(evidence_families(&labels));
+    families.extend(stuck_families(&labels));
     families.extend(kernel_families(&labels));
     families.extend(tracking_families(&labels));
+    families.extend(fd_families(&labels));
+    if options.peers_per_group > 0 {
+        families.push(peer_family(&labels));
+    }
     families
 }
 
@@ -204,6 +213,43 @@ fn evidence_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
     per_field(&EVIDENCE_FAMILIES, &series)
 }
 
+const STUCK_FAMILIES: [FieldFamily<StuckCounts>; 2] = [
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_stuck_connections",
+            "CLOSE_WAIT connections of the group older than close_wait.stuck_after: \
+             evidence of a leak, where a young CLOSE_WAIT proves nothing.",
+        ),
+        |s| s.sockets,
+    ),
+    (
+        FamilySpec::gauge(
+            "tcpstate_close_wait_stuck_eof_read_connections",
+            "CLOSE_WAIT connections older than close_wait.stuck_after whose program read the \
+             EOF (Recv-Q 0) and still did not close: it saw the peer leave and ignored it.",
+        ),
+        |s| s.eof_read,
+    ),
+];
+
+/// Stuck sockets per CLOSE_WAIT group, zeros included (so that every group has a series
+/// an alert can match against).
+fn stuck_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let sample = labels.sample;
+    let mut groups: BTreeMap<AgeGroup, StuckCounts> = sample
+        .groups
+        .iter()
+        .filter(|(key, _)| key.state == TcpState::CloseWait)
+        .map(|(key, _)| (key.close_wait_group(), StuckCounts::default()))
+        .collect();
+    groups.extend(sample.ages.stuck.iter().copied());
+    let series: Vec<_> = groups
+        .iter()
+        .map(|(group, stuck)| (labels.close_wait(group), stuck))
+        .collect();
+    per_field(&STUCK_FAMILIES, &series)
+}
+
 const LISTEN_OVERFLOWS: FamilySpec = FamilySpec::counter(
     "tcpstate_listen_overflows_total",
     "Connections refused because an accept queue was full (TcpExt ListenOverflows).",
@@ -275,7 +321,7 @@ const UNTRACKED: FamilySpec = FamilySpec::gauge(
 );
 const FOLDED: FamilySpec = FamilySpec::gauge(
     "tcpstate_groups_folded",
-    "Groups folded into port=\"other\" because max_groups was reached.",
+    "Groups folded into port=\"other\", process=\"other\" because max_groups was reached.",
 );
 
 /// Entries counted from events, and what the tracker and the folding left out.
@@ -292,5 +338,54 @@ fn tracking_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
         TRACKED.with_value(labels.namespace(), sample.close_wait_tracked as f64),
         UNTRACKED.with_value(labels.namespace(), sample.ages.untracked as f64),
         FOLDED.with_value(labels.namespace(), sample.groups_folded as f64),
+    ]
+}
+
+const PEERS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_close_wait_peer_connections",
+    "Outbound CLOSE_WAIT connections of the group per peer (remote address:port): the top \
+     close_wait.peers_per_group peers, the rest as peer=\"other\" (opt-in).",
+);
+
+/// The top peers of each outbound CLOSE_WAIT group, and the rest as `peer="other"`.
+fn peer_family(labels: &SeriesLabels) -> MetricFamily {
+    let keep = labels.options.peers_per_group;
+    let mut series = Vec::new();
+    for (group, peers) in &labels.sample.close_wait_peers {
+        for (peer, count) in peers.top.iter().take(keep) {
+            series.push((labels.peer(group, &peer.to_string()), *count as f64));
+        }
+        let shown: u64 = peers.top.iter().take(keep).map(|(_, n)| n).sum();
+        let rest = peers.top.iter().map(|(_, n)| n).sum::<u64>() + peers.others - shown;
+        if rest > 0 {
+            series.push((labels.peer(group, "other"), rest as f64));
+        }
+    }
+    PEERS.with_values(series)
+}
+
+const OPEN_FDS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_process_open_fds",
+    "Open file descriptors of the program's process nearest its limit, for programs owning \
+     connections in a detail state: every leaked socket is one.",
+);
+const MAX_FDS: FamilySpec = FamilySpec::gauge(
+    "tcpstate_process_max_fds",
+    "Soft RLIMIT_NOFILE of that process: past it accept() fails with EMFILE (no series \
+     when unlimited).",
+);
+
+/// The fd cliff of each program owning detail-state connections.
+fn fd_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
+    let fds = &labels.sample.process_fds;
+    vec![
+        OPEN_FDS.with_values(
+            fds.iter()
+                .map(|(owner, fds)| (labels.process(*owner), fds.open as f64)),
+        ),
+        MAX_FDS
+            .with_values(fds.iter().filter_map(|(owner, fds)| {
+                fds.max.map(|max| (labels.process(*owner), max as f64))
+            })),
     ]
 }

@@ -96,6 +96,11 @@ impl Drop for Daemon {
     }
 }
 
+/// Starts the exporter in `ns` on 127.0.0.1:PORT, sampling every `interval`.
+pub fn start(ns: &Netns, exporter: &Path, interval: &str) -> Result<Daemon, String> {
+    Daemon::start(ns, exporter, &["--sample.interval", interval])
+}
+
 /// Starts the daemon in `ns` sampling every `interval`, lets it take `samples` samples,
 /// then runs the wrk plan (`seconds` 0: no wrk).
 pub fn measure(

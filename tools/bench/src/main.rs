@@ -13,6 +13,7 @@ mod floor;
 mod hold;
 mod load;
 mod measure;
+mod oncall;
 mod report;
 mod rounds;
 
@@ -45,6 +46,8 @@ pub struct Options {
     /// `--busy`: events lost vs churn rate and staleness under CPU hogs instead.
     pub busy_mode: bool,
     pub busy: busy::BusyPlan,
+    /// `--oncall N`: the on-call view's costs on a table of N sockets.
+    pub oncall: Option<usize>,
     pub scenario: PathBuf,
     pub exporter: PathBuf,
 }
@@ -61,6 +64,7 @@ fn usage() -> &'static str {
        [--busy-hogs 0,2,4] [--busy-table 110k] [--busy-interval-ms 1000]
        [--busy-staleness-seconds 20] [--busy-ring-bytes N] [--busy-only loss|staleness]
        [--doc PATH | --no-doc]
+       tcpstate-bench --oncall N [--rounds 5]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
@@ -68,7 +72,9 @@ sampling daemon, then again against a daemon that does not sample (the same-run
 baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace (named
 in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --busy
 measures events lost vs connection churn (own, foreign and both namespaces) and the
-served sample's age beside CPU hogs (docs/benchmarks.md, \"Busy host\"). Needs root."
+served sample's age beside CPU hogs (docs/benchmarks.md, \"Busy host\"). --oncall
+builds a table of N sockets and measures a sample with the fd figures against one without,
+and the latency of the live page and the drill-down. Needs root."
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -97,6 +103,7 @@ fn parse_options() -> Result<Options, String> {
             churn: bin_dir.join("tcpstate-churn"),
             ..busy::BusyPlan::default()
         },
+        oncall: None,
         scenario: bin_dir.join("tcpstate-scenario"),
         exporter: bin_dir.join("tcpstate-exporter"),
     };
@@ -184,6 +191,7 @@ fn parse_options() -> Result<Options, String> {
                 });
             }
             "--churn" => o.busy.churn = PathBuf::from(value),
+            "--oncall" => o.oncall = Some(number(&value)?),
             "--scenario" => o.scenario = PathBuf::from(value),
             "--exporter" => o.exporter = PathBuf::from(value),
             _ => return Err(format!("unknown flag {flag}")),
@@ -220,6 +228,15 @@ fn main() -> ExitCode {
     if let Some((size, command)) = &options.hold {
         return match hold::hold(&options.scenario, *size, command) {
             Ok(status) => ExitCode::from(status.code().map_or(1, |c| c as u8)),
+            Err(e) => {
+                eprintln!("tcpstate-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(size) = options.oncall {
+        return match oncall::run(&options.scenario, &options.exporter, size, options.rounds) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tcpstate-bench: {e}");
                 ExitCode::FAILURE

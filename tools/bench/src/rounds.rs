@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tcpstate_exporter::config::Settings;
+use tcpstate_exporter::model::sockets::SocketBudget;
 use tcpstate_exporter::sampling::attribution::Attribution;
 use tcpstate_exporter::sampling::sampler::{SampleReport, Sampler};
 
@@ -133,7 +134,8 @@ fn first_and_steady(attribution: bool) -> Result<(Timed, Timed, u64), String> {
     let mut sampler = sampler.map_err(|e| format!("sampler: {e}"))?;
     // A fresh owner cache too: "first" means nothing known yet.
     let mut owners = Attribution::new(&settings);
-    let (first, mut first_cost) = measure::time(|| sampler.sample(&mut owners));
+    let (first, mut first_cost) =
+        measure::time(|| sampler.sample(&mut owners, SocketBudget::default()));
     let (sample, first_report) = first.map_err(|e| format!("first sample: {e}"))?;
     first_cost.wall += open.wall;
     first_cost.cpu += open.cpu;
@@ -141,10 +143,11 @@ fn first_and_steady(attribution: bool) -> Result<(Timed, Timed, u64), String> {
     drop(sample);
     owners.revalidate();
     sampler
-        .sample(&mut owners)
+        .sample(&mut owners, SocketBudget::default())
         .map_err(|e| format!("sample: {e}"))?;
     owners.revalidate();
-    let (steady, steady_cost) = measure::time(|| sampler.sample(&mut owners));
+    let (steady, steady_cost) =
+        measure::time(|| sampler.sample(&mut owners, SocketBudget::default()));
     let (_, steady_report) = steady.map_err(|e| format!("steady sample: {e}"))?;
     Ok((
         (first_cost, first_report),
@@ -256,7 +259,8 @@ pub fn rss_loop(ns: &Netns, table: &mut Table, samples: usize) -> Result<RssLoop
         for i in 1..=samples {
             table.refresh_and_settle()?;
             owners.revalidate();
-            let (sample, cost) = measure::time(|| sampler.sample(&mut owners));
+            let (sample, cost) =
+                measure::time(|| sampler.sample(&mut owners, SocketBudget::default()));
             sample.map_err(|e| format!("sample {i}: {e}"))?;
             total.wall += cost.wall;
             total.cpu += cost.cpu;

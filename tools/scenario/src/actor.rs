@@ -126,6 +126,10 @@ impl Actor {
                 }
                 None => Err(format!("no group {id:?}")),
             },
+            Command::Nofile { soft } => {
+                process::set_fd_limit(soft).map_err(|e| format!("setrlimit: {e}"))?;
+                Ok(json!({ "soft": soft }))
+            }
             // SAFETY: getpid has no preconditions.
             Command::Pid => Ok(json!({ "pid": unsafe { libc::getpid() } })),
             Command::Load { addr, count, state } => {

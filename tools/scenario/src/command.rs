@@ -77,6 +77,9 @@ pub enum Command {
         id: String,
     },
     Pid,
+    Nofile {
+        soft: u64,
+    },
     Load {
         addr: SocketAddr,
         count: usize,
@@ -186,6 +189,12 @@ impl Command {
             "pid" => {
                 arity(0, 0)?;
                 Self::Pid
+            }
+            "nofile" => {
+                arity(1, 1)?;
+                Self::Nofile {
+                    soft: number(args[0], "limit")?,
+                }
             }
             "load" => {
                 arity(3, 3)?;

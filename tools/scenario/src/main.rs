@@ -28,6 +28,7 @@
 //! | `fork ID NAME` | fork a child named NAME that inherits (shares) every fd and holds them until `kill-child ID` or this actor exits | `{"pid":CHILD}` |
 //! | `kill-child ID` | SIGKILL and reap that child | `{"pid":CHILD}` |
 //! | `pid` | | `{"pid":OWN}` |
+//! | `nofile SOFT` | sets the soft RLIMIT_NOFILE (the fd cliff a leak runs toward) | `{"soft":SOFT}` |
 //! | `load ADDR:PORT COUNT STATE` | bulk: a new listener and COUNT loopback connections, both ends here, left in STATE | `{"group":"load-N","listener":"load-N.listener","port":P,"count":C,"fds":F,"elapsed_ms":T}` |
 //!
 //! `load` states (the listener's side is the server; the group `load-N` holds the fds):

@@ -46,6 +46,25 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Sets the soft RLIMIT_NOFILE (the hard limit stays): a program with a small limit, to
+/// see it run toward its fd cliff.
+pub fn set_fd_limit(soft: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = soft;
+    // SAFETY: lim holds the kernel's hard limit and the soft limit asked for.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// How many fds this process has open now (entries of /proc/self/fd, minus the
 /// directory handle used to list them).
 pub fn open_fds() -> io::Result<usize> {

@@ -63,6 +63,136 @@ pub fn request(
     })
 }
 
+/// The value of an `Authorization` header for HTTP basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// A persistent (keep-alive) HTTP/1.1 connection: requests one after another on the same
+/// socket, each response read whole by its framing (Content-Length or chunked).
+pub struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects from the calling thread (so from its network namespace); `timeout`
+    /// bounds the connect and each read.
+    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Connection, String> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| format!("set read timeout: {e}"))?;
+        Ok(Connection {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The socket, for shutdowns and socket options.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Sends raw bytes (one request, several pipelined ones, half of one).
+    pub fn send(&mut self, raw: &[u8]) -> Result<(), String> {
+        self.stream.write_all(raw).map_err(|e| format!("send: {e}"))
+    }
+
+    /// One keep-alive request and its response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, String> {
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: exporter\r\n");
+        for (name, value) in headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        self.send(text.as_bytes())?;
+        self.read_response(method == "HEAD")
+    }
+
+    /// Reads exactly one response (`head`: the answer to a HEAD, which has no body
+    /// whatever its Content-Length). `Err` when the server closed first or went quiet.
+    pub fn read_response(&mut self, head: bool) -> Result<Response, String> {
+        let end = loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            self.fill()?;
+        };
+        let head_text = String::from_utf8_lossy(&self.buffer[..end]).to_ascii_lowercase();
+        let header = |name: &str| {
+            head_text
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(|value| value.trim().to_string())
+        };
+        let length = if head {
+            0
+        } else if header("transfer-encoding").is_some_and(|te| te == "chunked") {
+            loop {
+                if let Some(at) = self.buffer[end..]
+                    .windows(5)
+                    .position(|w| w == b"0\r\n\r\n")
+                {
+                    break at + 5;
+                }
+                self.fill()?;
+            }
+        } else {
+            let length = header("content-length").unwrap_or_else(|| "0".into());
+            length.parse().map_err(|_| "bad content-length")?
+        };
+        while self.buffer.len() < end + length {
+            self.fill()?;
+        }
+        let mut raw = self.buffer[..end].to_vec();
+        raw.extend_from_slice(&self.buffer[end..end + length]);
+        self.buffer.drain(..end + length);
+        if head {
+            // What the Content-Length announces, for the parser; dropped below.
+            let announced: usize = header("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            raw.resize(end + announced, 0);
+        }
+        let mut response = parse_response(&raw)?;
+        if head {
+            response.body.clear();
+        }
+        Ok(response)
+    }
+
+    /// True once the server has closed the connection (EOF or reset), waiting up to the
+    /// read timeout for it.
+    pub fn closed_by_server(&mut self) -> bool {
+        match self.fill() {
+            Err(e) => !e.contains("timed out") && !e.contains("would block"),
+            Ok(()) => false,
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), String> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err("closed by the server".into()),
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err("read timed out".into()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+}
+
 /// `GET path` with no extra headers.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, String> {
     request(addr, "GET", path, &[], timeout)

@@ -2,9 +2,12 @@
 //!
 //! `ss -p` reads every fd of every process on every run (16 s for 190k sockets here).
 //! Here only the inodes a sample needs are resolved, and what was resolved is kept:
-//! - a cached inode is trusted while its process lives (pid and start time unchanged);
+//! - a cached inode is trusted while its process lives (pid and start time unchanged),
+//!   with the cheap checks of `freshness` (a new name after exec, a socket that entered a
+//!   detail state or left its CLOSE_WAIT owner's descriptors);
 //! - unknown inodes are looked for first in the likely owners (the processes holding the
-//!   listener of an inbound connection's port), reading only fds not seen before;
+//!   listener of an inbound connection's port), then in their children (the workers of
+//!   a pre-fork or fork-per-connection server), reading only fds not seen before;
 //! - only if some are still missing are all processes listed, again new fds only; a full
 //!   re-read (fd numbers are reused after close) runs at most once per `FULL_RESCAN_EVERY`.
 //!
@@ -17,9 +20,13 @@
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use crate::kernel::procfs::{self, parse_u32};
+
+mod freshness;
 
 /// A full re-read of every process's fds runs at most once in this many resolution passes
 /// (a minute at the default interval): fd numbers are reused after close, so a socket
@@ -39,6 +46,29 @@ struct ProcessEntry {
     /// fd number -> socket inode (non-socket fds are kept with inode 0 so they are not
     /// read again).
     fds: HashMap<u32, u32>,
+    /// Open descriptors when the fds were last listed.
+    fd_count: u64,
+    /// The descriptor count the CLOSE_WAIT watch read, and the round it read it in.
+    counted: (u64, u64),
+    /// The fd figures, and the round they were read in (read once a round at most).
+    usage: Option<(u64, FdUsage)>,
+}
+
+/// How close a process is to running out of descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdUsage {
+    /// Descriptors open now.
+    pub open: u64,
+    /// Its soft RLIMIT_NOFILE: `None` when unlimited.
+    pub soft_limit: Option<u64>,
+}
+
+/// Where a cached socket was found, and the last round it was asked for.
+#[derive(Clone, Copy, Debug)]
+struct Holder {
+    pid: u32,
+    fd: u32,
+    used_round: u64,
 }
 
 /// What a resolution pass cost, for logs and benchmarks.
@@ -60,12 +90,19 @@ impl ResolveStats {
 pub struct OwnerCache {
     proc_root: PathBuf,
     processes: HashMap<u32, ProcessEntry>,
-    /// Socket inode -> lowest pid holding it.
-    inode_owner: HashMap<u32, u32>,
+    /// Socket inode -> lowest pid holding it, and its fd there.
+    inode_owner: HashMap<u32, Holder>,
     /// Inodes a pass could not find; looked for again only by the next full re-read, so
     /// a socket held outside our view does not cost a /proc walk every sample.
     unresolvable: HashSet<u32>,
     passes_since_full: u32,
+    /// Counts `revalidate` calls: one per sampling round.
+    round: u64,
+    /// Owners of CLOSE_WAIT sockets this round, with those sockets: their descriptor
+    /// counts are checked at the next `revalidate`.
+    watched: HashMap<u32, Vec<u32>>,
+    /// fd links read outside `resolve` (checks of cached sockets), not yet reported.
+    validation_reads: u64,
     /// Whether the missing-privilege warning was given (once per run).
     warned_permission: bool,
 }
@@ -78,19 +115,16 @@ impl OwnerCache {
             inode_owner: HashMap::new(),
             unresolvable: HashSet::new(),
             passes_since_full: 0,
+            round: 0,
+            watched: HashMap::new(),
+            validation_reads: 0,
             warned_permission: false,
         }
     }
 
-    /// The pid owning `inode`, without any I/O or allocation: the per-socket question.
-    pub fn owner_pid(&self, inode: u32) -> Option<u32> {
-        let pid = *self.inode_owner.get(&inode)?;
-        self.processes.contains_key(&pid).then_some(pid)
-    }
-
     /// The cached owner of `inode`, without any I/O.
     pub fn lookup(&self, inode: u32) -> Option<Owner> {
-        let pid = *self.inode_owner.get(&inode)?;
+        let pid = self.inode_owner.get(&inode)?.pid;
         let entry = self.processes.get(&pid)?;
         Some(Owner {
             pid,
@@ -98,19 +132,13 @@ impl OwnerCache {
         })
     }
 
-    /// Drops processes that exited (or whose pid was reused) since the last sample.
-    /// One stat-sized read per cached process.
-    pub fn revalidate(&mut self) {
-        let root = self.proc_root.clone();
-        let gone: Vec<u32> = self
-            .processes
-            .iter()
-            .filter(|(pid, entry)| read_start_time(&root, **pid).ok() != Some(entry.start_time))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            self.forget(pid);
-        }
+    /// The process holding `inode` and its descriptor there (the lowest pid when
+    /// several hold it), without any I/O.
+    pub fn holder(&self, inode: u32) -> Option<(u32, u32)> {
+        let holder = self.inode_owner.get(&inode)?;
+        self.processes
+            .contains_key(&holder.pid)
+            .then_some((holder.pid, holder.fd))
     }
 
     /// Finds the owners of `wanted` inodes that `lookup` does not know, looking first in
@@ -139,17 +167,28 @@ impl OwnerCache {
         if missing.is_empty() {
             return stats;
         }
-        // The likely owners first: new fds, then all of theirs (a server reuses the fd
-        // number of the connection it just closed for the next one it accepts).
-        for full in [false, true] {
-            for &pid in likely_pids {
-                self.scan_process(pid, full, &mut missing, &mut stats);
-                if missing.is_empty() {
-                    return stats;
+        // The likely owners first, then their children (the workers of a pre-fork or
+        // fork-per-connection server): new fds, then all of theirs (a server reuses the
+        // fd number of the connection it just closed for the next one it accepts).
+        for generation in 0..2 {
+            let group: Vec<u32> = if generation == 0 {
+                likely_pids.to_vec()
+            } else {
+                likely_pids
+                    .iter()
+                    .flat_map(|pid| procfs::children(&self.proc_root, *pid))
+                    .collect()
+            };
+            for full in [false, true] {
+                for &pid in &group {
+                    self.scan_process(pid, full, &mut missing, &mut stats);
+                    if missing.is_empty() {
+                        return stats;
+                    }
                 }
             }
         }
-        let pids = self.list_pids();
+        let pids = procfs::list_pids(&self.proc_root);
         stats.processes_listed = pids.len() as u64;
         for &pid in &pids {
             self.scan_process(pid, false, &mut missing, &mut stats);
@@ -180,7 +219,8 @@ impl OwnerCache {
         stats
     }
 
-    /// Reads the fds of one process: new fd numbers only, or all with `full`.
+    /// Reads the fds of one process: new fd numbers only, or all with `full`. Fds gone
+    /// since the last listing take their sockets out of the index.
     fn scan_process(
         &mut self,
         pid: u32,
@@ -191,71 +231,99 @@ impl OwnerCache {
         if !self.ensure_process(pid) {
             return;
         }
-        let fd_dir = self.proc_root.join(pid.to_string()).join("fd");
-        let listing = match fs::read_dir(&fd_dir) {
-            Ok(listing) => listing,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::PermissionDenied && !self.warned_permission {
-                    self.warned_permission = true;
-                    tracing::warn!(
-                        pid,
-                        "cannot read /proc/PID/fd of other users' processes: their sockets \
-                         get process=\"\" (grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
-                    );
-                }
-                tracing::debug!(pid, error = %e, "cannot list fds");
-                return;
-            }
+        let Some(listing) = self.list_fds(pid) else {
+            return;
+        };
+        let Some(entry) = self.processes.get_mut(&pid) else {
+            return;
         };
         let mut present = HashSet::new();
         let mut found = Vec::new();
         let mut dropped = Vec::new();
-        {
-            let Some(entry) = self.processes.get_mut(&pid) else {
-                return;
+        let mut refused = false;
+        for item in listing.flatten() {
+            let Some(fd) = parse_u32(item.file_name().as_bytes()) else {
+                continue;
             };
-            for item in listing.flatten() {
-                let Some(fd) = parse_u32(item.file_name().as_bytes()) else {
-                    continue;
-                };
-                present.insert(fd);
-                if !full && entry.fds.contains_key(&fd) {
-                    continue;
-                }
-                stats.fds_read += 1;
-                let inode = match fs::read_link(item.path()) {
-                    Ok(target) => socket_inode(target.as_os_str().as_bytes()).unwrap_or(0),
-                    Err(_) => continue, // closed meanwhile
-                };
-                let previous = entry.fds.insert(fd, inode).unwrap_or(0);
-                if previous != inode && previous != 0 {
-                    dropped.push(previous);
-                }
-                if inode != 0 {
-                    found.push(inode);
-                }
+            present.insert(fd);
+            if !full && entry.fds.contains_key(&fd) {
+                continue;
             }
-            entry.fds.retain(|fd, inode| {
-                let keep = present.contains(fd);
-                if !keep && *inode != 0 {
-                    dropped.push(*inode);
+            stats.fds_read += 1;
+            let inode = match procfs::fd_socket(&item.path()) {
+                Ok(inode) => inode,
+                // Listed but not readable: root without CAP_SYS_PTRACE.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    refused = true;
+                    break;
                 }
-                keep
-            });
+                Err(_) => continue, // closed meanwhile
+            };
+            let previous = entry.fds.insert(fd, inode).unwrap_or(0);
+            if previous != inode && previous != 0 {
+                dropped.push(previous);
+            }
+            if inode != 0 {
+                found.push((inode, fd));
+            }
+        }
+        entry.fds.retain(|fd, inode| {
+            let keep = present.contains(fd);
+            if !keep && *inode != 0 {
+                dropped.push(*inode);
+            }
+            keep
+        });
+        entry.fd_count = present.len() as u64;
+        if refused {
+            self.warn_permission(pid);
         }
         // The index only holds inodes some cached fd holds: it cannot grow with churn.
         for inode in dropped {
-            if self.inode_owner.get(&inode) == Some(&pid) {
-                self.inode_owner.remove(&inode);
-            }
+            self.drop_holder(inode, pid);
         }
-        for inode in found {
+        for (inode, fd) in found {
             missing.remove(&inode);
             self.unresolvable.remove(&inode);
-            let owner = self.inode_owner.entry(inode).or_insert(pid);
-            if pid < *owner || !self.processes.contains_key(owner) {
-                *owner = pid;
+            let held_by = Holder {
+                pid,
+                fd,
+                used_round: self.round,
+            };
+            let holder = self.inode_owner.entry(inode).or_insert(held_by);
+            if pid <= holder.pid || !self.processes.contains_key(&holder.pid) {
+                *holder = held_by;
             }
+        }
+    }
+
+    /// The listing of /proc/PID/fd; `None` (with a warning the first time permission is
+    /// missing) when it cannot be read.
+    fn list_fds(&mut self, pid: u32) -> Option<fs::ReadDir> {
+        let fd_dir = self.proc_root.join(pid.to_string()).join("fd");
+        match fs::read_dir(&fd_dir) {
+            Ok(listing) => Some(listing),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    self.warn_permission(pid);
+                }
+                tracing::debug!(pid, error = %e, "cannot list fds");
+                None
+            }
+        }
+    }
+
+    /// Says once that other users' sockets cannot be attributed, and what to grant: the
+    /// fd directory cannot be listed, or (root without CAP_SYS_PTRACE) listed but its
+    /// links not read.
+    fn warn_permission(&mut self, pid: u32) {
+        if !self.warned_permission {
+            self.warned_permission = true;
+            tracing::warn!(
+                pid,
+                "cannot read /proc/PID/fd of other users' processes: their sockets \
+                 get process=\"\" (grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
+            );
         }
     }
 
@@ -265,19 +333,18 @@ impl OwnerCache {
         if self.processes.contains_key(&pid) {
             return true;
         }
-        let start_time = match read_start_time(&self.proc_root, pid) {
-            Ok(t) => t,
-            Err(_) => return false,
+        let Ok(stat) = procfs::read_stat(&self.proc_root, pid) else {
+            return false;
         };
-        let comm = fs::read(self.proc_root.join(pid.to_string()).join("comm"))
-            .map(|bytes| String::from_utf8_lossy(bytes.trim_ascii_end()).into_owned())
-            .unwrap_or_default();
         self.processes.insert(
             pid,
             ProcessEntry {
-                comm: comm.into(),
-                start_time,
+                comm: stat.comm.into(),
+                start_time: stat.start_time,
                 fds: HashMap::new(),
+                fd_count: 0,
+                counted: (0, 0),
+                usage: None,
             },
         );
         true
@@ -286,51 +353,17 @@ impl OwnerCache {
     fn forget(&mut self, pid: u32) {
         if let Some(entry) = self.processes.remove(&pid) {
             for inode in entry.fds.values() {
-                if self.inode_owner.get(inode) == Some(&pid) {
-                    self.inode_owner.remove(inode);
-                }
+                self.drop_holder(*inode, pid);
             }
         }
     }
 
-    fn list_pids(&self) -> Vec<u32> {
-        let Ok(listing) = fs::read_dir(&self.proc_root) else {
-            return Vec::new();
-        };
-        let mut pids: Vec<u32> = listing
-            .flatten()
-            .filter_map(|e| parse_u32(e.file_name().as_bytes()))
-            .collect();
-        pids.sort_unstable();
-        pids
+    /// `pid` no longer holds `inode`: out of the index if it was its owner there.
+    fn drop_holder(&mut self, inode: u32, pid: u32) {
+        if self.inode_owner.get(&inode).is_some_and(|h| h.pid == pid) {
+            self.inode_owner.remove(&inode);
+        }
     }
-}
-
-fn parse_u32(bytes: &[u8]) -> Option<u32> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
-/// `socket:[12345]` -> 12345.
-fn socket_inode(link: &[u8]) -> Option<u32> {
-    let inner = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
-    parse_u32(inner)
-}
-
-/// Field 22 of /proc/PID/stat: start time in clock ticks since boot; with the pid it
-/// identifies a process across pid reuse.
-fn read_start_time(proc_root: &Path, pid: u32) -> io::Result<u64> {
-    let stat = fs::read(proc_root.join(pid.to_string()).join("stat"))?;
-    // The name (field 2) may hold spaces and parentheses: split after the last ')'.
-    let after_name = stat
-        .iter()
-        .rposition(|&b| b == b')')
-        .map(|i| &stat[i + 1..])
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no ) in stat"))?;
-    std::str::from_utf8(after_name)
-        .ok()
-        .and_then(|rest| rest.split_whitespace().nth(19))
-        .and_then(|field| field.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no start time in stat"))
 }
 
 #[cfg(test)]
@@ -338,30 +371,6 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn parses_socket_links() {
-        assert_eq!(socket_inode(b"socket:[12345]"), Some(12345));
-        assert_eq!(socket_inode(b"pipe:[12345]"), None);
-        assert_eq!(socket_inode(b"/dev/null"), None);
-        assert_eq!(socket_inode(b"socket:[]"), None);
-    }
-
-    #[test]
-    fn start_time_survives_odd_process_names() {
-        let dir = std::env::temp_dir().join(format!("owners-test-{}", std::process::id()));
-        let pid_dir = dir.join("7");
-        fs::create_dir_all(&pid_dir).expect("temp dir");
-        let mut fields = vec!["S"; 19];
-        fields.push("424242");
-        fs::write(
-            pid_dir.join("stat"),
-            format!("7 (a) b (c) {} 0 0\n", fields.join(" ")),
-        )
-        .expect("write");
-        assert_eq!(read_start_time(&dir, 7).expect("parsed"), 424242);
-        fs::remove_dir_all(&dir).expect("cleanup");
-    }
 
     #[test]
     fn resolves_a_socket_of_this_process_then_answers_from_cache() {
@@ -421,6 +430,29 @@ mod tests {
             "the closed socket left the index"
         );
         drop(first); // closes `fd`, which now holds the second socket
+    }
+
+    #[test]
+    fn a_socket_in_a_child_of_the_likely_owner_is_found_without_a_walk() {
+        // A pre-fork server: the listener's process forked the worker that holds it.
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let inode = fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .expect("stat fd")
+            .ino() as u32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                socket,
+            )))
+            .spawn()
+            .expect("spawn sleep");
+        let mut cache = OwnerCache::new("/proc");
+        let stats = cache.resolve(&HashSet::from_iter([inode]), &[std::process::id()]);
+        let owner = cache.lookup(inode).map(|o| o.pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(owner, Some(child.id()));
+        assert_eq!(stats.processes_listed, 0, "no /proc walk: {stats:?}");
     }
 
     #[test]
