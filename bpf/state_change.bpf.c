@@ -5,7 +5,9 @@
 // itself, so it can read the socket cookie and the network namespace, which the classic
 // tracepoint record does not carry. Every transition is counted in maps (exact even when
 // the ring buffer is full); events are sent only for the transitions user space asked
-// for, and a failed reservation is counted, never waited on.
+// for, and a failed reservation is counted, never waited on. With the namespace filter
+// on, transitions of namespaces user space does not sample are neither counted nor
+// sent (only tallied in counters.filtered).
 //
 // No vmlinux.h: the few kernel types read here are declared below with
 // preserve_access_index, so field offsets are CO-RE relocations that the loader
@@ -65,6 +67,15 @@ struct sock {
 const volatile __u32 event_states = 0xffffffff;
 // Non-zero: also count transitions per network namespace (one hash lookup each).
 const volatile __u32 count_per_netns = 0;
+// Non-zero: only namespaces in NETNS_FILTER are counted and sent; user space keeps the
+// map equal to the namespaces it samples, so other namespaces' churn never reaches the
+// ring (one hash lookup per transition).
+const volatile __u32 filter_netns = 0;
+// Non-zero: wake the reader only once this many bytes wait in the ring (else the
+// kernel's default: a wake-up whenever the reader had caught up), so a burst costs
+// one wake-up per this many bytes, not one per event; the reader polls with a timeout
+// for what stays below the mark.
+const volatile __u32 wakeup_bytes = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -78,6 +89,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counters);
 } COUNTERS SEC(".maps");
+
+// The namespaces whose transitions count (key: namespace inode; the value is unused),
+// when filter_netns is set.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096); // replaced by the loader (EventsConfig::filter_keys)
+	__type(key, __u32);
+	__type(value, __u8);
+} NETNS_FILTER SEC(".maps");
 
 // Transitions per network namespace, one copy per CPU (no atomics, no cache line
 // shared between CPUs). Bounded; a transition whose key no longer fits is counted in
@@ -123,13 +143,17 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 	c = bpf_map_lookup_elem(&COUNTERS, &zero);
 	if (!c)
 		return 0;
+	net = sk->__sk_common.skc_net.net;
+	__u32 inum = net->ns.inum;
+	if (filter_netns && !bpf_map_lookup_elem(&NETNS_FILTER, &inum)) {
+		c->filtered++;
+		return 0;
+	}
 	if (from >= TCP_STATE_SLOTS || to >= TCP_STATE_SLOTS) {
 		c->unknown_states++;
 		return 0;
 	}
 	c->transitions[from][to]++;
-	net = sk->__sk_common.skc_net.net;
-	__u32 inum = net->ns.inum;
 	if (count_per_netns)
 		count_in_netns(c, inum, from, to);
 
@@ -159,7 +183,11 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 		__builtin_memcpy(e->local_addr, &sk->__sk_common.skc_rcv_saddr, 4);
 		__builtin_memcpy(e->remote_addr, &sk->__sk_common.skc_daddr, 4);
 	}
-	bpf_ringbuf_submit(e, 0);
+	__u64 wakeup = 0;
+	if (wakeup_bytes)
+		wakeup = bpf_ringbuf_query(&EVENTS, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+			BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, wakeup);
 	return 0;
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-// Records shared by the BPF program and user space (src/events/abi.rs mirrors them:
+// Records shared by the BPF program and user space (src/kernel/events/abi.rs mirrors them:
 // change both together; the Rust side asserts the sizes).
 #ifndef STATE_CHANGE_H
 #define STATE_CHANGE_H
@@ -30,6 +30,7 @@ struct counters {
 	__u64 lost;           // events not sent: ring buffer full
 	__u64 netns_overflow; // transitions not counted per namespace: map full
 	__u64 unknown_states; // state numbers beyond TCP_STATE_SLOTS (not counted)
+	__u64 filtered;       // transitions of namespaces outside NETNS_FILTER (not counted)
 };
 
 struct netns_transition {

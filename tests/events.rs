@@ -4,8 +4,9 @@
 //! apart, losses counted, and a clear error without privileges.
 //!
 //! Needs root (namespaces, CAP_BPF), kernel BTF, and setpriv (util-linux). Every test
-//! attaches its own program: counts and events are filtered to the test's namespaces,
-//! so tests running in parallel (and the host's own traffic) do not disturb them.
+//! attaches its own program with the kernel's namespace filter set to the test's
+//! namespaces: counts and events are exact for them alone, and neither tests running
+//! in parallel nor churn elsewhere on the host (the busy-host CI step) reach them.
 
 #![cfg(feature = "events")]
 
@@ -16,6 +17,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use support::{Netns, wait_until};
@@ -24,17 +26,40 @@ use tcpstate_exporter::kernel::events::{
 };
 use tcpstate_exporter::kernel::record::TcpState::{self, *};
 use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest};
+use tcpstate_testkit::churn::{self, Churn, Plan};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Attaches with per-namespace counting on, sending `events`.
-fn attach(events: EventFilter) -> EventSource {
+/// Attaches with per-namespace counting on, sending `events`, and the kernel's namespace
+/// filter set to `namespaces`: nothing of any other namespace (other tests, the host,
+/// churn beside the suite) is counted or sent.
+fn attach(events: EventFilter, namespaces: &[&Netns]) -> EventSource {
     let config = EventsConfig {
         events,
         count_per_netns: true,
-        ..EventsConfig::default()
+        ..filtered()
     };
-    EventSource::attach(&config).unwrap_or_else(|e| panic!("attach failed ({}): {e}", e.reason()))
+    attach_filtered(&config, namespaces)
+}
+
+/// The default configuration with the namespace filter on.
+fn filtered() -> EventsConfig {
+    EventsConfig {
+        netns_filter: true,
+        ..EventsConfig::default()
+    }
+}
+
+/// Attaches per `config` and sets the namespace filter to `namespaces`.
+fn attach_filtered(config: &EventsConfig, namespaces: &[&Netns]) -> EventSource {
+    let mut source = EventSource::attach(config)
+        .unwrap_or_else(|e| panic!("attach failed ({}): {e}", e.reason()));
+    let inodes = namespaces.iter().map(|ns| inum(ns)).collect();
+    source
+        .maps_mut()
+        .filter_netns(&inodes)
+        .expect("set the namespace filter");
+    source
 }
 
 /// The namespace's inode: what the kernel reports as `ns.inum`.
@@ -87,8 +112,8 @@ fn connect(ns: &Netns, port: u16, count: usize) -> (TcpListener, Vec<TcpStream>,
 /// exactly, by the kernel-side map, and each one is also delivered as an event.
 #[test]
 fn transitions_of_scripted_connections_are_counted_exactly() {
-    let mut source = attach(EventFilter::all());
     let ns = Netns::new("ev-count");
+    let mut source = attach(EventFilter::all(), &[&ns]);
     let inum = inum(&ns);
 
     let (listener, mut servers, clients) = connect(&ns, 8080, 3);
@@ -163,9 +188,10 @@ fn transitions_of_scripted_connections_are_counted_exactly() {
     assert_eq!(from_events, expected);
     let counts = source.counts().expect("counters");
     assert_eq!(counts.lost, 0, "a 1 MiB ring holds this test's events");
-    assert!(
-        counts.transitions.total() >= 32,
-        "the global matrix includes the namespace's transitions"
+    assert_eq!(
+        counts.transitions.total(),
+        32,
+        "with the filter, the global matrix is the namespace's transitions"
     );
 }
 
@@ -173,8 +199,8 @@ fn transitions_of_scripted_connections_are_counted_exactly() {
 /// and its timestamp is on CLOCK_MONOTONIC.
 #[test]
 fn close_wait_events_carry_the_sock_diag_cookie() {
-    let mut source = attach(EventFilter::touching([CloseWait]));
     let ns = Netns::new("ev-cookie");
+    let mut source = attach(EventFilter::touching([CloseWait]), &[&ns]);
     let inum = inum(&ns);
 
     let (_listener, servers, clients) = connect(&ns, 8081, 2);
@@ -227,8 +253,8 @@ fn close_wait_events_carry_the_sock_diag_cookie() {
 /// One program sees every namespace; each event says which one it came from.
 #[test]
 fn events_from_two_namespaces_carry_their_own_namespace() {
-    let mut source = attach(EventFilter::touching([CloseWait]));
     let (a, b) = (Netns::new("ev-a"), Netns::new("ev-b"));
+    let mut source = attach(EventFilter::touching([CloseWait]), &[&a, &b]);
     let (inum_a, inum_b) = (inum(&a), inum(&b));
     assert_ne!(inum_a, inum_b);
 
@@ -263,7 +289,7 @@ fn events_from_two_namespaces_carry_their_own_namespace() {
     assert_eq!(by_netns[&inum_b].get(Established, CloseWait), 2);
     // A namespace's counts can be dropped once it is gone.
     let mut source = source;
-    assert!(source.forget_netns(inum_a).expect("remove keys") > 0);
+    assert!(source.maps_mut().forget_netns(inum_a).expect("remove keys") > 0);
     assert!(
         !source
             .transitions_by_netns()
@@ -276,8 +302,8 @@ fn events_from_two_namespaces_carry_their_own_namespace() {
 /// transition, and the per-namespace map stays empty.
 #[test]
 fn per_namespace_counting_is_off_by_default() {
-    let mut source = EventSource::attach(&EventsConfig::default()).expect("attach");
     let ns = Netns::new("ev-global");
+    let mut source = attach_filtered(&filtered(), &[&ns]);
     let inum = inum(&ns);
     let before = source.counts().expect("counters").transitions;
     let (_listener, _servers, clients) = connect(&ns, 8084, 2);
@@ -292,9 +318,9 @@ fn per_namespace_counting_is_off_by_default() {
         entered == 2
     }));
     let after = source.counts().expect("counters").transitions;
-    // Other tests' connections may add to the global matrix, never take away.
-    assert!(
-        after.get(Established, CloseWait) >= before.get(Established, CloseWait) + 2,
+    assert_eq!(
+        after.get(Established, CloseWait),
+        before.get(Established, CloseWait) + 2,
         "{before:?} -> {after:?}"
     );
     assert!(source.transitions_by_netns().expect("map").is_empty());
@@ -309,10 +335,10 @@ fn a_full_ring_counts_lost_events_and_keeps_counts_exact() {
         ring_bytes: page,
         events: EventFilter::all(),
         count_per_netns: true,
-        ..EventsConfig::default()
+        ..filtered()
     };
-    let mut source = EventSource::attach(&config).expect("attach");
     let ns = Netns::new("ev-lost");
+    let mut source = attach_filtered(&config, &[&ns]);
     let inum = inum(&ns);
     // 40 connections: 280+ events, a page holds 51.
     let (listener, servers, clients) = connect(&ns, 8083, 40);
@@ -332,6 +358,56 @@ fn a_full_ring_counts_lost_events_and_keeps_counts_exact() {
     let transitions = netns_transitions(&source, inum);
     assert_eq!(transitions.get(Close, SynSent), 40);
     assert_eq!(transitions.get(SynSent, Established), 40);
+}
+
+/// With the filter on, the transitions of a namespace outside it are neither counted
+/// nor sent: only tallied as filtered. The filter follows the set user space gives it.
+#[test]
+fn namespaces_outside_the_filter_are_dropped_in_the_kernel() {
+    let (inside, outside) = (Netns::new("ev-in"), Netns::new("ev-out"));
+    let mut source = attach(EventFilter::touching([CloseWait]), &[&inside]);
+    let (inum_in, inum_out) = (inum(&inside), inum(&outside));
+
+    let (_l1, _s1, c1) = connect(&inside, 8085, 2);
+    let (_l2, _s2, c2) = connect(&outside, 8085, 3);
+    drop((c1, c2));
+    assert!(wait_until(WAIT, || diag_sockets(&outside, CloseWait).len() == 3));
+    let mut seen: Vec<u32> = Vec::new();
+    assert!(wait_until(WAIT, || {
+        source.drain(|e| seen.push(e.netns.inum));
+        seen.len() >= 2
+    }));
+    assert_eq!(
+        seen,
+        vec![inum_in, inum_in],
+        "only the filtered-in namespace's events"
+    );
+    let counts = source.counts().expect("counters");
+    assert_eq!(counts.transitions.get(Established, CloseWait), 2);
+    // The outside namespace's 3 connections: 7 transitions each on both ends, and the
+    // listener's own.
+    assert!(counts.filtered >= 3 * 7, "{counts:?}");
+    assert!(
+        !source
+            .transitions_by_netns()
+            .expect("map")
+            .contains_key(&inum_out)
+    );
+
+    // Swap: now only the other namespace passes.
+    let swapped = [inum_out].into_iter().collect();
+    source.maps_mut().filter_netns(&swapped).expect("filter");
+    let (_l3, _s3, c3) = connect(&inside, 8086, 1);
+    let (_l4, _s4, c4) = connect(&outside, 8086, 1);
+    drop((c3, c4));
+    seen.clear();
+    assert!(wait_until(WAIT, || {
+        source.drain(|e| seen.push(e.netns.inum));
+        !seen.is_empty()
+    }));
+    assert!(wait_until(WAIT, || diag_sockets(&inside, CloseWait).len() == 3));
+    source.drain(|e| seen.push(e.netns.inum));
+    assert_eq!(seen, vec![inum_out]);
 }
 
 /// Without CAP_BPF / CAP_SYS_ADMIN attaching fails with an error that names the missing
@@ -426,33 +502,42 @@ fn churn_overhead() {
     const ROUND: Duration = Duration::from_millis(400);
     let ns = Netns::new("ev-churn");
     let inum = inum(&ns);
-    ns.run(|| churn(ROUND)); // warm-up
-    let default = EventsConfig {
+    ns.run(|| churn_for(ROUND)); // warm-up
+    // What the daemon attaches: CLOSE_WAIT events, the namespace filter (holding the
+    // churning namespace), a wake-up mark at an eighth of the ring.
+    let daemon = EventsConfig {
         ring_bytes: 16 << 20,
-        ..EventsConfig::default()
+        wakeup_bytes: 2 << 20,
+        ..filtered()
     };
     for (label, config) in [
-        ("default: CLOSE_WAIT events, global counts", default),
+        ("daemon: CLOSE_WAIT events, namespace filter", daemon),
+        (
+            "CLOSE_WAIT events, no namespace filter",
+            EventsConfig {
+                netns_filter: false,
+                ..daemon
+            },
+        ),
         (
             "CLOSE_WAIT events, per-netns counts too",
             EventsConfig {
                 count_per_netns: true,
-                ..default
+                ..daemon
             },
         ),
         (
-            "counting only, global",
+            "counting only, namespace filter",
             EventsConfig {
                 events: EventFilter::touching([]),
-                count_per_netns: false,
-                ..default
+                ..daemon
             },
         ),
         (
             "every transition as an event",
             EventsConfig {
                 events: EventFilter::all(),
-                ..default
+                ..daemon
             },
         ),
     ] {
@@ -467,7 +552,7 @@ fn churn_overhead() {
             };
             let mut rates = [Churn::default(); 2];
             for attached in order {
-                let mut source = attached.then(|| EventSource::attach(&config).expect("attach"));
+                let mut source = attached.then(|| attach_filtered(&config, &[&ns]));
                 let established_to_close_wait = |s: &EventSource| {
                     s.counts()
                         .expect("counters")
@@ -475,14 +560,14 @@ fn churn_overhead() {
                         .get(Established, CloseWait)
                 };
                 let before = source.as_ref().map(established_to_close_wait);
-                let churned = ns.run(|| churn(ROUND));
+                let churned = ns.run(|| churn_for(ROUND));
                 if let (Some(source), Some(before)) = (&mut source, before) {
                     let started = std::time::Instant::now();
                     drained += source.drain(|e| {
                         std::hint::black_box(e);
                     });
                     drain_time += started.elapsed();
-                    // Global counts: other tests' connections may add to them.
+                    // Without the filter, other namespaces' connections may add to them.
                     let after = established_to_close_wait(source);
                     assert!(after - before >= churned.made, "every connection counted");
                     if config.count_per_netns {
@@ -539,82 +624,12 @@ impl RatioLog {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Churn {
-    made: u64,
-    wall: Duration,
-    cpu: Duration,
-}
-
-impl Churn {
-    fn per_wall_second(&self) -> f64 {
-        self.made as f64 / self.wall.as_secs_f64()
-    }
-
-    fn per_cpu_second(&self) -> f64 {
-        self.made as f64 / self.cpu.as_secs_f64()
-    }
-}
-
-/// Opens and closes loopback connections for `duration`, the way CLOSE_WAIT sockets
-/// come and go: the client closes first, the server closes after, with a reset
-/// (SO_LINGER 0) so that no TIME_WAIT piles up and every round starts from the same
-/// table.
-fn churn(duration: Duration) -> Churn {
-    let listeners: Vec<TcpListener> = (0..4)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address"))
-        .collect();
-    let start = std::time::Instant::now();
-    let cpu_start = thread_cpu_time();
-    let mut made = 0u64;
-    while start.elapsed() < duration {
-        for _ in 0..256 {
-            let i = made as usize % listeners.len();
-            let client = TcpStream::connect(addrs[i]).expect("connect");
-            let (server, _) = listeners[i].accept().expect("accept");
-            drop(client);
-            linger_zero(&server);
-            drop(server);
-            made += 1;
-        }
-    }
-    Churn {
-        made,
-        wall: start.elapsed(),
-        cpu: thread_cpu_time() - cpu_start,
-    }
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+/// Loopback churn for `duration`, flat out, on this thread (see `tcpstate_testkit::churn`:
+/// every connection passes through CLOSE_WAIT, no TIME_WAIT piles up).
+fn churn_for(duration: Duration) -> Churn {
+    let plan = Plan {
+        duration: Some(duration),
+        rate: None,
     };
-    // SAFETY: a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn linger_zero(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a linger struct of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    churn::churn(plan, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e}"))
 }

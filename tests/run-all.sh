@@ -49,13 +49,39 @@ step() {
     fi
 }
 
+# `cargo test --no-fail-fast`, every failing test named at the end (with its test
+# binary), not only the first binary that failed.
+failed_tests=()
+cargo_test() {
+    local log
+    log=$(mktemp)
+    cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    # "Running tests/ages.rs (target/...)" names the binary of the "test X ... FAILED"
+    # lines after it.
+    mapfile -t failed_tests < <(awk '
+        /^ *Running / { binary = $2 }
+        / \.\.\. FAILED$/ { sub(/^test /, ""); sub(/ \.\.\. FAILED$/, ""); print binary ": " $0 }
+    ' "$log")
+    rm -f "$log"
+    if ((${#failed_tests[@]})); then
+        echo
+        echo "failing tests (${#failed_tests[@]}):"
+        printf '    %s\n' "${failed_tests[@]}"
+    fi
+    return "$status"
+}
+
 # The real programs tests/programs.rs drives (nginx, socat, gunicorn, uvicorn, requests;
 # promtool and jsonnet for its alert check): installed before `cargo test` runs it.
 step "install the real programs" tests/programs/install.sh
 step "format" cargo fmt --all -- --check
 step "source structure" python3 tests/structure/check.py
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
-step "cargo test" cargo test --workspace
+step "cargo test" cargo_test
+# The events and ages tests again, beside another namespace's connection churn and two
+# CPU hogs: they must not notice (tens of seconds).
+step "busy host" tests/busy-host.sh
 # The exporter must still build and pass its tests where no BPF toolchain is present.
 step "build without events" cargo build --no-default-features --quiet
 step "monitoring" tests/monitoring/check.sh
@@ -70,6 +96,10 @@ step "install from a fresh clone" tests/deploy/install.sh
 echo
 if ((steps_failed)); then
     echo "failed steps: ${failures[*]}"
+fi
+if ((${#failed_tests[@]})); then
+    echo "failing tests of cargo test:"
+    printf '    %s\n' "${failed_tests[@]}"
 fi
 echo "steps: $steps_passed passed, $steps_failed failed"
 ((steps_failed == 0))

@@ -22,8 +22,8 @@ pub struct SelfMetrics {
     /// Namespaces that vanished between discovery and their sample.
     pub namespaces_vanished: u64,
     pub namespaces_sampled: u64,
-    /// Events mode: attached, events the ring had no room for, and every TCP transition
-    /// the kernel made (all namespaces).
+    /// Events mode: attached, events lost (full ring or queue), and every TCP transition
+    /// the kernel counted in the namespaces sampled.
     pub events_attached: bool,
     pub events_lost: u64,
     pub transitions: Vec<(TcpState, TcpState, u64)>,

@@ -1,9 +1,12 @@
 //! The events edge in the daemon: attaches the eBPF program (when the build has the
-//! `events` feature and the config allows), and hands each round the CLOSE_WAIT
-//! transitions since the last one, keyed by network namespace.
+//! `events` feature and the config allows), keeps its namespace filter equal to the
+//! namespaces the sampler samples, and hands the sampler the CLOSE_WAIT transitions the
+//! drain thread (`event_drain`) queued, keyed by network namespace.
 //!
-//! Lives on the sampling thread: the tracker state it feeds is owned there, so no lock
-//! is needed, and the ring buffer is drained once per round.
+//! The feed itself lives on the sampler thread (the tracker state it feeds is owned
+//! there, so no lock is needed); only the ring is read on a thread of its own.
+
+use std::collections::BTreeSet;
 
 use crate::config::{EventsMode, Settings};
 use crate::kernel::record::TcpState;
@@ -12,25 +15,52 @@ use crate::model::ages::CloseWaitEvent;
 /// Kernel-side counts for the exposition.
 #[derive(Clone, Debug, Default)]
 pub struct EventCounts {
-    /// (from, to, count) for every transition seen at least once, in every namespace.
+    /// (from, to, count) for every transition seen at least once in the namespaces
+    /// sampled.
     pub transitions: Vec<(TcpState, TcpState, u64)>,
-    /// Events the ring buffer had no room for.
+    /// Events lost: the ring had no room, or the queue to the sampler was full.
     pub lost: u64,
 }
 
+/// The ring wakes its reader once an eighth of it is full: with the default 1 MiB
+/// ring, every ~1,600 events (about 800 connections through CLOSE_WAIT), so 50,000
+/// connections a second cost ~60 wake-ups, and the reader may be late by the other
+/// seven eighths (~115 ms at that rate) before anything is lost.
+#[cfg(feature = "events")]
+const WAKEUP_FRACTION: u32 = 8;
+
+/// Events the drain thread may queue for the sampler, in rings' worths: 16 MiB of ring
+/// (210,000 events, ~7 MB) with the default 1 MiB ring, two seconds of 50,000
+/// connections a second; a sampler busier than that loses events rather than memory.
+#[cfg(feature = "events")]
+const QUEUE_RINGS: usize = 16;
+
+/// How long the sampler waits for the drain thread to empty the ring before a round.
+#[cfg(feature = "events")]
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct EventFeed {
     #[cfg(feature = "events")]
-    source: Option<crate::kernel::events::EventSource>,
+    attached: Option<Attached>,
+}
+
+#[cfg(feature = "events")]
+struct Attached {
+    maps: crate::kernel::events::EventMaps,
+    drain: crate::sampling::event_drain::EventDrain,
+    warned_filter: bool,
 }
 
 impl EventFeed {
-    /// Attaches per `settings.events`. `Err` only under `events = "on"`; under "auto" a
-    /// failure is one info line naming the reason, and the exporter polls alone.
-    pub fn start(settings: &Settings) -> Result<EventFeed, String> {
+    /// Attaches per `settings.events`, with its filter set to `namespaces` (inodes) and
+    /// its drain thread started (with the calling thread's priority). `Err` only under
+    /// `events = "on"`; under "auto" a failure is one info line naming the reason, and
+    /// the exporter polls alone.
+    pub fn start(settings: &Settings, namespaces: &BTreeSet<u64>) -> Result<EventFeed, String> {
         if settings.events == EventsMode::Off {
             return Ok(EventFeed::off());
         }
-        match attach(settings) {
+        match attach(settings, namespaces) {
             Ok(feed) => {
                 tracing::info!("events mode: CLOSE_WAIT lifetimes from sock:inet_sock_set_state");
                 Ok(feed)
@@ -48,47 +78,63 @@ impl EventFeed {
     fn off() -> EventFeed {
         EventFeed {
             #[cfg(feature = "events")]
-            source: None,
+            attached: None,
         }
     }
 
     pub fn attached(&self) -> bool {
         #[cfg(feature = "events")]
-        return self.source.is_some();
+        return self.attached.is_some();
         #[cfg(not(feature = "events"))]
         false
     }
 
-    /// The CLOSE_WAIT transitions since the last call, with their namespace inode.
+    /// The CLOSE_WAIT transitions queued since the last call, with their namespace
+    /// inode. Never waits.
     pub fn drain(&mut self) -> Vec<(u64, CloseWaitEvent)> {
-        #[cfg_attr(not(feature = "events"), allow(unused_mut))]
-        let mut out = Vec::new();
         #[cfg(feature = "events")]
-        if let Some(source) = &mut self.source {
-            source.drain(|change| {
-                let entered = change.to_state() == Some(TcpState::CloseWait);
-                let left = change.from_state() == Some(TcpState::CloseWait);
-                if entered || left {
-                    out.push((
-                        u64::from(change.netns.inum),
-                        CloseWaitEvent {
-                            cookie: change.cookie,
-                            at: change.unix_seconds,
-                            local_port: change.local.port(),
-                            remote_port: change.remote.port(),
-                            entered,
-                        },
-                    ));
-                }
-            });
+        if let Some(attached) = &mut self.attached {
+            return attached.drain.take();
         }
-        out
+        Vec::new()
+    }
+
+    /// Every CLOSE_WAIT transition the kernel sent until now (the drain thread empties
+    /// the ring first; a short wait at most): what a round applies before its dumps.
+    pub fn flush(&mut self) -> Vec<(u64, CloseWaitEvent)> {
+        #[cfg(feature = "events")]
+        if let Some(attached) = &mut self.attached {
+            return attached.drain.flush(FLUSH_WAIT);
+        }
+        Vec::new()
+    }
+
+    /// Keeps the kernel's namespace filter equal to the namespaces sampled (inodes):
+    /// the transitions of any other never reach user space, nor the counts.
+    pub fn sample_namespaces(&mut self, namespaces: &BTreeSet<u64>) {
+        #[cfg(feature = "events")]
+        if let Some(attached) = &mut self.attached {
+            let inodes = namespaces
+                .iter()
+                .filter_map(|inode| u32::try_from(*inode).ok())
+                .collect();
+            match attached.maps.filter_netns(&inodes) {
+                Ok(()) => attached.warned_filter = false,
+                Err(e) if !attached.warned_filter => {
+                    tracing::warn!(error = %e, "their CLOSE_WAIT ages are polled bounds");
+                    attached.warned_filter = true;
+                }
+                Err(_) => {}
+            }
+        }
+        #[cfg(not(feature = "events"))]
+        let _ = namespaces;
     }
 
     pub fn counts(&self) -> Option<EventCounts> {
         #[cfg(feature = "events")]
-        if let Some(source) = &self.source {
-            let counts = match source.counts() {
+        if let Some(attached) = &self.attached {
+            let counts = match attached.maps.counts() {
                 Ok(counts) => counts,
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read the event counters");
@@ -107,7 +153,7 @@ impl EventFeed {
             let transitions = merged.into_iter().map(|((f, t), n)| (f, t, n)).collect();
             return Some(EventCounts {
                 transitions,
-                lost: counts.lost,
+                lost: counts.lost + attached.drain.dropped(),
             });
         }
         None
@@ -115,19 +161,38 @@ impl EventFeed {
 }
 
 #[cfg(feature = "events")]
-fn attach(settings: &Settings) -> Result<EventFeed, String> {
-    let config = crate::kernel::events::EventsConfig {
+fn attach(settings: &Settings, namespaces: &BTreeSet<u64>) -> Result<EventFeed, String> {
+    use crate::kernel::events::{EventSource, EventsConfig};
+    use crate::sampling::event_drain::EventDrain;
+    // Inodes are 32-bit in the kernel; one that is not (or unknown, 0) cannot be
+    // filtered on, so then every namespace passes and user space drops the others.
+    let filterable = namespaces
+        .iter()
+        .all(|inode| *inode != 0 && u32::try_from(*inode).is_ok());
+    let config = EventsConfig {
         ring_bytes: settings.events_ring_bytes,
-        ..crate::kernel::events::EventsConfig::default()
+        netns_filter: filterable,
+        wakeup_bytes: settings.events_ring_bytes / WAKEUP_FRACTION,
+        ..EventsConfig::default()
     };
-    crate::kernel::events::EventSource::attach(&config)
-        .map(|source| EventFeed {
-            source: Some(source),
-        })
-        .map_err(|e| e.to_string())
+    let (maps, ring) = EventSource::attach(&config)
+        .map_err(|e| e.to_string())?
+        .split();
+    let limit = ring.capacity() * QUEUE_RINGS;
+    let drain = EventDrain::start(ring, limit)
+        .map_err(|e| format!("cannot start the events drain thread: {e}"))?;
+    let mut feed = EventFeed {
+        attached: Some(Attached {
+            maps,
+            drain,
+            warned_filter: false,
+        }),
+    };
+    feed.sample_namespaces(namespaces);
+    Ok(feed)
 }
 
 #[cfg(not(feature = "events"))]
-fn attach(_settings: &Settings) -> Result<EventFeed, String> {
+fn attach(_settings: &Settings, _namespaces: &BTreeSet<u64>) -> Result<EventFeed, String> {
     Err("this build has no events feature (built with --no-default-features)".into())
 }

@@ -119,6 +119,11 @@ impl NamespaceSet {
         self.settings = settings.clone();
     }
 
+    /// The inodes of the namespaces sampled (the events filter follows them).
+    pub fn inodes(&self) -> std::collections::BTreeSet<u64> {
+        self.members.keys().copied().collect()
+    }
+
     /// Routes kernel events to the namespaces they happened in (by namespace inode);
     /// events of namespaces not sampled are dropped.
     pub fn apply_events(&mut self, events: &[(u64, CloseWaitEvent)]) {

@@ -3,8 +3,10 @@
 //!
 //! Sampling runs on its own OS thread, off the async workers: a dump is blocking netlink
 //! I/O and /proc reads, and a slow one must never delay a scrape. The thread owns every
-//! piece of sampling state (namespaces, trackers, owner cache, the events ring), so none
+//! piece of sampling state (namespaces, trackers, owner cache, the events maps), so none
 //! of it needs a lock; the HTTP side only ever sees the `Arc` of the last exposition.
+//! Only the events ring is read elsewhere, by the drain thread the feed starts, which
+//! hands its events over through a bounded queue.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -31,21 +33,11 @@ pub enum Control {
     Reconfigure(Box<Settings>),
 }
 
-/// How often the sampler thread empties the events ring between samples. A quarter
-/// second keeps the default 1 MiB ring (13,000 events) ahead of 52,000 CLOSE_WAIT
-/// transitions a second; the cost is four wake-ups a second that find little to do.
-const EVENT_DRAIN_EVERY: Duration = Duration::from_millis(250);
-
-/// Sampling is background work: on a busy host a scrape should win the CPU, but a flood
-/// of scrapes must not starve the samples. So the sampler thread is SCHED_BATCH (it never
-/// preempts a thread that wakes up, such as an HTTP worker with a request) at nice 10
-/// (weight 110 against 1024: a tenth of a busy CPU at worst, never nothing).
-///
-/// Measured on 2 CPUs at 520k sockets, sampling every second, under `wrk -t2 -c50`: p99
-/// lower in 8 of 8 alternating 5 s pairs against the former plain nice 5 (mean 7.1 vs
-/// 9.1 ms). Nice 19 starved the soak test (34 samples in 20 s where nice 5 took 168).
-/// Failure (a seccomp filter, say) only costs that gain.
-const SAMPLER_NICE: libc::c_int = 10;
+/// How often the sampler thread applies the events the drain thread queued, between
+/// samples. The ring itself is read on a thread of its own (`event_drain`); this only
+/// keeps the queue short (it is bounded: 2 s of 50,000 connections a second), at the
+/// cost of four wake-ups a second that find little to do.
+const EVENT_APPLY_EVERY: Duration = Duration::from_millis(250);
 
 /// The running sampler thread.
 pub struct SamplerThread {
@@ -82,12 +74,13 @@ impl SamplerThread {
             .name("sampler".into())
             .spawn(move || {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
-                    lower_own_priority();
-                    // Attached here: the tracker it feeds lives on this thread.
-                    let events = match EventFeed::start(&settings) {
+                    // Attached here: the tracker it feeds lives on this thread. Before the
+                    // policy changes: its drain thread inherits this thread's.
+                    let events = match EventFeed::start(&settings, &namespaces.inodes()) {
                         Ok(feed) => feed,
                         Err(e) => return Ended::FailedToStart(e),
                     };
+                    background_policy();
                     SampleLoop::new(namespaces, events, settings, publish).run(first_tx, control);
                     Ended::Stopped
                 }));
@@ -212,8 +205,10 @@ impl SampleLoop {
     fn sample_once(&mut self) {
         let started = Instant::now();
         self.metrics.samples_total += 1;
-        self.namespaces.apply_events(&self.events.drain());
+        self.namespaces.apply_events(&self.events.flush());
         let round = self.namespaces.sample_round(&mut self.attribution);
+        // Discovery may have added or dropped namespaces: the kernel filter follows.
+        self.events.sample_namespaces(&self.namespaces.inodes());
         self.count(&round);
         // Namespaces whose sample failed keep their last good one in `round.samples`.
         (self.publish)(&round.samples, &mut self.metrics, started, &self.settings);
@@ -241,8 +236,9 @@ impl SampleLoop {
         metrics.namespaces_sampled = round.samples.len() as u64;
     }
 
-    /// Until `next`: kernel events drained every `EVENT_DRAIN_EVERY`, so the ring holds a
-    /// quarter second of them rather than a whole interval, and control messages applied.
+    /// Until `next`: queued kernel events applied every `EVENT_APPLY_EVERY`, so the queue
+    /// holds a quarter second of them rather than a whole interval, and control messages
+    /// applied.
     /// Returns when the next round is due (at once after a reconfiguration), `None` when
     /// the daemon is stopping.
     fn wait_until(&mut self, next: Instant, control: &mpsc::Receiver<Control>) -> Option<Instant> {
@@ -252,7 +248,7 @@ impl SampleLoop {
                 return Some(next);
             }
             let wait = if self.events.attached() {
-                (next - now).min(EVENT_DRAIN_EVERY)
+                (next - now).min(EVENT_APPLY_EVERY)
             } else {
                 next - now
             };
@@ -263,6 +259,7 @@ impl SampleLoop {
                 Ok(Control::Reconfigure(new)) => {
                     self.settings = *new;
                     self.namespaces.reconfigure(&self.settings);
+                    self.events.sample_namespaces(&self.namespaces.inodes());
                     return Some(Instant::now());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -292,19 +289,23 @@ fn next_tick(previous: Instant, now: Instant, interval: Duration) -> Instant {
         .unwrap_or_else(|| now.checked_add(interval).unwrap_or(now))
 }
 
-fn lower_own_priority() {
+/// Sampling is background work, but it must not starve: a sample that is seconds old
+/// blinds the operator exactly when the host is busy. So the sampler thread is
+/// SCHED_BATCH (it never preempts a thread that wakes up, such as an HTTP worker with a
+/// request) at the normal nice 0 (a fair share of a saturated CPU).
+///
+/// It was nice 10 (weight 110 against 1024: a tenth of a busy CPU at worst), which gave
+/// scrapes a lower p99 under `wrk -t2` at a 1 s interval (7.1 against 9.1 ms at nice
+/// 5), but with four busy threads on the two CPUs beside 110k sockets the daemon took
+/// one sample in 15 s and served one 9.5-12.2 s old (nice 5: 3.7-5.5 s; nice 0: 2.2-3.1
+/// s, against 2 x 1 s + one sample; tcpstate-bench --busy and two alternating rounds).
+/// Nice 19 had starved the soak test. Failure (a seccomp filter, say) only costs the
+/// batch policy.
+fn background_policy() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(0, ..) acts on the calling thread; `param` outlives it.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot make the sampler SCHED_BATCH");
-    }
-    // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
-    let niced = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, SAMPLER_NICE)
-    };
-    if niced != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the sampler's nice");
     }
 }
 

@@ -23,8 +23,9 @@ pub struct Counters {
     pub lost: u64,
     pub netns_overflow: u64,
     pub unknown_states: u64,
+    pub filtered: u64,
 }
-const _: () = assert!(std::mem::size_of::<Counters>() == (STATE_SLOTS * STATE_SLOTS + 3) * 8);
+const _: () = assert!(std::mem::size_of::<Counters>() == (STATE_SLOTS * STATE_SLOTS + 4) * 8);
 
 // SAFETY: integers only, no padding, any bit pattern is valid.
 unsafe impl aya::Pod for Counters {}

@@ -14,11 +14,17 @@
 //! reports, so they join the socket table. The tracepoint fires in softirq context, so
 //! there is no owning process here; attribution comes from the join.
 //!
-//! User space reads without a thread of its own: the sampler thread calls `drain`
-//! (non-blocking) before each sample and every quarter second between samples, which
-//! keeps tracking state on that thread with no locks. The ring must then hold a quarter
-//! second of events (`EventsConfig::ring_bytes`), not a whole sample interval; a caller
-//! that wants to drain on demand can wait for data on the ring's fd (`AsFd`).
+//! With the namespace filter on (`EventsConfig::netns_filter`), the program counts and
+//! sends only the transitions of the namespaces user space put in the filter
+//! (`EventMaps::filter_netns`): the daemon keeps it equal to the namespaces it samples,
+//! so churn elsewhere on the host costs one hash lookup per transition and never fills
+//! the ring.
+//!
+//! The ring ([`EventRing`]) can be split off (`EventSource::split`) and moved to a
+//! thread of its own that only drains it, so a busy sampler never lets it fill; the
+//! maps ([`EventMaps`]) stay with the sampler. The program wakes that reader once
+//! `EventsConfig::wakeup_bytes` wait in the ring, so a burst costs a few wake-ups, not
+//! one per event.
 //!
 //! Needs: kernel BTF (/sys/kernel/btf/vmlinux), CAP_BPF + CAP_PERFMON (or
 //! CAP_SYS_ADMIN), Linux 5.8+ (ring buffer; BTF tracepoints 5.5, socket cookies in
@@ -26,14 +32,15 @@
 
 mod abi;
 mod clock;
+mod counts;
 mod error;
+mod ring;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -41,7 +48,9 @@ use crate::kernel::record::TcpState;
 
 pub use abi::STATE_SLOTS;
 pub use clock::{WallOffset, monotonic_now_ns};
+pub use counts::{Counts, Transitions};
 pub use error::EventsError;
+pub use ring::{EventRing, Wake};
 
 /// The compiled program, embedded at build time (see build.rs).
 static PROGRAM: &[u8] =
@@ -77,12 +86,13 @@ impl EventFilter {
 
 /// Kernel-side sizes and what to send. Kernel memory is about `ring_bytes`, plus
 /// 1.4 KiB per CPU for the global counts, plus, with `count_per_netns`, `netns_keys`
-/// times (8 bytes per CPU + about 64) preallocated.
+/// times (8 bytes per CPU + about 64) preallocated, plus with `netns_filter`,
+/// `filter_keys` times about 64 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventsConfig {
     /// Ring buffer size: a power of two, at least one page. Default 1 MiB: about 13,000
-    /// events (80 bytes each) between two drains, 52,000 a second at the daemon's
-    /// quarter-second drains. User space maps the data pages twice (for reads across the
+    /// events (80 bytes each), 6,500 connections through CLOSE_WAIT, that the reader
+    /// may fall behind by. User space maps the data pages twice (for reads across the
     /// wrap), so a ring that has wrapped counts twice its size in the exporter's RSS.
     pub ring_bytes: u32,
     /// Count transitions per network namespace too (`transitions_by_netns`). Costs
@@ -93,6 +103,15 @@ pub struct EventsConfig {
     /// namespaces with every transition TCP makes in practice (about 15 each).
     pub netns_keys: u32,
     pub events: EventFilter,
+    /// Count and send only the transitions of the namespaces in the filter
+    /// (`EventMaps::filter_netns`; empty at attach: nothing passes until it is set).
+    pub netns_filter: bool,
+    /// Namespaces the filter holds at most. Default 4,096.
+    pub filter_keys: u32,
+    /// Wake the reader once this many bytes wait in the ring (0: whenever an event
+    /// arrives after the reader caught up, the kernel's default). The reader must then
+    /// poll with a timeout for what stays below the mark.
+    pub wakeup_bytes: u32,
 }
 
 impl Default for EventsConfig {
@@ -102,6 +121,9 @@ impl Default for EventsConfig {
             count_per_netns: false,
             netns_keys: 4096,
             events: EventFilter::touching([TcpState::CloseWait]),
+            netns_filter: false,
+            filter_keys: 4096,
+            wakeup_bytes: 0,
         }
     }
 }
@@ -115,10 +137,16 @@ impl EventsConfig {
                 self.ring_bytes
             )));
         }
-        if self.netns_keys == 0 {
+        if self.netns_keys == 0 || self.filter_keys == 0 {
             return Err(EventsError::Config(
-                "the per-namespace transition map needs at least one key".into(),
+                "the per-namespace maps need at least one key".into(),
             ));
+        }
+        if self.wakeup_bytes >= self.ring_bytes {
+            return Err(EventsError::Config(format!(
+                "the wake-up mark ({} bytes) must be below the ring's size ({})",
+                self.wakeup_bytes, self.ring_bytes
+            )));
         }
         Ok(())
     }
@@ -160,63 +188,22 @@ impl StateChange {
     }
 }
 
-/// Transition counts by kernel state number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transitions {
-    counts: [[u64; STATE_SLOTS]; STATE_SLOTS],
-}
-
-impl Default for Transitions {
-    fn default() -> Self {
-        Transitions {
-            counts: [[0; STATE_SLOTS]; STATE_SLOTS],
-        }
-    }
-}
-
-impl Transitions {
-    pub fn get(&self, from: TcpState, to: TcpState) -> u64 {
-        self.counts[from as usize][to as usize]
-    }
-
-    /// Every non-zero count, by kernel state number.
-    pub fn nonzero(&self) -> impl Iterator<Item = (u8, u8, u64)> + '_ {
-        self.counts.iter().enumerate().flat_map(|(from, row)| {
-            row.iter()
-                .enumerate()
-                .filter(|(_, count)| **count > 0)
-                .map(move |(to, count)| (from as u8, to as u8, *count))
-        })
-    }
-
-    pub fn total(&self) -> u64 {
-        self.counts.iter().flatten().sum()
-    }
-}
-
-/// The kernel's counters, summed over CPUs. All only go up.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Every TCP transition in every namespace.
-    pub transitions: Transitions,
-    /// Events not sent because the ring buffer was full.
-    pub lost: u64,
-    /// Transitions not counted per namespace because that map was full (they are in
-    /// `transitions`).
-    pub netns_overflow: u64,
-    /// Transitions to or from a state number this program does not know.
-    pub unknown_states: u64,
-}
-
-/// The attached program and its maps. Dropping it detaches the program.
+/// The attached program: its maps and its ring. Dropping it (or, after `split`, its
+/// `EventMaps`) detaches the program.
 pub struct EventSource {
-    // Owns the program and its link; kept for the lifetime of the source.
+    maps: EventMaps,
+    ring: EventRing,
+}
+
+/// The program's link and its maps: counters, per-namespace counts, the namespace filter.
+pub struct EventMaps {
+    // Owns the program and its link; kept for the lifetime of the maps.
     _ebpf: Ebpf,
-    ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, abi::Counters>,
     netns: PerCpuHashMap<MapData, abi::NetnsTransition, u64>,
-    max_per_drain: usize,
-    malformed: u64,
+    filter: BpfHashMap<MapData, u32, u8>,
+    /// What the filter holds, as last set.
+    filtered: BTreeSet<u32>,
 }
 
 impl EventSource {
@@ -230,87 +217,109 @@ impl EventSource {
                 source,
             });
         }
-        // The kernel's BTF is parsed twice, never both at once: EbpfLoader::new() parses
-        // its own copy for the CO-RE relocations (freed with the loader at the end of the
-        // statement), then ours names the attach target. A parsed vmlinux BTF peaks at
-        // ~19 MB; handing ours to the loader kept two alive: a 38 MB peak, more than
-        // the exporter needs for 500k sockets.
-        let loaded = EbpfLoader::new()
-            .map_max_entries("EVENTS", config.ring_bytes)
-            .map_max_entries("NETNS_TRANSITIONS", config.netns_keys)
-            .override_global("event_states", &config.events.mask, true)
-            .override_global("count_per_netns", &u32::from(config.count_per_netns), true)
-            .load(PROGRAM);
-        let btf = Btf::from_sys_fs().map_err(|e| EventsError::NoBtf {
-            path: BTF_PATH.into(),
-            source: io::Error::other(e),
-        })?;
-        let mut ebpf = loaded.map_err(|e| EventsError::classify(&e, EventsError::Load))?;
-
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(TRACEPOINT)
-            .ok_or_else(|| EventsError::Load(format!("no program {TRACEPOINT} in the object")))?
-            .try_into()
-            .map_err(|e: ProgramError| EventsError::Load(e.to_string()))?;
-        program.load(TRACEPOINT, &btf).map_err(|e| match e {
-            ProgramError::Btf(_) => {
-                EventsError::TracepointMissing(format!("no btf_trace_{TRACEPOINT} in BTF"))
-            }
-            e => EventsError::classify(&e, EventsError::Load),
-        })?;
-        drop(btf);
-        release_freed_heap();
-        program
-            .attach()
-            .map_err(|e| EventsError::classify(&e, EventsError::Attach))?;
-
-        let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
-            .map_err(|e| EventsError::Load(e.to_string()))?;
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
-            .map_err(|e| EventsError::Load(e.to_string()))?;
+        let mut ebpf = load(config)?;
+        let load_error = |e: aya::maps::MapError| EventsError::Load(e.to_string());
+        let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(load_error)?;
+        let counters =
+            PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(load_error)?;
         let netns = PerCpuHashMap::try_from(take_map(&mut ebpf, "NETNS_TRANSITIONS")?)
-            .map_err(|e| EventsError::Load(e.to_string()))?;
+            .map_err(load_error)?;
+        let filter =
+            BpfHashMap::try_from(take_map(&mut ebpf, "NETNS_FILTER")?).map_err(load_error)?;
         Ok(EventSource {
-            _ebpf: ebpf,
-            ring,
-            counters,
-            netns,
-            max_per_drain: (config.ring_bytes / RING_BYTES_PER_EVENT) as usize,
-            malformed: 0,
+            maps: EventMaps {
+                _ebpf: ebpf,
+                counters,
+                netns,
+                filter,
+                filtered: BTreeSet::new(),
+            },
+            ring: EventRing::new(ring, (config.ring_bytes / RING_BYTES_PER_EVENT) as usize)
+                .map_err(|e| EventsError::Load(format!("events ring reader: {e}")))?,
         })
     }
 
-    /// Hands every event waiting in the ring to `on_event`, oldest first, and returns
-    /// how many there were. Never blocks; stops after one ring's worth so a producer
-    /// faster than the callback cannot keep it looping.
-    pub fn drain(&mut self, mut on_event: impl FnMut(&StateChange)) -> usize {
-        let clock = WallOffset::now();
-        let mut count = 0;
-        while count < self.max_per_drain {
-            let Some(item) = self.ring.next() else { break };
-            let Some(raw) = abi::decode(&item) else {
-                self.malformed += 1;
-                continue;
-            };
-            drop(item);
-            count += 1;
-            on_event(&StateChange {
-                monotonic_ns: raw.timestamp_ns,
-                unix_seconds: clock.unix_seconds(raw.timestamp_ns),
-                cookie: raw.cookie,
-                netns: NetnsId {
-                    inum: raw.netns_inum,
-                    cookie: raw.netns_cookie,
-                },
-                from: raw.old_state,
-                to: raw.new_state,
-                local: raw.local,
-                remote: raw.remote,
-            });
-        }
-        count
+    /// The maps and the ring apart, so the ring can be drained on a thread of its own.
+    pub fn split(self) -> (EventMaps, EventRing) {
+        (self.maps, self.ring)
     }
 
+    /// Hands every event waiting in the ring to `on_event` (see `EventRing::drain`).
+    pub fn drain(&mut self, on_event: impl FnMut(&StateChange)) -> usize {
+        self.ring.drain(on_event)
+    }
+
+    pub fn maps(&self) -> &EventMaps {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut EventMaps {
+        &mut self.maps
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn counts(&self) -> io::Result<Counts> {
+        self.maps.counts()
+    }
+
+    /// Events lost to a full ring buffer since attach.
+    pub fn lost(&self) -> io::Result<u64> {
+        Ok(self.maps.counts()?.lost)
+    }
+
+    /// Ring records that did not decode (a program/loader mismatch; should stay 0).
+    pub fn malformed(&self) -> u64 {
+        self.ring.malformed()
+    }
+
+    /// See `EventMaps::transitions_by_netns`.
+    pub fn transitions_by_netns(&self) -> io::Result<HashMap<u32, Transitions>> {
+        self.maps.transitions_by_netns()
+    }
+}
+
+/// Loads and attaches the program, its constants and map sizes set from `config`.
+fn load(config: &EventsConfig) -> Result<Ebpf, EventsError> {
+    // The kernel's BTF is parsed twice, never both at once: EbpfLoader::new() parses its
+    // own copy for the CO-RE relocations (freed with the loader at the end of the
+    // statement), then ours names the attach target. A parsed vmlinux BTF peaks at
+    // ~19 MB; handing ours to the loader kept two alive: a 38 MB peak, more than the
+    // exporter needs for 500k sockets.
+    let loaded = EbpfLoader::new()
+        .map_max_entries("EVENTS", config.ring_bytes)
+        .map_max_entries("NETNS_TRANSITIONS", config.netns_keys)
+        .map_max_entries("NETNS_FILTER", config.filter_keys)
+        .override_global("event_states", &config.events.mask, true)
+        .override_global("count_per_netns", &u32::from(config.count_per_netns), true)
+        .override_global("filter_netns", &u32::from(config.netns_filter), true)
+        .override_global("wakeup_bytes", &config.wakeup_bytes, true)
+        .load(PROGRAM);
+    let btf = Btf::from_sys_fs().map_err(|e| EventsError::NoBtf {
+        path: BTF_PATH.into(),
+        source: io::Error::other(e),
+    })?;
+    let mut ebpf = loaded.map_err(|e| EventsError::classify(&e, EventsError::Load))?;
+
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(TRACEPOINT)
+        .ok_or_else(|| EventsError::Load(format!("no program {TRACEPOINT} in the object")))?
+        .try_into()
+        .map_err(|e: ProgramError| EventsError::Load(e.to_string()))?;
+    program.load(TRACEPOINT, &btf).map_err(|e| match e {
+        ProgramError::Btf(_) => {
+            EventsError::TracepointMissing(format!("no btf_trace_{TRACEPOINT} in BTF"))
+        }
+        e => EventsError::classify(&e, EventsError::Load),
+    })?;
+    drop(btf);
+    release_freed_heap();
+    program
+        .attach()
+        .map_err(|e| EventsError::classify(&e, EventsError::Attach))?;
+    Ok(ebpf)
+}
+
+impl EventMaps {
     /// The kernel's counters, summed over CPUs.
     pub fn counts(&self) -> io::Result<Counts> {
         let per_cpu = self.counters.get(&0, 0).map_err(io::Error::other)?;
@@ -324,18 +333,40 @@ impl EventSource {
             counts.lost += cpu.lost;
             counts.netns_overflow += cpu.netns_overflow;
             counts.unknown_states += cpu.unknown_states;
+            counts.filtered += cpu.filtered;
         }
         Ok(counts)
     }
 
-    /// Events lost to a full ring buffer since attach.
-    pub fn lost(&self) -> io::Result<u64> {
-        Ok(self.counts()?.lost)
-    }
-
-    /// Ring records that did not decode (a program/loader mismatch; should stay 0).
-    pub fn malformed(&self) -> u64 {
-        self.malformed
+    /// Makes `inodes` the namespaces whose transitions the program counts and sends
+    /// (with `EventsConfig::netns_filter`; without it the filter is not read). Only
+    /// the difference to the last call reaches the kernel. Namespaces beyond
+    /// `EventsConfig::filter_keys` are left out and named in the error; the others
+    /// are in.
+    pub fn filter_netns(&mut self, inodes: &BTreeSet<u32>) -> io::Result<()> {
+        let gone: Vec<u32> = self.filtered.difference(inodes).copied().collect();
+        for inode in gone {
+            // Already absent is what was wanted.
+            let _ = self.filter.remove(&inode);
+            self.filtered.remove(&inode);
+        }
+        let mut refused = Vec::new();
+        for inode in inodes.difference(&self.filtered.clone()) {
+            match self.filter.insert(inode, 1, 0) {
+                Ok(()) => {
+                    self.filtered.insert(*inode);
+                }
+                Err(e) => refused.push(format!("{inode}: {e}")),
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "namespaces left out of the events filter: {}",
+                refused.join(", ")
+            )))
+        }
     }
 
     /// Transition counts per network namespace inode (empty unless
@@ -366,13 +397,6 @@ impl EventSource {
             self.netns.remove(key).map_err(io::Error::other)?;
         }
         Ok(keys.len())
-    }
-}
-
-impl AsFd for EventSource {
-    /// The ring buffer's fd: readable (epoll) when events are waiting.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
     }
 }
 
@@ -422,15 +446,5 @@ mod tests {
         };
         assert!(tiny.validate().is_err());
         assert!(EventsConfig::default().validate().is_ok());
-    }
-
-    #[test]
-    fn transitions_list_nonzero_counts_by_state_number() {
-        let mut t = Transitions::default();
-        t.counts[1][8] = 3;
-        t.counts[8][9] = 2;
-        assert_eq!(t.get(TcpState::Established, TcpState::CloseWait), 3);
-        assert_eq!(t.nonzero().collect::<Vec<_>>(), vec![(1, 8, 3), (8, 9, 2)]);
-        assert_eq!(t.total(), 5);
     }
 }

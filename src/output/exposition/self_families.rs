@@ -99,12 +99,13 @@ const EVENTS_ATTACHED: FamilySpec = FamilySpec::gauge(
 );
 const EVENTS_LOST: FamilySpec = FamilySpec::counter(
     "tcpstate_events_lost_total",
-    "Kernel events the ring buffer had no room for; the sockets concerned fall back to \
-     polled (bounded) times.",
+    "Kernel events dropped because the ring buffer or the queue to the sampler had no \
+     room; the sockets concerned fall back to polled (bounded) times.",
 );
 const TRANSITIONS: FamilySpec = FamilySpec::counter(
     "tcpstate_transitions_total",
-    "TCP state changes seen by the kernel, in every network namespace of the host.",
+    "TCP state changes counted by the kernel in the network namespaces sampled (other \
+     namespaces' are filtered out in the kernel).",
 );
 
 /// Events mode: whether it runs, and when it does, its losses and the transitions.

@@ -54,8 +54,40 @@ pub struct WrkFigures {
     pub raw: String,
 }
 
-/// The exporter running in the benchmark's namespace; killed on drop.
-pub struct Daemon(pub Child);
+/// The exporter running inside a namespace, listening on 127.0.0.1:`PORT` there; killed
+/// on drop, and with the benchmark if it dies.
+pub struct Daemon(Child);
+
+impl Daemon {
+    /// Starts `exporter` in `ns` with `args` after the listen address and log level.
+    pub fn start(ns: &Netns, exporter: &Path, args: &[&str]) -> Result<Daemon, String> {
+        let mut cmd = ns.command(exporter);
+        cmd.args([
+            "--web.listen-address",
+            &format!("127.0.0.1:{PORT}"),
+            "--log.level",
+            "warn",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; the daemon dies with this benchmark.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(Daemon(
+            cmd.spawn().map_err(|e| format!("start exporter: {e}"))?,
+        ))
+    }
+
+    /// `ip netns exec` execs the daemon: its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -66,27 +98,7 @@ impl Drop for Daemon {
 
 /// Starts the exporter in `ns` on 127.0.0.1:PORT, sampling every `interval`.
 pub fn start(ns: &Netns, exporter: &Path, interval: &str) -> Result<Daemon, String> {
-    let mut cmd = ns.command(exporter);
-    cmd.args([
-        "--sample.interval",
-        interval,
-        "--web.listen-address",
-        &format!("127.0.0.1:{PORT}"),
-        "--log.level",
-        "warn",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; the daemon dies with this benchmark.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    Ok(Daemon(
-        cmd.spawn().map_err(|e| format!("start exporter: {e}"))?,
-    ))
+    Daemon::start(ns, exporter, &["--sample.interval", interval])
 }
 
 /// Starts the daemon in `ns` sampling every `interval`, lets it take `samples` samples,
@@ -98,9 +110,8 @@ pub fn measure(
     samples: u64,
     plan: &WrkPlan,
 ) -> Result<DaemonFigures, String> {
-    let daemon = start(ns, exporter, interval)?;
-    // `ip netns exec` execs the daemon: same pid.
-    let pid = daemon.0.id();
+    let daemon = Daemon::start(ns, exporter, &["--sample.interval", interval])?;
+    let pid = daemon.pid();
     let pid_text = pid.to_string();
     let cpu_start = measure::process_cpu(pid).unwrap_or_default();
     let mut figures = DaemonFigures::default();
@@ -153,7 +164,7 @@ pub fn measure(
     Ok(figures)
 }
 
-fn samples_now() -> u64 {
+pub fn samples_now() -> u64 {
     scrape()
         .ok()
         .and_then(|t| metric(&t, "tcpstate_samples_total"))
@@ -161,7 +172,7 @@ fn samples_now() -> u64 {
 }
 
 /// `GET /metrics` from this thread's namespace, with the shared HTTP client.
-fn scrape() -> Result<String, String> {
+pub fn scrape() -> Result<String, String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], PORT));
     let response = http::get(addr, "/metrics", Duration::from_secs(10))?;
     match response.status {
@@ -171,10 +182,25 @@ fn scrape() -> Result<String, String> {
 }
 
 /// Value of an unlabelled sample line.
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Sum of the values of every series of `name` whose labels pass `keep` (the text
+/// between the braces; empty for an unlabelled series).
+pub fn metric_sum(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            keep(labels).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 fn run_wrk(threads: u32, seconds: u32, connections: u32) -> Result<WrkFigures, String> {
@@ -248,6 +274,14 @@ fn millis(text: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_the_series_of_a_family() {
+        let text = "# TYPE x counter\nx{port=\"80\"} 2\nx{port=\"9815\"} 5\nxy 7\nx 1\n";
+        assert_eq!(metric_sum(text, "x", |_| true), 8.0);
+        assert_eq!(metric_sum(text, "x", |l| !l.contains("9815")), 3.0);
+        assert_eq!(metric(text, "x"), Some(1.0));
+    }
 
     #[test]
     fn reads_a_wrk_latency_report() {

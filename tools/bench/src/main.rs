@@ -7,6 +7,7 @@
 //! 2-core machine mean little, ratios travel. Needs root (network namespaces).
 //! See docs/benchmarks.md for how to run it and what the figures say.
 
+mod busy;
 mod daemon;
 mod floor;
 mod hold;
@@ -42,6 +43,9 @@ pub struct Options {
     pub doc: Option<PathBuf>,
     /// `--hold N -- COMMAND...`: hold a table of N sockets while COMMAND runs.
     pub hold: Option<(usize, Vec<String>)>,
+    /// `--busy`: events lost vs churn rate and staleness under CPU hogs instead.
+    pub busy_mode: bool,
+    pub busy: busy::BusyPlan,
     /// `--oncall N`: the on-call view's costs on a table of N sockets.
     pub oncall: Option<usize>,
     pub scenario: PathBuf,
@@ -54,15 +58,21 @@ fn usage() -> &'static str {
        [--rss-samples 1000] [--rss-size N] [--daemon-size N] [--daemon-samples 20]
        [--wrk-seconds 10] [--wrk-connections 50] [--wrk-threads 1,2]
        [--doc docs/benchmarks.md | --no-doc]
-       [--scenario PATH] [--exporter PATH]
+       [--scenario PATH] [--exporter PATH] [--churn PATH]
        tcpstate-bench --hold N -- COMMAND [ARGS...]
+       tcpstate-bench --busy [--busy-rates 10k,20k,50k,100k] [--busy-churn-seconds 5]
+       [--busy-hogs 0,2,4] [--busy-table 110k] [--busy-interval-ms 1000]
+       [--busy-staleness-seconds 20] [--busy-ring-bytes N] [--busy-only loss|staleness]
+       [--doc PATH | --no-doc]
        tcpstate-bench --oncall N [--rounds 5]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
 sampling daemon, then again against a daemon that does not sample (the same-run
 baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace (named
-in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --oncall
+in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --busy
+measures events lost vs connection churn (own, foreign and both namespaces) and the
+served sample's age beside CPU hogs (docs/benchmarks.md, \"Busy host\"). --oncall
 builds a table of N sockets and measures a sample with the fd figures against one without,
 and the latency of the live page and the drill-down. Needs root."
 }
@@ -88,6 +98,11 @@ fn parse_options() -> Result<Options, String> {
         },
         doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
         hold: None,
+        busy_mode: false,
+        busy: busy::BusyPlan {
+            churn: bin_dir.join("tcpstate-churn"),
+            ..busy::BusyPlan::default()
+        },
         oncall: None,
         scenario: bin_dir.join("tcpstate-scenario"),
         exporter: bin_dir.join("tcpstate-exporter"),
@@ -100,6 +115,10 @@ fn parse_options() -> Result<Options, String> {
         }
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--busy" {
+            o.busy_mode = true;
+            continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |v: &str| -> Result<usize, String> {
@@ -143,6 +162,35 @@ fn parse_options() -> Result<Options, String> {
                 }
                 o.hold = Some((number(&value)?, command));
             }
+            "--busy-rates" => {
+                o.busy.rates = value
+                    .split(',')
+                    .map(|r| number(r).map(|n| n as u64))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--busy-hogs" => {
+                o.busy.hogs = value.split(',').map(number).collect::<Result<_, _>>()?;
+            }
+            "--busy-churn-seconds" => o.busy.churn_seconds = number(&value)?.max(1) as u64,
+            "--busy-table" => o.busy.table = number(&value)?,
+            "--busy-interval-ms" => {
+                o.busy.interval = std::time::Duration::from_millis(number(&value)?.max(1) as u64);
+            }
+            "--busy-staleness-seconds" => {
+                o.busy.staleness_seconds = number(&value)?.max(1) as u64;
+            }
+            "--busy-ring-bytes" => {
+                o.busy.ring_bytes =
+                    Some(u32::try_from(number(&value)?).map_err(|e| e.to_string())?);
+            }
+            "--busy-only" => {
+                o.busy.only = Some(match value.as_str() {
+                    "loss" => busy::Part::Loss,
+                    "staleness" => busy::Part::Staleness,
+                    _ => return Err("--busy-only: loss or staleness".into()),
+                });
+            }
+            "--churn" => o.busy.churn = PathBuf::from(value),
             "--oncall" => o.oncall = Some(number(&value)?),
             "--scenario" => o.scenario = PathBuf::from(value),
             "--exporter" => o.exporter = PathBuf::from(value),
@@ -155,10 +203,10 @@ fn parse_options() -> Result<Options, String> {
     let near_100k = o.sizes.iter().copied().min_by_key(|s| s.abs_diff(100_000));
     o.rss_size = o.rss_size.or(near_100k);
     o.daemon_size = o.daemon_size.or(o.sizes.last().copied());
-    for binary in [&o.scenario, &o.exporter] {
+    for binary in [&o.scenario, &o.exporter, &o.busy.churn] {
         if !binary.exists() {
             return Err(format!(
-                "{} is missing: cargo build --release -p tcpstate-scenario --bin tcpstate-exporter",
+                "{} is missing: cargo build --release --workspace",
                 binary.display()
             ));
         }
@@ -195,7 +243,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&options) {
+    let result = if options.busy_mode {
+        busy::run(&options)
+    } else {
+        run(&options)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcpstate-bench: {e}");
@@ -266,6 +319,16 @@ fn one_size(options: &Options, size: usize) -> Result<rounds::SizeResult, String
                 &options.exporter,
                 "1h",
                 1,
+                &options.wrk,
+            )?);
+            // The scrape latency target holds at the default interval: a sample every
+            // 15 s, so the wrk runs (10 s each) overlap one or two of them.
+            eprintln!("   daemon at the default interval (15 s): wrk");
+            result.daemon_default = Some(daemon::measure(
+                &ns,
+                &options.exporter,
+                "15s",
+                2,
                 &options.wrk,
             )?);
         }

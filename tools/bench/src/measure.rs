@@ -20,11 +20,7 @@ fn timeval(tv: libc::timeval) -> Duration {
 /// CPU time (user + system) of the calling thread so far, from the scheduler's
 /// nanosecond runtime (rusage would round to clock ticks).
 pub fn thread_cpu() -> Duration {
-    // SAFETY: zeroed timespec is a valid out-parameter.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    tcpstate_testkit::churn::thread_cpu_time()
 }
 
 /// Runs `f` on this thread and returns its result with its wall and CPU time.

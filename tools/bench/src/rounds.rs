@@ -85,6 +85,8 @@ pub struct SizeResult {
     pub daemon: Option<DaemonFigures>,
     /// The same scrapes against a daemon past its first sample and not sampling again.
     pub daemon_idle: Option<DaemonFigures>,
+    /// The same scrapes against a daemon sampling at the default interval (15 s).
+    pub daemon_default: Option<DaemonFigures>,
 }
 
 impl SizeResult {
@@ -92,6 +94,12 @@ impl SizeResult {
     pub fn idle_counterpart(&self, run: &WrkFigures) -> Option<&WrkFigures> {
         let idle = self.daemon_idle.as_ref()?;
         idle.wrk.iter().find(|b| b.threads == run.threads)
+    }
+
+    /// The wrk run against the daemon at the default interval with as many threads.
+    pub fn default_counterpart(&self, run: &WrkFigures) -> Option<&WrkFigures> {
+        let daemon = self.daemon_default.as_ref()?;
+        daemon.wrk.iter().find(|b| b.threads == run.threads)
     }
 
     pub fn median(&self, method: Method) -> Option<Cost> {
@@ -165,6 +173,7 @@ pub fn measure_size(
         rss_loop: None,
         daemon: None,
         daemon_idle: None,
+        daemon_default: None,
     };
     let pids = table.actor_pids();
     ns.run(|| -> Result<(), String> {
