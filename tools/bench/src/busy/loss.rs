@@ -27,7 +27,7 @@ pub enum Place {
 }
 
 impl Place {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Place::Own => "own namespace",
             Place::Both => "own + foreign",
@@ -49,6 +49,7 @@ pub struct ChurnFigures {
 #[derive(Clone, Debug, Default)]
 pub struct Losses {
     pub runs: Vec<LossRun>,
+    pub bursts: Vec<super::burst::BurstRun>,
     /// The daemon's peak and final resident memory over all the runs.
     pub hwm_kib: u64,
     pub rss_kib: u64,
@@ -67,13 +68,13 @@ pub struct LossRun {
 }
 
 /// The daemon's counters at one moment.
-struct Reading {
-    samples: f64,
-    lost: f64,
-    entered: f64,
+pub struct Reading {
+    pub samples: f64,
+    pub lost: f64,
+    pub entered: f64,
 }
 
-fn read(ns: &Netns) -> Result<Reading, String> {
+pub fn read_counters(ns: &Netns) -> Result<Reading, String> {
     let text = ns.run(daemon::scrape)??;
     Ok(Reading {
         samples: daemon::metric(&text, "tcpstate_samples_total").unwrap_or(0.0),
@@ -86,10 +87,10 @@ fn read(ns: &Netns) -> Result<Reading, String> {
 
 /// Polls until the daemon has published `samples` samples (its first ones, or those
 /// after a churn run: events drained and applied).
-fn wait_for_samples(ns: &Netns, samples: f64) -> Result<Reading, String> {
+pub fn wait_for_samples(ns: &Netns, samples: f64) -> Result<Reading, String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(reading) = read(ns)
+        if let Ok(reading) = read_counters(ns)
             && reading.samples >= samples
         {
             return Ok(reading);
@@ -130,6 +131,18 @@ pub fn measure(options: &crate::Options) -> Result<Losses, String> {
             losses.runs.push(run);
         }
     }
+    for place in [Place::Own, Place::Foreign] {
+        eprintln!("== burst of closes, {}", place.label());
+        let run = super::burst::one_run(plan, &daemon, (&own, &foreign), place)?;
+        eprintln!(
+            "   {} connections at {:.0}/s: entered {}, lost {}",
+            run.made(),
+            run.rate(),
+            run.entered,
+            run.lost
+        );
+        losses.bursts.push(run);
+    }
     let pid = daemon.pid().to_string();
     losses.hwm_kib = measure::status_kib(&pid, "VmHWM").unwrap_or(0);
     losses.rss_kib = measure::status_kib(&pid, "VmRSS").unwrap_or(0);
@@ -144,7 +157,7 @@ fn one_run(
     rate: u64,
     place: Place,
 ) -> Result<LossRun, String> {
-    let before = read(own)?;
+    let before = read_counters(own)?;
     let cpu_before = measure::process_cpu(daemon.pid()).unwrap_or_default();
     let start = |ns: &Netns| spawn_churn(ns, plan, rate);
     let own_child = matches!(place, Place::Own | Place::Both)
@@ -155,20 +168,44 @@ fn one_run(
         .transpose()?;
     let own_figures = own_child.map(finish_churn).transpose()?;
     let foreign_figures = foreign_child.map(finish_churn).transpose()?;
-    let cpu = measure::process_cpu(daemon.pid())
-        .unwrap_or_default()
-        .saturating_sub(cpu_before);
-    let ended = read(own)?;
-    let after = wait_for_samples(own, ended.samples + 2.0)?;
+    let counted = Counted::since(own, daemon, &before, cpu_before)?;
     Ok(LossRun {
         rate,
         place,
         own: own_figures,
         foreign: foreign_figures,
-        entered: (after.entered - before.entered).max(0.0) as u64,
-        lost: (after.lost - before.lost).max(0.0) as u64,
-        daemon_cpu: cpu,
+        entered: counted.entered,
+        lost: counted.lost,
+        daemon_cpu: counted.daemon_cpu,
     })
+}
+
+/// What the daemon counted during a run: read once the churn ended and two more
+/// samples applied everything drained.
+pub struct Counted {
+    pub entered: u64,
+    pub lost: u64,
+    pub daemon_cpu: Duration,
+}
+
+impl Counted {
+    pub fn since(
+        own: &Netns,
+        daemon: &Daemon,
+        before: &Reading,
+        cpu_before: Duration,
+    ) -> Result<Counted, String> {
+        let daemon_cpu = measure::process_cpu(daemon.pid())
+            .unwrap_or_default()
+            .saturating_sub(cpu_before);
+        let ended = read_counters(own)?;
+        let after = wait_for_samples(own, ended.samples + 2.0)?;
+        Ok(Counted {
+            entered: (after.entered - before.entered).max(0.0) as u64,
+            lost: (after.lost - before.lost).max(0.0) as u64,
+            daemon_cpu,
+        })
+    }
 }
 
 fn spawn_churn(ns: &Netns, plan: &BusyPlan, rate: u64) -> Result<Child, String> {
@@ -181,7 +218,7 @@ fn spawn_churn(ns: &Netns, plan: &BusyPlan, rate: u64) -> Result<Child, String> 
         .map_err(|e| format!("{}: {e}", plan.churn.display()))
 }
 
-fn finish_churn(child: Child) -> Result<ChurnFigures, String> {
+pub fn finish_churn(child: Child) -> Result<ChurnFigures, String> {
     let out = child
         .wait_with_output()
         .map_err(|e| format!("tcpstate-churn: {e}"))?;
@@ -247,9 +284,11 @@ pub fn write(md: &mut String, plan: &BusyPlan, losses: &Losses) {
             r.daemon_cpu.as_secs_f64(),
         );
     }
+    md.push('\n');
+    super::burst::write(md, &losses.bursts);
     let _ = writeln!(
         md,
-        "\nThe daemon's memory after these runs: peak (VmHWM) {:.1} MiB, resident {:.1} MiB.\n",
+        "The daemon's memory after these runs: peak (VmHWM) {:.1} MiB, resident {:.1} MiB.\n",
         losses.hwm_kib as f64 / 1024.0,
         losses.rss_kib as f64 / 1024.0
     );

@@ -10,6 +10,7 @@
 //!   second while 0, 2 and 4 threads spin; the age of the served sample
 //!   (`now - tcpstate_last_sample_timestamp_seconds`) read every 250 ms.
 
+mod burst;
 mod loss;
 mod staleness;
 
