@@ -169,19 +169,27 @@ async fn get(address: SocketAddr, client: Client<'_>) -> io::Result<String> {
     } else {
         rustls::DEFAULT_VERSIONS
     };
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     let config = match client.identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
+        // CertifiedKey::new, not with_client_auth_cert: that one parses the certificate
+        // with webpki (which refuses v1) to check the key against it, and the tests
+        // present v1 certificates and certificates with someone else's key.
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let key = provider
+                .key_provider
+                .load_private_key(PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+                .unwrap();
+            let certified = rustls::sign::CertifiedKey::new(chain, key);
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                certified,
+            )))
+        }
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
