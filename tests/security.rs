@@ -1,8 +1,13 @@
 //! Who may read the metrics: `--web.config.file` (exporter-toolkit format) with TLS,
 //! client certificates and basic auth, checked with a real TLS client (rustls) over
-//! loopback. Certificates are made at test time (rcgen); nothing to install.
+//! loopback. Certificates are made at test time: rcgen, and the openssl CLI for the v1
+//! ones (rcgen writes v3 only).
 //!
 //! The server is the real daemon started with `--web.config.file`.
+
+/// X.509 v1 client certificates, made with the openssl CLI.
+#[path = "security/v1.rs"]
+mod v1;
 
 use std::io;
 use std::net::SocketAddr;
@@ -65,6 +70,8 @@ impl Pki {
         let rogue = leaf(vec!["scraper".into()], false);
 
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        // For the v1 certificates, which the openssl CLI signs (mod v1).
+        std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
         std::fs::write(dir.join("server.pem"), &server.0).unwrap();
         std::fs::write(dir.join("server.key"), &server.1).unwrap();
         Pki {
