@@ -192,3 +192,97 @@ async fn v1_client_certificate_taken_unverified_with_proof_of_key() {
         check(exporter.address, &pki, identity, served, what).await;
     }
 }
+
+/// The limits of the v1 path: a v1 leaf only straight from a configured client CA, and
+/// not from a CA with name constraints (those stay webpki's, on v3 leaves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_client_certificates_only_straight_from_an_unconstrained_ca() {
+    let pki = Pki::new();
+    let dir = &pki.dir;
+    // A v3 intermediate CA under the client CA, and a v1 leaf it signed, sent with it.
+    std::fs::write(dir.join("ca.ext"), "basicConstraints=critical,CA:TRUE\n").unwrap();
+    let mut request = vec!["req", "-new", "-nodes", "-subj", "/CN=intermediate"];
+    request.extend_from_slice(P256);
+    request.extend_from_slice(&["-keyout", "inter.key", "-out", "inter.csr"]);
+    openssl(dir, &request);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "9",
+            "-days",
+            "2",
+            "-extfile",
+            "ca.ext",
+            "-out",
+            "inter.pem",
+        ],
+    );
+    let (leaf, key) = v1_leaf(&pki, "v1-under-inter", P256, "inter", 1);
+    let chained = (
+        leaf + &std::fs::read_to_string(dir.join("inter.pem")).unwrap(),
+        key,
+    );
+    // A name-constrained client CA, and a v1 leaf it signed.
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=constrained",
+    ];
+    args.extend_from_slice(P256);
+    args.extend_from_slice(&[
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "nameConstraints=critical,permitted;DNS:example.com",
+        "-keyout",
+        "constrained.key",
+        "-out",
+        "constrained.pem",
+    ]);
+    openssl(dir, &args);
+    let constrained = v1_leaf(&pki, "v1-constrained", P256, "constrained", 1);
+    let cas = format!(
+        "{}{}",
+        pki.ca,
+        std::fs::read_to_string(dir.join("constrained.pem")).unwrap()
+    );
+    std::fs::write(dir.join("cas.pem"), cas).unwrap();
+
+    let exporter = serve_tls(
+        &pki,
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: cas.pem\n",
+    )
+    .await;
+    let address = exporter.address;
+    check(
+        address,
+        &pki,
+        &chained,
+        false,
+        "v1 leaf under an intermediate",
+    )
+    .await;
+    check(
+        address,
+        &pki,
+        &constrained,
+        false,
+        "v1 leaf of a constrained CA",
+    )
+    .await;
+    let v1 = v1_leaf(&pki, "v1-p256", P256, "ca", 1);
+    check(address, &pki, &v1, true, "v1 leaf of the unconstrained CA").await;
+}
