@@ -1,8 +1,13 @@
 //! Who may read the metrics: `--web.config.file` (exporter-toolkit format) with TLS,
 //! client certificates and basic auth, checked with a real TLS client (rustls) over
-//! loopback. Certificates are made at test time (rcgen); nothing to install.
+//! loopback. Certificates are made at test time: rcgen, and the openssl CLI for the v1
+//! ones (rcgen writes v3 only).
 //!
 //! The server is the real daemon started with `--web.config.file`.
+
+/// X.509 v1 client certificates, made with the openssl CLI.
+#[path = "security/v1.rs"]
+mod v1;
 
 use std::io;
 use std::net::SocketAddr;
@@ -65,6 +70,8 @@ impl Pki {
         let rogue = leaf(vec!["scraper".into()], false);
 
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        // For the v1 certificates, which the openssl CLI signs (mod v1).
+        std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
         std::fs::write(dir.join("server.pem"), &server.0).unwrap();
         std::fs::write(dir.join("server.key"), &server.1).unwrap();
         Pki {
@@ -169,19 +176,27 @@ async fn get(address: SocketAddr, client: Client<'_>) -> io::Result<String> {
     } else {
         rustls::DEFAULT_VERSIONS
     };
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     let config = match client.identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
+        // CertifiedKey::new, not with_client_auth_cert: that one parses the certificate
+        // with webpki (which refuses v1) to check the key against it, and the tests
+        // present v1 certificates and certificates with someone else's key.
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let key = provider
+                .key_provider
+                .load_private_key(PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+                .unwrap();
+            let certified = rustls::sign::CertifiedKey::new(chain, key);
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                certified,
+            )))
+        }
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

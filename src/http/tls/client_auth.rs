@@ -13,6 +13,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use crate::config::input::read_bounded;
+use crate::http::tls::v1_certs::{self, V1ClientVerifier};
 use crate::http::tls::{KeyError, TlsServerConfig};
 
 /// Who must show a client certificate, and whether it is checked against the CA.
@@ -49,7 +50,12 @@ impl TlsServerConfig {
         })
     }
 
-    fn client_roots(&self, base_dir: &Path) -> Result<Option<RootCertStore>, KeyError> {
+    /// The client CA certificates, as webpki's trust anchors and as given (for the v1
+    /// check, which needs their validity too).
+    fn client_roots(
+        &self,
+        base_dir: &Path,
+    ) -> Result<Option<(RootCertStore, Vec<CertificateDer<'static>>)>, KeyError> {
         let (key, certs): (&'static str, Result<Vec<_>, _>) =
             match (&self.client_ca_file, &self.client_ca) {
                 (Some(file), _) if !file.is_empty() => {
@@ -71,17 +77,18 @@ impl TlsServerConfig {
                 ),
                 _ => return Ok(None),
             };
-        let certs = certs.map_err(|e| (key, format!("bad PEM certificate: {e}")))?;
+        let certs: Vec<CertificateDer<'static>> =
+            certs.map_err(|e| (key, format!("bad PEM certificate: {e}")))?;
         if certs.is_empty() {
             return Err((key, "no PEM certificate found".into()));
         }
         let mut roots = RootCertStore::empty();
-        for cert in certs {
+        for cert in &certs {
             roots
-                .add(cert)
+                .add(cert.clone())
                 .map_err(|e| (key, format!("unusable CA certificate: {e}")))?;
         }
-        Ok(Some(roots))
+        Ok(Some((roots, certs)))
     }
 
     pub(super) fn client_verifier(
@@ -98,8 +105,8 @@ impl TlsServerConfig {
                 algorithms: provider.signature_verification_algorithms,
             })
         };
-        let verified = |roots: Option<RootCertStore>, optional: bool| {
-            let Some(roots) = roots else {
+        let verified = |roots: Option<(RootCertStore, _)>, optional: bool| {
+            let Some((roots, cas)) = roots else {
                 return Err((
                     KEY,
                     "verifying client certificates needs client_ca_file or client_ca".into(),
@@ -112,7 +119,12 @@ impl TlsServerConfig {
             } else {
                 builder
             };
-            builder.build().map_err(|e| (KEY, e.to_string()))
+            let inner = builder.build().map_err(|e| (KEY, e.to_string()))?;
+            Ok(Arc::new(V1ClientVerifier {
+                inner,
+                cas,
+                algorithms: provider.signature_verification_algorithms,
+            }) as Arc<dyn ClientCertVerifier>)
         };
         match policy {
             ClientAuth::None if roots.is_some() => Err((
@@ -131,7 +143,8 @@ impl TlsServerConfig {
 }
 
 /// Go's RequestClientCert and RequireAnyClientCert: any certificate is taken without a
-/// chain check, but the handshake signature must still prove the client holds its key.
+/// chain check, but the handshake signature must still prove the client holds its key
+/// (a v1 certificate's too: see v1_certs).
 #[derive(Debug)]
 struct AnyClientCert {
     mandatory: bool,
@@ -162,7 +175,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        v1_certs::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -171,7 +184,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        v1_certs::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -37,6 +37,7 @@ use tokio_rustls::server::TlsStream;
 mod algorithms;
 mod client_auth;
 mod pem;
+mod v1_certs;
 
 /// The `tls_server_config` section, field for field as the exporter-toolkit spells it.
 #[derive(Debug, Default, Deserialize)]
