@@ -25,6 +25,8 @@ command -v clang >/dev/null || need+=(clang)
 # Headless Chromium and curl: tests/page.rs loads the live page in a real browser.
 command -v chromium >/dev/null || need+=(chromium)
 command -v curl >/dev/null || need+=(curl)
+# The openssl CLI: tests/security/v1.rs makes X.509 v1 client certificates with it.
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
         { echo "run-all.sh: apt-get install ${need[*]} failed" >&2; exit 1; }
