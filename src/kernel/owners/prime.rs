@@ -12,8 +12,13 @@ use super::{Holder, OwnerCache};
 
 /// A pass that starts with at least this many unknown sockets lists descriptors through
 /// the iterator. Loading it costs a few milliseconds (the kernel's BTF is parsed): more
-/// than readlink for a few hundred descriptors, far less for tens of thousands.
+/// than readlink for a few thousand descriptors, far less for a hundred thousand.
 pub(super) const PRIME_AT_LEAST: usize = 2048;
+
+/// A cold cache primes only when the host has at least this many open files
+/// (`fs.file-nr`): loading the iterator costs about 0.15 s of CPU here (the loader's
+/// CO-RE relocation against the kernel's BTF), what readlink pays for ~30,000 fds.
+const PRIME_COLD_FILES: u64 = 30_000;
 
 /// Inode of the initial pid namespace (PROC_PID_INIT_INO): the iterator reports pids as
 /// that namespace numbers them, so it is used only when /proc does too.
@@ -30,10 +35,16 @@ impl OwnerCache {
 
     /// Lists every descriptor through the iterator and indexes the sockets found, when
     /// allowed and worth it: `missing` holds many sockets, or `cold` (the cache has never
-    /// read the whole of /proc, so the walk would read every descriptor of the host).
+    /// read the whole of /proc, so the walk would read every descriptor of the host) on a
+    /// host with many open files.
     /// `missing` loses what was found. Returns the descriptors listed.
     pub(super) fn prime_from_kernel(&mut self, missing: &mut HashSet<u32>, cold: bool) -> u64 {
-        if !self.bpf_listing || missing.is_empty() || (!cold && missing.len() < PRIME_AT_LEAST) {
+        if !self.bpf_listing || missing.is_empty() {
+            return 0;
+        }
+        let worth = missing.len() >= PRIME_AT_LEAST
+            || (cold && open_files().is_some_and(|files| files >= PRIME_COLD_FILES));
+        if !worth {
             return 0;
         }
         match self.list_open_fds() {
@@ -110,6 +121,12 @@ impl OwnerCache {
             }
         }
     }
+}
+
+/// Open files on the host: the first field of /proc/sys/fs/file-nr.
+fn open_files() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/sys/fs/file-nr").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// (pid, fd, inode) of every open descriptor, from the kernel.
