@@ -100,9 +100,11 @@ struct PodsResult {
     daemon_cpu_per_round: Option<Duration>,
 }
 
-/// One pod: its actor (dropped first, closing its sockets) and its namespace.
+/// One pod: its actor (dropped first, closing its sockets), a floor socket opened inside
+/// it (a socket keeps its namespace, so it dumps the pod from any thread), its namespace.
 struct Pod {
     _actor: Actor,
+    floor: FloorSocket,
     ns: Netns,
 }
 
@@ -125,8 +127,8 @@ pub fn run(options: &crate::Options) -> Result<(), String> {
     for &count in &plan.counts {
         for &layout in &plan.layouts {
             eprintln!("== {count} pods, {} hash", layout.name());
-            let pods = build_pods(&host, &mut table, options, count, layout)?;
-            let mut result = measure_rounds(&host, &mut table, &pods, options.rounds)?;
+            let mut pods = build_pods(&host, &mut table, options, count, layout)?;
+            let mut result = measure_rounds(&host, &mut table, &mut pods, options.rounds)?;
             result.layout = layout.name();
             if plan.daemon_seconds > 0 {
                 result.daemon_cpu_per_round = Some(daemon_cpu(&host, options, count)?);
@@ -176,7 +178,14 @@ fn build_pods(
             plan.close_wait
         ))?;
         actor.cmd("load 127.0.0.1:8082 5 accept_queue")?;
-        pods.push(Pod { _actor: actor, ns });
+        let floor = ns
+            .run(FloorSocket::open)?
+            .map_err(|e| format!("floor socket: {e}"))?;
+        pods.push(Pod {
+            _actor: actor,
+            floor,
+            ns,
+        });
     }
     if layout == Layout::Private
         && let Some(pod) = pods.first()
@@ -192,7 +201,7 @@ fn build_pods(
 fn measure_rounds(
     host: &Netns,
     table: &mut Table,
-    pods: &[Pod],
+    pods: &mut [Pod],
     rounds: usize,
 ) -> Result<PodsResult, String> {
     let settings = tcpstate_exporter::config::parse(
@@ -251,17 +260,14 @@ fn check_round(
     Ok(())
 }
 
-/// One minimal dump in every pod namespace: sockets seen, summed cost.
-fn pod_walks(pods: &[Pod]) -> Result<(u64, Cost), String> {
+/// One minimal dump in every pod namespace, from this thread through each pod's own
+/// floor socket: sockets seen, summed cost.
+fn pod_walks(pods: &mut [Pod]) -> Result<(u64, Cost), String> {
     let mut total = Cost::default();
     let mut sockets = 0;
     for pod in pods {
-        let (counts, cost) = pod.ns.run(|| {
-            let mut socket = FloorSocket::open().map_err(|e| format!("floor socket: {e}"))?;
-            let (counts, cost) = measure::time(|| socket.count(Dump::States));
-            Ok::<_, String>((counts.map_err(|e| format!("pod floor: {e}"))?, cost))
-        })??;
-        sockets += counts.total();
+        let (counts, cost) = measure::time(|| pod.floor.count(Dump::States));
+        sockets += counts.map_err(|e| format!("pod floor: {e}"))?.total();
         total.wall += cost.wall;
         total.cpu += cost.cpu;
     }
