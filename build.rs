@@ -1,5 +1,6 @@
-//! Builds the eBPF program of the `events` feature (bpf/state_change.bpf.c) from source
-//! with clang, into OUT_DIR, where `src/events` embeds it.
+//! Builds the eBPF programs of the `events` feature (bpf/state_change.bpf.c, and
+//! bpf/socket_fds.bpf.c for the first attribution) from source with clang, into OUT_DIR,
+//! where `src/kernel/events` embeds them.
 //!
 //! Needs clang (any version with the BPF target, 14+ tested) and libbpf's headers
 //! (Debian: `apt-get install clang libbpf-dev`). Without the feature
@@ -20,26 +21,41 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const SOURCE: &str = "bpf/state_change.bpf.c";
-const HEADER: &str = "bpf/state_change.h";
+/// Each program: its source, its header, and the object's name in OUT_DIR.
+const PROGRAMS: [(&str, &str, &str); 2] = [
+    (
+        "bpf/state_change.bpf.c",
+        "bpf/state_change.h",
+        "state_change.bpf.o",
+    ),
+    (
+        "bpf/socket_fds.bpf.c",
+        "bpf/socket_fds.h",
+        "socket_fds.bpf.o",
+    ),
+];
 
 fn main() {
     build_info();
-    println!("cargo:rerun-if-changed={SOURCE}");
-    println!("cargo:rerun-if-changed={HEADER}");
+    for (source, header, _) in PROGRAMS {
+        println!("cargo:rerun-if-changed={source}");
+        println!("cargo:rerun-if-changed={header}");
+    }
     println!("cargo:rerun-if-env-changed=CLANG");
     if env::var_os("CARGO_FEATURE_EVENTS").is_none() {
         return;
     }
-    if let Err(message) = compile() {
-        // cargo shows `error: <message>` and stops the build.
-        println!("cargo::error={message}");
+    for (source, _, object) in PROGRAMS {
+        if let Err(message) = compile(source, object) {
+            // cargo shows `error: <message>` and stops the build.
+            println!("cargo::error={message}");
+            return;
+        }
     }
 }
 
-fn compile() -> Result<(), String> {
-    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?)
-        .join("state_change.bpf.o");
+fn compile(source: &str, object: &str) -> Result<(), String> {
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?).join(object);
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     // asm/types.h (pulled in by linux/types.h) lives in the multiarch include directory;
     // bpf_tracing.h wants the target architecture for its register macros.
@@ -56,7 +72,7 @@ fn compile() -> Result<(), String> {
         .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
         .arg(format!("-D__TARGET_ARCH_{bpf_arch}"))
         .arg(format!("-I/usr/include/{multiarch}"))
-        .args(["-c", SOURCE, "-o"])
+        .args(["-c", source, "-o"])
         .arg(&out)
         .output()
         .map_err(|e| {
@@ -86,7 +102,7 @@ fn compile() -> Result<(), String> {
         .find(|line| line.contains("error"))
         .unwrap_or("no message");
     Err(format!(
-        "events feature: `{clang}` failed to compile {SOURCE}: {first_error}"
+        "events feature: `{clang}` failed to compile {source}: {first_error}"
     ))
 }
 

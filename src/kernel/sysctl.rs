@@ -30,6 +30,11 @@ pub struct TcpSettings {
     pub keepalive_interval_seconds: Option<f64>,
     pub keepalive_probes: Option<f64>,
     pub somaxconn: Option<f64>,
+    /// `net.ipv4.tcp_ehash_entries`: buckets of the namespace's TCP established hash,
+    /// negative when it shares the host-wide one (then every sock_diag dump of it walks
+    /// every TCP socket of the host; `net.ipv4.tcp_child_ehash_entries`, Linux 6.1+,
+    /// gives namespaces created afterwards their own).
+    pub ehash_entries: Option<f64>,
 }
 
 /// Reads what is readable; a missing file leaves its field empty.
@@ -45,6 +50,7 @@ pub fn tcp_settings() -> TcpSettings {
         keepalive_interval_seconds: read("ipv4/tcp_keepalive_intvl"),
         keepalive_probes: read("ipv4/tcp_keepalive_probes"),
         somaxconn: read("core/somaxconn"),
+        ehash_entries: read("ipv4/tcp_ehash_entries"),
     }
 }
 

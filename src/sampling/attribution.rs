@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::config::{NamespaceMode, Settings};
+use crate::config::{EventsMode, NamespaceMode, Settings};
 use crate::kernel::owners::{FdUsage, OwnerCache, ResolveStats};
 use crate::kernel::pods::ContainerDirectory;
 use crate::model::labels::{OwnerKey, ProcessId};
@@ -124,9 +124,12 @@ pub struct Attribution {
 impl Attribution {
     pub fn new(settings: &Settings) -> Self {
         Attribution {
-            owners: settings
-                .process_attribution
-                .then(|| OwnerCache::new("/proc")),
+            owners: settings.process_attribution.then(|| {
+                let mut owners = OwnerCache::new("/proc");
+                // The descriptor-listing iterator loads BPF: not where events are off.
+                owners.set_bpf_listing(settings.events != EventsMode::Off);
+                owners
+            }),
             keys: OwnerKeys {
                 names: ProcessNames::new(),
                 pid_label: settings.pid_label,

@@ -20,6 +20,12 @@ impl Netns {
         }))
     }
 
+    /// Made from inside `parent`, so it inherits `parent`'s
+    /// `net.ipv4.tcp_child_ehash_entries` (its own established hash when that is set).
+    pub fn new_inside(prefix: &str, parent: &Netns) -> Netns {
+        Netns(kit::Netns::create_inside(prefix, &parent.0).unwrap_or_else(|e| panic!("{e}")))
+    }
+
     pub fn name(&self) -> &str {
         self.0.name()
     }

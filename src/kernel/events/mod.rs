@@ -35,6 +35,7 @@ mod clock;
 mod counts;
 mod error;
 mod ring;
+pub mod socket_fds;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;

@@ -27,6 +27,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use crate::kernel::procfs::{self, parse_u32};
 
 mod freshness;
+mod prime;
 
 /// A full re-read of every process's fds runs at most once in this many resolution passes
 /// (a minute at the default interval): fd numbers are reused after close, so a socket
@@ -105,6 +106,10 @@ pub struct OwnerCache {
     validation_reads: u64,
     /// Whether the missing-privilege warning was given (once per run).
     warned_permission: bool,
+    /// Whether a large pass may list descriptors with a BPF iterator (`prime`).
+    bpf_listing: bool,
+    /// Whether every process's descriptors were read once (a /proc walk or `prime`).
+    walked: bool,
 }
 
 impl OwnerCache {
@@ -119,6 +124,8 @@ impl OwnerCache {
             watched: HashMap::new(),
             validation_reads: 0,
             warned_permission: false,
+            bpf_listing: false,
+            walked: false,
         }
     }
 
@@ -164,6 +171,7 @@ impl OwnerCache {
         if !full_due {
             missing.retain(|inode| !self.unresolvable.contains(inode));
         }
+        stats.fds_read += self.prime_from_kernel(&mut missing, false);
         if missing.is_empty() {
             return stats;
         }
@@ -188,8 +196,14 @@ impl OwnerCache {
                 }
             }
         }
+        // A first walk would read every descriptor of the host: one iterator pass instead.
+        stats.fds_read += self.prime_from_kernel(&mut missing, !self.walked);
+        if missing.is_empty() {
+            return stats;
+        }
         let pids = procfs::list_pids(&self.proc_root);
         stats.processes_listed = pids.len() as u64;
+        self.walked = true;
         for &pid in &pids {
             self.scan_process(pid, false, &mut missing, &mut stats);
             if missing.is_empty() {

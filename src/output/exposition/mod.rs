@@ -399,6 +399,7 @@ mod tests {
             keepalive_interval_seconds: Some(75.0),
             keepalive_probes: Some(9.0),
             somaxconn: Some(4096.0),
+            ehash_entries: Some(-262144.0),
         };
         let namespace = NamespaceSample {
             info: NamespaceInfo::default(),

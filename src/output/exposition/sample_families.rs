@@ -258,7 +258,7 @@ const LISTEN_DROPS: FamilySpec = FamilySpec::counter(
     "tcpstate_listen_drops_total",
     "SYNs dropped at listeners, overflows included (TcpExt ListenDrops).",
 );
-const SYSCTLS: [FamilySpec; 5] = [
+const SYSCTLS: [FamilySpec; 6] = [
     FamilySpec::gauge(
         "tcpstate_tcp_fin_timeout_seconds",
         "net.ipv4.tcp_fin_timeout: how long an orphaned FIN_WAIT2 lasts (CLOSE_WAIT has no \
@@ -280,6 +280,12 @@ const SYSCTLS: [FamilySpec; 5] = [
         "tcpstate_somaxconn",
         "net.core.somaxconn: the cap on any listener's accept-queue limit.",
     ),
+    FamilySpec::gauge(
+        "tcpstate_tcp_ehash_entries",
+        "net.ipv4.tcp_ehash_entries: buckets of the namespace's TCP established hash; \
+         negative when it shares the host-wide hash, so each sample of it walks every TCP \
+         socket of the host (set net.ipv4.tcp_child_ehash_entries on the host).",
+    ),
 ];
 
 /// The namespace's accept-queue counters and the sysctls the article names; a value
@@ -297,6 +303,7 @@ fn kernel_families(labels: &SeriesLabels) -> Vec<MetricFamily> {
         settings.keepalive_interval_seconds,
         settings.keepalive_probes,
         settings.somaxconn,
+        settings.ehash_entries,
     ];
     for (spec, value) in SYSCTLS.iter().zip(values) {
         if let Some(value) = value {

@@ -59,8 +59,8 @@ fn sampling_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
 
 const FD_READS: FamilySpec = FamilySpec::counter(
     "tcpstate_attribution_fd_reads_total",
-    "Links under /proc/PID/fd read to find socket owners; flat in a steady state, because \
-     owners are cached across samples.",
+    "Links under /proc/PID/fd read (or descriptors listed by the BPF iterator) to find \
+     socket owners; flat in a steady state, because owners are cached across samples.",
 );
 const UNRESOLVED: FamilySpec = FamilySpec::gauge(
     "tcpstate_attribution_unresolved_sockets",

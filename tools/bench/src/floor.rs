@@ -121,9 +121,12 @@ impl FloorSocket {
         if dump != Dump::States {
             body[3] = 1 << (INET_DIAG_INFO - 1);
         }
+        // Every state of the TCP table (1..=12, request sockets included), as the
+        // exporter asks: not bit 13, TCP_BOUND_INACTIVE (Linux 6.7+), which makes the
+        // kernel also walk the host-wide bind hash, ~5 ms here whatever the namespace.
         let states: u32 = match dump {
             Dump::CloseWaitInfo => TcpState::CloseWait.kernel_mask(),
-            Dump::States | Dump::AllInfo => u32::MAX,
+            Dump::States | Dump::AllInfo => 0x1ffe,
         };
         body[52..56].copy_from_slice(&states.to_ne_bytes());
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };

@@ -14,6 +14,7 @@ mod hold;
 mod load;
 mod measure;
 mod oncall;
+mod pods;
 mod report;
 mod rounds;
 
@@ -48,6 +49,9 @@ pub struct Options {
     pub busy: busy::BusyPlan,
     /// `--oncall N`: the on-call view's costs on a table of N sockets.
     pub oncall: Option<usize>,
+    /// `--pods 10,100,300`: many pod namespaces beside a large host table instead.
+    pub pods_mode: bool,
+    pub pods: pods::PodsPlan,
     pub scenario: PathBuf,
     pub exporter: PathBuf,
 }
@@ -65,6 +69,9 @@ fn usage() -> &'static str {
        [--busy-staleness-seconds 20] [--busy-ring-bytes N] [--busy-only loss|staleness]
        [--doc PATH | --no-doc]
        tcpstate-bench --oncall N [--rounds 5]
+       tcpstate-bench --pods 10,100,300 [--pods-table 100k] [--pods-connections 200]
+       [--pods-close-wait 10] [--pods-layouts shared,private] [--pods-child-ehash 1024]
+       [--pods-daemon-seconds 15] [--rounds 5] [--doc PATH | --no-doc]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
@@ -74,7 +81,10 @@ in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --b
 measures events lost vs connection churn (own, foreign and both namespaces) and the
 served sample's age beside CPU hogs (docs/benchmarks.md, \"Busy host\"). --oncall
 builds a table of N sockets and measures a sample with the fd figures against one without,
-and the latency of the live page and the drill-down. Needs root."
+and the latency of the live page and the drill-down. --pods builds N pod namespaces beside a
+host table and measures a round over every namespace against the floor, with the pods
+sharing the host's established hash and with hashes of their own (docs/benchmarks.md,
+\"Many namespaces\"). Needs root."
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -104,6 +114,8 @@ fn parse_options() -> Result<Options, String> {
             ..busy::BusyPlan::default()
         },
         oncall: None,
+        pods_mode: false,
+        pods: pods::PodsPlan::default(),
         scenario: bin_dir.join("tcpstate-scenario"),
         exporter: bin_dir.join("tcpstate-exporter"),
     };
@@ -192,6 +204,18 @@ fn parse_options() -> Result<Options, String> {
             }
             "--churn" => o.busy.churn = PathBuf::from(value),
             "--oncall" => o.oncall = Some(number(&value)?),
+            "--pods" => {
+                o.pods_mode = true;
+                o.pods.counts = value.split(',').map(number).collect::<Result<_, _>>()?;
+            }
+            "--pods-table" => o.pods.table = number(&value)?,
+            "--pods-connections" => o.pods.connections = number(&value)?,
+            "--pods-close-wait" => o.pods.close_wait = number(&value)?,
+            "--pods-layouts" => o.pods.layouts = pods::parse_layouts(&value)?,
+            "--pods-child-ehash" => {
+                o.pods.child_ehash = u32::try_from(number(&value)?).map_err(|e| e.to_string())?;
+            }
+            "--pods-daemon-seconds" => o.pods.daemon_seconds = number(&value)? as u64,
             "--scenario" => o.scenario = PathBuf::from(value),
             "--exporter" => o.exporter = PathBuf::from(value),
             _ => return Err(format!("unknown flag {flag}")),
@@ -243,7 +267,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let result = if options.busy_mode {
+    let result = if options.pods_mode {
+        pods::run(&options)
+    } else if options.busy_mode {
         busy::run(&options)
     } else {
         run(&options)
@@ -276,8 +302,13 @@ fn run(options: &Options) -> Result<(), String> {
 
 /// A fresh namespace with the sysctls a large loopback table needs.
 pub fn prepared_netns() -> Result<Netns, String> {
-    netns::remove_stale(NETNS_PREFIX);
-    let ns = Netns::create(NETNS_PREFIX)?;
+    prepared_netns_named(NETNS_PREFIX)
+}
+
+/// `prepared_netns` with another name prefix (stale ones of it are removed first).
+pub fn prepared_netns_named(prefix: &str) -> Result<Netns, String> {
+    netns::remove_stale(prefix);
+    let ns = Netns::create(prefix)?;
     ns.sysctl("net.core.somaxconn", "65535")?;
     ns.sysctl("net.ipv4.tcp_max_tw_buckets", "2000000")?;
     ns.sysctl("net.ipv4.ip_local_port_range", load::EPHEMERAL_RANGE)?;

@@ -32,6 +32,36 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Like `create`, but the namespace is made from inside `parent` (what `ip netns
+    /// add` would do if run there): it inherits `parent`'s
+    /// `net.ipv4.tcp_child_ehash_entries`, so with that sysctl set in `parent` it gets
+    /// its own TCP established hash instead of sharing the host-wide one.
+    pub fn create_inside(prefix: &str, parent: &Netns) -> Result<Netns, String> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}-{}-c{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let target = PathBuf::from("/run/netns").join(&name);
+        let mount_at = target.clone();
+        parent.run(move || -> Result<(), String> {
+            File::create(&mount_at).map_err(|e| format!("{}: {e}", mount_at.display()))?;
+            // SAFETY: unshare affects only this (scoped, short-lived) thread's namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let _ = std::fs::remove_file(&mount_at);
+                return Err(format!("unshare(CLONE_NEWNET): {e}"));
+            }
+            bind_mount("/proc/thread-self/ns/net", &mount_at).inspect_err(|_| {
+                let _ = std::fs::remove_file(&mount_at);
+            })
+        })??;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -133,6 +163,32 @@ pub fn remove_stale(prefix: &str) {
             let _ = run(Command::new("ip").args(["netns", "del", &name]));
         }
     }
+}
+
+/// `mount --bind source target`.
+fn bind_mount(source: &str, target: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_source = std::ffi::CString::new(source).map_err(|e| e.to_string())?;
+    let c_target =
+        std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: both paths are valid NUL-terminated strings; no fs type or data for a bind.
+    let rc = unsafe {
+        libc::mount(
+            c_source.as_ptr(),
+            c_target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "bind {source} on {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn sysctl_path(key: &str) -> PathBuf {

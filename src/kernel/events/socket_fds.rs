@@ -1,0 +1,146 @@
+//! Every open descriptor of every process in one pass of a BPF `task_file` iterator
+//! (bpf/socket_fds.bpf.c), with the socket inode behind it: what the first attribution
+//! would otherwise learn from one readlink(2) per descriptor of /proc/PID/fd (about 5 µs
+//! each in the kernel, two thirds of a first attributed sample at 100k sockets).
+//!
+//! Needs what the events mode needs (kernel BTF, CAP_BPF + CAP_PERFMON, or
+//! CAP_SYS_ADMIN), Linux 5.8+. The pids are those of the initial pid namespace: callers
+//! use this only when /proc shows that namespace.
+
+use std::io::{self, Read};
+
+use aya::programs::Iter;
+use aya::{Btf, EbpfLoader};
+
+/// The compiled iterator, embedded at build time (see build.rs).
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_fds.bpf.o"));
+
+/// Bytes of one `struct socket_fd` (bpf/socket_fds.h).
+const RECORD_LEN: usize = 16;
+
+/// One open descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFd {
+    pub pid: u32,
+    pub fd: u32,
+    /// Socket inode; 0 when the descriptor is not a socket.
+    pub inode: u32,
+}
+
+/// Lists every descriptor of every process (threads sharing their leader's table are
+/// listed once), in one pass.
+pub fn open_fds() -> io::Result<Vec<OpenFd>> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| io::Error::other(format!("{what}: {e}"));
+    // As in `EventSource::attach`: the loader parses the kernel's BTF for itself (freed
+    // at the end of the statement), then ours names the attach target; never both alive.
+    let mut ebpf = EbpfLoader::new()
+        .load(PROGRAM)
+        .map_err(|e| failed("load socket_fds.bpf.o", &e))?;
+    let btf = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
+    let program: &mut Iter = ebpf
+        .program_mut("socket_fds")
+        .ok_or_else(|| io::Error::other("socket_fds: no such program in the object"))?
+        .try_into()
+        .map_err(|e| failed("socket_fds", &e))?;
+    program
+        .load("task_file", &btf)
+        .map_err(|e| failed("load iter/task_file", &e))?;
+    let link_id = program
+        .attach()
+        .map_err(|e| failed("attach iter/task_file", &e))?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|e| failed("iter/task_file link", &e))?;
+    let mut file = link
+        .into_file()
+        .map_err(|e| failed("open iter/task_file", &e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(parse(&bytes))
+}
+
+/// Records from the iterator's output (a trailing partial record is ignored).
+fn parse(bytes: &[u8]) -> Vec<OpenFd> {
+    let word = |chunk: &[u8], at: usize| {
+        chunk
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_ne_bytes)
+    };
+    bytes
+        .chunks_exact(RECORD_LEN)
+        .map(|chunk| OpenFd {
+            pid: word(chunk, 0),
+            fd: word(chunk, 4),
+            inode: word(chunk, 8),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn parses_records_and_ignores_a_partial_tail() {
+        let mut bytes = Vec::new();
+        for value in [7u32, 3, 99, 0, 8, 4, 0, 0] {
+            bytes.extend_from_slice(&value.to_ne_bytes());
+        }
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let fds = parse(&bytes);
+        assert_eq!(
+            fds,
+            vec![
+                OpenFd {
+                    pid: 7,
+                    fd: 3,
+                    inode: 99
+                },
+                OpenFd {
+                    pid: 8,
+                    fd: 4,
+                    inode: 0
+                }
+            ]
+        );
+    }
+
+    /// Needs root (CAP_BPF) and kernel BTF: the iterator lists this process's socket
+    /// with its fd and inode, and a non-socket fd with inode 0.
+    #[test]
+    fn lists_this_process_socket_with_its_inode() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let file = std::fs::File::open("/proc/self/comm").expect("open");
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .expect("stat fd")
+            .ino() as u32;
+        let fds = match open_fds() {
+            Ok(fds) => fds,
+            Err(e) if unsafe { libc::geteuid() } != 0 => {
+                eprintln!("skipped (not root): {e}");
+                return;
+            }
+            Err(e) => panic!("iterator: {e}"),
+        };
+        let me = std::process::id();
+        let socket_fd = listener.as_raw_fd() as u32;
+        assert!(
+            fds.contains(&OpenFd {
+                pid: me,
+                fd: socket_fd,
+                inode
+            }),
+            "{} records, none for our socket",
+            fds.len()
+        );
+        let plain = file.as_raw_fd() as u32;
+        assert!(fds.contains(&OpenFd {
+            pid: me,
+            fd: plain,
+            inode: 0
+        }));
+    }
+}

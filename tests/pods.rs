@@ -1,0 +1,245 @@
+//! Many pod namespaces, `namespaces = "all"`: every namespace's figures equal `ss` run
+//! inside it (counts per state, CLOSE_WAIT per port and process with their unread bytes,
+//! unread bytes of established connections, accept queues), after churn, after a
+//! namespace is created and after one is deleted; pods sharing the host's established
+//! hash and a pod with a hash of its own (`tcp_child_ehash_entries`) alike.
+//!
+//! Every sample is a full dump of every namespace: a change no state-change event
+//! announces (bytes arriving unread, a connection queued) is in the next sample, which
+//! the churn step checks.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::{Actor, Daemon, Exposition, Netns, SsSocket, wait_until};
+
+const PREFIX: &str = "tcpstate-pods";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The exporter's state label for an `ss` state.
+fn state_label(ss_state: &str) -> String {
+    match ss_state {
+        "ESTAB" => "established".into(),
+        "FIN-WAIT-1" => "fin_wait1".into(),
+        "FIN-WAIT-2" => "fin_wait2".into(),
+        other => other.to_lowercase().replace('-', "_"),
+    }
+}
+
+/// One pod: a server and a client actor in a namespace.
+struct Pod {
+    srv: Actor,
+    cli: Actor,
+    ns: Netns,
+}
+
+impl Pod {
+    /// 20 established connections with 100 unread bytes at the server, 3 CLOSE_WAIT
+    /// with 10 unread bytes (and the FIN), 2 connections in the accept queue.
+    fn build(ns: Netns, tag: &str) -> Pod {
+        let srv = Actor::spawn(&ns, &format!("{tag}-srv"));
+        let cli = Actor::spawn(&ns, &format!("{tag}-cli"));
+        let mut pod = Pod { srv, cli, ns };
+        pod.srv.listen("l", "127.0.0.1:8080", 64);
+        pod.srv.listen("m", "127.0.0.1:8081", 64);
+        pod.cli.cmd("connect e 127.0.0.1:8080 20 send=100");
+        pod.srv.cmd("accept ae l 20");
+        pod.cli.cmd("connect w 127.0.0.1:8081 3 send=10");
+        pod.srv.cmd("accept aw m 3");
+        pod.cli.cmd("close w");
+        pod.cli.cmd("connect q 127.0.0.1:8080 2");
+        pod.settle(3);
+        pod
+    }
+
+    /// Waits until `ss` shows `close_wait` CLOSE_WAIT sockets and no transient state.
+    fn settle(&self, close_wait: usize) {
+        let transient = ["FIN-WAIT-1", "LAST-ACK", "SYN-SENT", "SYN-RECV", "CLOSING"];
+        assert!(
+            wait_until(WAIT, || {
+                let sockets = self.ns.sockets();
+                sockets.iter().filter(|s| s.state == "CLOSE-WAIT").count() == close_wait
+                    && !sockets
+                        .iter()
+                        .any(|s| transient.contains(&s.state.as_str()))
+            }),
+            "{} never settled: {:?}",
+            self.ns.name(),
+            self.ns.sockets()
+        );
+    }
+}
+
+/// What `ss` says of one namespace, as the exporter's series would say it.
+fn expected(sockets: &[SsSocket]) -> BTreeMap<String, f64> {
+    let mut want = BTreeMap::new();
+    for state in [
+        "established",
+        "syn_sent",
+        "syn_recv",
+        "fin_wait1",
+        "fin_wait2",
+        "time_wait",
+        "close_wait",
+        "last_ack",
+        "listen",
+        "closing",
+    ] {
+        want.insert(format!("sockets {state}"), 0.0);
+    }
+    let listening: Vec<u16> = sockets
+        .iter()
+        .filter(|s| s.state == "LISTEN")
+        .map(|s| s.local_port)
+        .collect();
+    for s in sockets {
+        *want
+            .entry(format!("sockets {}", state_label(&s.state)))
+            .or_default() += 1.0;
+        let inbound = listening.contains(&s.local_port);
+        match s.state.as_str() {
+            "LISTEN" => {
+                let key = format!("accept queue {}", s.local_port);
+                *want.entry(key).or_default() += s.recv_q as f64;
+            }
+            "CLOSE-WAIT" if inbound => {
+                let process = s.user_names().first().copied().unwrap_or("").to_string();
+                let key = format!("close_wait {} {process}", s.local_port);
+                *want.entry(key.clone()).or_default() += 1.0;
+                // ss counts the unread FIN as a byte; the exporter does not.
+                let unread = s.recv_q.saturating_sub(1) as f64;
+                *want.entry(format!("{key} unread")).or_default() += unread;
+            }
+            "ESTAB" if inbound => {
+                let key = format!("established {} unread", s.local_port);
+                *want.entry(key).or_default() += s.recv_q as f64;
+            }
+            _ => {}
+        }
+    }
+    want
+}
+
+/// The same keys, read from the exporter's exposition for namespace `netns`.
+fn observed(m: &Exposition, netns: &str, keys: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let ns = ("netns", netns);
+    let mut got = BTreeMap::new();
+    for key in keys.keys() {
+        let words: Vec<&str> = key.split(' ').collect();
+        let value = match words.as_slice() {
+            ["sockets", state] => m.sum("tcpstate_sockets", &[ns, ("state", state)]),
+            ["accept", "queue", port] => {
+                m.sum("tcpstate_listen_queue_length", &[ns, ("port", port)])
+            }
+            ["close_wait", port, process, rest @ ..] => {
+                let labels = [
+                    ns,
+                    ("state", "close_wait"),
+                    ("direction", "inbound"),
+                    ("port", port),
+                    ("process", process),
+                ];
+                let family = if rest.is_empty() {
+                    "tcpstate_connections"
+                } else {
+                    "tcpstate_recv_queue_bytes"
+                };
+                m.sum(family, &labels)
+            }
+            ["established", port, "unread"] => m.sum(
+                "tcpstate_recv_queue_bytes",
+                &[
+                    ns,
+                    ("state", "established"),
+                    ("direction", "inbound"),
+                    ("port", port),
+                ],
+            ),
+            _ => panic!("unknown key {key}"),
+        };
+        got.insert(key.clone(), value);
+    }
+    got
+}
+
+/// Polls until the exporter agrees with `ss` in every pod (the tables are still between
+/// steps, so the next sample must agree); panics with the differences otherwise.
+fn assert_every_namespace_equals_ss(daemon: &Daemon, pods: &[&Pod]) {
+    let mut differences = Vec::new();
+    let agreed = wait_until(WAIT, || {
+        differences.clear();
+        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        for pod in pods {
+            let want = expected(&pod.ns.sockets());
+            let got = observed(&m, pod.ns.name(), &want);
+            if got != want {
+                differences.push(format!("{}:\n  ss  {want:?}\n  got {got:?}", pod.ns.name()));
+            }
+        }
+        differences.is_empty()
+    });
+    assert!(
+        agreed,
+        "exporter and ss differ:\n{}",
+        differences.join("\n")
+    );
+}
+
+#[test]
+fn every_pod_equals_ss_after_churn_creation_and_deletion() {
+    let observer = Netns::new("tcpstate-podsobs");
+    observer.sysctl("net.ipv4.tcp_child_ehash_entries", "256");
+    let mut a = Pod::build(Netns::new(PREFIX), "a");
+    let mut b = Pod::build(Netns::new(PREFIX), "b");
+    let mut c = Pod::build(Netns::new_inside(PREFIX, &observer), "c");
+    assert_eq!(c.ns.read_sysctl("net.ipv4.tcp_ehash_entries"), "256");
+    let config = std::env::temp_dir().join(format!("{PREFIX}-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\n",
+            std::process::id()
+        ),
+    )
+    .expect("config");
+    let config_arg = config.display().to_string();
+    let daemon = Daemon::exporter(
+        &observer,
+        &["--sample.interval", "300ms", "--config.file", &config_arg],
+    );
+    assert_every_namespace_equals_ss(&daemon, &[&a, &b, &c]);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let ehash = |pod: &Pod| m.sum("tcpstate_tcp_ehash_entries", &[("netns", pod.ns.name())]);
+    assert!(ehash(&a) < 0.0, "a shares the host's hash");
+    assert_eq!(ehash(&c), 256.0, "c has its own");
+
+    // Churn: a's client closes 5 connections (5 more CLOSE_WAIT, with their unread
+    // bytes) and opens 4 more, of which the server accepts 4 (the 2 queued first);
+    // b's server closes its CLOSE_WAIT sockets; in c, bytes arrive that nobody reads
+    // (no state changes there at all).
+    a.cli.cmd("close e 5");
+    a.cli.cmd("connect n 127.0.0.1:8080 4 send=7");
+    a.srv.cmd("accept an l 4");
+    b.srv.cmd("close aw");
+    c.cli.cmd("send e 50");
+    a.settle(8);
+    b.settle(0);
+    c.settle(3);
+    // Creation and deletion: d appears (its own hash), b goes with its namespace.
+    let d = Pod::build(Netns::new_inside(PREFIX, &observer), "d");
+    let b_name = b.ns.name().to_string();
+    drop(b);
+    assert_every_namespace_equals_ss(&daemon, &[&a, &c, &d]);
+    assert!(
+        wait_until(WAIT, || {
+            let m = Exposition::parse(&daemon.scrape("/metrics").2);
+            m.sum("tcpstate_sockets", &[("netns", &b_name)]) == 0.0
+                && m.get("tcpstate_namespaces_sampled", &[]) == 3.0
+        }),
+        "the deleted namespace's series stay"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_file(&config);
+}

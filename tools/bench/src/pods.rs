@@ -1,0 +1,370 @@
+//! `--pods 10,100,300`: what a round over every namespace costs on a node with many
+//! pod-like namespaces beside a large host table, measured in one run.
+//!
+//! One "host" namespace holds a table of `--pods-table` sockets (the main benchmark's
+//! mix). For each pod count N and each layout, N pod namespaces are built, each with one
+//! actor holding a listener with `--pods-connections` established loopback connections,
+//! a few CLOSE_WAIT (their clients in FIN_WAIT2) and a short accept queue. Layouts:
+//!
+//! - `shared`: the pods are made from the init namespace, whose
+//!   `net.ipv4.tcp_child_ehash_entries` is 0: they share the host-wide established hash,
+//!   as on a node where nobody set it. sock_diag filters that hash by namespace, so every
+//!   namespace's dump walks all of it.
+//! - `private`: the pods are made from inside the host namespace with
+//!   `tcp_child_ehash_entries` set there (`--pods-child-ehash`): each gets its own hash,
+//!   so its dump walks its own sockets only.
+//!
+//! Per round, interleaved: the floor (one minimal dump of the host table), one minimal
+//! dump in every pod namespace (the walk alone), and a round of the exporter's own
+//! `NamespaceSet` with `namespaces = "all"` (attribution included), in-process, CPU of
+//! the measuring thread. Then the real daemon, CPU from /proc/PID/stat over its samples.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tcpstate_exporter::sampling::attribution::Attribution;
+use tcpstate_exporter::sampling::namespace_set::NamespaceSet;
+use tcpstate_testkit::netns::Netns;
+
+use crate::floor::{Dump, FloorSocket};
+use crate::load::{Actor, Table};
+use crate::measure::{self, Cost};
+
+/// Prefix of every namespace of this mode (`tcpstate-pods-PID-N`).
+pub const PREFIX: &str = "tcpstate-pods";
+const DOC_START: &str = "<!-- tcpstate-bench pods: start -->";
+const DOC_END: &str = "<!-- tcpstate-bench pods: end -->";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Shared,
+    Private,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Shared => "shared",
+            Layout::Private => "private",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PodsPlan {
+    pub counts: Vec<usize>,
+    pub table: usize,
+    pub connections: usize,
+    pub close_wait: usize,
+    pub layouts: Vec<Layout>,
+    pub child_ehash: u32,
+    /// Seconds the daemon samples (every second) for its CPU figure; 0: no daemon.
+    pub daemon_seconds: u64,
+}
+
+impl Default for PodsPlan {
+    fn default() -> Self {
+        PodsPlan {
+            counts: vec![10, 100, 300],
+            table: 100_000,
+            connections: 200,
+            close_wait: 10,
+            layouts: vec![Layout::Shared, Layout::Private],
+            child_ehash: 1024,
+            daemon_seconds: 15,
+        }
+    }
+}
+
+pub fn parse_layouts(text: &str) -> Result<Vec<Layout>, String> {
+    text.split(',')
+        .map(|l| match l {
+            "shared" => Ok(Layout::Shared),
+            "private" => Ok(Layout::Private),
+            _ => Err(format!("--pods-layouts: shared or private, not {l:?}")),
+        })
+        .collect()
+}
+
+/// The figures of one (pod count, layout).
+#[derive(Clone, Debug, Default)]
+struct PodsResult {
+    pods: usize,
+    layout: &'static str,
+    host_sockets: u64,
+    pod_sockets: u64,
+    floor: Cost,
+    pod_walks: Cost,
+    first_round: Cost,
+    round: Cost,
+    daemon_cpu_per_round: Option<Duration>,
+}
+
+/// One pod: its actor (dropped first, closing its sockets), a floor socket opened inside
+/// it (a socket keeps its namespace, so it dumps the pod from any thread), its namespace.
+struct Pod {
+    _actor: Actor,
+    floor: FloorSocket,
+    ns: Netns,
+}
+
+pub fn run(options: &crate::Options) -> Result<(), String> {
+    let plan = &options.pods;
+    let started = Instant::now();
+    tcpstate_testkit::netns::remove_stale(PREFIX);
+    let host = crate::prepared_netns_named(PREFIX)?;
+    host.sysctl(
+        "net.ipv4.tcp_child_ehash_entries",
+        &plan.child_ehash.to_string(),
+    )?;
+    let mut table = Table::build(&host, &options.scenario, plan.table)?;
+    eprintln!(
+        "== host table: {} sockets, {} actors",
+        plan.table,
+        table.actors()
+    );
+    let mut results = Vec::new();
+    for &count in &plan.counts {
+        for &layout in &plan.layouts {
+            eprintln!("== {count} pods, {} hash", layout.name());
+            let mut pods = build_pods(&host, &mut table, options, count, layout)?;
+            let mut result = measure_rounds(&host, &mut table, &mut pods, options.rounds)?;
+            result.layout = layout.name();
+            if plan.daemon_seconds > 0 {
+                result.daemon_cpu_per_round = Some(daemon_cpu(&host, options, count)?);
+            }
+            print_line(&result);
+            results.push(result);
+            eprintln!("   removing {count} pods");
+            drop(pods);
+            table.refresh_if_due()?;
+        }
+    }
+    let markdown = markdown(plan, &results);
+    println!("\n{markdown}");
+    if let Some(doc) = &options.doc {
+        crate::report::write_between(doc, DOC_START, DOC_END, &markdown)?;
+        println!("results written into {}", doc.display());
+    }
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn build_pods(
+    host: &Netns,
+    table: &mut Table,
+    options: &crate::Options,
+    count: usize,
+    layout: Layout,
+) -> Result<Vec<Pod>, String> {
+    let plan = &options.pods;
+    let started = Instant::now();
+    let mut pods = Vec::with_capacity(count);
+    for i in 0..count {
+        if i % 20 == 0 {
+            table.refresh_if_due()?;
+        }
+        let ns = match layout {
+            Layout::Shared => Netns::create(PREFIX)?,
+            Layout::Private => Netns::create_inside(PREFIX, host)?,
+        };
+        let mut actor = Actor::spawn(&ns, &options.scenario, &format!("pod{i}"))?;
+        actor.cmd(&format!(
+            "load 127.0.0.1:8080 {} established",
+            plan.connections
+        ))?;
+        actor.cmd(&format!(
+            "load 127.0.0.1:8081 {} close_wait",
+            plan.close_wait
+        ))?;
+        actor.cmd("load 127.0.0.1:8082 5 accept_queue")?;
+        let floor = ns
+            .run(FloorSocket::open)?
+            .map_err(|e| format!("floor socket: {e}"))?;
+        pods.push(Pod {
+            _actor: actor,
+            floor,
+            ns,
+        });
+    }
+    if layout == Layout::Private
+        && let Some(pod) = pods.first()
+    {
+        let entries = pod.ns.read_sysctl("net.ipv4.tcp_ehash_entries")?;
+        eprintln!("   a pod's net.ipv4.tcp_ehash_entries = {entries} (negative: shared)");
+    }
+    eprintln!("   built in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(pods)
+}
+
+/// Interleaved rounds: floor, one minimal dump per pod, one exporter round.
+fn measure_rounds(
+    host: &Netns,
+    table: &mut Table,
+    pods: &mut [Pod],
+    rounds: usize,
+) -> Result<PodsResult, String> {
+    let settings = tcpstate_exporter::config::parse(
+        &format!(
+            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\n",
+            std::process::id()
+        ),
+        Path::new("pods-bench.toml"),
+    )
+    .map_err(|e| format!("settings: {e}"))?;
+    let mut result = PodsResult {
+        pods: pods.len(),
+        ..PodsResult::default()
+    };
+    let (mut floors, mut walks, mut exporter) = (Vec::new(), Vec::new(), Vec::new());
+    host.run(|| -> Result<(), String> {
+        let mut set = NamespaceSet::new(&settings).map_err(|e| format!("sampler: {e}"))?;
+        let mut attribution = Attribution::new(&settings);
+        let mut floor = FloorSocket::open().map_err(|e| format!("floor socket: {e}"))?;
+        let (round, first) = measure::time(|| set.sample_round(&mut attribution));
+        check_round(&round, pods.len())?;
+        result.first_round = first;
+        for _ in 0..rounds {
+            table.refresh_if_due()?;
+            let (counts, cost) = measure::time(|| floor.count(Dump::States));
+            result.host_sockets = counts.map_err(|e| format!("floor: {e}"))?.total();
+            floors.push(cost);
+            let (pod_sockets, cost) = pod_walks(pods)?;
+            result.pod_sockets = pod_sockets;
+            walks.push(cost);
+            let (round, cost) = measure::time(|| set.sample_round(&mut attribution));
+            check_round(&round, pods.len())?;
+            exporter.push(cost);
+        }
+        Ok(())
+    })??;
+    result.floor = measure::median(&floors);
+    result.pod_walks = measure::median(&walks);
+    result.round = measure::median(&exporter);
+    Ok(result)
+}
+
+/// Every pod and the host namespace were sampled.
+fn check_round(
+    round: &tcpstate_exporter::sampling::namespace_set::Round,
+    pods: usize,
+) -> Result<(), String> {
+    if round.samples.len() != pods + 1 || !round.errors.is_empty() {
+        return Err(format!(
+            "the round sampled {} namespaces ({} errors), expected {}",
+            round.samples.len(),
+            round.errors.len(),
+            pods + 1
+        ));
+    }
+    Ok(())
+}
+
+/// One minimal dump in every pod namespace, from this thread through each pod's own
+/// floor socket: sockets seen, summed cost.
+fn pod_walks(pods: &mut [Pod]) -> Result<(u64, Cost), String> {
+    let mut total = Cost::default();
+    let mut sockets = 0;
+    for pod in pods {
+        let (counts, cost) = measure::time(|| pod.floor.count(Dump::States));
+        sockets += counts.map_err(|e| format!("pod floor: {e}"))?.total();
+        total.wall += cost.wall;
+        total.cpu += cost.cpu;
+    }
+    Ok((sockets, total))
+}
+
+/// The daemon, `namespaces = "all"`, sampling every second: its CPU per round.
+fn daemon_cpu(host: &Netns, options: &crate::Options, pods: usize) -> Result<Duration, String> {
+    let config = std::env::temp_dir().join(format!("{PREFIX}-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\n",
+            std::process::id()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", config.display()))?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let daemon = crate::daemon::Daemon::start(
+        host,
+        &options.exporter,
+        &["--sample.interval", "1s", "--config.file", &config_arg],
+    )?;
+    let pid = daemon.pid();
+    let figure = host.run(|| -> Result<Duration, String> {
+        // The first two samples fill the caches (every fd read once).
+        let deadline = Instant::now() + Duration::from_secs(120 + pods as u64);
+        while crate::daemon::samples_now() < 2 {
+            if Instant::now() > deadline {
+                return Err("the daemon took fewer than 2 samples in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (cpu0, samples0) = (measure::process_cpu(pid), crate::daemon::samples_now());
+        std::thread::sleep(Duration::from_secs(options.pods.daemon_seconds));
+        let (cpu1, samples1) = (measure::process_cpu(pid), crate::daemon::samples_now());
+        let cpu = cpu1
+            .unwrap_or_default()
+            .saturating_sub(cpu0.unwrap_or_default());
+        Ok(cpu / samples1.saturating_sub(samples0).max(1) as u32)
+    })?;
+    drop(daemon);
+    let _ = std::fs::remove_file(&config);
+    figure
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn ratio(a: Duration, floor: Duration) -> f64 {
+    a.as_secs_f64() / floor.as_secs_f64().max(1e-9)
+}
+
+fn print_line(r: &PodsResult) {
+    eprintln!(
+        "   floor {:.1} ms cpu ({} host sockets); {} pods ({} sockets): walks {:.2}x, round {:.2}x (first {:.2}x){}",
+        ms(r.floor.cpu),
+        r.host_sockets,
+        r.pods,
+        r.pod_sockets,
+        ratio(r.pod_walks.cpu, r.floor.cpu),
+        ratio(r.round.cpu, r.floor.cpu),
+        ratio(r.first_round.cpu, r.floor.cpu),
+        r.daemon_cpu_per_round
+            .map(|d| format!(", daemon {:.2}x", ratio(d, r.floor.cpu)))
+            .unwrap_or_default()
+    );
+}
+
+fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
+    let mut md = format!(
+        "Host table {} sockets requested; per pod {} established connections, {} CLOSE_WAIT, \
+         an accept queue of 5; private hashes of {} buckets. CPU time, medians; ratios to the \
+         floor of the same run.\n\n",
+        plan.table, plan.connections, plan.close_wait, plan.child_ehash
+    );
+    md.push_str(
+        "| pods | pods' hash | host sockets | pod sockets | floor CPU | one dump per pod | \
+         exporter round | first round | daemon per round |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} ms | {:.2}x | {:.2}x | {:.2}x | {} |\n",
+            r.pods,
+            r.layout,
+            r.host_sockets,
+            r.pod_sockets,
+            ms(r.floor.cpu),
+            ratio(r.pod_walks.cpu, r.floor.cpu),
+            ratio(r.round.cpu, r.floor.cpu),
+            ratio(r.first_round.cpu, r.floor.cpu),
+            r.daemon_cpu_per_round
+                .map(|d| format!("{:.2}x", ratio(d, r.floor.cpu)))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    md
+}
