@@ -171,6 +171,9 @@ impl OwnerCache {
         if !full_due {
             missing.retain(|inode| !self.unresolvable.contains(inode));
         }
+        // Many unknown sockets (a first sample, a new busy namespace): one iterator pass
+        // over every descriptor of the host settles them for less than reading the
+        // likely owners' fds one readlink at a time.
         stats.fds_read += self.prime_from_kernel(&mut missing, false);
         if missing.is_empty() {
             return stats;
@@ -297,17 +300,23 @@ impl OwnerCache {
             self.drop_holder(inode, pid);
         }
         for (inode, fd) in found {
-            missing.remove(&inode);
-            self.unresolvable.remove(&inode);
-            let held_by = Holder {
-                pid,
-                fd,
-                used_round: self.round,
-            };
-            let holder = self.inode_owner.entry(inode).or_insert(held_by);
-            if pid <= holder.pid || !self.processes.contains_key(&holder.pid) {
-                *holder = held_by;
-            }
+            self.record_holder(inode, pid, fd, missing);
+        }
+    }
+
+    /// `pid` holds `inode` at `fd`: no longer missing, and its owner unless a live
+    /// process with a lower pid (the parent of a fork, usually) holds it too.
+    fn record_holder(&mut self, inode: u32, pid: u32, fd: u32, missing: &mut HashSet<u32>) {
+        missing.remove(&inode);
+        self.unresolvable.remove(&inode);
+        let held_by = Holder {
+            pid,
+            fd,
+            used_round: self.round,
+        };
+        let holder = self.inode_owner.entry(inode).or_insert(held_by);
+        if pid <= holder.pid || !self.processes.contains_key(&holder.pid) {
+            *holder = held_by;
         }
     }
 

@@ -8,7 +8,7 @@
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use super::{Holder, OwnerCache};
+use super::OwnerCache;
 
 /// A pass that starts with at least this many unknown sockets lists descriptors through
 /// the iterator. Loading it costs a few milliseconds (the kernel's BTF is parsed): more
@@ -105,19 +105,8 @@ impl OwnerCache {
             self.drop_holder(inode, pid);
         }
         for (fd, inode) in listing {
-            if inode == 0 {
-                continue;
-            }
-            missing.remove(&inode);
-            self.unresolvable.remove(&inode);
-            let held_by = Holder {
-                pid,
-                fd,
-                used_round: self.round,
-            };
-            let holder = self.inode_owner.entry(inode).or_insert(held_by);
-            if pid <= holder.pid || !self.processes.contains_key(&holder.pid) {
-                *holder = held_by;
+            if inode != 0 {
+                self.record_holder(inode, pid, fd, missing);
             }
         }
     }
