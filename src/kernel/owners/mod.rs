@@ -108,6 +108,8 @@ pub struct OwnerCache {
     warned_permission: bool,
     /// Whether a large pass may list descriptors with a BPF iterator (`prime`).
     bpf_listing: bool,
+    /// That iterator, loaded at its first use and kept.
+    fd_lister: Option<prime::Lister>,
     /// Whether every process's descriptors were read once (a /proc walk or `prime`).
     walked: bool,
 }
@@ -125,6 +127,7 @@ impl OwnerCache {
             validation_reads: 0,
             warned_permission: false,
             bpf_listing: false,
+            fd_lister: None,
             walked: false,
         }
     }

@@ -11,8 +11,9 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use super::OwnerCache;
 
 /// A pass that starts with at least this many unknown sockets lists descriptors through
-/// the iterator. Loading it costs a few milliseconds (the kernel's BTF is parsed): more
-/// than readlink for a few thousand descriptors, far less for a hundred thousand.
+/// the iterator: one pass walks every descriptor of the host (a few ms for 100k), more
+/// than readlink for a few hundred, far less for thousands. The first pass also loads
+/// the iterator (~0.15 s), once per run.
 pub(super) const PRIME_AT_LEAST: usize = 2048;
 
 /// A cold cache primes only when the host has at least this many open files
@@ -66,7 +67,7 @@ impl OwnerCache {
     }
 
     /// Every process's descriptors, by pid.
-    fn list_open_fds(&self) -> std::io::Result<HashMap<u32, Listing>> {
+    fn list_open_fds(&mut self) -> std::io::Result<HashMap<u32, Listing>> {
         use std::os::unix::fs::MetadataExt;
         let pid_ns = std::fs::metadata(self.proc_root.join("self/ns/pid"))?.ino();
         if self.proc_root != std::path::Path::new("/proc") || pid_ns != INIT_PID_NS_INODE {
@@ -75,7 +76,7 @@ impl OwnerCache {
             ));
         }
         let mut listings: HashMap<u32, Listing> = HashMap::new();
-        for record in kernel_listing()? {
+        for record in kernel_listing(&mut self.fd_lister)? {
             listings
                 .entry(record.0)
                 .or_default()
@@ -118,15 +119,26 @@ fn open_files() -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// (pid, fd, inode) of every open descriptor, from the kernel.
+/// The loaded iterator, kept by the cache from its first pass on.
 #[cfg(feature = "events")]
-fn kernel_listing() -> std::io::Result<Vec<(u32, u32, u32)>> {
-    let fds = crate::kernel::events::socket_fds::open_fds()?;
+pub(super) type Lister = crate::kernel::events::socket_fds::SocketFdLister;
+#[cfg(not(feature = "events"))]
+pub(super) struct Lister;
+
+/// (pid, fd, inode) of every open descriptor, from the kernel; loads the iterator into
+/// `lister` the first time.
+#[cfg(feature = "events")]
+fn kernel_listing(lister: &mut Option<Lister>) -> std::io::Result<Vec<(u32, u32, u32)>> {
+    let lister = match lister {
+        Some(lister) => lister,
+        None => lister.insert(Lister::load()?),
+    };
+    let fds = lister.list()?;
     Ok(fds.into_iter().map(|f| (f.pid, f.fd, f.inode)).collect())
 }
 
 #[cfg(not(feature = "events"))]
-fn kernel_listing() -> std::io::Result<Vec<(u32, u32, u32)>> {
+fn kernel_listing(_lister: &mut Option<Lister>) -> std::io::Result<Vec<(u32, u32, u32)>> {
     Err(std::io::Error::other("built without the events feature"))
 }
 
