@@ -167,12 +167,14 @@ impl Settings {
     pub fn keeping_restart_only(self, running: &Settings) -> Settings {
         Settings {
             listen_address: running.listen_address.clone(),
+            listen_address_text: running.listen_address_text.clone(),
             log_level: running.log_level,
             log_format: running.log_format,
             process_attribution: running.process_attribution,
             pid_label: running.pid_label,
             duration_buckets: running.duration_buckets.clone(),
             max_tracked_sockets: running.max_tracked_sockets,
+            stuck_after: running.stuck_after,
             events: running.events,
             events_ring_bytes: running.events_ring_bytes,
             // Not a file key: what the running command asked for.

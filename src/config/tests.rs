@@ -167,6 +167,27 @@ fn restart_only_changes_are_named_by_key() {
     );
 }
 
+/// Every key a reload says is restart-only is also kept at its running value: the two
+/// lists cannot drift (close_wait.stuck_after once did: named, yet applied).
+#[test]
+fn every_restart_only_key_is_kept_on_reload() {
+    let running = Settings::default();
+    let new = parse_text(
+        "events = \"off\"\n\
+         events_ring_bytes = 65536\n\
+         [log]\nlevel = \"debug\"\nformat = \"json\"\n\
+         [web]\nlisten_address = \":1\"\n\
+         [process]\nattribution = false\npid_label = true\n\
+         [close_wait]\nduration_buckets = [1, 2]\nmax_tracked_sockets = 10\n\
+         stuck_after = \"5m\"\n",
+    )
+    .expect("valid");
+    assert_eq!(running.restart_only_changes(&new).len(), 10, "every key differs");
+    let applied = new.keeping_restart_only(&running);
+    assert_eq!(running.restart_only_changes(&applied), Vec::<&str>::new());
+    assert_eq!(applied.listen_address_text, running.listen_address_text);
+}
+
 #[test]
 fn listen_addresses() {
     assert_eq!(
