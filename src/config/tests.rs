@@ -182,7 +182,11 @@ fn every_restart_only_key_is_kept_on_reload() {
          stuck_after = \"5m\"\n",
     )
     .expect("valid");
-    assert_eq!(running.restart_only_changes(&new).len(), 10, "every key differs");
+    assert_eq!(
+        running.restart_only_changes(&new).len(),
+        10,
+        "every key differs"
+    );
     let applied = new.keeping_restart_only(&running);
     assert_eq!(running.restart_only_changes(&applied), Vec::<&str>::new());
     assert_eq!(applied.listen_address_text, running.listen_address_text);
