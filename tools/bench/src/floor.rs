@@ -7,6 +7,7 @@
 use std::io;
 
 use tcpstate_exporter::kernel::record::TcpState;
+use tcpstate_exporter::kernel::sockdiag::DumpRequest;
 
 const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x01;
@@ -126,7 +127,7 @@ impl FloorSocket {
         // kernel also walk the host-wide bind hash, ~5 ms here whatever the namespace.
         let states: u32 = match dump {
             Dump::CloseWaitInfo => TcpState::CloseWait.kernel_mask(),
-            Dump::States | Dump::AllInfo => 0x1ffe,
+            Dump::States | Dump::AllInfo => DumpRequest::for_states(TcpState::ALL, false).states,
         };
         body[52..56].copy_from_slice(&states.to_ne_bytes());
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -187,5 +188,17 @@ impl Drop for FloorSocket {
     fn drop(&mut self) {
         // SAFETY: the fd is ours.
         unsafe { libc::close(self.fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor asks for the table's states exactly as the exporter does: 1..=12, not
+    /// TCP_BOUND_INACTIVE (13), whose dump also walks the host-wide bind hash.
+    #[test]
+    fn the_floor_asks_for_the_exporters_states() {
+        assert_eq!(DumpRequest::for_states(TcpState::ALL, false).states, 0x1ffe);
     }
 }
