@@ -7,6 +7,7 @@
 //!    pays), and then `GET /` and the drill-down (`GET /api/v1/sockets`) served by the
 //!    exporter daemon sampling the same table: size and latency of sequential requests.
 
+use crate::report::{millis as ms, ratio};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,12 +149,4 @@ fn render_cost(sample: Sample, settings: &Settings) -> Cost {
     let (page, cost) = measure::time(|| page::render(&published));
     std::hint::black_box(page);
     cost
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }

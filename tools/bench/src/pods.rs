@@ -19,6 +19,7 @@
 //! `NamespaceSet` with `namespaces = "all"` (attribution included), in-process, CPU of
 //! the measuring thread. Then the real daemon, CPU from /proc/PID/stat over its samples.
 
+use crate::report::{millis as ms, ratio};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -312,14 +313,6 @@ fn daemon_cpu(host: &Netns, options: &crate::Options, pods: usize) -> Result<Dur
     drop(daemon);
     let _ = std::fs::remove_file(&config);
     figure
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn ratio(a: Duration, floor: Duration) -> f64 {
-    a.as_secs_f64() / floor.as_secs_f64().max(1e-9)
 }
 
 fn print_line(r: &PodsResult) {

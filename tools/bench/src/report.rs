@@ -56,7 +56,13 @@ fn ms(d: std::time::Duration) -> String {
     }
 }
 
-fn ratio(a: std::time::Duration, b: std::time::Duration) -> f64 {
+/// Milliseconds, as a number.
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `a` over `b` (a floor or a baseline), never a division by zero.
+pub fn ratio(a: std::time::Duration, b: std::time::Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
