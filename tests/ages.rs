@@ -7,9 +7,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
+use tcpstate_exporter::kernel::record::{SocketRecord, TcpState};
+use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest, LookupStats};
 
 const INTERVAL: f64 = 0.5;
 const SLACK: f64 = 0.5;
@@ -63,6 +67,132 @@ fn oldest_age_follows_the_time_since_the_fin() {
         "age {age} while held {held}"
     );
     assert_eq!(later.get("tcpstate_close_wait_tracked", &[]), 3.0);
+}
+
+/// More CLOSE_WAIT sockets at start-up than one batch of lookups, and more than the
+/// 256 below which lookups are used whatever the table: the first sample dates every
+/// one of them from its FIN, so all are past `stuck_after` at once. Alone in the table
+/// (half of it) they are dated by a CLOSE_WAIT dump with tcp_info; beside 1,400
+/// established sockets, by lookups.
+#[test]
+fn a_first_sighting_of_hundreds_dates_every_one_from_its_fin() {
+    first_sighting_dates_every_one_from_its_fin("age-dump", 0);
+    first_sighting_dates_every_one_from_its_fin("age-lookups", 700);
+}
+
+fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
+    let ns = Netns::new(name);
+    let mut server = Actor::spawn(&ns, "holder");
+    let mut client = Actor::spawn(&ns, "client");
+    server.listen("l", "127.0.0.1:8080", 512);
+    for chunk in 0..established / 350 {
+        client.cmd(&format!("connect e{chunk} 127.0.0.1:8080 350"));
+        server.cmd(&format!("accept b{chunk} l 350"));
+    }
+    client.cmd("connect c 127.0.0.1:8080 300");
+    server.cmd("accept a l 300");
+    let fin = Instant::now();
+    client.cmd("close c");
+    assert!(wait_until(WAIT, || close_wait_records(&ns).len() == 300));
+    assert!(wait_until(WAIT, || fin.elapsed() > Duration::from_secs(3)));
+    let dir = std::env::temp_dir().join(format!("tcpstate-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("exporter.toml");
+    std::fs::write(&config, "[close_wait]\nstuck_after = \"2s\"\n").expect("config");
+    let config = config.to_str().expect("a UTF-8 temp path");
+    // One sample only (the next is an hour away): what is served is the first sighting.
+    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1h", "--config.file", config]);
+    let first = scrape(&daemon);
+    assert_eq!(first.get("tcpstate_samples_total", &[]), 1.0);
+    assert_eq!(first.get("tcpstate_close_wait_tracked", &[]), 300.0);
+    let established_seen = first.get("tcpstate_sockets", &[("state", "established")]);
+    assert_eq!(established_seen, (2 * established) as f64);
+    assert_eq!(
+        first.get("tcpstate_close_wait_stuck_connections", &GROUP),
+        300.0,
+        "held 3 s, stuck after 2 s: each dated from its FIN, none from the first sighting"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn close_wait_records(ns: &Netns) -> Vec<SocketRecord> {
+    ns.run(|| {
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let mut found = Vec::new();
+        socket
+            .dump(
+                DumpRequest::for_states([TcpState::CloseWait], false),
+                &mut |r| found.push(*r),
+            )
+            .expect("sock_diag dump");
+        found
+    })
+}
+
+/// The batched lookups behind that dating, against the real kernel: 100 sockets (four
+/// batches), three of them closed after they were listed. Each socket still there
+/// comes back itself, with tcp_info; the closed ones count as gone, not as an error.
+#[test]
+fn lookups_return_each_socket_still_there_and_count_the_closed_ones() {
+    let ns = Netns::new("lookups");
+    let (mut servers, fin) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:8081").expect("bind");
+        let clients: Vec<TcpStream> = (0..100)
+            .map(|_| TcpStream::connect("127.0.0.1:8081").expect("connect"))
+            .collect();
+        let servers: Vec<TcpStream> = (0..100)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect();
+        drop(clients);
+        (servers, Instant::now())
+    });
+    assert!(wait_until(WAIT, || close_wait_records(&ns).len() == 100));
+    let listed = close_wait_records(&ns);
+    // Close three; wait until the kernel has let go of them (LAST_ACK until the ACK).
+    servers.truncate(97);
+    let still_there = |ns: &Netns| {
+        ns.run(|| {
+            let mut socket = DiagSocket::open().expect("sock_diag socket");
+            let mut cookies = HashSet::new();
+            socket
+                .dump(DumpRequest::for_states(TcpState::ALL, false), &mut |r| {
+                    if r.local_port == 8081 {
+                        cookies.insert(r.cookie);
+                    }
+                })
+                .expect("sock_diag dump");
+            cookies
+        })
+    };
+    assert!(wait_until(WAIT, || listed
+        .iter()
+        .filter(|r| still_there(&ns).contains(&r.cookie))
+        .count()
+        == 97));
+    let (found, stats) = ns.run(|| {
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let mut found = Vec::new();
+        let stats = socket
+            .lookup_many_with_info(&listed, &mut |r| found.push(*r))
+            .expect("lookups");
+        (found, stats)
+    });
+    assert_eq!(stats, LookupStats { found: 97, gone: 3 });
+    let wanted: HashSet<u64> = listed.iter().map(|r| r.cookie).collect();
+    let returned: HashSet<u64> = found.iter().map(|r| r.cookie).collect();
+    assert_eq!(returned.len(), 97, "each socket once");
+    assert!(returned.is_subset(&wanted));
+    for record in &found {
+        assert_eq!(record.state, TcpState::CloseWait);
+        let info = record.tcp_info.expect("tcp_info with every answer");
+        let since_fin = fin.elapsed().as_millis() as u32;
+        assert!(
+            info.last_ack_recv_ms <= since_fin + 10,
+            "last ACK {} ms ago, the FIN was sent {since_fin} ms ago",
+            info.last_ack_recv_ms
+        );
+    }
+    drop(servers);
 }
 
 #[test]

@@ -140,6 +140,11 @@ impl SampleBuilder {
         self.state_counts[state.index()] += 1;
     }
 
+    /// Sockets counted so far, every state.
+    pub fn sockets_seen(&self) -> u64 {
+        self.state_counts.iter().sum()
+    }
+
     pub fn add_connection(&mut self, key: GroupKey, facts: ConnectionFacts) {
         self.groups.entry(key).or_default().add(facts);
     }

@@ -11,7 +11,7 @@ use crate::kernel::record::{SocketRecord, TcpInfoExcerpt, TcpState};
 use crate::kernel::sockdiag::error::DumpError;
 use crate::kernel::sockdiag::request::INET_DIAG_INFO;
 
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `struct inet_diag_msg` without attributes.
@@ -68,12 +68,7 @@ pub(super) fn decode_read(
         match message.message_type() {
             NLMSG_DONE => return Ok(ReadOutcome::Done),
             NLMSG_ERROR => {
-                let payload = message.payload();
-                let code = payload
-                    .get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(i32::from_ne_bytes)
-                    .ok_or_else(|| DumpError::Decode("truncated NLMSG_ERROR".into()))?;
+                let code = error_code(&message)?;
                 if code == 0 {
                     return Ok(ReadOutcome::Done); // an ACK
                 }
@@ -92,6 +87,16 @@ pub(super) fn decode_read(
         offset += align4(length);
     }
     Ok(ReadOutcome::More)
+}
+
+/// The (negative) errno of an NLMSG_ERROR message; 0 is an ACK.
+pub(super) fn error_code(message: &NetlinkBuffer<&[u8]>) -> Result<i32, DumpError> {
+    message
+        .payload()
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .ok_or_else(|| DumpError::Decode("truncated NLMSG_ERROR".into()))
 }
 
 /// Decodes one `inet_diag_msg` and its attributes. `Ok(None)` for a socket skipped on
@@ -190,7 +195,7 @@ impl Deduper {
     }
 }
 
-fn align4(length: usize) -> usize {
+pub(super) fn align4(length: usize) -> usize {
     (length.max(16) + 3) & !3
 }
 

@@ -11,7 +11,6 @@
 //! Kernels built without the compat path get the two-request fallback.
 
 use std::io;
-use std::net::IpAddr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -19,11 +18,13 @@ use crate::kernel::record::SocketRecord;
 
 mod decode;
 mod error;
+mod lookup;
 mod request;
 
 use decode::{Deduper, ReadOutcome, decode_read};
 pub use decode::{DumpStats, decode_socket};
 pub use error::{DumpError, SampleErrorReason};
+pub use lookup::LookupStats;
 pub use request::DumpRequest;
 use request::{by_family_request, legacy_request, netlink_header};
 
@@ -97,34 +98,6 @@ impl DiagSocket {
         Ok(stats)
     }
 
-    /// Looks up one socket by its identity (addresses, ports and cookie), with
-    /// `tcp_info`. `Ok(None)` when it is gone.
-    pub fn lookup_with_info(
-        &mut self,
-        record: &SocketRecord,
-    ) -> Result<Option<SocketRecord>, DumpError> {
-        let family = match record.local_addr {
-            IpAddr::V4(_) => libc::AF_INET as u8,
-            IpAddr::V6(_) => libc::AF_INET6 as u8,
-        };
-        let request = DumpRequest {
-            states: u32::MAX,
-            with_tcp_info: true,
-        };
-        let message = by_family_request(family, request, Some(record));
-        let mut found = None;
-        let mut stats = DumpStats::default();
-        let result = self.run_exchange(SOCK_DIAG_BY_FAMILY, 0, &message, &mut stats, &mut |r| {
-            found = Some(*r)
-        });
-        match result {
-            Ok(()) => Ok(found),
-            // ENOENT: the socket closed since the dump saw it.
-            Err(DumpError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     fn run_dump(
         &mut self,
         message_type: u16,
@@ -160,14 +133,7 @@ impl DiagSocket {
         let is_dump = extra_flags & NLM_F_DUMP != 0;
         let mut deduper = Deduper::default();
         loop {
-            let received = match self.socket.recv(&mut &mut self.buffer[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(DumpError::Overrun);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DumpError::Io(e)),
-            };
+            let received = self.receive()?;
             deduper.start_read();
             let outcome = decode_read(
                 &self.buffer[..received],
@@ -178,6 +144,23 @@ impl DiagSocket {
             )?;
             if outcome == ReadOutcome::Done || !is_dump {
                 return Ok(());
+            }
+        }
+    }
+}
+
+impl DiagSocket {
+    /// One datagram into the buffer; its length. ENOBUFS (answers the kernel dropped
+    /// because the receive buffer was full) is an overrun.
+    fn receive(&mut self) -> Result<usize, DumpError> {
+        loop {
+            match self.socket.recv(&mut &mut self.buffer[..], 0) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Err(DumpError::Overrun);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DumpError::Io(e)),
             }
         }
     }

@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use tcpstate_exporter::config::Settings;
+use tcpstate_exporter::kernel::record::TcpState;
+use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest};
 use tcpstate_exporter::model::sockets::SocketBudget;
 use tcpstate_exporter::sampling::attribution::Attribution;
 use tcpstate_exporter::sampling::sampler::{SampleReport, Sampler};
@@ -19,6 +21,7 @@ use tcpstate_testkit::netns::Netns;
 pub enum Method {
     Floor,
     FloorCloseWaitInfo,
+    CloseWaitLookups,
     FloorAllInfo,
     Ss,
     SsProcesses,
@@ -31,7 +34,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::Floor,
         Method::PlainFirst,
         Method::PlainSteady,
@@ -41,6 +44,7 @@ impl Method {
         Method::SsProcesses,
         Method::ProcNet,
         Method::FloorCloseWaitInfo,
+        Method::CloseWaitLookups,
         Method::FloorAllInfo,
         Method::Readlink,
     ];
@@ -49,6 +53,7 @@ impl Method {
         match self {
             Method::Floor => "floor: sock_diag dump, state byte only",
             Method::FloorCloseWaitInfo => "(part) CLOSE_WAIT dump with tcp_info",
+            Method::CloseWaitLookups => "(part) CLOSE_WAIT tcp_info, one lookup each",
             Method::FloorAllInfo => "(alternative) one dump with tcp_info for every socket",
             Method::Ss => "`ss -tan`",
             Method::SsProcesses => "`ss -tanp`",
@@ -156,6 +161,22 @@ fn first_and_steady(attribution: bool) -> Result<(Timed, Timed, u64), String> {
     ))
 }
 
+/// What the first sample now pays to date its CLOSE_WAIT sockets: one exact lookup
+/// with tcp_info per socket (the sockets are listed first, untimed).
+fn close_wait_lookups() -> Result<Cost, String> {
+    let mut socket = DiagSocket::open().map_err(|e| format!("netlink: {e}"))?;
+    let mut close_wait = Vec::new();
+    socket
+        .dump(
+            DumpRequest::for_states([TcpState::CloseWait], false),
+            &mut |r| close_wait.push(*r),
+        )
+        .map_err(|e| format!("CLOSE_WAIT dump: {e}"))?;
+    let (found, cost) = measure::time(|| socket.lookup_many_with_info(&close_wait, &mut |_| {}));
+    found.map_err(|e| format!("CLOSE_WAIT lookups: {e}"))?;
+    Ok(cost)
+}
+
 pub fn measure_size(
     ns: &Netns,
     table: &mut Table,
@@ -205,6 +226,7 @@ pub fn measure_size(
             let (cw, cost) = measure::time(|| floor.count(Dump::CloseWaitInfo));
             cw.map_err(|e| format!("CLOSE_WAIT dump: {e}"))?;
             result.push(Method::FloorCloseWaitInfo, cost);
+            result.push(Method::CloseWaitLookups, close_wait_lookups()?);
             let (all, cost) = measure::time(|| floor.count(Dump::AllInfo));
             all.map_err(|e| format!("dump with tcp_info: {e}"))?;
             result.push(Method::FloorAllInfo, cost);
