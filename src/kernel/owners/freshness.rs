@@ -27,19 +27,28 @@ impl OwnerCache {
     /// The pid owning `inode`: the per-socket question, answered from memory while the
     /// socket keeps being asked for; the first time after a round without, its
     /// descriptor is read once to check it still holds the socket.
+    ///
+    /// Asked for every detail-state socket of every namespace each round, against an
+    /// index of every socket on the host (a cache miss each): one index lookup on the
+    /// common path, a second only when the descriptor is read.
     pub fn owner_pid(&mut self, inode: u32) -> Option<u32> {
-        let holder = *self.inode_owner.get(&inode)?;
-        if !self.processes.contains_key(&holder.pid) {
-            return None;
-        }
-        if holder.used_round + 1 < self.round && !self.still_held(inode) {
-            return None;
-        }
         let round = self.round;
+        let holder = self.inode_owner.get_mut(&inode)?;
+        let pid = holder.pid;
+        if !self.processes.contains_key(&pid) {
+            return None;
+        }
+        if holder.used_round + 1 >= round {
+            holder.used_round = round;
+            return Some(pid);
+        }
+        if !self.still_held(inode) {
+            return None;
+        }
         if let Some(holder) = self.inode_owner.get_mut(&inode) {
             holder.used_round = round;
         }
-        Some(holder.pid)
+        Some(pid)
     }
 
     /// Reads the one descriptor the index names for `inode`: true when it still holds
