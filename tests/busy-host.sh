@@ -26,8 +26,13 @@ cleanup() {
     ip netns del "$ns"
 }
 trap cleanup EXIT
+# Connections the churn namespace has opened so far (Tcp ActiveOpens of its /proc/net/snmp).
+active_opens() {
+    ip netns exec "$ns" awk '$1 == "Tcp:" && $6 ~ /^[0-9]+$/ { print $6 }' /proc/net/snmp
+}
 sleep 1
 kill -0 "$busy" 2>/dev/null || { echo "busy-host.sh: tcpstate-churn did not start" >&2; exit 1; }
+opened_before=$(active_opens)
 echo "busy host: churn (2 threads) and 2 CPU hogs in netns $ns"
 
 if (($#)); then
@@ -35,3 +40,16 @@ if (($#)); then
 else
     cargo test --no-fail-fast --test events --test events_mode --test ages
 fi
+status=$?
+# The tests prove nothing about a busy host unless the churn ran beside them throughout.
+opened=$(($(active_opens) - opened_before))
+if ! kill -0 "$busy" 2>/dev/null; then
+    echo "busy-host.sh: tcpstate-churn died during the tests" >&2
+    exit 1
+fi
+if ((opened < 1000)); then
+    echo "busy-host.sh: the churn opened only $opened connections during the tests" >&2
+    exit 1
+fi
+echo "busy host: the churn opened $opened connections during the tests"
+exit "$status"
