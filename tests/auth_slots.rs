@@ -7,8 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::http::{self, Connection, basic_auth};
@@ -101,18 +100,27 @@ fn a_user_removed_by_a_reload_loses_access_on_open_connections() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Keeps `count` connections from 127.0.0.1 busy the way `attack` says until `stop`:
-/// every connection the server closed is opened again.
+/// How far an attack has got: rounds in which every one of its connections was
+/// (re)opened and acted on.
+#[derive(Default)]
+struct AttackProgress {
+    stop: AtomicBool,
+    rounds: AtomicUsize,
+}
+
+/// Keeps `count` connections from 127.0.0.1 busy the way `act` says until told to stop:
+/// every connection the server closed is opened again. Fails the test if a round could
+/// not open them all, so an attack that never reached the server cannot pass for one
+/// the server withstood.
 fn attack(
     ns: &Netns,
     count: usize,
-    stop: &AtomicBool,
+    progress: &AttackProgress,
     mut act: impl FnMut(&mut Connection) + Send,
-) -> usize {
-    let mut rounds = 0;
+) {
     ns.run(|| {
         let mut connections: Vec<Option<Connection>> = (0..count).map(|_| None).collect();
-        while !stop.load(Ordering::Relaxed) {
+        while !progress.stop.load(Ordering::Relaxed) {
             for slot in &mut connections {
                 let alive = slot.as_mut().is_some_and(|c| {
                     c.stream().set_nonblocking(true).is_ok() && !c.closed_by_server()
@@ -125,26 +133,45 @@ fn attack(
                     act(connection);
                 }
             }
-            rounds += 1;
+            let open = connections.iter().filter(|c| c.is_some()).count();
+            assert_eq!(open, count, "the attack could not open its connections");
+            progress.rounds.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(500));
         }
     });
-    rounds
 }
 
-/// Runs `attack` in the background while `scrapes` good scrapes are timed; returns
-/// their statuses and the slowest.
+/// Server-side connections of the daemon's port in ESTAB (held in a slot or waiting in
+/// the accept queue behind them).
+fn established_to_the_daemon(ns: &Netns) -> usize {
+    ns.sockets()
+        .iter()
+        .filter(|s| s.local_port == 9815 && s.state == "ESTAB")
+        .count()
+}
+
+/// Runs `attack` in the background; once `underway` holds (the attack has made a full
+/// round, and whatever else the caller requires of it), `scrapes` good scrapes are
+/// timed; returns their statuses and the slowest. The attack must still be making
+/// rounds when the last scrape ends.
 fn scrapes_under_attack(
     ns: &Netns,
     from: SocketAddr,
     credentials: Option<&str>,
-    run_attack: impl FnOnce(&AtomicBool) -> usize + Send,
+    underway: impl Fn() -> bool,
+    run_attack: impl FnOnce(&AttackProgress) + Send,
 ) -> (Vec<Option<u16>>, Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
+    let progress = AttackProgress::default();
     std::thread::scope(|scope| {
-        let attacker = scope.spawn(|| run_attack(&stop));
-        // Let the attack take every slot (or fill the bcrypt queue) first.
-        std::thread::sleep(Duration::from_secs(3));
+        let attacker = scope.spawn(|| run_attack(&progress));
+        let started = wait_until(WAIT, || {
+            attacker.is_finished() || (progress.rounds.load(Ordering::Relaxed) >= 1 && underway())
+        });
+        assert!(
+            started && !attacker.is_finished(),
+            "the attack never got underway"
+        );
+        let rounds_before = progress.rounds.load(Ordering::Relaxed);
         let mut statuses = Vec::new();
         let mut slowest = Duration::ZERO;
         for _ in 0..5 {
@@ -153,9 +180,13 @@ fn scrapes_under_attack(
             slowest = slowest.max(took);
             std::thread::sleep(Duration::from_millis(300));
         }
-        stop.store(true, Ordering::Relaxed);
-        let rounds = attacker.join().expect("attacker");
-        assert!(rounds > 0, "the attack ran");
+        // At least one more full round while the scrapes ran: the attack did not stall.
+        let kept_up = wait_until(WAIT, || {
+            progress.rounds.load(Ordering::Relaxed) > rounds_before
+        });
+        progress.stop.store(true, Ordering::Relaxed);
+        attacker.join().expect("attacker");
+        assert!(kept_up, "the attack stalled while the scrapes ran");
         (statuses, slowest)
     })
 }
@@ -178,11 +209,17 @@ fn idle_unauthenticated_connections_cannot_lock_out_a_scraper() {
     let good = basic_auth("prometheus", "good");
     // 300 keep-alive connections, each sending a request without credentials every
     // half second or so (answered 401) and never reading: more than every slot.
-    let (statuses, slowest) = scrapes_under_attack(&ns, v4(), Some(&good), |stop| {
-        attack(&ns, 300, stop, |c| {
-            let _ = c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        })
-    });
+    let (statuses, slowest) = scrapes_under_attack(
+        &ns,
+        v4(),
+        Some(&good),
+        || true,
+        |progress| {
+            attack(&ns, 300, progress, |c| {
+                let _ = c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            })
+        },
+    );
     all_served(
         "good scrapes under 300 idle 401 connections",
         &statuses,
@@ -201,14 +238,20 @@ fn wrong_passwords_cannot_keep_bcrypt_from_a_good_scrape() {
     // scraper's credentials were never checked before (its first scrape, or the first
     // after a restart), from another address (::1).
     let wrong = basic_auth("prometheus", "guess");
-    let (statuses, slowest) =
-        scrapes_under_attack(&ns, v6(), Some(&basic_auth("prometheus", "good")), |stop| {
+    let good = basic_auth("prometheus", "good");
+    let (statuses, slowest) = scrapes_under_attack(
+        &ns,
+        v6(),
+        Some(&good),
+        || true,
+        |progress| {
             let request =
                 format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong}\r\n\r\n");
-            attack(&ns, 250, stop, move |c| {
+            attack(&ns, 250, progress, move |c| {
                 let _ = c.send(request.as_bytes());
             })
-        });
+        },
+    );
     all_served("250 wrong-password connections", &statuses, slowest);
     let _ = std::fs::remove_file(&path);
 }
@@ -234,8 +277,10 @@ fn clients_that_never_read_cannot_hold_the_slots() {
     let size = daemon.scrape("/metrics").2.len();
     assert!(size > 100_000, "exposition of {size} bytes");
     // 300 clients each ask once and never read (no credentials needed: no web config).
-    let (statuses, slowest) = scrapes_under_attack(&ns, v4(), None, |stop| {
-        attack(&ns, 300, stop, |c| {
+    // Underway once every slot (256) is held by a connection whose response is stuck.
+    let slots_held = || established_to_the_daemon(&ns) >= 256;
+    let (statuses, slowest) = scrapes_under_attack(&ns, v4(), None, slots_held, |progress| {
+        attack(&ns, 300, progress, |c| {
             if c.stream().peer_addr().is_ok() {
                 let _ = c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
             }
