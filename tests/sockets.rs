@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Actor, Daemon, Netns, SsSocket, count_state, wait_until};
+use support::{Actor, Daemon, Netns, SsSocket, count_state, unix_now, wait_until};
 
 /// What `ss` and the drill-down both say of one socket, keyed by cookie.
 #[derive(Debug, PartialEq)]
@@ -89,8 +89,9 @@ fn sockets(answer: &Value) -> &Vec<Value> {
 
 /// Inbound: `api` accepted 2 connections whose peers sent 5 bytes and left, a third
 /// waits in the accept queue; outbound: `worker` holds 2 connections to `upstream`, which
-/// closed them; plus one established connection of `worker`.
-fn scenario(ns: &Netns) -> Vec<Actor> {
+/// closed them; plus one established connection of `worker`. Also returns when the
+/// inbound peers closed (unix time before and after the command).
+fn scenario(ns: &Netns) -> (Vec<Actor>, (f64, f64)) {
     let mut api = Actor::spawn(ns, "api");
     let mut peer = Actor::spawn(ns, "peer");
     let mut upstream = Actor::spawn(ns, "upstream");
@@ -98,7 +99,9 @@ fn scenario(ns: &Netns) -> Vec<Actor> {
     api.listen("l", "127.0.0.1:8080", 16);
     peer.cmd("connect p 127.0.0.1:8080 3 send=5");
     api.cmd("accept a l 2");
+    let closing = unix_now();
     peer.cmd("close p");
+    let closed = (closing, unix_now());
     upstream.listen("u", "127.0.0.1:6379", 16);
     worker.cmd("connect w 127.0.0.1:6379 2");
     upstream.cmd("accept x u 2");
@@ -111,13 +114,16 @@ fn scenario(ns: &Netns) -> Vec<Actor> {
         "{:?}",
         ns.sockets()
     );
-    vec![api, peer, upstream, worker]
+    (vec![api, peer, upstream, worker], closed)
 }
 
 #[test]
 fn the_drill_down_equals_ss_and_honours_its_limits() {
     let ns = Netns::new("drill");
-    let actors = scenario(&ns);
+    let (actors, closed) = scenario(&ns);
+    // Held a while before the daemon's one sample, so an age counted from that first
+    // sighting instead of the FIN would be seen to be short.
+    assert!(wait_until(Duration::from_secs(5), || unix_now() > closed.1 + 1.5));
     let daemon = Daemon::exporter(&ns, &["--sample.interval", "1h"]);
     let truth: Vec<SsSocket> = ns.sockets();
     let expected = |keep: &dyn Fn(&SsSocket) -> bool| -> BTreeMap<u64, Row> {
@@ -133,9 +139,16 @@ fn the_drill_down_equals_ss_and_honours_its_limits() {
     for s in sockets(&inbound) {
         assert_eq!(s["process"], "api", "{s}");
         assert_eq!(s["direction"], "inbound");
+        // Dated from the peer's FIN (tcp_info's last ACK) as of the sample: between the
+        // close command's start and its end, less the sample's own duration (ages are
+        // taken as it starts, `taken_at` as it ends) and the kernel's ms clock.
+        let age = s["age_seconds"].as_f64().expect("CLOSE_WAIT is aged");
+        let taken_at = inbound["taken_at"].as_f64().expect("taken_at");
         assert!(
-            s["age_seconds"].as_f64().is_some(),
-            "CLOSE_WAIT is aged: {s}"
+            age <= taken_at - closed.0 + 0.05 && age >= taken_at - closed.1 - 0.5,
+            "age {age}, the peer closed {}..{} s before the sample: {s}",
+            taken_at - closed.1,
+            taken_at - closed.0
         );
         let queued = s["in_accept_queue"].as_bool().expect("flag");
         assert_eq!(queued, s["pid"].is_null(), "{s}");
@@ -196,7 +209,7 @@ fn the_drill_down_equals_ss_and_honours_its_limits() {
 #[test]
 fn snapshot_sockets_prints_the_same_sockets() {
     let ns = Netns::new("drillsnap");
-    let _actors = scenario(&ns);
+    let (_actors, _) = scenario(&ns);
     let exporter = env!("CARGO_BIN_EXE_tcpstate-exporter");
     let json = ns.exec(
         exporter,

@@ -66,6 +66,14 @@ pub fn inbound_close_wait(
     fin
 }
 
+/// Seconds since the epoch, as the daemon stamps its samples.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
 /// Use it for anything the kernel or the daemon does asynchronously (a peer's
 /// delayed ACK, the next sample), never a fixed sleep.
