@@ -360,9 +360,10 @@ impl Sampler {
             return Ok(());
         }
         let tracker = &mut self.tracker;
+        // Dated from when each answer is read, which may be well after the sample began.
         let mut date = |record: &SocketRecord| {
             if let Some(info) = record.tcp_info {
-                tracker.set_entry_time(record.cookie, info.last_ack_recv_ms);
+                tracker.set_entry_time(record.cookie, info.last_ack_recv_ms, unix_now());
             }
         };
         let count = new_close_wait.len() as u64;

@@ -182,10 +182,15 @@ impl CloseWaitTracker {
         announced.is_none()
     }
 
-    /// Sets when a newly seen socket entered CLOSE_WAIT: `now - last_ack_recv`.
-    pub fn set_entry_time(&mut self, cookie: u64, last_ack_recv_ms: u32) {
+    /// Sets when a newly seen socket entered CLOSE_WAIT: `read_at - last_ack_recv`, where
+    /// `read_at` (Unix seconds) is when tcp_info was read. Not the sample's start: the
+    /// lookups come after the dump and the attribution, seconds later in a slow first
+    /// sample, and every age would be that much too old. An entry after the sample's
+    /// start (the FIN came while it ran) counts from the start: age 0.
+    pub fn set_entry_time(&mut self, cookie: u64, last_ack_recv_ms: u32, read_at: f64) {
         if let Some(tracked) = self.entries.get_mut(&cookie) {
-            tracked.entered_at = self.now - f64::from(last_ack_recv_ms) / 1000.0;
+            let entered = read_at - f64::from(last_ack_recv_ms) / 1000.0;
+            tracked.entered_at = entered.min(self.now);
         }
     }
 
@@ -330,7 +335,7 @@ mod tests {
             (5, 40_000, FACTS),
         ] {
             tracker.sight(cookie, 1, group(80), facts);
-            tracker.set_entry_time(cookie, age_ms);
+            tracker.set_entry_time(cookie, age_ms, 1000.0);
         }
         let report = tracker.finish();
         assert_eq!(
@@ -355,12 +360,27 @@ mod tests {
         assert_eq!(report.stuck[0].1.unaccepted, 0, "accepted since");
     }
 
+    /// tcp_info read 2.5 s into a slow first sample (the lookups come after the dump and
+    /// the attribution): the FIN 4 s before that read is 1.5 s before the sample's start,
+    /// not 4 s. A FIN that came after the start gives age 0, never a negative one.
+    #[test]
+    fn entry_time_counts_from_when_tcp_info_was_read() {
+        let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0], 100, 10, 60.0);
+        tracker.begin(1000.0);
+        assert!(tracker.sight(7, 1, group(80), FACTS));
+        tracker.set_entry_time(7, 4_000, 1002.5);
+        assert!(tracker.sight(8, 1, group(81), FACTS));
+        tracker.set_entry_time(8, 500, 1002.5);
+        let report = tracker.finish();
+        assert_eq!(report.oldest, vec![(group(80), 1.5), (group(81), 0.0)]);
+    }
+
     #[test]
     fn age_starts_at_the_fin_and_grows_across_samples() {
         let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0], 100, 10, 60.0);
         tracker.begin(1000.0);
         assert!(tracker.sight(7, 1, group(80), FACTS));
-        tracker.set_entry_time(7, 4_000); // FIN 4 s ago
+        tracker.set_entry_time(7, 4_000, 1000.0); // FIN 4 s ago
         let report = tracker.finish();
         assert_eq!(report.oldest, vec![(group(80), 4.0)]);
 
