@@ -443,6 +443,11 @@ class Daemon:
         )
         self.command = " ".join(argv[4:])
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
+        # One keep-alive connection for every scrape, closed in stop(): a connection
+        # closed after each scrape leaves the daemon's end in CLOSE_WAIT until it reads
+        # the EOF, and a sample taken meanwhile counts it beside the scenario's.
+        self.conn = http.client.HTTPConnection(*EXPORTER_ADDRESS, timeout=10)
+        self.conn_lock = threading.Lock()  # the alert Recorder scrapes from its thread
         wait_until(self.answers, "the exporter daemon to answer")
 
     def answers(self):
@@ -452,12 +457,18 @@ class Daemon:
             return False
 
     def scrape(self):
-        conn = http.client.HTTPConnection(*EXPORTER_ADDRESS, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        with self.conn_lock:
+            try:
+                return self._get("/metrics")
+            except (OSError, http.client.HTTPException):
+                # Not answering yet, or the daemon ended an idle connection (its header
+                # read timeout): once more on a new one.
+                self.conn.close()
+                return self._get("/metrics")
+
+    def _get(self, path):
+        self.conn.request("GET", path)
+        return self.conn.getresponse().read().decode()
 
     def series(self, prefix):
         return [line for line in self.scrape().splitlines() if line.startswith(prefix)]
@@ -474,6 +485,8 @@ class Daemon:
         wait_until(lambda: self.samples() >= target, f"{n} more exporter samples")
 
     def stop(self):
+        with self.conn_lock:
+            self.conn.close()
         self.proc.terminate()
         self.proc.wait()
 
