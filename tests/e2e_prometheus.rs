@@ -56,6 +56,12 @@ const PER_TICK: usize = 3;
 const CLOSE_AFTER: usize = 3;
 /// The grower stops by itself after this many ticks if the test never tells it to.
 const MAX_TICKS: usize = 120;
+/// The most CLOSE_WAIT connections "leaky" can hold: the stuck ones, PER_TICK a tick for
+/// MAX_TICKS ticks, less the groups closed CLOSE_AFTER ticks on, every other tick.
+const MOST_HELD: usize =
+    STUCK + PER_TICK * MAX_TICKS - PER_TICK * (MAX_TICKS - CLOSE_AFTER).div_ceil(2);
+// The fleet's hoard outranks the leak at any point of the run, not only at its start.
+const _: () = assert!(fleet::HOARD > MOST_HELD);
 /// Scrapes of the growth Prometheus must hold before the grower stops.
 const GROWTH_SAMPLES: usize = 12;
 /// Per-wait timeout of live_prometheus.py, and how long this test waits for its `ready`.

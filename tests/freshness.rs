@@ -13,12 +13,17 @@ use support::{Actor, Daemon, Exposition, Netns, wait_until};
 use tcpstate_testkit::churn;
 
 /// The interval, in sample times (what a sample takes without hogs). A round that
-/// overruns the interval skips the missed ticks, so the served sample's age stays under
-/// the bound (2 intervals + one sample time) while a sample takes up to about 2
-/// intervals: here 14 sample times. A sampler with a fair share of the CPUs slows down
-/// 2.5 times beside 2 hogs per CPU on an idle machine, up to ~9 times on a loaded one;
-/// one at nice 10 (a twentieth of the CPUs here) 20 times and more.
-const INTERVAL_IN_SAMPLES: f64 = 7.0;
+/// overruns the interval skips the missed ticks: the next starts within an interval of
+/// its end, so the served sample is at most an interval and a sample old, and stays
+/// under the bound (2 intervals + one sample time) while a sample takes up to an
+/// interval and one sample time: here 11 sample times. A sampler with a fair share of
+/// the CPUs slows down 2.5 times beside 2 hogs per CPU on an idle machine, up to ~9 times
+/// on a loaded one (7 sample times, 8 in all, was too few there); one at nice 10 (a
+/// twentieth of the CPUs here) 17 times and more.
+const INTERVAL_IN_SAMPLES: f64 = 10.0;
+/// The shortest interval: where a sample takes under a tenth of a second, scheduling
+/// delays of the hogs' CPUs, not the sample, would make most of a served sample's age.
+const MIN_INTERVAL: f64 = 1.0;
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -67,7 +72,7 @@ fn samples_stay_fresh_with_the_cpus_saturated() {
         wait_for_samples(&daemon, 3.0);
         observe(&daemon, 6).1
     };
-    let interval = (INTERVAL_IN_SAMPLES * sample_time).max(0.5);
+    let interval = (INTERVAL_IN_SAMPLES * sample_time).max(MIN_INTERVAL);
     let flag = format!("{}ms", (interval * 1000.0).round());
     let daemon = Daemon::exporter(&ns, &["--sample.interval", &flag]);
     wait_for_samples(&daemon, 2.0);

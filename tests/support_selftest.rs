@@ -59,6 +59,18 @@ fn recv_qs(sockets: &[SsSocket]) -> Vec<u64> {
     q
 }
 
+/// What `ss` shows once `settled` holds of it, or after SETTLE its last view (the
+/// assertions that follow then say what differs). An actor's command returns before the
+/// peer's side has changed: a FIN, a final ACK or data lands there in softirq.
+fn sockets_once(ns: &Netns, settled: impl Fn(&[SsSocket]) -> bool) -> Vec<SsSocket> {
+    let mut sockets = Vec::new();
+    wait_until(SETTLE, || {
+        sockets = ns.sockets();
+        settled(&sockets)
+    });
+    sockets
+}
+
 #[test]
 fn inbound_close_wait_with_and_without_unread_data_ipv4_and_ipv6() {
     let (ns, mut srv, mut cli) = scene("selftest-in", "srv-app", "cli-app");
@@ -72,8 +84,10 @@ fn inbound_close_wait_with_and_without_unread_data_ipv4_and_ipv6() {
         cli.cmd(&format!("close quiet{family}"));
         cli.cmd(&format!("close loud{family}"));
 
-        // The CLOSE_WAIT side changes state as the FIN arrives, during close().
-        let sockets = ns.sockets();
+        // The CLOSE_WAIT side changes state as the FIN arrives, after close() returned.
+        let sockets = sockets_once(&ns, |s| {
+            recv_qs(&local(s, port, "CLOSE-WAIT")) == [1, 1, 6, 6, 6]
+        });
         let cw = local(&sockets, port, "CLOSE-WAIT");
         // The unread FIN counts as one byte: no data shows 1, five bytes show 6.
         assert_eq!(recv_qs(&cw), [1, 1, 6, 6, 6], "{family}: {cw:#?}");
@@ -122,7 +136,12 @@ fn close_wait_in_accept_queue_has_no_owner_until_accepted() {
     cli.cmd(&format!("connect c 127.0.0.1:{port} 2 send=7"));
     cli.cmd("close c 1");
 
-    let sockets = ns.sockets();
+    // The queued children come with the final ACKs, their data and the FIN after it.
+    let sockets = sockets_once(&ns, |s| {
+        local(s, port, "LISTEN").first().map(|l| l.recv_q) == Some(2)
+            && recv_qs(&local(s, port, "CLOSE-WAIT")) == [8]
+            && recv_qs(&local(s, port, "ESTAB")) == [7]
+    });
     let listener = local(&sockets, port, "LISTEN");
     assert_eq!(listener.len(), 1);
     // A listener's Recv-Q is its accept-queue length, Send-Q the backlog.
@@ -154,7 +173,11 @@ fn full_backlog_leaves_later_clients_in_syn_sent() {
     cli.cmd(&format!("connect in 127.0.0.1:{port} 3"));
     let waiting = cli.cmd(&format!("connect waiting 127.0.0.1:{port} 2 nowait"));
 
-    let sockets = ns.sockets();
+    // The queued children come with the final ACKs.
+    let sockets = sockets_once(&ns, |s| {
+        local(s, port, "LISTEN").first().map(|l| l.recv_q) == Some(3)
+            && local(s, port, "ESTAB").len() == 3
+    });
     let listener = &local(&sockets, port, "LISTEN")[0];
     assert_eq!((listener.recv_q, listener.send_q), (3, 2));
     assert_eq!(local(&sockets, port, "ESTAB").len(), 3);
@@ -176,7 +199,8 @@ fn outbound_close_wait_toward_a_closed_server() {
     srv.cmd("close a");
     srv.cmd("close l");
 
-    let sockets = ns.sockets();
+    // The client ends enter CLOSE_WAIT as the server's FINs arrive.
+    let sockets = sockets_once(&ns, |s| recv_qs(&toward(s, port, "CLOSE-WAIT")) == [1, 1]);
     assert!(local(&sockets, port, "LISTEN").is_empty());
     let cw = toward(&sockets, port, "CLOSE-WAIT");
     let mut local_ports: Vec<u16> = cw.iter().map(|s| s.local_port).collect();
@@ -229,7 +253,7 @@ fn socket_shared_with_a_forked_child() {
     cli.cmd("close c");
     let child = pid_in(&srv.cmd("fork kid holder"));
 
-    let sockets = ns.sockets();
+    let sockets = sockets_once(&ns, |s| local(s, port, "CLOSE-WAIT").len() == 1);
     let cw = local(&sockets, port, "CLOSE-WAIT");
     assert_eq!(cw.len(), 1);
     assert_eq!(cw[0].local_ip, "::ffff:127.0.0.1");
