@@ -3,7 +3,7 @@
 //!
 //! No kernel field records when a socket entered CLOSE_WAIT. A socket is identified
 //! across samples by its cookie; its entry time is taken at first sighting as
-//! `now - tcp_info.last_ack_recv`: the peer's FIN is the last ACK-carrying segment a
+//! `t - tcp_info.last_ack_recv`, `t` when tcp_info was read: the peer's FIN is the last ACK-carrying segment a
 //! CLOSE_WAIT socket receives unless this side is still sending data or keepalive probes
 //! are answered, in which case the age is a lower bound. (`last_data_recv` is not moved
 //! by a bare FIN, so it cannot serve.) When a tracked socket is no longer seen, its
