@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tcpstate_testkit::http::{self, Response};
 
@@ -18,6 +18,8 @@ use super::wait_until;
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long one HTTP exchange may take.
 const EXCHANGE: Duration = Duration::from_secs(10);
+/// How often [`Daemon::exit_status`] looks: the most it adds to a measured exit time.
+const EXIT_POLL: Duration = Duration::from_millis(5);
 
 /// A running exporter; killed on drop, its stderr printed if the test is failing.
 pub struct Daemon<'ns> {
@@ -120,14 +122,20 @@ impl<'ns> Daemon<'ns> {
     }
 
     /// The daemon's exit status once it has exited, waiting up to `timeout`; `None` when
-    /// it is still running then.
+    /// it is still running then. Polled every `EXIT_POLL`, not with [`wait_until`]'s
+    /// growing pauses: callers time the exit (`Instant::now()` on return), and a pause of
+    /// up to 100 ms would be counted as the daemon's own time.
     pub fn exit_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(EXIT_POLL);
+        }
     }
 
     /// Names of the daemon's threads (`/proc/PID/task/*/comm`).
