@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tcpstate_testkit::http::{self, Response};
 
+use super::exposition::Exposition;
 use super::netns::Netns;
 use super::wait_until;
 
@@ -173,12 +174,39 @@ impl<'ns> Daemon<'ns> {
         (r.status, r.headers, body)
     }
 
+    /// A keep-alive connection to the daemon, opened from inside its namespace: scrapes
+    /// over it close no socket, so unlike [`Daemon::scrape`]'s they leave no CLOSE_WAIT
+    /// (nor a transition into it) in the namespace for the daemon to see.
+    pub fn keep_alive(&self) -> KeepAlive {
+        let addr = self.addr;
+        let connection = self
+            .ns
+            .run(|| http::Connection::open(addr, EXCHANGE))
+            .unwrap_or_else(|e| panic!("{e}"));
+        KeepAlive(connection)
+    }
+
     /// One HTTP/1.1 request with `Connection: close`, sent from inside the namespace.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
         let addr = self.addr;
         self.ns
             .run(|| http::request(addr, method, path, headers, EXCHANGE))
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A keep-alive connection to a [`Daemon`] ([`Daemon::keep_alive`]).
+pub struct KeepAlive(http::Connection);
+
+impl KeepAlive {
+    /// `GET /metrics` on this connection, parsed; panics unless answered 200.
+    pub fn metrics(&mut self) -> Exposition {
+        let response = self
+            .0
+            .request("GET", "/metrics", &[])
+            .unwrap_or_else(|e| panic!("keep-alive scrape: {e}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        Exposition::parse(&response.text())
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use actor::{Actor, port_of, scenario_binary};
 #[allow(unused_imports)]
-pub use daemon::{Daemon, EXPORTER_ADDRESS};
+pub use daemon::{Daemon, EXPORTER_ADDRESS, KeepAlive};
 #[allow(unused_imports)]
 pub use exposition::{Exposition, Labels};
 #[allow(unused_imports)]
