@@ -278,10 +278,20 @@ fn events_from_two_namespaces_carry_their_own_namespace() {
     // The never-reused namespace cookie agrees with the inode.
     assert!(in_b.iter().all(|e| e.netns.cookie == in_b[0].netns.cookie));
     assert_ne!(in_a[0].netns.cookie, in_b[0].netns.cookie);
-    assert_eq!(diag_sockets(&a, CloseWait).len(), 1);
-    assert_eq!(
-        in_b.iter().map(|e| e.cookie).collect::<HashSet<_>>(),
-        diag_sockets(&b, CloseWait).iter().map(|s| s.0).collect()
+    // Polled: the tracepoint fires before the kernel stores the new state, so a dump
+    // right after the events may still show the sockets ESTABLISHED.
+    assert!(
+        wait_until(WAIT, || diag_sockets(&a, CloseWait).len() == 1),
+        "{:?}",
+        diag_sockets(&a, CloseWait)
+    );
+    let cookies_b: HashSet<u64> = in_b.iter().map(|e| e.cookie).collect();
+    let diag_cookies =
+        |ns: &Netns| -> HashSet<u64> { diag_sockets(ns, CloseWait).iter().map(|s| s.0).collect() };
+    assert!(
+        wait_until(WAIT, || diag_cookies(&b) == cookies_b),
+        "events {cookies_b:?}, sock_diag {:?}",
+        diag_cookies(&b)
     );
 
     let by_netns = source.transitions_by_netns().expect("per-namespace map");

@@ -176,7 +176,11 @@ fn a_steady_state_sample_reads_no_fd_again() {
     );
     let reads = |m: &Exposition| m.get("tcpstate_attribution_fd_reads_total", &[]);
     let samples = |m: &Exposition| m.get("tcpstate_samples_total", &[]);
-    let first = Exposition::parse(&daemon.scrape("/metrics").2);
+    // Every scrape on one keep-alive connection: a `Connection: close` scrape leaves the
+    // test's socket in CLOSE_WAIT for a moment, and a sample catching it there would
+    // rightly read fds to find its owner.
+    let mut scraper = daemon.keep_alive();
+    let first = scraper.metrics();
     assert!(
         reads(&first) >= 50.0,
         "the first sample resolved the 50 sockets"
@@ -184,7 +188,7 @@ fn a_steady_state_sample_reads_no_fd_again() {
     // Wait for a few samples with nothing new, then for a few more: reads stay flat.
     let mut baseline = None;
     assert!(wait_until(SAMPLE, || {
-        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        let m = scraper.metrics();
         match baseline {
             None if samples(&m) >= samples(&first) + 3.0 => {
                 baseline = Some((samples(&m), reads(&m)));
@@ -197,7 +201,7 @@ fn a_steady_state_sample_reads_no_fd_again() {
             _ => false,
         }
     }));
-    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let m = scraper.metrics();
     let _ = std::fs::remove_file(&config);
     assert_eq!(
         m.get(

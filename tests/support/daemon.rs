@@ -7,10 +7,11 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tcpstate_testkit::http::{self, Response};
 
+use super::exposition::Exposition;
 use super::netns::Netns;
 use super::wait_until;
 
@@ -18,6 +19,8 @@ use super::wait_until;
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long one HTTP exchange may take.
 const EXCHANGE: Duration = Duration::from_secs(10);
+/// How often [`Daemon::exit_status`] looks: the most it adds to a measured exit time.
+const EXIT_POLL: Duration = Duration::from_millis(5);
 
 /// A running exporter; killed on drop, its stderr printed if the test is failing.
 pub struct Daemon<'ns> {
@@ -120,14 +123,20 @@ impl<'ns> Daemon<'ns> {
     }
 
     /// The daemon's exit status once it has exited, waiting up to `timeout`; `None` when
-    /// it is still running then.
+    /// it is still running then. Polled every `EXIT_POLL`, not with [`wait_until`]'s
+    /// growing pauses: callers time the exit (`Instant::now()` on return), and a pause of
+    /// up to 100 ms would be counted as the daemon's own time.
     pub fn exit_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(EXIT_POLL);
+        }
     }
 
     /// Names of the daemon's threads (`/proc/PID/task/*/comm`).
@@ -165,12 +174,39 @@ impl<'ns> Daemon<'ns> {
         (r.status, r.headers, body)
     }
 
+    /// A keep-alive connection to the daemon, opened from inside its namespace: scrapes
+    /// over it close no socket, so unlike [`Daemon::scrape`]'s they leave no CLOSE_WAIT
+    /// (nor a transition into it) in the namespace for the daemon to see.
+    pub fn keep_alive(&self) -> KeepAlive {
+        let addr = self.addr;
+        let connection = self
+            .ns
+            .run(|| http::Connection::open(addr, EXCHANGE))
+            .unwrap_or_else(|e| panic!("{e}"));
+        KeepAlive(connection)
+    }
+
     /// One HTTP/1.1 request with `Connection: close`, sent from inside the namespace.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
         let addr = self.addr;
         self.ns
             .run(|| http::request(addr, method, path, headers, EXCHANGE))
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A keep-alive connection to a [`Daemon`] ([`Daemon::keep_alive`]).
+pub struct KeepAlive(http::Connection);
+
+impl KeepAlive {
+    /// `GET /metrics` on this connection, parsed; panics unless answered 200.
+    pub fn metrics(&mut self) -> Exposition {
+        let response = self
+            .0
+            .request("GET", "/metrics", &[])
+            .unwrap_or_else(|e| panic!("keep-alive scrape: {e}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        Exposition::parse(&response.text())
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use actor::{Actor, port_of, scenario_binary};
 #[allow(unused_imports)]
-pub use daemon::{Daemon, EXPORTER_ADDRESS};
+pub use daemon::{Daemon, EXPORTER_ADDRESS, KeepAlive};
 #[allow(unused_imports)]
 pub use exposition::{Exposition, Labels};
 #[allow(unused_imports)]
@@ -36,8 +36,12 @@ pub use ss::{SsSocket, SsUser, parse as parse_ss};
 pub use tcpstate_testkit::http::{self, Response, parse_response};
 
 /// How many sockets of the namespace `ss` shows in `state` (ss spelling: `CLOSE-WAIT`).
+/// Without the holders, so one look takes milliseconds, not most of a second.
 pub fn count_state(ns: &Netns, state: &str) -> usize {
-    ns.sockets().iter().filter(|s| s.state == state).count()
+    ns.sockets_unowned()
+        .iter()
+        .filter(|s| s.state == state)
+        .count()
 }
 
 /// The commonest scenario: `server` listens on 127.0.0.1:`port`, `client` opens

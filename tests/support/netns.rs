@@ -71,4 +71,11 @@ impl Netns {
     pub fn sockets(&self) -> Vec<SsSocket> {
         ss::parse(&self.exec("ss", &["-tanepoH"]))
     }
+
+    /// As [`Netns::sockets`] without the holders (`ss -taneoH`: `users` empty). Much
+    /// faster: `-p` reads every process's descriptors, most of a second on a busy host,
+    /// which would stretch any wait that polls it.
+    pub fn sockets_unowned(&self) -> Vec<SsSocket> {
+        ss::parse(&self.exec("ss", &["-taneoH"]))
+    }
 }
