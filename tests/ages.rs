@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, unix_now, wait_until};
 use tcpstate_exporter::kernel::record::{SocketRecord, TcpState};
 use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest, LookupStats};
 
@@ -30,13 +30,6 @@ const GROUP: [(&str, &str); 3] = [
     ("port", "8080"),
     ("process", "holder"),
 ];
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 fn scrape(daemon: &Daemon) -> Exposition {
     Exposition::parse(&daemon.scrape("/metrics").2)

@@ -6,20 +6,13 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, count_state, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, count_state, unix_now, wait_until};
 use tcpstate_testkit::churn::{self, Plan};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 fn config(name: &str, text: &str) -> String {
     let path = std::env::temp_dir().join(format!("events-{}-{name}.toml", std::process::id()));

@@ -7,9 +7,9 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, unix_now, wait_until};
 use tcpstate_testkit::churn;
 
 /// The interval, in sample times (what a sample takes without hogs). A round that
@@ -24,13 +24,6 @@ const INTERVAL_IN_SAMPLES: f64 = 10.0;
 /// The shortest interval: where a sample takes under a tenth of a second, scheduling
 /// delays of the hogs' CPUs, not the sample, would make most of a served sample's age.
 const MIN_INTERVAL: f64 = 1.0;
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 /// Over `seconds`, every 250 ms: the served sample's age (now - its timestamp), and the
 /// longest sample duration served. Returns (max age, longest sample, samples taken).
