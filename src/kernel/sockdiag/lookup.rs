@@ -16,7 +16,7 @@ use netlink_packet_core::NetlinkBuffer;
 
 use crate::kernel::record::SocketRecord;
 use crate::kernel::sockdiag::decode::{DumpStats, NLMSG_ERROR, align4, decode_socket, error_code};
-use crate::kernel::sockdiag::request::{by_family_request, netlink_header};
+use crate::kernel::sockdiag::request::{by_family_request, push_message};
 use crate::kernel::sockdiag::{
     DiagSocket, DumpError, DumpRequest, NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY,
 };
@@ -43,8 +43,9 @@ impl DiagSocket {
         on_found: &mut dyn FnMut(&SocketRecord),
     ) -> Result<LookupStats, DumpError> {
         let mut totals = LookupStats::default();
+        let mut datagram = Vec::with_capacity(LOOKUP_BATCH * (16 + 56));
         for batch in records.chunks(LOOKUP_BATCH) {
-            let first = self.send_lookups(batch)?;
+            let first = self.send_lookups(batch, &mut datagram)?;
             let stats = self.read_lookup_answers(first, batch.len(), on_found)?;
             totals.found += stats.found;
             totals.gone += stats.gone;
@@ -52,15 +53,19 @@ impl DiagSocket {
         Ok(totals)
     }
 
-    /// Sends one lookup request per record in one datagram; returns the first sequence
-    /// number (the others follow it).
-    fn send_lookups(&mut self, batch: &[SocketRecord]) -> Result<u32, DumpError> {
+    /// Sends one lookup request per record in one datagram (built in `datagram`, reused
+    /// across batches); returns the first sequence number (the others follow it).
+    fn send_lookups(
+        &mut self,
+        batch: &[SocketRecord],
+        datagram: &mut Vec<u8>,
+    ) -> Result<u32, DumpError> {
         let request = DumpRequest {
             states: u32::MAX,
             with_tcp_info: true,
         };
         let first = self.sequence.wrapping_add(1);
-        let mut datagram = Vec::with_capacity(batch.len() * 72);
+        datagram.clear();
         for record in batch {
             self.sequence = self.sequence.wrapping_add(1);
             let family = match record.local_addr {
@@ -68,16 +73,15 @@ impl DiagSocket {
                 IpAddr::V6(_) => libc::AF_INET6 as u8,
             };
             let payload = by_family_request(family, request, Some(record));
-            let header = netlink_header(
-                payload.len(),
+            push_message(
+                datagram,
                 SOCK_DIAG_BY_FAMILY,
                 NLM_F_REQUEST,
                 self.sequence,
+                &payload,
             );
-            datagram.extend_from_slice(&header);
-            datagram.extend_from_slice(&payload);
         }
-        self.socket.send(&datagram, 0)?;
+        self.socket.send(datagram, 0)?;
         Ok(first)
     }
 

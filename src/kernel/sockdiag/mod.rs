@@ -26,7 +26,7 @@ pub use decode::{DumpStats, decode_socket};
 pub use error::{DumpError, SampleErrorReason};
 pub use lookup::LookupStats;
 pub use request::DumpRequest;
-use request::{by_family_request, legacy_request, netlink_header};
+use request::{by_family_request, legacy_request, push_message};
 
 const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP: u16 = 0x300;
@@ -119,15 +119,14 @@ impl DiagSocket {
     ) -> Result<(), DumpError> {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
-        let header = netlink_header(
-            payload.len(),
+        let mut request = Vec::with_capacity(16 + payload.len());
+        push_message(
+            &mut request,
             message_type,
             NLM_F_REQUEST | extra_flags,
             sequence,
+            payload,
         );
-        let mut request = Vec::with_capacity(header.len() + payload.len());
-        request.extend_from_slice(&header);
-        request.extend_from_slice(payload);
         self.socket.send(&request, 0)?;
 
         let is_dump = extra_flags & NLM_F_DUMP != 0;

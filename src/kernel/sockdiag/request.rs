@@ -29,6 +29,24 @@ impl DumpRequest {
     }
 }
 
+/// Appends one netlink message (header, then `payload`) to `out`: a request datagram
+/// may carry several.
+pub(super) fn push_message(
+    out: &mut Vec<u8>,
+    message_type: u16,
+    flags: u16,
+    sequence: u32,
+    payload: &[u8],
+) {
+    out.extend_from_slice(&netlink_header(
+        payload.len(),
+        message_type,
+        flags,
+        sequence,
+    ));
+    out.extend_from_slice(payload);
+}
+
 pub(super) fn netlink_header(
     payload_len: usize,
     message_type: u16,
@@ -53,8 +71,8 @@ fn extensions(request: DumpRequest) -> u8 {
 }
 
 /// `struct inet_diag_req` (legacy): family, src_len, dst_len, ext, id, states, dbs.
-pub(super) fn legacy_request(request: DumpRequest) -> Vec<u8> {
-    let mut message = vec![0u8; 60];
+pub(super) fn legacy_request(request: DumpRequest) -> [u8; 60] {
+    let mut message = [0u8; 60];
     message[0] = libc::AF_UNSPEC as u8;
     message[3] = extensions(request);
     // bytes 4..52: inet_diag_sockid, all zero (no filter); cookie "no cookie" = ~0.
@@ -69,8 +87,8 @@ pub(super) fn by_family_request(
     family: u8,
     request: DumpRequest,
     exact: Option<&SocketRecord>,
-) -> Vec<u8> {
-    let mut message = vec![0u8; 56];
+) -> [u8; 56] {
+    let mut message = [0u8; 56];
     message[0] = family;
     message[1] = IPPROTO_TCP;
     message[2] = extensions(request);
