@@ -34,9 +34,9 @@ use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection}
 /// walked plus the tcp_info of each CLOSE_WAIT: 7,000 lookups 0.27x the floor, the dump
 /// 0.34x; the two meet near 40 %. On a namespace sharing the host's hash the dump walks
 /// every other namespace's sockets too, so the lookups win by far more there.
-const LOOKUPS_UP_TO_ONE_IN: u64 = 3;
+pub const LOOKUPS_UP_TO_ONE_IN: u64 = 3;
 /// Below this many, lookups whatever the table (a few sockets never justify a walk).
-const MIN_LOOKUPS: u64 = 256;
+pub const MIN_LOOKUPS: u64 = 256;
 
 /// What one sample produced besides the aggregate.
 #[derive(Clone, Copy, Debug, Default)]
