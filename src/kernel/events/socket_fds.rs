@@ -50,6 +50,9 @@ impl SocketFdLister {
         Self::program(&mut ebpf)?
             .load("task_file", &btf)
             .map_err(|e| failed("load iter/task_file", &e))?;
+        // And as there, give the ~19 MB of the parsed BTF back to the system.
+        drop(btf);
+        super::release_freed_heap();
         Ok(SocketFdLister { ebpf })
     }
 

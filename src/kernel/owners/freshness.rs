@@ -30,7 +30,7 @@ impl OwnerCache {
     ///
     /// Asked for every detail-state socket of every namespace each round, against an
     /// index of every socket on the host (a cache miss each): one index lookup on the
-    /// common path, a second only when the descriptor is read.
+    /// common path; more only when the descriptor is read again.
     pub fn owner_pid(&mut self, inode: u32) -> Option<u32> {
         let round = self.round;
         let holder = self.inode_owner.get_mut(&inode)?;

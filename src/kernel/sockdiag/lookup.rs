@@ -110,7 +110,8 @@ impl DiagSocket {
                     match error_code(&message)? {
                         // ENOENT: the socket closed since it was seen.
                         code if code == -libc::ENOENT => stats.gone += 1,
-                        0 => stats.gone += 1,
+                        // An ACK (never asked for) answers nothing.
+                        0 => {}
                         code => return Err(DumpError::Kernel(io::Error::from_raw_os_error(-code))),
                     }
                     continue;

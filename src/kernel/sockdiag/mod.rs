@@ -98,21 +98,10 @@ impl DiagSocket {
         Ok(stats)
     }
 
+    /// Sends one dump request and reads replies until DONE.
     fn run_dump(
         &mut self,
         message_type: u16,
-        payload: &[u8],
-        stats: &mut DumpStats,
-        on_record: &mut dyn FnMut(&SocketRecord),
-    ) -> Result<(), DumpError> {
-        self.run_exchange(message_type, NLM_F_DUMP, payload, stats, on_record)
-    }
-
-    /// Sends one request and reads replies until DONE (dump) or the single answer.
-    fn run_exchange(
-        &mut self,
-        message_type: u16,
-        extra_flags: u16,
         payload: &[u8],
         stats: &mut DumpStats,
         on_record: &mut dyn FnMut(&SocketRecord),
@@ -123,13 +112,12 @@ impl DiagSocket {
         push_message(
             &mut request,
             message_type,
-            NLM_F_REQUEST | extra_flags,
+            NLM_F_REQUEST | NLM_F_DUMP,
             sequence,
             payload,
         );
         self.socket.send(&request, 0)?;
 
-        let is_dump = extra_flags & NLM_F_DUMP != 0;
         let mut deduper = Deduper::default();
         loop {
             let received = self.receive()?;
@@ -141,7 +129,7 @@ impl DiagSocket {
                 stats,
                 on_record,
             )?;
-            if outcome == ReadOutcome::Done || !is_dump {
+            if outcome == ReadOutcome::Done {
                 return Ok(());
             }
         }
