@@ -144,7 +144,7 @@ fn attack(
 /// Server-side connections of the daemon's port in ESTAB (held in a slot or waiting in
 /// the accept queue behind them).
 fn established_to_the_daemon(ns: &Netns) -> usize {
-    ns.sockets()
+    ns.sockets_unowned()
         .iter()
         .filter(|s| s.local_port == 9815 && s.state == "ESTAB")
         .count()

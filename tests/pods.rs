@@ -10,6 +10,8 @@
 
 mod support;
 
+use tcpstate_exporter::kernel::record::TcpState;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,12 +22,16 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The exporter's state label for an `ss` state.
 fn state_label(ss_state: &str) -> String {
-    match ss_state {
-        "ESTAB" => "established".into(),
-        "FIN-WAIT-1" => "fin_wait1".into(),
-        "FIN-WAIT-2" => "fin_wait2".into(),
-        other => other.to_lowercase().replace('-', "_"),
-    }
+    let state = match ss_state {
+        "ESTAB" => Some(TcpState::Established),
+        "FIN-WAIT-1" => Some(TcpState::FinWait1),
+        "FIN-WAIT-2" => Some(TcpState::FinWait2),
+        other => TcpState::parse(other),
+    };
+    state
+        .unwrap_or_else(|| panic!("ss state {ss_state} unknown to the exporter"))
+        .name()
+        .to_string()
 }
 
 /// One pod: a server and a client actor in a namespace.
@@ -59,7 +65,7 @@ impl Pod {
         let transient = ["FIN-WAIT-1", "LAST-ACK", "SYN-SENT", "SYN-RECV", "CLOSING"];
         assert!(
             wait_until(WAIT, || {
-                let sockets = self.ns.sockets();
+                let sockets = self.ns.sockets_unowned();
                 sockets.iter().filter(|s| s.state == "CLOSE-WAIT").count() == close_wait
                     && !sockets
                         .iter()
@@ -75,19 +81,8 @@ impl Pod {
 /// What `ss` says of one namespace, as the exporter's series would say it.
 fn expected(sockets: &[SsSocket]) -> BTreeMap<String, f64> {
     let mut want = BTreeMap::new();
-    for state in [
-        "established",
-        "syn_sent",
-        "syn_recv",
-        "fin_wait1",
-        "fin_wait2",
-        "time_wait",
-        "close_wait",
-        "last_ack",
-        "listen",
-        "closing",
-    ] {
-        want.insert(format!("sockets {state}"), 0.0);
+    for state in TcpState::ALL {
+        want.insert(format!("sockets {}", state.name()), 0.0);
     }
     let listening: Vec<u16> = sockets
         .iter()
@@ -235,6 +230,12 @@ fn every_pod_equals_ss_after_churn_creation_and_deletion() {
     let b_label = format!("netns=\"{}\"", b.ns.name());
     drop(b);
     assert_every_namespace_equals_ss(&daemon, &[&a, &c, &d]);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let d_hash = m.sum("tcpstate_tcp_ehash_entries", &[("netns", d.ns.name())]);
+    assert_eq!(
+        d_hash, 256.0,
+        "d, made inside the observer, has its own hash too"
+    );
     assert!(
         wait_until(WAIT, || {
             let body = daemon.scrape("/metrics").2;
