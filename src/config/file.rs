@@ -46,6 +46,7 @@ pub(super) struct WebSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct SampleSection {
     pub(super) interval: Option<String>,
+    pub(super) reconcile_period: Option<String>,
     pub(super) detail_states: Option<Vec<String>>,
     pub(super) max_groups: Option<usize>,
 }
@@ -159,6 +160,9 @@ fn validate_file(file: &FileConfig) -> Result<(), (&'static str, String)> {
     }
     if let Some(v) = &file.sample.interval {
         parse_interval(v).map_err(|e| ("sample.interval", e))?;
+    }
+    if let Some(v) = &file.sample.reconcile_period {
+        parse_reconcile_period(v).map_err(|e| ("sample.reconcile_period", e))?;
     }
     if let Some(v) = &file.sample.detail_states {
         parse_states(v).map_err(|e| ("sample.detail_states", e))?;

@@ -22,6 +22,9 @@ use values::*;
 pub const DEFAULT_PORT: u16 = 9815;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 const DEFAULT_MAX_GROUPS: usize = 500;
+/// Ten minutes between full dumps of a namespace followed by events: what events cannot
+/// show (half-open handshakes) is corrected at least that often.
+const DEFAULT_RECONCILE_PERIOD: Duration = Duration::from_secs(600);
 /// Seconds; 1 s to 1 h, roughly tripling: both "closed a little late" and "closed an hour
 /// late" stay distinguishable.
 pub const DEFAULT_DURATION_BUCKETS: [f64; 11] = [
@@ -82,6 +85,13 @@ pub struct Settings {
     pub telemetry_path: String,
     pub web_config_file: Option<PathBuf>,
     pub sample_interval: Duration,
+    /// How long a network namespace that shares the host's TCP hash and is followed
+    /// through kernel events (events mode) may go between two full dumps of its sockets
+    /// (the reconciliation). Between them its figures come from the kernel's state-change
+    /// events plus exact lookups of the sockets that need fresh figures; what events
+    /// cannot show (half-open handshakes still in the SYN queue, shown as SYN-RECV by
+    /// `ss`) is corrected at the next reconciliation. Applied on reload.
+    pub reconcile_period: Duration,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     /// States whose connections are grouped by direction, port and process.
@@ -192,6 +202,7 @@ impl Default for Settings {
             telemetry_path: "/metrics".into(),
             web_config_file: None,
             sample_interval: DEFAULT_INTERVAL,
+            reconcile_period: DEFAULT_RECONCILE_PERIOD,
             log_level: tracing::Level::INFO,
             log_format: LogFormat::Logfmt,
             detail_states: vec![TcpState::CloseWait, TcpState::Established],
@@ -292,6 +303,10 @@ fn from_file(file: FileConfig, defaults: Settings) -> Result<Settings, ConfigErr
             None => defaults.detail_states,
         },
         max_groups: file.sample.max_groups.unwrap_or(defaults.max_groups),
+        reconcile_period: match &file.sample.reconcile_period {
+            Some(v) => parse_reconcile_period(v).map_err(ConfigError)?,
+            None => defaults.reconcile_period,
+        },
         namespaces: match &file.namespaces {
             Some(v) => parse_namespace_mode(v).map_err(ConfigError)?,
             None => defaults.namespaces,

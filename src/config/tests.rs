@@ -11,6 +11,7 @@ fn an_empty_file_gives_the_defaults() {
     let settings = parse_text("").expect("valid");
     assert_eq!(settings.listen_address, ListenAddress::AnyHost(9815));
     assert_eq!(settings.sample_interval, Duration::from_secs(15));
+    assert_eq!(settings.reconcile_period, Duration::from_secs(600));
     assert_eq!(
         settings.detail_states,
         vec![TcpState::CloseWait, TcpState::Established]
@@ -26,6 +27,7 @@ fn the_shipped_example_is_valid_and_states_the_defaults() {
     assert_eq!(settings.listen_address, defaults.listen_address);
     assert_eq!(settings.telemetry_path, defaults.telemetry_path);
     assert_eq!(settings.sample_interval, defaults.sample_interval);
+    assert_eq!(settings.reconcile_period, defaults.reconcile_period);
     assert_eq!(settings.detail_states, defaults.detail_states);
     assert_eq!(settings.max_groups, defaults.max_groups);
     assert_eq!(settings.duration_buckets, defaults.duration_buckets);
@@ -103,6 +105,37 @@ fn bad_values_name_key_and_line() {
 }
 
 #[test]
+fn reconcile_period_is_parsed_and_bounded() {
+    let settings = parse_text("[sample]\nreconcile_period = \"30s\"\n").expect("valid");
+    assert_eq!(settings.reconcile_period, Duration::from_secs(30));
+    for bound in ["1s", "24h"] {
+        let text = format!("[sample]\nreconcile_period = {bound:?}\n");
+        assert!(parse_text(&text).is_ok(), "{bound}");
+    }
+    for (value, why) in [
+        ("999ms", "below the 1s minimum"),
+        ("0s", "below the 1s minimum"),
+        ("25h", "above the 24h maximum"),
+        ("18446744073709551615s", "above the 24h maximum"),
+        ("soon", "invalid duration"),
+        ("10", "invalid duration"),
+    ] {
+        let text = format!("[sample]\ninterval = \"15s\"\nreconcile_period = {value:?}\n");
+        let error = parse_text(&text).unwrap_err();
+        assert!(
+            error.contains("sample.reconcile_period"),
+            "{value}: {error}"
+        );
+        assert!(error.contains("line 3"), "{value}: {error}");
+        assert!(error.contains(why), "{value}: {error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+    let error = parse_text("[sample]\nreconcile_period = 600\n").unwrap_err();
+    assert!(error.contains("line 2"), "{error}");
+    assert!(error.contains("reconcile_period"), "{error}");
+}
+
+#[test]
 fn namespace_filters() {
     let settings = parse_text(
         "namespaces = \"all\"\nnamespaces_include = [\"test-*\", \"host\"]\nnamespaces_exclude = [\"test-skip*\"]\n",
@@ -148,18 +181,20 @@ fn restart_only_changes_are_named_by_key() {
     let same = running.clone();
     assert!(running.restart_only_changes(&same).is_empty());
     let new = parse_text(
-        "[web]\nlisten_address = \":1\"\n[process]\npid_label = true\n[sample]\ninterval = \"1s\"\n",
+        "[web]\nlisten_address = \":1\"\n[process]\npid_label = true\n[sample]\ninterval = \"1s\"\n\
+         reconcile_period = \"1m\"\n",
     )
     .expect("valid");
     assert_eq!(
         running.restart_only_changes(&new),
         vec!["web.listen_address", "process.pid_label"],
-        "the interval applies on reload"
+        "the interval and the reconcile period apply on reload"
     );
     // What a reload runs keeps the running values of those keys, so a second reload of
     // the same file warns again: it is compared with what runs, not with what was read.
     let applied = new.clone().keeping_restart_only(&running);
     assert_eq!(applied.sample_interval, Duration::from_secs(1));
+    assert_eq!(applied.reconcile_period, Duration::from_secs(60));
     assert_eq!(applied.listen_address, running.listen_address);
     assert_eq!(
         applied.restart_only_changes(&new),

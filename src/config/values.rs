@@ -112,6 +112,25 @@ pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// Bounds of `sample.reconcile_period`: at least a second, at most a day (the same
+/// maximum as the interval's).
+pub(super) const MIN_RECONCILE_PERIOD: Duration = Duration::from_secs(1);
+pub(super) const MAX_RECONCILE_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+pub(super) fn parse_reconcile_period(text: &str) -> Result<Duration, String> {
+    let period = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 10m, 1h, 30s)"))?;
+    if period < MIN_RECONCILE_PERIOD {
+        return Err(format!("reconcile period {text:?} is below the 1s minimum"));
+    }
+    if period > MAX_RECONCILE_PERIOD {
+        return Err(format!(
+            "reconcile period {text:?} is above the 24h maximum"
+        ));
+    }
+    Ok(period)
+}
+
 pub(super) fn parse_age(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 10s, 1m, 5m)"))
