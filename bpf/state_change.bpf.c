@@ -90,8 +90,9 @@ struct {
 	__type(value, struct counters);
 } COUNTERS SEC(".maps");
 
-// The namespaces whose transitions count (key: namespace inode; the value is unused),
-// when filter_netns is set.
+// The namespaces whose transitions count (key: namespace inode), when filter_netns is
+// set. Value: NETNS_SAMPLED, plus NETNS_EVERY_TRANSITION for a namespace user space
+// follows socket by socket (every transition of it is sent, whatever event_states says).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096); // replaced by the loader (EventsConfig::filter_keys)
@@ -145,9 +146,13 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	net = sk->__sk_common.skc_net.net;
 	__u32 inum = net->ns.inum;
-	if (filter_netns && !bpf_map_lookup_elem(&NETNS_FILTER, &inum)) {
-		c->filtered++;
-		return 0;
+	__u8 *netns_flags = 0;
+	if (filter_netns) {
+		netns_flags = bpf_map_lookup_elem(&NETNS_FILTER, &inum);
+		if (!netns_flags) {
+			c->filtered++;
+			return 0;
+		}
 	}
 	if (from >= TCP_STATE_SLOTS || to >= TCP_STATE_SLOTS) {
 		c->unknown_states++;
@@ -157,7 +162,8 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 	if (count_per_netns)
 		count_in_netns(c, inum, from, to);
 
-	if (!(event_states & ((1u << from) | (1u << to))))
+	if (!(event_states & ((1u << from) | (1u << to))) &&
+	    !(netns_flags && (*netns_flags & NETNS_EVERY_TRANSITION)))
 		return 0;
 	e = bpf_ringbuf_reserve(&EVENTS, sizeof(*e), 0);
 	if (!e) {

@@ -8,6 +8,10 @@
 #define TCP_STATE_SLOTS 13
 #define AF_INET6_VALUE 10
 
+// NETNS_FILTER values (mirrored in src/kernel/events/abi.rs).
+#define NETNS_SAMPLED 1
+#define NETNS_EVERY_TRANSITION 2
+
 // One state change, as sent through the ring buffer. 72 bytes.
 struct state_change {
 	__u64 timestamp_ns;  // bpf_ktime_get_ns: CLOCK_MONOTONIC

@@ -71,6 +71,46 @@ pub fn listen_counters() -> io::Result<ListenCounters> {
     })
 }
 
+/// The namespace's TCP sockets as the kernel counts them (/proc/net/sockstat and
+/// sockstat6): `in_hash` full sockets hashed (listeners and every connection that is not
+/// time-wait or a request), `time_wait` time-wait sockets (both substates). Both are per
+/// network namespace, and cost two small reads: what a followed namespace's table is
+/// checked against each round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketTotals {
+    pub in_hash: u64,
+    pub time_wait: u64,
+}
+
+pub fn socket_totals() -> io::Result<SocketTotals> {
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
+    // No IPv6 (a kernel without it): no TCP6 line.
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+    parse_sockstat(&v4, &v6).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no TCP inuse/tw line in sockstat",
+        )
+    })
+}
+
+/// `TCP: inuse N orphan N tw N ...` and `TCP6: inuse N`.
+fn parse_sockstat(v4: &str, v6: &str) -> Option<SocketTotals> {
+    let field = |text: &str, line: &str, name: &str| -> Option<u64> {
+        let fields: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with(line))?
+            .split_whitespace()
+            .collect();
+        let at = fields.iter().position(|f| *f == name)?;
+        fields.get(at + 1)?.parse().ok()
+    };
+    Some(SocketTotals {
+        in_hash: field(v4, "TCP:", "inuse")? + field(v6, "TCP6:", "inuse").unwrap_or(0),
+        time_wait: field(v4, "TCP:", "tw")?,
+    })
+}
+
 /// /proc/net/netstat holds pairs of lines: `TcpExt: Name1 Name2 ...` then values.
 fn parse_netstat(text: &str) -> Option<ListenCounters> {
     let mut lines = text.lines();
@@ -112,6 +152,24 @@ mod tests {
         assert_eq!(parse_port_range("60999 32768"), None);
         assert_eq!(parse_port_range("1024"), None);
         assert_eq!(parse_port_range("a b"), None);
+    }
+
+    #[test]
+    fn parses_socket_totals_from_sockstat() {
+        let v4 =
+            "sockets: used 13\nTCP: inuse 7 orphan 1 tw 3 alloc 9 mem 86\nUDP: inuse 0 mem 0\n";
+        let v6 = "TCP6: inuse 2\nUDP6: inuse 0\n";
+        let totals = parse_sockstat(v4, v6).expect("both lines");
+        assert_eq!(
+            totals,
+            SocketTotals {
+                in_hash: 9,
+                time_wait: 3
+            }
+        );
+        assert_eq!(parse_sockstat(v4, "").map(|t| t.in_hash), Some(7));
+        assert_eq!(parse_sockstat("TCP: inuse x tw 1\n", v6), None);
+        assert!(socket_totals().is_ok(), "this kernel's sockstat parses");
     }
 
     #[test]

@@ -12,6 +12,13 @@ pub const STATE_SLOTS: usize = 13;
 
 const AF_INET6: u16 = 10;
 
+/// NETNS_FILTER value: the namespace's transitions are counted, and sent per
+/// `event_states`.
+pub const NETNS_SAMPLED: u8 = 1;
+/// NETNS_FILTER flag: every transition of the namespace is sent (it is followed socket
+/// by socket between full dumps).
+pub const NETNS_EVERY_TRANSITION: u8 = 2;
+
 /// `struct state_change` as sent through the ring buffer.
 pub const STATE_CHANGE_LEN: usize = 72;
 

@@ -31,13 +31,14 @@
 //! tracing programs 5.12).
 
 mod abi;
+pub use abi::{NETNS_EVERY_TRANSITION, NETNS_SAMPLED};
 mod clock;
 mod counts;
 mod error;
 mod ring;
 pub mod socket_fds;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 
@@ -204,7 +205,7 @@ pub struct EventMaps {
     netns: PerCpuHashMap<MapData, abi::NetnsTransition, u64>,
     filter: BpfHashMap<MapData, u32, u8>,
     /// What the filter holds, as last set.
-    filtered: BTreeSet<u32>,
+    filtered: BTreeMap<u32, u8>,
 }
 
 impl EventSource {
@@ -233,7 +234,7 @@ impl EventSource {
                 counters,
                 netns,
                 filter,
-                filtered: BTreeSet::new(),
+                filtered: BTreeMap::new(),
             },
             ring: EventRing::new(ring, (config.ring_bytes / RING_BYTES_PER_EVENT) as usize)
                 .map_err(|e| EventsError::Load(format!("events ring reader: {e}")))?,
@@ -345,17 +346,35 @@ impl EventMaps {
     /// `EventsConfig::filter_keys` are left out and named in the error; the others
     /// are in.
     pub fn filter_netns(&mut self, inodes: &BTreeSet<u32>) -> io::Result<()> {
-        let gone: Vec<u32> = self.filtered.difference(inodes).copied().collect();
+        let flags = inodes
+            .iter()
+            .map(|inode| (*inode, abi::NETNS_SAMPLED))
+            .collect();
+        self.filter_netns_with_flags(&flags)
+    }
+
+    /// As `filter_netns`, with each namespace's flags (`abi::NETNS_SAMPLED`, plus
+    /// `abi::NETNS_EVERY_TRANSITION` for one followed socket by socket).
+    pub fn filter_netns_with_flags(&mut self, wanted: &BTreeMap<u32, u8>) -> io::Result<()> {
+        let gone: Vec<u32> = self
+            .filtered
+            .keys()
+            .filter(|inode| !wanted.contains_key(inode))
+            .copied()
+            .collect();
         for inode in gone {
             // Already absent is what was wanted.
             let _ = self.filter.remove(&inode);
             self.filtered.remove(&inode);
         }
         let mut refused = Vec::new();
-        for inode in inodes.difference(&self.filtered.clone()) {
-            match self.filter.insert(inode, 1, 0) {
+        for (inode, flags) in wanted {
+            if self.filtered.get(inode) == Some(flags) {
+                continue;
+            }
+            match self.filter.insert(inode, flags, 0) {
                 Ok(()) => {
-                    self.filtered.insert(*inode);
+                    self.filtered.insert(*inode, *flags);
                 }
                 Err(e) => refused.push(format!("{inode}: {e}")),
             }
@@ -368,6 +387,11 @@ impl EventMaps {
                 refused.join(", ")
             )))
         }
+    }
+
+    /// The namespaces the filter holds now, with their flags.
+    pub fn filtered(&self) -> &BTreeMap<u32, u8> {
+        &self.filtered
     }
 
     /// Transition counts per network namespace inode (empty unless

@@ -42,10 +42,21 @@ impl DiagSocket {
         records: &[SocketRecord],
         on_found: &mut dyn FnMut(&SocketRecord),
     ) -> Result<LookupStats, DumpError> {
+        self.lookup_many(records, true, on_found)
+    }
+
+    /// Looks up every socket of `records` (with `tcp_info` when asked) and hands each
+    /// one still there to `on_found`, fresh from the kernel.
+    pub fn lookup_many(
+        &mut self,
+        records: &[SocketRecord],
+        with_tcp_info: bool,
+        on_found: &mut dyn FnMut(&SocketRecord),
+    ) -> Result<LookupStats, DumpError> {
         let mut totals = LookupStats::default();
         let mut datagram = Vec::with_capacity(LOOKUP_BATCH * (16 + 56));
         for batch in records.chunks(LOOKUP_BATCH) {
-            let first = self.send_lookups(batch, &mut datagram)?;
+            let first = self.send_lookups(batch, with_tcp_info, &mut datagram)?;
             let stats = self.read_lookup_answers(first, batch.len(), on_found)?;
             totals.found += stats.found;
             totals.gone += stats.gone;
@@ -58,11 +69,12 @@ impl DiagSocket {
     fn send_lookups(
         &mut self,
         batch: &[SocketRecord],
+        with_tcp_info: bool,
         datagram: &mut Vec<u8>,
     ) -> Result<u32, DumpError> {
         let request = DumpRequest {
             states: u32::MAX,
-            with_tcp_info: true,
+            with_tcp_info,
         };
         let first = self.sequence.wrapping_add(1);
         datagram.clear();
