@@ -25,6 +25,8 @@ command -v clang >/dev/null || need+=(clang)
 # Headless Chromium and curl: tests/page.rs loads the live page in a real browser.
 command -v chromium >/dev/null || need+=(chromium)
 command -v curl >/dev/null || need+=(curl)
+# iptables: tests/pods.rs holds handshakes half-open by dropping SYN-ACKs in a namespace.
+command -v iptables >/dev/null || need+=(iptables)
 # The openssl CLI: tests/security/v1.rs makes X.509 v1 client certificates with it.
 command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then

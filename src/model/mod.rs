@@ -11,5 +11,6 @@ pub mod fds;
 pub mod labels;
 pub mod sample;
 pub mod self_metrics;
+pub mod socket_table;
 pub mod sockets;
 pub mod top;

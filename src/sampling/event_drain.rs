@@ -1,5 +1,5 @@
 //! The events ring's reader: a thread of its own that empties the ring whenever the
-//! program wakes it and queues the CLOSE_WAIT transitions for the sampler thread, which
+//! program wakes it and queues the state changes for the sampler thread, which
 //! applies them to its trackers between dumps.
 //!
 //! Why a thread: the ring must never fill, and the sampler thread cannot promise that.
@@ -21,11 +21,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::kernel::events::{EventRing, StateChange, Wake};
-use crate::kernel::record::TcpState;
-use crate::model::ages::CloseWaitEvent;
+use crate::model::socket_table::StateTransition;
 
-/// CLOSE_WAIT transitions with their namespace inode.
-pub type Drained = Vec<(u64, CloseWaitEvent)>;
+/// State changes with their namespace inode: those into and out of CLOSE_WAIT, and
+/// every change of the namespaces followed socket by socket.
+pub type Drained = Vec<(u64, StateTransition)>;
 
 /// How long the drain thread sleeps when nothing wakes it: events below the ring's
 /// wake-up mark are fetched by the sampler's flush before each round, so this only
@@ -158,7 +158,7 @@ fn run(mut ring: EventRing, shared: &Shared, sender: &mpsc::Sender<Message>, lim
         let flush = shared.flush.load(Ordering::Acquire);
         let mut events = Drained::new();
         // One ring's worth at most per pass; a ring that refills meanwhile wakes us again.
-        ring.drain(|change| push_close_wait(change, &mut events));
+        ring.drain(|change| push_transition(change, &mut events));
         if !events.is_empty() && !queue(events, shared, sender, limit) {
             return;
         }
@@ -183,20 +183,17 @@ fn queue(events: Drained, shared: &Shared, sender: &mpsc::Sender<Message>, limit
     sender.send(Message::Events(events)).is_ok()
 }
 
-/// Keeps the transitions into and out of CLOSE_WAIT, in the form the tracker takes.
-fn push_close_wait(change: &StateChange, out: &mut Drained) {
-    let entered = change.to_state() == Some(TcpState::CloseWait);
-    let left = change.from_state() == Some(TcpState::CloseWait);
-    if entered || left {
-        out.push((
-            u64::from(change.netns.inum),
-            CloseWaitEvent {
-                cookie: change.cookie,
-                at: change.unix_seconds,
-                local_port: change.local.port(),
-                remote_port: change.remote.port(),
-                entered,
-            },
-        ));
-    }
+/// Every change the kernel sent (it sends only what user space asked for).
+fn push_transition(change: &StateChange, out: &mut Drained) {
+    out.push((
+        u64::from(change.netns.inum),
+        StateTransition {
+            cookie: change.cookie,
+            at: change.unix_seconds,
+            from: change.from_state(),
+            to: change.to_state(),
+            local: change.local,
+            remote: change.remote,
+        },
+    ));
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{EventsMode, Settings};
 use crate::kernel::record::TcpState;
-use crate::model::ages::CloseWaitEvent;
+use crate::model::socket_table::StateTransition;
 
 /// Kernel-side counts for the exposition.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +49,10 @@ struct Attached {
     maps: crate::kernel::events::EventMaps,
     drain: crate::sampling::event_drain::EventDrain,
     warned_filter: bool,
+    /// The kernel filters on namespaces (so it can send every transition of some).
+    filtering: bool,
+    /// Events lost as of the last `lost_any`.
+    lost_seen: u64,
 }
 
 impl EventFeed {
@@ -91,7 +95,7 @@ impl EventFeed {
 
     /// The CLOSE_WAIT transitions queued since the last call, with their namespace
     /// inode. Never waits.
-    pub fn drain(&mut self) -> Vec<(u64, CloseWaitEvent)> {
+    pub fn drain(&mut self) -> Vec<(u64, StateTransition)> {
         #[cfg(feature = "events")]
         if let Some(attached) = &mut self.attached {
             return attached.drain.take();
@@ -101,7 +105,7 @@ impl EventFeed {
 
     /// Every CLOSE_WAIT transition the kernel sent until now (the drain thread empties
     /// the ring first; a short wait at most): what a round applies before its dumps.
-    pub fn flush(&mut self) -> Vec<(u64, CloseWaitEvent)> {
+    pub fn flush(&mut self) -> Vec<(u64, StateTransition)> {
         #[cfg(feature = "events")]
         if let Some(attached) = &mut self.attached {
             return attached.drain.flush(FLUSH_WAIT);
@@ -110,15 +114,28 @@ impl EventFeed {
     }
 
     /// Keeps the kernel's namespace filter equal to the namespaces sampled (inodes):
-    /// the transitions of any other never reach user space, nor the counts.
-    pub fn sample_namespaces(&mut self, namespaces: &BTreeSet<u64>) {
+    /// the transitions of any other never reach user space, nor the counts. Those of
+    /// `followed` send every transition. Returns the followed namespaces the kernel now
+    /// sends every transition of (none without a filter, or with events off).
+    pub fn sample_namespaces(
+        &mut self,
+        namespaces: &BTreeSet<u64>,
+        followed: &BTreeSet<u64>,
+    ) -> BTreeSet<u64> {
         #[cfg(feature = "events")]
         if let Some(attached) = &mut self.attached {
-            let inodes = namespaces
+            use crate::kernel::events::{NETNS_EVERY_TRANSITION, NETNS_SAMPLED};
+            let wanted = namespaces
                 .iter()
-                .filter_map(|inode| u32::try_from(*inode).ok())
+                .filter_map(|inode| {
+                    let flags = match followed.contains(inode) {
+                        true => NETNS_SAMPLED | NETNS_EVERY_TRANSITION,
+                        false => NETNS_SAMPLED,
+                    };
+                    Some((u32::try_from(*inode).ok()?, flags))
+                })
                 .collect();
-            match attached.maps.filter_netns(&inodes) {
+            match attached.maps.filter_netns_with_flags(&wanted) {
                 Ok(()) => attached.warned_filter = false,
                 Err(e) if !attached.warned_filter => {
                     tracing::warn!(error = %e, "their CLOSE_WAIT ages are polled bounds");
@@ -126,9 +143,35 @@ impl EventFeed {
                 }
                 Err(_) => {}
             }
+            if !attached.filtering {
+                return BTreeSet::new();
+            }
+            return attached
+                .maps
+                .filtered()
+                .iter()
+                .filter(|(_, flags)| **flags & NETNS_EVERY_TRANSITION != 0)
+                .map(|(inode, _)| u64::from(*inode))
+                .collect();
         }
-        #[cfg(not(feature = "events"))]
-        let _ = namespaces;
+        let _ = (namespaces, followed);
+        BTreeSet::new()
+    }
+
+    /// Whether events were lost (by the kernel or the queue) since the last call.
+    pub fn lost_any(&mut self) -> bool {
+        #[cfg(feature = "events")]
+        if let Some(attached) = &mut self.attached {
+            // Unreadable counters: assume the worst.
+            let Ok(counts) = attached.maps.counts() else {
+                return true;
+            };
+            let lost = counts.lost.saturating_add(attached.drain.dropped());
+            let any = lost != attached.lost_seen;
+            attached.lost_seen = lost;
+            return any;
+        }
+        false
     }
 
     pub fn counts(&self) -> Option<EventCounts> {
@@ -186,9 +229,11 @@ fn attach(settings: &Settings, namespaces: &BTreeSet<u64>) -> Result<EventFeed, 
             maps,
             drain,
             warned_filter: false,
+            filtering: filterable,
+            lost_seen: 0,
         }),
     };
-    feed.sample_namespaces(namespaces);
+    feed.sample_namespaces(namespaces, &BTreeSet::new());
     Ok(feed)
 }
 

@@ -7,6 +7,7 @@ mod connections;
 #[cfg(feature = "events")]
 pub mod event_drain;
 pub mod event_feed;
+pub mod following;
 pub mod namespace_set;
 pub mod sample_loop;
 pub mod sampler;

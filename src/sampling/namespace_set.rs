@@ -6,17 +6,18 @@
 //! socket that would otherwise keep a dead pod's namespace alive. A namespace that
 //! vanishes between discovery and its sample is skipped and counted, never an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{NamespaceMode, Settings};
 use crate::kernel::netns::{self, NamespaceRef, Roots};
 use crate::kernel::pods::{PodDirectory, PodIdentity};
 use crate::kernel::record::TcpState;
 use crate::kernel::sockdiag::DumpError;
-use crate::model::ages::CloseWaitEvent;
 use crate::model::sample::{NamespaceInfo, NamespaceLabels, NamespaceSample, Sample};
+use crate::model::socket_table::StateTransition;
 use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
+use crate::sampling::following::FollowedRound;
 use crate::sampling::sampler::{SampleReport, Sampler};
 
 /// One round over every namespace.
@@ -33,6 +34,33 @@ pub struct Round {
     pub sampled: u64,
     /// Quiet namespaces not sampled this round (their last sample is served).
     pub skipped_quiet: u64,
+    /// How the namespaces followed by events were read this round.
+    pub followed: FollowedCounts,
+}
+
+/// Rounds of followed namespaces by how they were read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FollowedCounts {
+    pub from_table: u64,
+    /// Sockets looked up by the rounds served from their tables.
+    pub lookups: u64,
+    pub dumped_first: u64,
+    pub dumped_periodic: u64,
+    pub dumped_mismatch: u64,
+}
+
+impl FollowedCounts {
+    fn add(&mut self, round: FollowedRound) {
+        match round {
+            FollowedRound::FromTable { lookups } => {
+                self.from_table += 1;
+                self.lookups += lookups as u64;
+            }
+            FollowedRound::DumpedFirst => self.dumped_first += 1,
+            FollowedRound::DumpedPeriodic => self.dumped_periodic += 1,
+            FollowedRound::DumpedMismatch => self.dumped_mismatch += 1,
+        }
+    }
 }
 
 /// A quiet namespace (no connection at its last sample, listeners aside) is sampled only
@@ -120,20 +148,58 @@ impl NamespaceSet {
     }
 
     /// The inodes of the namespaces sampled (the events filter follows them).
-    pub fn inodes(&self) -> std::collections::BTreeSet<u64> {
+    pub fn inodes(&self) -> BTreeSet<u64> {
         self.members.keys().copied().collect()
+    }
+
+    /// The namespaces worth following by events between full dumps: those sharing the
+    /// host's TCP hash (`tcp_ehash_entries` negative), where each dump walks every
+    /// socket of the host. The exporter's own namespace is always dumped: its walk is
+    /// the one a round cannot avoid.
+    pub fn follow_candidates(&self) -> BTreeSet<u64> {
+        self.members
+            .iter()
+            .filter(|(inode, _)| **inode != self.own_inode)
+            .filter(|(_, m)| {
+                let sample = m.last_good.as_ref();
+                sample
+                    .and_then(|s| s.tcp_settings.ehash_entries)
+                    .is_some_and(|e| e < 0.0)
+            })
+            .map(|(inode, _)| *inode)
+            .collect()
+    }
+
+    /// The namespaces whose every transition the kernel now sends: followed from their
+    /// next round on; the others are dumped every round.
+    pub fn set_followed(&mut self, followed: &BTreeSet<u64>) {
+        let period = self.settings.reconcile_period;
+        for (inode, member) in &mut self.members {
+            member
+                .sampler
+                .follow(followed.contains(inode).then_some(period));
+        }
+    }
+
+    /// Events were lost: every followed namespace dumps at its next round.
+    pub fn distrust_events(&mut self) {
+        for member in self.members.values_mut() {
+            if let Some(following) = member.sampler.following_mut() {
+                following.distrust();
+            }
+        }
     }
 
     /// Routes kernel events to the namespaces they happened in (by namespace inode);
     /// events of namespaces not sampled are dropped.
-    pub fn apply_events(&mut self, events: &[(u64, CloseWaitEvent)]) {
-        let mut by_namespace: BTreeMap<u64, Vec<CloseWaitEvent>> = BTreeMap::new();
+    pub fn apply_events(&mut self, events: &[(u64, StateTransition)]) {
+        let mut by_namespace: BTreeMap<u64, Vec<StateTransition>> = BTreeMap::new();
         for (inode, event) in events {
             by_namespace.entry(*inode).or_default().push(*event);
         }
         for (inode, events) in by_namespace {
             if let Some(member) = self.members.get_mut(&inode) {
-                member.sampler.apply_events(&events);
+                member.sampler.apply_transitions(&events);
                 // Something happened there: a quiet namespace is sampled next round.
                 member.skipped = QUIET_EVERY;
             }
@@ -152,6 +218,10 @@ impl NamespaceSet {
         // The per-socket view's room, shared by the namespaces in turn; one that keeps its
         // last sample keeps its sockets, and they count.
         let mut budget = SocketBudget::default();
+        // Periodic reconciliations (full dumps of followed namespaces) are spread: one a
+        // round at most, so a node's pods, followed from the same moment, do not all
+        // walk the host's table in the same round.
+        let mut reconcile_left = 1;
         for (inode, member) in &mut self.members {
             if *inode != own_inode && member.quiet() && member.skipped + 1 < QUIET_EVERY {
                 member.skipped += 1;
@@ -175,10 +245,17 @@ impl NamespaceSet {
                     }
                 }
             };
+            if let Some(following) = member.sampler.following_mut() {
+                following.may_reconcile = following.due() && reconcile_left > 0;
+                reconcile_left -= usize::from(following.may_reconcile);
+            }
             let result = member.sampler.sample(attribution, budget);
             drop(entered);
             match result {
                 Ok((sample, report)) => {
+                    if let Some(followed) = report.followed {
+                        round.followed.add(followed);
+                    }
                     round.sampled += 1;
                     round.report.add(report);
                     member.last_good = Some(sample);

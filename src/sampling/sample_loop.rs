@@ -205,13 +205,28 @@ impl SampleLoop {
     fn sample_once(&mut self) {
         let started = Instant::now();
         self.metrics.samples_total += 1;
-        self.namespaces.apply_events(&self.events.flush());
+        let changes = self.events.flush();
+        if self.events.lost_any() {
+            self.namespaces.distrust_events();
+        }
+        self.namespaces.apply_events(&changes);
         let round = self.namespaces.sample_round(&mut self.attribution);
         // Discovery may have added or dropped namespaces: the kernel filter follows.
-        self.events.sample_namespaces(&self.namespaces.inodes());
+        self.update_event_filter();
         self.count(&round);
         // Namespaces whose sample failed keep their last good one in `round.samples`.
         (self.publish)(&round.samples, &mut self.metrics, started, &self.settings);
+    }
+
+    /// The kernel's namespace filter: every namespace sampled, and every transition of
+    /// those worth following between dumps; the namespace set follows what the kernel
+    /// took.
+    fn update_event_filter(&mut self) {
+        let followed = self.events.sample_namespaces(
+            &self.namespaces.inodes(),
+            &self.namespaces.follow_candidates(),
+        );
+        self.namespaces.set_followed(&followed);
     }
 
     /// The round's outcome in the exporter's own counters.
@@ -234,6 +249,11 @@ impl SampleLoop {
         metrics.owners_unresolved = round.report.owners.unresolved;
         metrics.namespaces_vanished += round.vanished;
         metrics.namespaces_sampled = round.samples.len() as u64;
+        metrics.namespaces_followed = round.followed.from_table;
+        let dumps = &mut metrics.followed_dumps;
+        dumps[0] += round.followed.dumped_first;
+        dumps[1] += round.followed.dumped_periodic;
+        dumps[2] += round.followed.dumped_mismatch;
     }
 
     /// Until `next`: queued kernel events applied every `EVENT_APPLY_EVERY`, so the queue
@@ -259,7 +279,7 @@ impl SampleLoop {
                 Ok(Control::Reconfigure(new)) => {
                     self.settings = *new;
                     self.namespaces.reconfigure(&self.settings);
-                    self.events.sample_namespaces(&self.namespaces.inodes());
+                    self.update_event_filter();
                     return Some(Instant::now());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,

@@ -23,10 +23,12 @@ use crate::model::classify::{Classifier, ListeningPorts};
 use crate::model::fds::{self, ProcessFds};
 use crate::model::labels::{AgeGroup, Direction, OwnerKey, PortLabel};
 use crate::model::sample::{Sample, SampleContext};
+use crate::model::socket_table::StateTransition;
 use crate::model::sockets::{SocketAge, SocketBudget, SocketCollector, SocketList};
 use crate::model::top::{PidCounts, TOP_PEERS};
 use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection};
+use crate::sampling::following::{FollowedRound, Following};
 
 /// New CLOSE_WAIT sockets are dated by exact lookups while they are at most one in this
 /// many of the sockets the sample walked, and by one CLOSE_WAIT dump with tcp_info past
@@ -45,6 +47,8 @@ pub struct SampleReport {
     pub owners: ResolveStats,
     /// Sockets waiting for attribution after the dump.
     pub pending: usize,
+    /// How a namespace followed by events was read (`None`: not followed).
+    pub followed: Option<FollowedRound>,
 }
 
 impl SampleReport {
@@ -53,6 +57,7 @@ impl SampleReport {
         self.dump.add(other.dump);
         self.owners.add(other.owners);
         self.pending += other.pending;
+        self.followed = self.followed.or(other.followed);
     }
 }
 
@@ -77,6 +82,8 @@ pub struct Sampler {
     /// Top peers kept per outbound CLOSE_WAIT group: what the page and `snapshot` show,
     /// or more when the peer series ask for more.
     peers_kept: usize,
+    /// Set while the namespace is followed through kernel events between full dumps.
+    following: Option<Following>,
 }
 
 impl Sampler {
@@ -104,7 +111,37 @@ impl Sampler {
             warned_port_range: false,
             count_pids: settings.close_wait_pids,
             peers_kept: TOP_PEERS.max(settings.peers_per_group),
+            following: None,
         })
+    }
+
+    /// Starts (`Some(reconcile period)`) or stops following the namespace between full
+    /// dumps. Start only once the kernel sends every transition of the namespace: the
+    /// first round after dumps, and the table grows from the events after it.
+    pub fn follow(&mut self, period: Option<Duration>) {
+        match (period, &mut self.following) {
+            (Some(period), Some(following)) => following.set_period(period),
+            (Some(period), None) => self.following = Some(Following::new(period)),
+            (None, _) => self.following = None,
+        }
+    }
+
+    /// The namespace's following, while it is followed.
+    pub fn following_mut(&mut self) -> Option<&mut Following> {
+        self.following.as_mut()
+    }
+
+    /// The namespace's state changes: CLOSE_WAIT entries and departures for the
+    /// tracker, every change for the followed table.
+    pub fn apply_transitions(&mut self, changes: &[StateTransition]) {
+        let close_waits: Vec<CloseWaitEvent> = changes
+            .iter()
+            .filter_map(StateTransition::close_wait_event)
+            .collect();
+        self.apply_events(&close_waits);
+        if let Some(following) = &mut self.following {
+            following.apply(changes);
+        }
     }
 
     /// Kernel events for this namespace, applied before the next sample's dump: the
@@ -244,12 +281,40 @@ impl Sampler {
                 ..AfterDump::default()
             },
         };
-        let all_but_listen = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
-        let stats = self.socket.dump(
-            DumpRequest::for_states(all_but_listen, false),
-            &mut |record| sink.take(record),
-        )?;
-        report.dump.add(stats);
+        let mut fresh = self.detail_mask;
+        fresh[TcpState::CloseWait.index()] = true;
+        let from_table = match &mut self.following {
+            Some(following) => {
+                Some(following.records(&mut self.socket, &fresh, self.listeners.len())?)
+            }
+            None => None,
+        };
+        match from_table {
+            Some(Ok((records, lookups))) => {
+                report.followed = Some(FollowedRound::FromTable { lookups });
+                for record in &records {
+                    sink.take(record);
+                }
+            }
+            Some(Err(why)) => {
+                report.followed = Some(why);
+                let mut kept = Vec::new();
+                let stats = self.socket.dump(all_but_listen(), &mut |record| {
+                    kept.push(*record);
+                    sink.take(record)
+                })?;
+                report.dump.add(stats);
+                if let Some(following) = &mut self.following {
+                    following.dumped(&kept);
+                }
+            }
+            None => {
+                let stats = self
+                    .socket
+                    .dump(all_but_listen(), &mut |record| sink.take(record))?;
+                report.dump.add(stats);
+            }
+        }
         Ok(sink.left)
     }
 
@@ -397,6 +462,12 @@ impl Sampler {
             }
         }
     }
+}
+
+/// Every state but LISTEN (the listeners were dumped first), without tcp_info.
+fn all_but_listen() -> DumpRequest {
+    let states = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
+    DumpRequest::for_states(states, false)
 }
 
 /// Pids of the listeners on the ports of pending inbound connections: where an accepted

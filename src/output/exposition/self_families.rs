@@ -85,10 +85,27 @@ const NAMESPACES_VANISHED: FamilySpec = FamilySpec::counter(
      error).",
 );
 
+const NAMESPACES_FOLLOWED: FamilySpec = FamilySpec::gauge(
+    "tcpstate_namespaces_followed",
+    "Network namespaces on the host's shared TCP hash served in the last round from      tables kept by kernel events and exact lookups, without a walk of the host's table.",
+);
+const FOLLOWED_DUMPS: FamilySpec = FamilySpec::counter(
+    "tcpstate_followed_namespace_dumps_total",
+    "Full dumps of followed namespaces, by reason: first (a table is built, also after      lost events), period (sample.reconcile_period), mismatch (the kernel counted sockets      the table did not hold).",
+);
+
 fn namespace_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
+    let reasons = ["first", "period", "mismatch"];
     vec![
         NAMESPACES_SAMPLED.with_value(vec![], metrics.namespaces_sampled as f64),
         NAMESPACES_VANISHED.with_value(vec![], metrics.namespaces_vanished as f64),
+        NAMESPACES_FOLLOWED.with_value(vec![], metrics.namespaces_followed as f64),
+        FOLLOWED_DUMPS.with_values(
+            reasons
+                .iter()
+                .zip(metrics.followed_dumps)
+                .map(|(reason, n)| (vec![label("reason", reason)], n as f64)),
+        ),
     ]
 }
 

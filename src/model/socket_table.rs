@@ -1,0 +1,355 @@
+//! A namespace's sockets kept current between full dumps, for a namespace on the host's
+//! shared TCP hash: there a dump walks every socket of the host to find the pod's few
+//! hundred, so with 100 pods a round cost 30x one walk of the host table.
+//!
+//! The table starts from a full dump (the reconciliation). The kernel then sends every
+//! state change of the namespace (`NETNS_EVERY_TRANSITION`), applied here in order: a
+//! socket's state is the one its last change names, so changes that happened during
+//! the dump, already seen or not, all end where the kernel is. Each round the sampler
+//! looks up, by exact sock_diag lookups, only the sockets whose figures it needs fresh
+//! (CLOSE_WAIT and the detail states: queues, owner) and those that may have turned
+//! into time-wait sockets, which change and expire without an event; the others are
+//! counted in the state their last event gave. What no event announces are request
+//! sockets (half-open handshakes in a listener's SYN queue, SYN-RECV in `ss`): they
+//! appear at the next reconciliation. Anything else missing shows in the kernel's own
+//! per-namespace totals (`sysctl::SocketTotals`), which the sampler compares.
+
+use std::net::SocketAddr;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
+
+use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
+use crate::model::ages::CloseWaitEvent;
+
+/// One state change of a socket, from the kernel's tracepoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateTransition {
+    pub cookie: u64,
+    /// Unix seconds.
+    pub at: f64,
+    /// `None` for a state this build does not know.
+    pub from: Option<TcpState>,
+    pub to: Option<TcpState>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl StateTransition {
+    /// The CLOSE_WAIT tracker's view: entering or leaving CLOSE_WAIT.
+    pub fn close_wait_event(&self) -> Option<CloseWaitEvent> {
+        let entered = self.to == Some(TcpState::CloseWait);
+        let left = self.from == Some(TcpState::CloseWait);
+        (entered || left).then_some(CloseWaitEvent {
+            cookie: self.cookie,
+            at: self.at,
+            local_port: self.local.port(),
+            remote_port: self.remote.port(),
+            entered,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// The last record the kernel gave (dump or lookup) or one made from an event; its
+    /// state is always the current one.
+    record: SocketRecord,
+    /// Its addresses are the socket's own: false while only the first event of a new
+    /// socket is known (the kernel sets SYN-SENT before choosing the local port, and
+    /// SYN-RECV before the child gets its peer's address).
+    identified: bool,
+    /// Closed from a state that may leave a time-wait socket behind, or seen as one
+    /// (or as a request socket): looked up every round until gone.
+    volatile: bool,
+}
+
+/// What the sampler must do this round.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LookupPlan {
+    /// Look these up; every other socket is counted as it stands.
+    Lookups(Vec<SocketRecord>),
+    /// A socket whose figures are needed cannot be looked up (its addresses are not
+    /// known yet): dump instead.
+    Dump,
+}
+
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    entries: HashMap<u64, Entry>,
+}
+
+impl SocketTable {
+    /// A table from a full dump's records (listeners are left out: they are dumped on
+    /// their own every round).
+    pub fn from_dump(records: &[SocketRecord]) -> SocketTable {
+        let mut entries = HashMap::with_capacity(records.len());
+        for record in records.iter().filter(|r| r.state != TcpState::Listen) {
+            entries.insert(
+                record.cookie,
+                Entry {
+                    record: *record,
+                    identified: true,
+                    volatile: volatile_state(record.state),
+                },
+            );
+        }
+        SocketTable { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Applies one state change (in the order the kernel made them).
+    pub fn apply(&mut self, change: &StateTransition) {
+        let Some(to) = change.to else {
+            // A state this build does not know: the socket's figures are unknown.
+            self.entries.remove(&change.cookie);
+            return;
+        };
+        let listener_closed = change.from == Some(TcpState::Listen) && to == TcpState::Close;
+        if to == TcpState::Listen || listener_closed {
+            return; // listeners are dumped every round
+        }
+        if to == TcpState::Close {
+            let may_linger = matches!(
+                change.from,
+                Some(TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing)
+            );
+            match (may_linger, self.entries.get_mut(&change.cookie)) {
+                (true, Some(entry)) => {
+                    entry.volatile = true;
+                    // Counted as time-wait until a lookup says what is left (possibly
+                    // nothing); the lookup comes this round, before anything is counted.
+                    entry.record.state = TcpState::TimeWait;
+                }
+                _ => {
+                    self.entries.remove(&change.cookie);
+                }
+            }
+            return;
+        }
+        let identified = !(matches!(
+            (change.from, to),
+            (Some(TcpState::Close), TcpState::SynSent)
+                | (Some(TcpState::Listen), TcpState::SynRecv)
+        ));
+        let entry = self.entries.entry(change.cookie).or_insert(Entry {
+            record: record_from(change, to),
+            identified,
+            volatile: false,
+        });
+        entry.record.state = to;
+        if identified && !entry.identified {
+            entry.record.local_addr = change.local.ip();
+            entry.record.local_port = change.local.port();
+            entry.record.remote_addr = change.remote.ip();
+            entry.record.remote_port = change.remote.port();
+            entry.identified = true;
+        }
+    }
+
+    /// The sockets to look up this round: those in a state whose figures are wanted
+    /// fresh (`fresh[state.index()]`) and the volatile ones.
+    pub fn plan(&self, fresh: &[bool; STATE_COUNT]) -> LookupPlan {
+        let mut lookups = Vec::new();
+        for entry in self.entries.values() {
+            if !(entry.volatile || fresh[entry.record.state.index()]) {
+                continue;
+            }
+            if !entry.identified {
+                return LookupPlan::Dump;
+            }
+            lookups.push(entry.record);
+        }
+        LookupPlan::Lookups(lookups)
+    }
+
+    /// Takes the answers to `asked`: the `found` records replace theirs, the asked
+    /// sockets not found are gone.
+    pub fn take_lookups(&mut self, asked: &[SocketRecord], found: Vec<SocketRecord>) {
+        let found_cookies: HashSet<u64> = found.iter().map(|r| r.cookie).collect();
+        for record in asked {
+            if !found_cookies.contains(&record.cookie) {
+                self.entries.remove(&record.cookie);
+            }
+        }
+        for record in found {
+            if let Some(entry) = self.entries.get_mut(&record.cookie) {
+                entry.volatile |= volatile_state(record.state);
+                entry.record = record;
+            }
+        }
+    }
+
+    /// Every socket, in its current state.
+    pub fn records(&self) -> impl Iterator<Item = &SocketRecord> {
+        self.entries.values().map(|e| &e.record)
+    }
+}
+
+/// States in which a socket may change or vanish without an event: time-wait sockets
+/// (FIN-WAIT-2 is also a time-wait socket's substate) and request sockets.
+fn volatile_state(state: TcpState) -> bool {
+    matches!(
+        state,
+        TcpState::TimeWait | TcpState::FinWait2 | TcpState::SynRecv
+    )
+}
+
+/// A record standing for a socket known only from an event: its state and addresses;
+/// queues and owner come with its first lookup, if its state ever needs them.
+fn record_from(change: &StateTransition, state: TcpState) -> SocketRecord {
+    SocketRecord {
+        state,
+        local_addr: change.local.ip(),
+        local_port: change.local.port(),
+        remote_addr: change.remote.ip(),
+        remote_port: change.remote.port(),
+        recv_queue: 0,
+        send_queue: 0,
+        inode: 0,
+        uid: 0,
+        cookie: change.cookie,
+        keepalive_armed: false,
+        tcp_info: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(cookie: u64, from: TcpState, to: TcpState, local_port: u16) -> StateTransition {
+        StateTransition {
+            cookie,
+            at: 0.0,
+            from: Some(from),
+            to: Some(to),
+            local: SocketAddr::from(([127, 0, 0, 1], local_port)),
+            remote: SocketAddr::from(([127, 0, 0, 1], 80)),
+        }
+    }
+
+    fn record(cookie: u64, state: TcpState) -> SocketRecord {
+        SocketRecord {
+            cookie,
+            ..SocketRecord::for_tests(state, 0, 0)
+        }
+    }
+
+    fn states(table: &SocketTable) -> Vec<(u64, TcpState)> {
+        let mut out: Vec<_> = table.records().map(|r| (r.cookie, r.state)).collect();
+        out.sort();
+        out
+    }
+
+    fn close_wait_only() -> [bool; STATE_COUNT] {
+        let mut fresh = [false; STATE_COUNT];
+        fresh[TcpState::CloseWait.index()] = true;
+        fresh
+    }
+
+    fn planned(table: &SocketTable) -> Vec<u64> {
+        match table.plan(&close_wait_only()) {
+            LookupPlan::Lookups(records) => {
+                let mut cookies: Vec<u64> = records.iter().map(|r| r.cookie).collect();
+                cookies.sort();
+                cookies
+            }
+            LookupPlan::Dump => panic!("a dump was planned"),
+        }
+    }
+
+    /// A connection's life in events: born without its port, identified once
+    /// established, looked up only while in CLOSE_WAIT, gone after LAST_ACK.
+    #[test]
+    fn a_connection_is_followed_from_birth_to_close() {
+        let mut table = SocketTable::from_dump(&[record(1, TcpState::Listen)]);
+        assert!(table.is_empty(), "listeners are not kept");
+        table.apply(&change(7, TcpState::Close, TcpState::SynSent, 0));
+        assert_eq!(states(&table), [(7, TcpState::SynSent)]);
+        assert_eq!(planned(&table), Vec::<u64>::new(), "no figures wanted");
+        let mut fresh = close_wait_only();
+        fresh[TcpState::SynSent.index()] = true;
+        assert_eq!(
+            table.plan(&fresh),
+            LookupPlan::Dump,
+            "no port to look it up by"
+        );
+        table.apply(&change(7, TcpState::SynSent, TcpState::Established, 40000));
+        table.apply(&change(
+            7,
+            TcpState::Established,
+            TcpState::CloseWait,
+            40000,
+        ));
+        let asked = match table.plan(&close_wait_only()) {
+            LookupPlan::Lookups(asked) => asked,
+            LookupPlan::Dump => panic!("identified by now"),
+        };
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].local_port, 40000, "looked up by its own port");
+        table.apply(&change(7, TcpState::CloseWait, TcpState::LastAck, 40000));
+        table.apply(&change(7, TcpState::LastAck, TcpState::Close, 40000));
+        assert!(table.is_empty());
+    }
+
+    /// An active closer may leave a time-wait socket, which changes and expires
+    /// without events: it is looked up until a lookup no longer finds it.
+    #[test]
+    fn a_time_wait_socket_is_looked_up_until_gone() {
+        let mut table = SocketTable::from_dump(&[record(3, TcpState::Established)]);
+        table.apply(&change(3, TcpState::Established, TcpState::FinWait1, 80));
+        table.apply(&change(3, TcpState::FinWait1, TcpState::FinWait2, 80));
+        table.apply(&change(3, TcpState::FinWait2, TcpState::Close, 80));
+        assert_eq!(planned(&table), [3]);
+        let asked = [record(3, TcpState::TimeWait)];
+        table.take_lookups(&asked, vec![record(3, TcpState::FinWait2)]);
+        assert_eq!(
+            states(&table),
+            [(3, TcpState::FinWait2)],
+            "the substate the kernel gave"
+        );
+        assert_eq!(planned(&table), [3], "still looked up");
+        table.take_lookups(&asked, Vec::new());
+        assert!(table.is_empty(), "expired");
+    }
+
+    /// Changes that happened while the dump ran end where the kernel is, whether the
+    /// dump saw them or not.
+    #[test]
+    fn changes_during_the_dump_are_applied_idempotently() {
+        let mut table = SocketTable::from_dump(&[
+            record(1, TcpState::CloseWait),   // the dump saw the change
+            record(2, TcpState::Established), // the dump came before it
+        ]);
+        table.apply(&change(1, TcpState::Established, TcpState::CloseWait, 1));
+        table.apply(&change(2, TcpState::Established, TcpState::CloseWait, 2));
+        // Born during the dump, after its bucket was walked; and one closed meanwhile.
+        table.apply(&change(3, TcpState::SynRecv, TcpState::Established, 3));
+        table.apply(&change(4, TcpState::Established, TcpState::Close, 4));
+        assert_eq!(
+            states(&table),
+            [
+                (1, TcpState::CloseWait),
+                (2, TcpState::CloseWait),
+                (3, TcpState::Established)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_socket_in_an_unknown_state_is_dropped() {
+        let mut table = SocketTable::from_dump(&[record(5, TcpState::Established)]);
+        table.apply(&StateTransition {
+            to: None,
+            ..change(5, TcpState::Established, TcpState::Established, 5)
+        });
+        assert!(table.is_empty());
+    }
+}

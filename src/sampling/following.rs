@@ -1,0 +1,123 @@
+//! A namespace followed socket by socket between full dumps (see `model::socket_table`):
+//! when its round can be served from the table with exact lookups, and when it must
+//! dump (reconcile) instead.
+//!
+//! A dump is taken when the table is missing (first round, events lost or not yet
+//! flowing), when the reconcile period has passed and the round allows one, when a
+//! socket whose figures are needed cannot be looked up, and when the kernel's own totals
+//! for the namespace (sockstat: hashed sockets and time-wait sockets) exceed what the
+//! table holds after its lookups, which is how anything the events missed shows.
+
+use std::time::{Duration, Instant};
+
+use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
+use crate::kernel::sockdiag::{DiagSocket, DumpError};
+use crate::kernel::sysctl;
+use crate::model::socket_table::{LookupPlan, SocketTable, StateTransition};
+
+/// Why a followed namespace was dumped, or that it was not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowedRound {
+    /// Served from the table: `lookups` sockets looked up.
+    FromTable { lookups: usize },
+    /// No table yet, or it was dropped (events lost, following just began).
+    DumpedFirst,
+    /// The reconcile period had passed.
+    DumpedPeriodic,
+    /// The kernel counts more sockets than the table holds, or a socket whose figures
+    /// are needed has no known address yet.
+    DumpedMismatch,
+}
+
+pub struct Following {
+    table: Option<SocketTable>,
+    last_dump: Instant,
+    period: Duration,
+    /// This round may reconcile by period (the namespace set allows few per round).
+    pub may_reconcile: bool,
+}
+
+impl Following {
+    pub fn new(period: Duration) -> Following {
+        Following {
+            table: None,
+            last_dump: Instant::now(),
+            period,
+            may_reconcile: false,
+        }
+    }
+
+    pub fn set_period(&mut self, period: Duration) {
+        self.period = period;
+    }
+
+    /// The reconcile period has passed: the round would like to dump.
+    pub fn due(&self) -> bool {
+        self.table.is_some() && self.last_dump.elapsed() >= self.period
+    }
+
+    /// Applies the namespace's state changes, in the kernel's order.
+    pub fn apply(&mut self, changes: &[StateTransition]) {
+        if let Some(table) = &mut self.table {
+            for change in changes {
+                table.apply(change);
+            }
+        }
+    }
+
+    /// Events were lost: the table can no longer be trusted; the next round dumps.
+    pub fn distrust(&mut self) {
+        self.table = None;
+    }
+
+    /// This round's connections from the table, with how many were looked up
+    /// (`Ok(Ok(..))`), or why it must dump
+    /// instead (`Ok(Err(why))`). `fresh`: states whose figures are wanted fresh;
+    /// `listeners`: how many the round's listener dump found.
+    pub fn records(
+        &mut self,
+        socket: &mut DiagSocket,
+        fresh: &[bool; STATE_COUNT],
+        listeners: usize,
+    ) -> Result<Result<(Vec<SocketRecord>, usize), FollowedRound>, DumpError> {
+        if self.may_reconcile && self.due() {
+            return Ok(Err(FollowedRound::DumpedPeriodic));
+        }
+        let Some(table) = &mut self.table else {
+            return Ok(Err(FollowedRound::DumpedFirst));
+        };
+        let asked = match table.plan(fresh) {
+            LookupPlan::Lookups(asked) => asked,
+            LookupPlan::Dump => return Ok(Err(FollowedRound::DumpedMismatch)),
+        };
+        let mut found = Vec::with_capacity(asked.len());
+        socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
+        table.take_lookups(&asked, found);
+        let asked = asked.len();
+        // Read after the lookups: a socket opened since shows as a surplus, never hides.
+        let Ok(totals) = sysctl::socket_totals() else {
+            return Ok(Err(FollowedRound::DumpedMismatch));
+        };
+        let counted = (totals.in_hash + totals.time_wait).saturating_sub(listeners as u64);
+        if counted > table.len() as u64 {
+            tracing::debug!(
+                kernel = counted,
+                table = table.len(),
+                "the kernel counts more sockets than the followed table: dumping"
+            );
+            return Ok(Err(FollowedRound::DumpedMismatch));
+        }
+        let records = table
+            .records()
+            .filter(|r| r.state != TcpState::Listen)
+            .copied()
+            .collect();
+        Ok(Ok((records, asked)))
+    }
+
+    /// A full dump's connections: the table starts again from them.
+    pub fn dumped(&mut self, records: &[SocketRecord]) {
+        self.table = Some(SocketTable::from_dump(records));
+        self.last_dump = Instant::now();
+    }
+}
