@@ -98,7 +98,12 @@ struct PodsResult {
     pod_walks: Cost,
     first_round: Cost,
     round: Cost,
+    /// The daemon with events off: every namespace dumped every round.
     daemon_cpu_per_round: Option<Duration>,
+    /// The daemon with events: pods on the shared hash followed between dumps; and how
+    /// many namespaces its last round served from their tables.
+    followed_cpu_per_round: Option<Duration>,
+    followed: u64,
 }
 
 /// One pod: its actor (dropped first, closing its sockets), a floor socket opened inside
@@ -132,7 +137,11 @@ pub fn run(options: &crate::Options) -> Result<(), String> {
             let mut result = measure_rounds(&host, &mut table, &mut pods, options.rounds)?;
             result.layout = layout.name();
             if plan.daemon_seconds > 0 {
-                result.daemon_cpu_per_round = Some(daemon_cpu(&host, options, count)?);
+                let (cpu, _) = daemon_cpu(&host, options, count, false)?;
+                result.daemon_cpu_per_round = Some(cpu);
+                let (cpu, followed) = daemon_cpu(&host, options, count, true)?;
+                result.followed_cpu_per_round = Some(cpu);
+                result.followed = followed;
             }
             print_line(&result);
             results.push(result);
@@ -275,14 +284,23 @@ fn pod_walks(pods: &mut [Pod]) -> Result<(u64, Cost), String> {
     Ok((sockets, total))
 }
 
-/// The daemon, `namespaces = "all"`, sampling every second: its CPU per round.
-fn daemon_cpu(host: &Netns, options: &crate::Options, pods: usize) -> Result<Duration, String> {
+/// The daemon, `namespaces = "all"`, sampling every second: its CPU per round, and how
+/// many namespaces its last round followed (with `events`; none without). The reconcile
+/// period is the default (10 minutes): beyond the measurement, so the rounds measured
+/// are the steady ones, reconciliation apart (one walk of the host table each).
+fn daemon_cpu(
+    host: &Netns,
+    options: &crate::Options,
+    pods: usize,
+    events: bool,
+) -> Result<(Duration, u64), String> {
     let config = std::env::temp_dir().join(format!("{PREFIX}-{}.toml", std::process::id()));
     std::fs::write(
         &config,
         format!(
-            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\n",
-            std::process::id()
+            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\nevents = \"{}\"\n",
+            std::process::id(),
+            if events { "on" } else { "off" }
         ),
     )
     .map_err(|e| format!("{}: {e}", config.display()))?;
@@ -293,10 +311,11 @@ fn daemon_cpu(host: &Netns, options: &crate::Options, pods: usize) -> Result<Dur
         &["--sample.interval", "1s", "--config.file", &config_arg],
     )?;
     let pid = daemon.pid();
-    let figure = host.run(|| -> Result<Duration, String> {
-        // The first two samples fill the caches (every fd read once).
+    let figure = host.run(|| -> Result<(Duration, u64), String> {
+        // The first three samples fill the caches (every fd read once) and, with events,
+        // make the tables (the kernel sends every transition from the first round's end).
         let deadline = Instant::now() + Duration::from_secs(120 + pods as u64);
-        while crate::daemon::samples_now() < 2 {
+        while crate::daemon::samples_now() < 3 {
             if Instant::now() > deadline {
                 return Err("the daemon took fewer than 2 samples in time".into());
             }
@@ -308,7 +327,14 @@ fn daemon_cpu(host: &Netns, options: &crate::Options, pods: usize) -> Result<Dur
         let cpu = cpu1
             .unwrap_or_default()
             .saturating_sub(cpu0.unwrap_or_default());
-        Ok(cpu / samples1.saturating_sub(samples0).max(1) as u32)
+        let followed = crate::daemon::scrape()
+            .ok()
+            .and_then(|text| crate::daemon::metric(&text, "tcpstate_namespaces_followed"))
+            .unwrap_or(0.0) as u64;
+        Ok((
+            cpu / samples1.saturating_sub(samples0).max(1) as u32,
+            followed,
+        ))
     })?;
     drop(daemon);
     let _ = std::fs::remove_file(&config);
@@ -326,7 +352,13 @@ fn print_line(r: &PodsResult) {
         ratio(r.round.cpu, r.floor.cpu),
         ratio(r.first_round.cpu, r.floor.cpu),
         r.daemon_cpu_per_round
-            .map(|d| format!(", daemon {:.2}x", ratio(d, r.floor.cpu)))
+            .zip(r.followed_cpu_per_round)
+            .map(|(d, f)| format!(
+                ", daemon {:.2}x, followed {:.2}x ({} followed)",
+                ratio(d, r.floor.cpu),
+                ratio(f, r.floor.cpu),
+                r.followed
+            ))
             .unwrap_or_default()
     );
 }
@@ -340,12 +372,13 @@ fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
     );
     md.push_str(
         "| pods | pods' hash | host sockets | pod sockets | floor CPU | one dump per pod | \
-         exporter round | first round | daemon per round |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+         exporter round | first round | daemon, every pod dumped | daemon, pods followed | \
+         followed |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} ms | {:.2}x | {:.2}x | {:.2}x | {} |\n",
+            "| {} | {} | {} | {} | {:.1} ms | {:.2}x | {:.2}x | {:.2}x | {} | {} | {} |\n",
             r.pods,
             r.layout,
             r.host_sockets,
@@ -357,6 +390,10 @@ fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
             r.daemon_cpu_per_round
                 .map(|d| format!("{:.2}x", ratio(d, r.floor.cpu)))
                 .unwrap_or_else(|| "-".into()),
+            r.followed_cpu_per_round
+                .map(|d| format!("{:.2}x", ratio(d, r.floor.cpu)))
+                .unwrap_or_else(|| "-".into()),
+            r.followed,
         ));
     }
     md
