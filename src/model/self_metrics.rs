@@ -25,8 +25,8 @@ pub struct SelfMetrics {
     /// Namespaces served from their event-fed tables in the last round.
     pub namespaces_followed: u64,
     /// Full dumps of followed namespaces: first (or after lost events), by period,
-    /// after a mismatch with the kernel's totals.
-    pub followed_dumps: [u64; 3],
+    /// after a mismatch with the kernel's totals, too large to follow.
+    pub followed_dumps: [u64; 4],
     /// Events mode: attached, events lost (full ring or queue), and every TCP transition
     /// the kernel counted in the namespaces sampled.
     pub events_attached: bool,

@@ -47,6 +47,7 @@ pub struct FollowedCounts {
     pub dumped_first: u64,
     pub dumped_periodic: u64,
     pub dumped_mismatch: u64,
+    pub dumped_large: u64,
 }
 
 impl FollowedCounts {
@@ -59,6 +60,7 @@ impl FollowedCounts {
             FollowedRound::DumpedFirst => self.dumped_first += 1,
             FollowedRound::DumpedPeriodic => self.dumped_periodic += 1,
             FollowedRound::DumpedMismatch => self.dumped_mismatch += 1,
+            FollowedRound::DumpedLarge => self.dumped_large += 1,
         }
     }
 }

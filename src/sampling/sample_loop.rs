@@ -254,6 +254,7 @@ impl SampleLoop {
         dumps[0] += round.followed.dumped_first;
         dumps[1] += round.followed.dumped_periodic;
         dumps[2] += round.followed.dumped_mismatch;
+        dumps[3] += round.followed.dumped_large;
     }
 
     /// Until `next`: queued kernel events applied every `EVENT_APPLY_EVERY`, so the queue

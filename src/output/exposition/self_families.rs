@@ -95,7 +95,7 @@ const FOLLOWED_DUMPS: FamilySpec = FamilySpec::counter(
 );
 
 fn namespace_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
-    let reasons = ["first", "period", "mismatch"];
+    let reasons = ["first", "period", "mismatch", "too_large"];
     vec![
         NAMESPACES_SAMPLED.with_value(vec![], metrics.namespaces_sampled as f64),
         NAMESPACES_VANISHED.with_value(vec![], metrics.namespaces_vanished as f64),

@@ -61,6 +61,9 @@ pub struct PodsPlan {
     pub child_ehash: u32,
     /// Seconds the daemon samples (every second) for its CPU figure; 0: no daemon.
     pub daemon_seconds: u64,
+    /// The daemon's `[sample] detail_states` (`--pods-detail-states close_wait`); empty:
+    /// its default (close_wait, established).
+    pub detail_states: Vec<String>,
 }
 
 impl Default for PodsPlan {
@@ -73,6 +76,7 @@ impl Default for PodsPlan {
             layouts: vec![Layout::Shared, Layout::Private],
             child_ehash: 1024,
             daemon_seconds: 15,
+            detail_states: Vec::new(),
         }
     }
 }
@@ -295,15 +299,20 @@ fn daemon_cpu(
     events: bool,
 ) -> Result<(Duration, u64), String> {
     let config = std::env::temp_dir().join(format!("{PREFIX}-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\nevents = \"{}\"\n",
-            std::process::id(),
-            if events { "on" } else { "off" }
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut text = format!(
+        "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\nevents = \"{}\"\n",
+        std::process::id(),
+        if events { "on" } else { "off" }
+    );
+    let states = &options.pods.detail_states;
+    if !states.is_empty() {
+        let quoted: Vec<String> = states.iter().map(|s| format!("{s:?}")).collect();
+        text.push_str(&format!(
+            "[sample]\ndetail_states = [{}]\n",
+            quoted.join(", ")
+        ));
+    }
+    std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
     let config_arg = config.to_string_lossy().into_owned();
     let daemon = crate::daemon::Daemon::start(
         host,
@@ -366,9 +375,16 @@ fn print_line(r: &PodsResult) {
 fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
     let mut md = format!(
         "Host table {} sockets requested; per pod {} established connections, {} CLOSE_WAIT, \
-         an accept queue of 5; private hashes of {} buckets. CPU time, medians; ratios to the \
-         floor of the same run.\n\n",
-        plan.table, plan.connections, plan.close_wait, plan.child_ehash
+         an accept queue of 5; private hashes of {} buckets; the daemon's detail states: {}. \
+         CPU time, medians; ratios to the floor of the same run.\n\n",
+        plan.table,
+        plan.connections,
+        plan.close_wait,
+        plan.child_ehash,
+        match plan.detail_states.is_empty() {
+            true => "its default (close_wait, established)".to_string(),
+            false => plan.detail_states.join(", "),
+        }
     );
     md.push_str(
         "| pods | pods' hash | host sockets | pod sockets | floor CPU | one dump per pod | \
