@@ -44,6 +44,10 @@ impl SsSocket {
 pub fn parse(text: &str) -> Vec<SsSocket> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
+        // Bound, never listening nor connected (Linux 6.7+ lists them for `-a`, walking
+        // the bind hash; a connect in progress can show one with port `*`): not a TCP
+        // state the exporter reports, which never asks for them.
+        .filter(|l| !l.starts_with("UNCONN"))
         .map(|line| parse_line(line).unwrap_or_else(|| panic!("unparsable ss line: {line:?}")))
         .collect()
 }
