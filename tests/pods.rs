@@ -389,3 +389,104 @@ for _ in range(3):
     held.append(s)
 time.sleep(120)
 ";
+
+/// Sockets born while a round runs are in the kernel's totals before their events reach
+/// the table: the table looks stale. The sampler then applies the events queued since
+/// (`refresh`) and is served from its table; with nothing to refresh it dumps. The
+/// births here are real sockets; only their events are handed over by the test (with
+/// the sockets' own cookies and addresses), since a birth in the middle of a round
+/// cannot be timed on demand.
+#[test]
+fn sockets_born_during_a_round_are_taken_from_late_events() {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use tcpstate_exporter::config::Settings;
+    use tcpstate_exporter::model::socket_table::StateTransition;
+    use tcpstate_exporter::model::sockets::SocketBudget;
+    use tcpstate_exporter::sampling::attribution::Attribution;
+    use tcpstate_exporter::sampling::sampler::Sampler;
+    use tcpstate_exporter::sampling::sampler::following::FollowedRound;
+
+    fn cookie(fd: &impl AsRawFd) -> u64 {
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid descriptor and an 8-byte out-parameter with its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE");
+        cookie
+    }
+    fn born(
+        fd: &impl AsRawFd,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> StateTransition {
+        StateTransition {
+            cookie: cookie(fd),
+            at: 0.0,
+            from: Some(TcpState::SynSent),
+            to: Some(TcpState::Established),
+            local,
+            remote,
+        }
+    }
+
+    let pod = Netns::new("tcpstate-late");
+    pod.run(|| {
+        let settings = Settings::default();
+        let mut attribution = Attribution::new(&settings);
+        let mut sampler = Sampler::new(&settings).expect("netlink");
+        sampler.follow(Some(Duration::from_secs(600)));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let mut round = |refresh: &mut dyn FnMut() -> Vec<StateTransition>| {
+            let (sample, report) = sampler
+                .sample_with_refresh(&mut attribution, SocketBudget::default(), refresh)
+                .expect("sample");
+            (sample.state_count(TcpState::Established), report.followed)
+        };
+        assert_eq!(round(&mut Vec::new).1, Some(FollowedRound::DumpedFirst));
+        assert_eq!(
+            round(&mut Vec::new).1,
+            Some(FollowedRound::FromTable { lookups: 0 })
+        );
+        // Three connections the table has not heard of: both ends.
+        let mut held = Vec::new();
+        let mut changes = Vec::new();
+        for _ in 0..3 {
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            let (c, s) = (
+                client.local_addr().expect("addr"),
+                server.local_addr().expect("addr"),
+            );
+            changes.push(born(&client, c, s));
+            changes.push(born(&server, s, c));
+            held.push((client, server));
+        }
+        let mut handed = Some(changes);
+        let mut refresh = || handed.take().unwrap_or_default();
+        let (established, followed) = round(&mut refresh);
+        assert_eq!(established, 6, "the late events' sockets are counted");
+        assert_eq!(
+            followed,
+            Some(FollowedRound::FromTable { lookups: 6 }),
+            "served from the table, its new sockets looked up (established is a detail state)"
+        );
+        // Three more, and no events to be had: the table is given up for a dump.
+        for _ in 0..3 {
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            held.push((client, server));
+        }
+        let (established, followed) = round(&mut Vec::new);
+        assert_eq!(established, 12);
+        assert_eq!(followed, Some(FollowedRound::DumpedMismatch));
+    });
+}

@@ -442,7 +442,11 @@ TIME-WAIT 0 0 127.0.0.1:53826 127.0.0.1:41911 timer:(timewait,59sec,0) ino:0 sk:
 UNCONN 0 0 127.0.0.1:* 127.0.0.1:8080  ino:0 sk:163cbd8 cgroup:unreachable:1 ---
 ";
     let s = support::parse_ss(text);
-    assert_eq!(s.len(), 3, "a bound-inactive socket (seen in a CI run) is left out");
+    assert_eq!(
+        s.len(),
+        3,
+        "a bound-inactive socket (seen in a CI run) is left out"
+    );
     assert_eq!(s[0].recv_q, 6);
     assert_eq!(s[0].user_names(), ["kid", "srv"]);
     assert_eq!(s[0].users[1].pid, 6);

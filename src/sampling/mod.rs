@@ -7,7 +7,7 @@ mod connections;
 #[cfg(feature = "events")]
 pub mod event_drain;
 pub mod event_feed;
-pub mod following;
+pub mod late_events;
 pub mod namespace_set;
 pub mod sample_loop;
 pub mod sampler;

@@ -17,7 +17,8 @@ use crate::model::sample::{NamespaceInfo, NamespaceLabels, NamespaceSample, Samp
 use crate::model::socket_table::StateTransition;
 use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
-use crate::sampling::following::FollowedRound;
+use crate::sampling::late_events::LateEvents;
+pub use crate::sampling::sampler::following::FollowedCounts;
 use crate::sampling::sampler::{SampleReport, Sampler};
 
 /// One round over every namespace.
@@ -38,33 +39,6 @@ pub struct Round {
     pub followed: FollowedCounts,
 }
 
-/// Rounds of followed namespaces by how they were read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FollowedCounts {
-    pub from_table: u64,
-    /// Sockets looked up by the rounds served from their tables.
-    pub lookups: u64,
-    pub dumped_first: u64,
-    pub dumped_periodic: u64,
-    pub dumped_mismatch: u64,
-    pub dumped_large: u64,
-}
-
-impl FollowedCounts {
-    fn add(&mut self, round: FollowedRound) {
-        match round {
-            FollowedRound::FromTable { lookups } => {
-                self.from_table += 1;
-                self.lookups += lookups as u64;
-            }
-            FollowedRound::DumpedFirst => self.dumped_first += 1,
-            FollowedRound::DumpedPeriodic => self.dumped_periodic += 1,
-            FollowedRound::DumpedMismatch => self.dumped_mismatch += 1,
-            FollowedRound::DumpedLarge => self.dumped_large += 1,
-        }
-    }
-}
-
 /// A quiet namespace (no connection at its last sample, listeners aside) is sampled only
 /// every this many rounds. Each namespace's dump walks the host-wide established hash:
 /// measured here, 100 empty namespaces beside a 99k-socket table cost 0.8 s of CPU per
@@ -81,6 +55,46 @@ struct Member {
 }
 
 impl Member {
+    /// Samples the namespace (the thread is in it) into `round`; a failed sample keeps
+    /// the last good one. A followed namespace may reconcile by period while
+    /// `reconcile_left`, and may fetch `late` events.
+    fn sample_into(
+        &mut self,
+        inode: u64,
+        attribution: &mut Attribution,
+        budget: SocketBudget,
+        late: &mut LateEvents,
+        reconcile_left: &mut usize,
+        round: &mut Round,
+    ) {
+        if let Some(following) = self.sampler.following_mut() {
+            following.may_reconcile = following.due() && *reconcile_left > 0;
+            *reconcile_left -= usize::from(following.may_reconcile);
+        }
+        let early = late.take_for(inode);
+        if !early.is_empty() {
+            self.sampler.apply_transitions(&early);
+        }
+        let result = self
+            .sampler
+            .sample_with_refresh(attribution, budget, &mut || late.fetch_for(inode));
+        match result {
+            Ok((sample, report)) => {
+                if let Some(followed) = report.followed {
+                    round.followed.add(followed);
+                }
+                round.sampled += 1;
+                round.report.add(report);
+                self.last_good = Some(sample);
+            }
+            Err(e) => {
+                tracing::warn!(netns = %self.info.labels.netns, error = %e,
+                    "sample failed; serving the namespace's last good one");
+                round.errors.push(e);
+            }
+        }
+    }
+
     /// Nothing but listeners at the last sample: skip until its turn comes.
     fn quiet(&self) -> bool {
         self.last_good.as_ref().is_some_and(|sample| {
@@ -210,6 +224,17 @@ impl NamespaceSet {
 
     /// Samples every namespace once.
     pub fn sample_round(&mut self, attribution: &mut Attribution) -> Round {
+        self.sample_round_with(attribution, &mut Vec::new)
+    }
+
+    /// `sample_round`, with `fetch` giving the events queued since the round's own were
+    /// applied: a followed namespace whose table looks stale asks for them.
+    pub fn sample_round_with(
+        &mut self,
+        attribution: &mut Attribution,
+        fetch: &mut dyn FnMut() -> Vec<(u64, StateTransition)>,
+    ) -> Round {
+        let mut late = LateEvents::new(fetch);
         let mut round = Round::default();
         attribution.revalidate();
         if self.settings.namespaces == NamespaceMode::All {
@@ -247,27 +272,15 @@ impl NamespaceSet {
                     }
                 }
             };
-            if let Some(following) = member.sampler.following_mut() {
-                following.may_reconcile = following.due() && reconcile_left > 0;
-                reconcile_left -= usize::from(following.may_reconcile);
-            }
-            let result = member.sampler.sample(attribution, budget);
+            member.sample_into(
+                *inode,
+                attribution,
+                budget,
+                &mut late,
+                &mut reconcile_left,
+                &mut round,
+            );
             drop(entered);
-            match result {
-                Ok((sample, report)) => {
-                    if let Some(followed) = report.followed {
-                        round.followed.add(followed);
-                    }
-                    round.sampled += 1;
-                    round.report.add(report);
-                    member.last_good = Some(sample);
-                }
-                Err(e) => {
-                    tracing::warn!(netns = %member.info.labels.netns, error = %e,
-                        "sample failed; serving the namespace's last good one");
-                    round.errors.push(e);
-                }
-            }
             if let Some(sample) = &member.last_good {
                 budget.spend(&sample.sockets);
             }
@@ -276,6 +289,9 @@ impl NamespaceSet {
         for inode in vanished {
             self.members.remove(&inode);
         }
+        // Fetched for a later namespace, of one already sampled: in order, before the
+        // next round's.
+        self.apply_events(&late.leftover());
         round.samples = self
             .members
             .values()

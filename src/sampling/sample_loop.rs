@@ -210,7 +210,10 @@ impl SampleLoop {
             self.namespaces.distrust_events();
         }
         self.namespaces.apply_events(&changes);
-        let round = self.namespaces.sample_round(&mut self.attribution);
+        let events = &mut self.events;
+        let round = self
+            .namespaces
+            .sample_round_with(&mut self.attribution, &mut || events.flush());
         // Discovery may have added or dropped namespaces: the kernel filter follows.
         self.update_event_filter();
         self.count(&round);

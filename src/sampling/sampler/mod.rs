@@ -28,7 +28,9 @@ use crate::model::sockets::{SocketAge, SocketBudget, SocketCollector, SocketList
 use crate::model::top::{PidCounts, TOP_PEERS};
 use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection};
-use crate::sampling::following::{FollowedRound, Following};
+pub mod following;
+
+use following::{FollowedRound, Following};
 
 /// New CLOSE_WAIT sockets are dated by exact lookups while they are at most one in this
 /// many of the sockets the sample walked, and by one CLOSE_WAIT dump with tcp_info past
@@ -39,6 +41,9 @@ use crate::sampling::following::{FollowedRound, Following};
 pub const LOOKUPS_UP_TO_ONE_IN: u64 = 3;
 /// Below this many, lookups whatever the table (a few sockets never justify a walk).
 pub const MIN_LOOKUPS: u64 = 256;
+
+/// Fetches the namespace's state changes queued since the round began.
+pub type Refresh<'a> = &'a mut dyn FnMut() -> Vec<StateTransition>;
 
 /// What one sample produced besides the aggregate.
 #[derive(Clone, Copy, Debug, Default)]
@@ -115,35 +120,6 @@ impl Sampler {
         })
     }
 
-    /// Starts (`Some(reconcile period)`) or stops following the namespace between full
-    /// dumps. Start only once the kernel sends every transition of the namespace: the
-    /// first round after dumps, and the table grows from the events after it.
-    pub fn follow(&mut self, period: Option<Duration>) {
-        match (period, &mut self.following) {
-            (Some(period), Some(following)) => following.set_period(period),
-            (Some(period), None) => self.following = Some(Following::new(period)),
-            (None, _) => self.following = None,
-        }
-    }
-
-    /// The namespace's following, while it is followed.
-    pub fn following_mut(&mut self) -> Option<&mut Following> {
-        self.following.as_mut()
-    }
-
-    /// The namespace's state changes: CLOSE_WAIT entries and departures for the
-    /// tracker, every change for the followed table.
-    pub fn apply_transitions(&mut self, changes: &[StateTransition]) {
-        let close_waits: Vec<CloseWaitEvent> = changes
-            .iter()
-            .filter_map(StateTransition::close_wait_event)
-            .collect();
-        self.apply_events(&close_waits);
-        if let Some(following) = &mut self.following {
-            following.apply(changes);
-        }
-    }
-
     /// Kernel events for this namespace, applied before the next sample's dump: the
     /// tracker gets exact entry and departure times. An event's group is guessed from
     /// its ports with the last sample's listeners; a dump's sighting replaces it.
@@ -194,11 +170,24 @@ impl Sampler {
         attribution: &mut Attribution,
         budget: SocketBudget,
     ) -> Result<(Sample, SampleReport), DumpError> {
+        self.sample_with_refresh(attribution, budget, &mut Vec::new)
+    }
+
+    /// `sample`, for a namespace set that can fetch the events queued since its round
+    /// began (`refresh`: this namespace's), which a followed namespace asks for before
+    /// it concludes that its table lacks sockets.
+    pub fn sample_with_refresh(
+        &mut self,
+        attribution: &mut Attribution,
+        budget: SocketBudget,
+        refresh: Refresh,
+    ) -> Result<(Sample, SampleReport), DumpError> {
         let mut report = SampleReport::default();
         let mut builder = SampleBuilder::default();
         self.tracker.begin(unix_now());
         self.read_listeners(attribution, &mut builder, &mut report)?;
-        let mut left = self.read_connections(attribution, &mut builder, &mut report, budget)?;
+        let mut left =
+            self.read_connections(attribution, &mut builder, &mut report, budget, refresh)?;
         let pending = std::mem::take(&mut left.pending);
         self.attribute_pending(attribution, pending, &mut builder, &mut left, &mut report);
         let fds = fds::per_program(attribution.finish_owner_tally(), self.max_groups);
@@ -262,8 +251,10 @@ impl Sampler {
         builder: &mut SampleBuilder,
         report: &mut SampleReport,
         budget: SocketBudget,
+        refresh: Refresh,
     ) -> Result<AfterDump, DumpError> {
         self.ephemeral = self.ephemeral_range();
+        let from_table = self.read_table(refresh)?;
         attribution.begin_owner_tally();
         let mut sink = ConnectionSink {
             classifier: Classifier {
@@ -280,14 +271,6 @@ impl Sampler {
                 sockets: SocketCollector::new(budget),
                 ..AfterDump::default()
             },
-        };
-        let mut fresh = self.detail_mask;
-        fresh[TcpState::CloseWait.index()] = true;
-        let from_table = match &mut self.following {
-            Some(following) => {
-                Some(following.records(&mut self.socket, &fresh, self.listeners.len())?)
-            }
-            None => None,
         };
         match from_table {
             Some(Ok((records, lookups))) => {

@@ -13,12 +13,26 @@ use std::time::{Duration, Instant};
 use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError};
 use crate::kernel::sysctl;
+use crate::model::ages::CloseWaitEvent;
 use crate::model::socket_table::{LookupPlan, SocketTable, StateTransition};
+use crate::sampling::sampler::{Refresh, Sampler};
 
 /// A namespace with more sockets than this is dumped every round rather than followed:
 /// its table would cost memory (~100 bytes a socket) and its lookups (~3.5 us each
 /// here, against ~1.3 us a socket for a walk) would soon cost more than the walk.
 pub const MAX_FOLLOWED_SOCKETS: usize = 50_000;
+
+/// What a followed namespace's table gives this round.
+#[derive(Debug, PartialEq)]
+pub enum TableRound {
+    /// Every connection, and how many sockets were looked up.
+    Served(Vec<SocketRecord>, usize),
+    /// Dump instead, for this reason.
+    Dump(FollowedRound),
+    /// The kernel counts more sockets than the table holds: most likely sockets born
+    /// since the round's events were applied. Apply the newer events and ask again.
+    Stale,
+}
 
 /// Why a followed namespace was dumped, or that it was not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +49,37 @@ pub enum FollowedRound {
     /// More than `MAX_FOLLOWED_SOCKETS` at the last dump: not worth a table.
     DumpedLarge,
 }
+
+/// Rounds of followed namespaces by how they were read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FollowedCounts {
+    pub from_table: u64,
+    /// Sockets looked up by the rounds served from their tables.
+    pub lookups: u64,
+    pub dumped_first: u64,
+    pub dumped_periodic: u64,
+    pub dumped_mismatch: u64,
+    pub dumped_large: u64,
+}
+
+impl FollowedCounts {
+    pub fn add(&mut self, round: FollowedRound) {
+        match round {
+            FollowedRound::FromTable { lookups } => {
+                self.from_table += 1;
+                self.lookups += lookups as u64;
+            }
+            FollowedRound::DumpedFirst => self.dumped_first += 1,
+            FollowedRound::DumpedPeriodic => self.dumped_periodic += 1,
+            FollowedRound::DumpedMismatch => self.dumped_mismatch += 1,
+            FollowedRound::DumpedLarge => self.dumped_large += 1,
+        }
+    }
+}
+
+/// A followed namespace's connections from its table and how many were looked up, or
+/// why it was dumped.
+pub type FromTable = Result<(Vec<SocketRecord>, usize), FollowedRound>;
 
 pub struct Following {
     table: Option<SocketTable>,
@@ -80,29 +125,28 @@ impl Following {
         self.table = None;
     }
 
-    /// This round's connections from the table, with how many were looked up
-    /// (`Ok(Ok(..))`), or why it must dump
-    /// instead (`Ok(Err(why))`). `fresh`: states whose figures are wanted fresh;
-    /// `listeners`: how many the round's listener dump found.
+    /// This round's connections from the table, or why it must dump instead.
+    /// `fresh`: states whose figures are wanted fresh; `listeners`: how many the
+    /// round's listener dump found.
     pub fn records(
         &mut self,
         socket: &mut DiagSocket,
         fresh: &[bool; STATE_COUNT],
         listeners: usize,
-    ) -> Result<Result<(Vec<SocketRecord>, usize), FollowedRound>, DumpError> {
+    ) -> Result<TableRound, DumpError> {
         if self.may_reconcile && self.due() {
-            return Ok(Err(FollowedRound::DumpedPeriodic));
+            return Ok(TableRound::Dump(FollowedRound::DumpedPeriodic));
         }
         let Some(table) = &mut self.table else {
             let why = match self.large {
                 true => FollowedRound::DumpedLarge,
                 false => FollowedRound::DumpedFirst,
             };
-            return Ok(Err(why));
+            return Ok(TableRound::Dump(why));
         };
         let asked = match table.plan(fresh) {
             LookupPlan::Lookups(asked) => asked,
-            LookupPlan::Dump => return Ok(Err(FollowedRound::DumpedMismatch)),
+            LookupPlan::Dump => return Ok(TableRound::Dump(FollowedRound::DumpedMismatch)),
         };
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
@@ -110,23 +154,23 @@ impl Following {
         let asked = asked.len();
         // Read after the lookups: a socket opened since shows as a surplus, never hides.
         let Ok(totals) = sysctl::socket_totals() else {
-            return Ok(Err(FollowedRound::DumpedMismatch));
+            return Ok(TableRound::Dump(FollowedRound::DumpedMismatch));
         };
         let counted = (totals.in_hash + totals.time_wait).saturating_sub(listeners as u64);
         if counted > table.len() as u64 {
             tracing::debug!(
                 kernel = counted,
                 table = table.len(),
-                "the kernel counts more sockets than the followed table: dumping"
+                "the kernel counts more sockets than the followed table"
             );
-            return Ok(Err(FollowedRound::DumpedMismatch));
+            return Ok(TableRound::Stale);
         }
         let records = table
             .records()
             .filter(|r| r.state != TcpState::Listen)
             .copied()
             .collect();
-        Ok(Ok((records, asked)))
+        Ok(TableRound::Served(records, asked))
     }
 
     /// A full dump's connections: the table starts again from them.
@@ -134,6 +178,62 @@ impl Following {
         self.large = records.len() > MAX_FOLLOWED_SOCKETS;
         self.table = (!self.large).then(|| SocketTable::from_dump(records));
         self.last_dump = Instant::now();
+    }
+}
+
+impl Sampler {
+    /// Starts (`Some(reconcile period)`) or stops following the namespace between full
+    /// dumps. Start only once the kernel sends every transition of the namespace: the
+    /// first round after dumps, and the table grows from the events after it.
+    pub fn follow(&mut self, period: Option<Duration>) {
+        match (period, &mut self.following) {
+            (Some(period), Some(following)) => following.set_period(period),
+            (Some(period), None) => self.following = Some(Following::new(period)),
+            (None, _) => self.following = None,
+        }
+    }
+
+    /// The namespace's following, while it is followed.
+    pub fn following_mut(&mut self) -> Option<&mut Following> {
+        self.following.as_mut()
+    }
+
+    /// The namespace's state changes: CLOSE_WAIT entries and departures for the
+    /// tracker, every change for the followed table.
+    pub fn apply_transitions(&mut self, changes: &[StateTransition]) {
+        let close_waits: Vec<CloseWaitEvent> = changes
+            .iter()
+            .filter_map(StateTransition::close_wait_event)
+            .collect();
+        self.apply_events(&close_waits);
+        if let Some(following) = &mut self.following {
+            following.apply(changes);
+        }
+    }
+
+    /// A followed namespace's connections for this round (`None`: not followed). When
+    /// the table looks stale, the events queued since the round began are applied
+    /// (`refresh`) and the table asked once more before it is given up for a dump.
+    pub(super) fn read_table(&mut self, refresh: Refresh) -> Result<Option<FromTable>, DumpError> {
+        let mut fresh = self.detail_mask;
+        fresh[TcpState::CloseWait.index()] = true;
+        let listeners = self.listeners.len();
+        let Some(following) = &mut self.following else {
+            return Ok(None);
+        };
+        let mut round = following.records(&mut self.socket, &fresh, listeners)?;
+        if round == TableRound::Stale {
+            let changes = refresh();
+            self.apply_transitions(&changes);
+            if let Some(following) = &mut self.following {
+                round = following.records(&mut self.socket, &fresh, listeners)?;
+            }
+        }
+        Ok(Some(match round {
+            TableRound::Served(records, lookups) => Ok((records, lookups)),
+            TableRound::Dump(why) => Err(why),
+            TableRound::Stale => Err(FollowedRound::DumpedMismatch),
+        }))
     }
 }
 
@@ -154,7 +254,7 @@ mod tests {
         let mut socket = DiagSocket::open().expect("netlink");
         let mut following = Following::new(Duration::from_secs(600));
         let first = following.records(&mut socket, &fresh(), 0).expect("no I/O");
-        assert_eq!(first.err(), Some(FollowedRound::DumpedFirst));
+        assert_eq!(first, TableRound::Dump(FollowedRound::DumpedFirst));
         let many: Vec<SocketRecord> = (0..=MAX_FOLLOWED_SOCKETS as u64)
             .map(|cookie| SocketRecord {
                 cookie,
@@ -163,7 +263,7 @@ mod tests {
             .collect();
         following.dumped(&many);
         let again = following.records(&mut socket, &fresh(), 0).expect("no I/O");
-        assert_eq!(again.err(), Some(FollowedRound::DumpedLarge));
+        assert_eq!(again, TableRound::Dump(FollowedRound::DumpedLarge));
         following.dumped(&many[..10]);
         assert!(following.table.is_some(), "small again: followed");
     }
