@@ -71,7 +71,8 @@ fn usage() -> &'static str {
        tcpstate-bench --oncall N [--rounds 5]
        tcpstate-bench --pods 10,100,300 [--pods-table 100k] [--pods-connections 200]
        [--pods-close-wait 10] [--pods-layouts shared,private] [--pods-child-ehash 1024]
-       [--pods-daemon-seconds 15] [--pods-detail-states close_wait] [--rounds 5]
+       [--pods-daemon-seconds 15] [--pods-detail-states close_wait]
+       [--pods-reconcile-period 1s] [--rounds 5]
        [--doc PATH | --no-doc]
 Sizes are sockets in the table (both ends of a connection count). The RSS loop runs at
 --rss-size (default: the size nearest 100000), the daemon and wrk at --daemon-size (default:
@@ -217,6 +218,7 @@ fn parse_options() -> Result<Options, String> {
                 o.pods.child_ehash = u32::try_from(number(&value)?).map_err(|e| e.to_string())?;
             }
             "--pods-daemon-seconds" => o.pods.daemon_seconds = number(&value)? as u64,
+            "--pods-reconcile-period" => o.pods.reconcile_period = value,
             "--pods-detail-states" => {
                 o.pods.detail_states = value.split(',').map(str::to_string).collect();
             }

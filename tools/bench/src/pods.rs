@@ -64,6 +64,10 @@ pub struct PodsPlan {
     /// The daemon's `[sample] detail_states` (`--pods-detail-states close_wait`); empty:
     /// its default (close_wait, established).
     pub detail_states: Vec<String>,
+    /// The daemon's `[sample] reconcile_period` (`--pods-reconcile-period 1s`: one
+    /// reconciliation walk in every round, the most the daemon allows); empty: its
+    /// default (10m, beyond the measurement).
+    pub reconcile_period: String,
 }
 
 impl Default for PodsPlan {
@@ -77,6 +81,7 @@ impl Default for PodsPlan {
             child_ehash: 1024,
             daemon_seconds: 15,
             detail_states: Vec::new(),
+            reconcile_period: String::new(),
         }
     }
 }
@@ -290,8 +295,8 @@ fn pod_walks(pods: &mut [Pod]) -> Result<(u64, Cost), String> {
 
 /// The daemon, `namespaces = "all"`, sampling every second: its CPU per round, and how
 /// many namespaces its last round followed (with `events`; none without). The reconcile
-/// period is the default (10 minutes): beyond the measurement, so the rounds measured
-/// are the steady ones, reconciliation apart (one walk of the host table each).
+/// period is the default (10 minutes: beyond the measurement, so the rounds measured are
+/// the steady ones) unless `--pods-reconcile-period` sets it.
 fn daemon_cpu(
     host: &Netns,
     options: &crate::Options,
@@ -304,13 +309,15 @@ fn daemon_cpu(
         std::process::id(),
         if events { "on" } else { "off" }
     );
+    text.push_str("[sample]\n");
     let states = &options.pods.detail_states;
     if !states.is_empty() {
         let quoted: Vec<String> = states.iter().map(|s| format!("{s:?}")).collect();
-        text.push_str(&format!(
-            "[sample]\ndetail_states = [{}]\n",
-            quoted.join(", ")
-        ));
+        text.push_str(&format!("detail_states = [{}]\n", quoted.join(", ")));
+    }
+    let period = &options.pods.reconcile_period;
+    if !period.is_empty() {
+        text.push_str(&format!("reconcile_period = {period:?}\n"));
     }
     std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
     let config_arg = config.to_string_lossy().into_owned();
@@ -375,8 +382,8 @@ fn print_line(r: &PodsResult) {
 fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
     let mut md = format!(
         "Host table {} sockets requested; per pod {} established connections, {} CLOSE_WAIT, \
-         an accept queue of 5; private hashes of {} buckets; the daemon's detail states: {}. \
-         CPU time, medians; ratios to the floor of the same run.\n\n",
+         an accept queue of 5; private hashes of {} buckets; the daemon's detail states: {}; \
+         its reconcile period: {}. CPU time, medians; ratios to the floor of the same run.\n\n",
         plan.table,
         plan.connections,
         plan.close_wait,
@@ -384,6 +391,10 @@ fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
         match plan.detail_states.is_empty() {
             true => "its default (close_wait, established)".to_string(),
             false => plan.detail_states.join(", "),
+        },
+        match plan.reconcile_period.is_empty() {
+            true => "its default (10m)",
+            false => plan.reconcile_period.as_str(),
         }
     );
     md.push_str(
