@@ -42,3 +42,35 @@ impl<'a> LateEvents<'a> {
         self.take_for(inode)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::record::TcpState;
+
+    fn change(cookie: u64) -> StateTransition {
+        StateTransition {
+            cookie,
+            at: 0.0,
+            from: Some(TcpState::SynSent),
+            to: Some(TcpState::Established),
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+        }
+    }
+
+    /// A namespace gets its own events in the kernel's order; the others wait for
+    /// their sample, or for the round's end, in order too.
+    #[test]
+    fn each_namespace_takes_its_own_in_order() {
+        let mut batches = vec![vec![(7, change(1)), (8, change(2)), (7, change(3))]];
+        let mut fetch = || batches.pop().unwrap_or_default();
+        let mut late = LateEvents::new(&mut fetch);
+        assert!(late.take_for(7).is_empty(), "nothing fetched yet");
+        let mine: Vec<u64> = late.fetch_for(7).iter().map(|c| c.cookie).collect();
+        assert_eq!(mine, [1, 3]);
+        assert!(late.fetch_for(7).is_empty(), "fetched once");
+        assert_eq!(late.take_for(8).len(), 1);
+        assert!(late.leftover().is_empty());
+    }
+}
