@@ -103,7 +103,21 @@ fn expected(sockets: &[SsSocket]) -> BTreeMap<String, f64> {
                 *want.entry(key).or_default() += s.recv_q as f64;
             }
             "CLOSE-WAIT" if inbound => {
-                let process = s.user_names().first().copied().unwrap_or("").to_string();
+                // Still in the accept queue (no holder yet): the exporter counts it for
+                // the listener's program, whose backlog it is.
+                let holder = match s.users.is_empty() {
+                    true => sockets
+                        .iter()
+                        .find(|l| l.state == "LISTEN" && l.local_port == s.local_port)
+                        .unwrap_or(s),
+                    false => s,
+                };
+                let process = holder
+                    .user_names()
+                    .first()
+                    .copied()
+                    .unwrap_or("")
+                    .to_string();
                 let key = format!("close_wait {} {process}", s.local_port);
                 *want.entry(key.clone()).or_default() += 1.0;
                 // ss counts the unread FIN as a byte; the exporter does not.
@@ -489,4 +503,53 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         assert_eq!(established, 12);
         assert_eq!(followed, Some(FollowedRound::DumpedMismatch));
     });
+}
+
+/// Lost events are a drift the table cannot see by itself: the kernel's loss counter
+/// makes every followed namespace dump at the next round, and the figures equal `ss`
+/// again. The loss is real: the daemon is stopped (SIGSTOP) while a burst of
+/// connections overflows its smallest ring.
+#[test]
+fn lost_events_make_followed_namespaces_dump_again() {
+    let observer = Netns::new("tcpstate-podsobs");
+    let mut pod = Pod::build(Netns::new("tcpstate-lossy"), "x");
+    let config = std::env::temp_dir().join(format!("{PREFIX}-x-{}.toml", std::process::id()));
+    let text = format!(
+        "namespaces = \"all\"\nnamespaces_include = [\"{}\"]\nevents_ring_bytes = 4096\n",
+        pod.ns.name()
+    );
+    std::fs::write(&config, text).expect("config");
+    let config_arg = config.display().to_string();
+    let daemon = Daemon::exporter(
+        &observer,
+        &["--sample.interval", "300ms", "--config.file", &config_arg],
+    );
+    assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let first_dumps = |m: &Exposition| {
+        m.get(
+            "tcpstate_followed_namespace_dumps_total",
+            &[("reason", "first")],
+        )
+    };
+    let (dumps_before, lost_before) = (first_dumps(&m), m.get("tcpstate_events_lost_total", &[]));
+
+    daemon.signal(libc::SIGSTOP);
+    // ~10 transitions a connection against a ring of ~50 records.
+    pod.cli.cmd("connect burst 127.0.0.1:8080 40");
+    pod.srv.cmd("accept aburst l 40");
+    pod.cli.cmd("close burst");
+    pod.settle(3 + 40);
+    daemon.signal(libc::SIGCONT);
+
+    assert!(
+        wait_until(WAIT, || {
+            let m = Exposition::parse(&daemon.scrape("/metrics").2);
+            m.get("tcpstate_events_lost_total", &[]) > lost_before && first_dumps(&m) > dumps_before
+        }),
+        "no loss seen, or no dump after it"
+    );
+    assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
+    drop(daemon);
+    let _ = std::fs::remove_file(&config);
 }
