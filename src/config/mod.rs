@@ -90,7 +90,9 @@ pub struct Settings {
     /// (the reconciliation). Between them its figures come from the kernel's state-change
     /// events plus exact lookups of the sockets that need fresh figures; what events
     /// cannot show (half-open handshakes still in the SYN queue, shown as SYN-RECV by
-    /// `ss`) is corrected at the next reconciliation. Applied on reload.
+    /// `ss`) is corrected at the next reconciliation. At most one namespace is reconciled
+    /// a round, so with more followed namespaces than rounds in a period the period
+    /// stretches to about (followed namespaces x sample interval). Applied on reload.
     pub reconcile_period: Duration,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,

@@ -61,6 +61,9 @@ struct Entry {
     /// Closed from a state that may leave a time-wait socket behind, or seen as one
     /// (or as a request socket): looked up every round until gone.
     volatile: bool,
+    /// Seen in SYN-RECV by a dump or lookup, never by an event: a request socket (the
+    /// kernel counts those nowhere per namespace), as far as can be told.
+    request: bool,
 }
 
 /// What the sampler must do this round.
@@ -90,6 +93,7 @@ impl SocketTable {
                     record: *record,
                     identified: true,
                     volatile: volatile_state(record.state),
+                    request: record.state == TcpState::SynRecv,
                 },
             );
         }
@@ -102,6 +106,12 @@ impl SocketTable {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Sockets the kernel counts per namespace (sockstat's hashed and time-wait
+    /// sockets): every entry but the request sockets.
+    pub fn counted_by_kernel(&self) -> usize {
+        self.entries.values().filter(|e| !e.request).count()
     }
 
     /// Applies one state change (in the order the kernel made them).
@@ -142,8 +152,10 @@ impl SocketTable {
             record: record_from(change, to),
             identified,
             volatile: false,
+            request: false,
         });
         entry.record.state = to;
+        entry.request = false; // an event: a full socket
         if identified && !entry.identified {
             entry.record.local_addr = change.local.ip();
             entry.record.local_port = change.local.port();
@@ -340,6 +352,24 @@ mod tests {
                 (2, TcpState::CloseWait),
                 (3, TcpState::Established)
             ]
+        );
+    }
+
+    /// A dumped SYN-RECV socket is taken for a request socket, which the kernel's
+    /// per-namespace totals leave out: it must not stand in for a missing socket.
+    #[test]
+    fn request_sockets_are_not_counted_against_the_kernels_totals() {
+        let table = SocketTable::from_dump(&[
+            record(1, TcpState::SynRecv),
+            record(2, TcpState::Established),
+        ]);
+        assert_eq!((table.len(), table.counted_by_kernel()), (2, 1));
+        let mut table = table;
+        table.apply(&change(3, TcpState::Listen, TcpState::SynRecv, 0));
+        assert_eq!(
+            table.counted_by_kernel(),
+            2,
+            "a child from an event is a full socket"
         );
     }
 

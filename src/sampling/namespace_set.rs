@@ -19,6 +19,7 @@ use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::late_events::LateEvents;
 pub use crate::sampling::sampler::following::FollowedCounts;
+use crate::sampling::sampler::following::MAX_FOLLOWED_SOCKETS;
 use crate::sampling::sampler::{SampleReport, Sampler};
 
 /// One round over every namespace.
@@ -177,10 +178,13 @@ impl NamespaceSet {
             .iter()
             .filter(|(inode, _)| **inode != self.own_inode)
             .filter(|(_, m)| {
-                let sample = m.last_good.as_ref();
-                sample
-                    .and_then(|s| s.tcp_settings.ehash_entries)
-                    .is_some_and(|e| e < 0.0)
+                m.last_good.as_ref().is_some_and(|s| {
+                    let shared = s.tcp_settings.ehash_entries.is_some_and(|e| e < 0.0);
+                    // Too large to follow: no every-transition events for it either,
+                    // which would only fill the ring (and a loss un-follows them all).
+                    let sockets: u64 = s.state_counts.iter().sum();
+                    shared && sockets <= MAX_FOLLOWED_SOCKETS as u64
+                })
             })
             .map(|(inode, _)| *inode)
             .collect()
@@ -247,7 +251,9 @@ impl NamespaceSet {
         let mut budget = SocketBudget::default();
         // Periodic reconciliations (full dumps of followed namespaces) are spread: one a
         // round at most, so a node's pods, followed from the same moment, do not all
-        // walk the host's table in the same round.
+        // walk the host's table in the same round. With more followed namespaces than
+        // rounds in a period, each waits its turn: the period stretches to about
+        // (followed namespaces x interval), as README says.
         let mut reconcile_left = 1;
         for (inode, member) in &mut self.members {
             if *inode != own_inode && member.quiet() && member.skipped + 1 < QUIET_EVERY {

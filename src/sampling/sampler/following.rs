@@ -157,10 +157,10 @@ impl Following {
             return Ok(TableRound::Dump(FollowedRound::DumpedMismatch));
         };
         let counted = (totals.in_hash + totals.time_wait).saturating_sub(listeners as u64);
-        if counted > table.len() as u64 {
+        if counted > table.counted_by_kernel() as u64 {
             tracing::debug!(
                 kernel = counted,
-                table = table.len(),
+                table = table.counted_by_kernel(),
                 "the kernel counts more sockets than the followed table"
             );
             return Ok(TableRound::Stale);
