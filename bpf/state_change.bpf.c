@@ -51,6 +51,7 @@ struct sock_common {
 	__be16 skc_dport;
 	__u16 skc_num;
 	unsigned short skc_family;
+	int skc_bound_dev_if;
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
@@ -179,7 +180,7 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 	e->remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
 	e->old_state = from;
 	e->new_state = to;
-	e->pad = 0;
+	e->bound_dev_if = sk->__sk_common.skc_bound_dev_if;
 	if (e->family == AF_INET6_VALUE) {
 		__builtin_memcpy(e->local_addr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
 		__builtin_memcpy(e->remote_addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);

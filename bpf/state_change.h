@@ -23,7 +23,7 @@ struct state_change {
 	__u16 remote_port;   // host byte order
 	__u8 old_state;
 	__u8 new_state;
-	__u32 pad;
+	__u32 bound_dev_if;  // the device the socket is bound to (0: none): sock_diag lookups need it
 	__u8 local_addr[16]; // IPv4: first 4 bytes, network order
 	__u8 remote_addr[16];
 };

@@ -447,6 +447,7 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
             at: 0.0,
             from: Some(TcpState::SynSent),
             to: Some(TcpState::Established),
+            bound_dev_if: 0,
             local,
             remote,
         }
@@ -553,3 +554,88 @@ fn lost_events_make_followed_namespaces_dump_again() {
     drop(daemon);
     let _ = std::fs::remove_file(&config);
 }
+
+/// A socket bound to a device (SO_BINDTODEVICE here; a VRF or an IPv6 link-local
+/// address alike) is found by an exact lookup only on that device. A followed pod's
+/// bound connections must be served from its table, lookups and all, without a
+/// mismatch dump (they were: every round, before lookups named the device).
+#[test]
+fn sockets_bound_to_a_device_are_looked_up_on_it() {
+    let observer = Netns::new("tcpstate-podsobs");
+    let pod = Netns::new("tcpstate-bound");
+    let mut held = pod
+        .command("python3")
+        .args(["-c", BOUND_CONNECTIONS])
+        .spawn()
+        .expect("python3");
+    let count = |state: &str| {
+        pod.sockets_unowned()
+            .iter()
+            .filter(|s| s.state == state)
+            .count()
+    };
+    assert!(
+        wait_until(WAIT, || count("CLOSE-WAIT") == 2
+            && count("FIN-WAIT-2") == 2),
+        "the bound connections never settled: {:?}",
+        pod.sockets()
+    );
+    let config = std::env::temp_dir().join(format!("{PREFIX}-b-{}.toml", std::process::id()));
+    let text = format!(
+        "namespaces = \"all\"\nnamespaces_include = [\"{}\"]\n",
+        pod.name()
+    );
+    std::fs::write(&config, text).expect("config");
+    let config_arg = config.display().to_string();
+    let daemon = Daemon::exporter(
+        &observer,
+        &["--sample.interval", "300ms", "--config.file", &config_arg],
+    );
+    let netns = ("netns", pod.name());
+    let mut seen = (0.0, 0.0, 0.0);
+    let served = wait_until(WAIT, || {
+        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        let state = |s| m.sum("tcpstate_sockets", &[netns, ("state", s)]);
+        seen = (
+            m.get("tcpstate_namespaces_followed", &[]),
+            state("close_wait"),
+            state("established"),
+        );
+        m.get("tcpstate_samples_total", &[]) >= 6.0 && seen == (1.0, 2.0, 2.0)
+    });
+    assert!(served, "(followed, close_wait, established) = {seen:?}");
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let mismatch = m.get(
+        "tcpstate_followed_namespace_dumps_total",
+        &[("reason", "mismatch")],
+    );
+    assert_eq!(
+        mismatch, 0.0,
+        "bound sockets looked up without their device"
+    );
+    let _ = held.kill();
+    let _ = held.wait();
+    drop(daemon);
+    let _ = std::fs::remove_file(&config);
+}
+
+/// A listener and three connections, every socket bound to `lo`; two clients closed.
+const BOUND_CONNECTIONS: &str = "
+import socket, time
+def bound():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'lo')
+    return s
+l = bound()
+l.bind(('127.0.0.1', 8080))
+l.listen(8)
+pairs = []
+for _ in range(3):
+    c = bound()
+    c.connect(('127.0.0.1', 8080))
+    a, _ = l.accept()
+    pairs.append((c, a))
+pairs[0][0].close()
+pairs[1][0].close()
+time.sleep(120)
+";

@@ -132,6 +132,9 @@ pub struct SocketRecord {
     pub cookie: u64,
     /// A keepalive timer is armed on the socket.
     pub keepalive_armed: bool,
+    /// The device the socket is bound to (SO_BINDTODEVICE, a VRF, an IPv6 link-local
+    /// address; 0: none): an exact lookup must name it, or the kernel finds nothing.
+    pub bound_dev_if: u32,
     pub tcp_info: Option<TcpInfoExcerpt>,
 }
 
@@ -181,6 +184,7 @@ impl SocketRecord {
             uid: 0,
             cookie: 1,
             keepalive_armed: false,
+            bound_dev_if: 0,
             tcp_info: None,
         }
     }

@@ -30,6 +30,8 @@ pub struct StateTransition {
     /// `None` for a state this build does not know.
     pub from: Option<TcpState>,
     pub to: Option<TcpState>,
+    /// The device the socket is bound to (0: none).
+    pub bound_dev_if: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
 }
@@ -161,6 +163,7 @@ impl SocketTable {
             entry.record.local_port = change.local.port();
             entry.record.remote_addr = change.remote.ip();
             entry.record.remote_port = change.remote.port();
+            entry.record.bound_dev_if = change.bound_dev_if;
             entry.identified = true;
         }
     }
@@ -228,6 +231,7 @@ fn record_from(change: &StateTransition, state: TcpState) -> SocketRecord {
         uid: 0,
         cookie: change.cookie,
         keepalive_armed: false,
+        bound_dev_if: change.bound_dev_if,
         tcp_info: None,
     }
 }
@@ -242,6 +246,7 @@ mod tests {
             at: 0.0,
             from: Some(from),
             to: Some(to),
+            bound_dev_if: 0,
             local: SocketAddr::from(([127, 0, 0, 1], local_port)),
             remote: SocketAddr::from(([127, 0, 0, 1], 80)),
         }

@@ -192,6 +192,7 @@ fn push_transition(change: &StateChange, out: &mut Drained) {
             at: change.unix_seconds,
             from: change.from_state(),
             to: change.to_state(),
+            bound_dev_if: change.bound_dev_if,
             local: change.local,
             remote: change.remote,
         },

@@ -54,6 +54,7 @@ mod tests {
             at: 0.0,
             from: Some(TcpState::SynSent),
             to: Some(TcpState::Established),
+            bound_dev_if: 0,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),
         }

@@ -60,6 +60,8 @@ pub struct RawStateChange {
     pub netns_inum: u32,
     pub old_state: u8,
     pub new_state: u8,
+    /// The device the socket is bound to (0: none).
+    pub bound_dev_if: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
 }
@@ -93,6 +95,7 @@ pub fn decode(bytes: &[u8]) -> Option<RawStateChange> {
         remote: SocketAddr::new(remote_ip, u16_at(32)),
         old_state: bytes[34],
         new_state: bytes[35],
+        bound_dev_if: u32_at(36),
     })
 }
 
@@ -126,7 +129,9 @@ mod tests {
         let mut r = record(2);
         r[40..44].copy_from_slice(&[127, 0, 0, 1]);
         r[56..60].copy_from_slice(&[10, 0, 0, 2]);
+        r[36..40].copy_from_slice(&3u32.to_ne_bytes());
         let e = decode(&r).expect("a full record");
+        assert_eq!(e.bound_dev_if, 3);
         assert_eq!(e.timestamp_ns, 123);
         assert_eq!(e.cookie, 0xC00C1E);
         assert_eq!(e.netns_cookie, 4096);

@@ -176,6 +176,8 @@ pub struct StateChange {
     /// Kernel state numbers (include/net/tcp_states.h).
     pub from: u8,
     pub to: u8,
+    /// The device the socket is bound to (0: none); exact lookups need it.
+    pub bound_dev_if: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
 }

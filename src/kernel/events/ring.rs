@@ -59,6 +59,7 @@ impl EventRing {
                 },
                 from: raw.old_state,
                 to: raw.new_state,
+                bound_dev_if: raw.bound_dev_if,
                 local: raw.local,
                 remote: raw.remote,
             });

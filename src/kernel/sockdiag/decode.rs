@@ -134,6 +134,7 @@ pub fn decode_socket(
         uid: header.uid,
         cookie: u64::from_ne_bytes(id.cookie),
         keepalive_armed: matches!(header.timer, Some(Timer::KeepAlive(_))),
+        bound_dev_if: id.interface_id,
         tcp_info,
     }))
 }

@@ -101,6 +101,7 @@ pub(super) fn by_family_request(
             id[2..4].copy_from_slice(&record.remote_port.to_be_bytes());
             write_address(&mut id[4..20], record.local_addr);
             write_address(&mut id[20..36], record.remote_addr);
+            id[36..40].copy_from_slice(&record.bound_dev_if.to_ne_bytes());
             id[40..48].copy_from_slice(&record.cookie.to_ne_bytes());
         }
     }
