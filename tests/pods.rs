@@ -18,7 +18,7 @@ use tcpstate_exporter::kernel::record::TcpState;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, SsSocket, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, SsSocket, count_state, wait_until};
 
 const PREFIX: &str = "tcpstate-pods";
 const WAIT: Duration = Duration::from_secs(30);
@@ -337,18 +337,8 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
         }),
         "the pod is never followed"
     );
-    let mut clients = pod
-        .command("python3")
-        .args(["-c", HALF_OPEN_CLIENTS])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let count = |state: &str| {
-        pod.sockets_unowned()
-            .iter()
-            .filter(|s| s.state == state)
-            .count()
-    };
+    let mut clients = python_in(&pod, HALF_OPEN_CLIENTS);
+    let count = |state: &str| count_state(&pod, state);
     assert!(
         wait_until(WAIT, || count("SYN-SENT") == 3 && count("SYN-RECV") == 3),
         "no half-open handshakes: {:?}",
@@ -563,17 +553,8 @@ fn lost_events_make_followed_namespaces_dump_again() {
 fn sockets_bound_to_a_device_are_looked_up_on_it() {
     let observer = Netns::new("tcpstate-podsobs");
     let pod = Netns::new("tcpstate-bound");
-    let mut held = pod
-        .command("python3")
-        .args(["-c", BOUND_CONNECTIONS])
-        .spawn()
-        .expect("python3");
-    let count = |state: &str| {
-        pod.sockets_unowned()
-            .iter()
-            .filter(|s| s.state == state)
-            .count()
-    };
+    let mut held = python_in(&pod, BOUND_CONNECTIONS);
+    let count = |state: &str| count_state(&pod, state);
     assert!(
         wait_until(WAIT, || count("CLOSE-WAIT") == 2
             && count("FIN-WAIT-2") == 2),
@@ -639,3 +620,12 @@ pairs[0][0].close()
 pairs[1][0].close()
 time.sleep(120)
 ";
+
+/// A Python script run inside `ns`, holding its sockets until killed.
+fn python_in(ns: &Netns, script: &str) -> std::process::Child {
+    ns.command("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3")
+}
