@@ -186,11 +186,11 @@ impl CloseWaitTracker {
     /// `read_at` (Unix seconds) is when tcp_info was read. Not the sample's start: the
     /// lookups come after the dump and the attribution, seconds later in a slow first
     /// sample, and every age would be that much too old. An entry after the sample's
-    /// start (the FIN came while it ran) counts from the start: age 0.
+    /// start (the FIN came while it ran) is kept as it is: this sample's age reads 0
+    /// (every reader clamps at 0), the next ones count from the FIN.
     pub fn set_entry_time(&mut self, cookie: u64, last_ack_recv_ms: u32, read_at: f64) {
         if let Some(tracked) = self.entries.get_mut(&cookie) {
-            let entered = read_at - f64::from(last_ack_recv_ms) / 1000.0;
-            tracked.entered_at = entered.min(self.now);
+            tracked.entered_at = read_at - f64::from(last_ack_recv_ms) / 1000.0;
         }
     }
 
@@ -362,7 +362,8 @@ mod tests {
 
     /// tcp_info read 2.5 s into a slow first sample (the lookups come after the dump and
     /// the attribution): the FIN 4 s before that read is 1.5 s before the sample's start,
-    /// not 4 s. A FIN that came after the start gives age 0, never a negative one.
+    /// not 4 s. A FIN that came after the start gives age 0, never a negative one, and
+    /// counts from the FIN at the next sample, not from this sample's start.
     #[test]
     fn entry_time_counts_from_when_tcp_info_was_read() {
         let mut tracker = CloseWaitTracker::new(vec![1.0, 10.0], 100, 10, 60.0);
@@ -373,6 +374,11 @@ mod tests {
         tracker.set_entry_time(8, 500, 1002.5);
         let report = tracker.finish();
         assert_eq!(report.oldest, vec![(group(80), 1.5), (group(81), 0.0)]);
+        tracker.begin(1010.0);
+        assert!(!tracker.sight(8, 1, group(81), FACTS));
+        assert!(!tracker.sight(7, 1, group(80), FACTS));
+        let report = tracker.finish();
+        assert_eq!(report.oldest, vec![(group(80), 11.5), (group(81), 8.0)]);
     }
 
     #[test]
