@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, unix_now, wait_until};
 use tcpstate_exporter::kernel::record::{SocketRecord, TcpState};
 use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest, LookupStats};
-use tcpstate_exporter::sampling::sampler::{LOOKUPS_UP_TO_ONE_IN, MIN_LOOKUPS};
+use tcpstate_exporter::sampling::sampler::dates_by_lookups;
 
 const SLACK: f64 = 0.5;
 /// Two ages of one socket differ by the time between their samples' starts: only the
@@ -125,7 +125,7 @@ fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
     // Which way the sampler dated them follows from the table it walked: check that each
     // run takes the path its name says, whatever the thresholds become.
     let walked = first.sum("tcpstate_sockets", &[]) as u64;
-    let by_lookups = 300 <= MIN_LOOKUPS || 300 * LOOKUPS_UP_TO_ONE_IN <= walked;
+    let by_lookups = dates_by_lookups(300, walked);
     assert_eq!(
         by_lookups,
         established > 0,

@@ -205,7 +205,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::kernel::sockdiag::request::netlink_header;
+    use crate::kernel::sockdiag::request::push_message;
 
     /// Builds an inet_diag_msg as the kernel lays it out.
     fn diag_message(state: u8, local_port: u16, recv_queue: u32, cookie: u64) -> Vec<u8> {
@@ -223,8 +223,8 @@ mod tests {
     }
 
     fn with_netlink_header(payload: &[u8], message_type: u16, sequence: u32) -> Vec<u8> {
-        let mut m = netlink_header(payload.len(), message_type, 0, sequence).to_vec();
-        m.extend_from_slice(payload);
+        let mut m = Vec::new();
+        push_message(&mut m, message_type, 0, sequence, payload);
         while !m.len().is_multiple_of(4) {
             m.push(0);
         }

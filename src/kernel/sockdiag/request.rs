@@ -47,12 +47,7 @@ pub(super) fn push_message(
     out.extend_from_slice(payload);
 }
 
-pub(super) fn netlink_header(
-    payload_len: usize,
-    message_type: u16,
-    flags: u16,
-    sequence: u32,
-) -> [u8; 16] {
+fn netlink_header(payload_len: usize, message_type: u16, flags: u16, sequence: u32) -> [u8; 16] {
     let mut header = [0u8; 16];
     let length = (16 + payload_len) as u32;
     header[0..4].copy_from_slice(&length.to_ne_bytes());

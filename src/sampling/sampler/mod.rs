@@ -38,9 +38,15 @@ use following::{FollowedRound, Following};
 /// walked plus the tcp_info of each CLOSE_WAIT: 7,000 lookups 0.27x the floor, the dump
 /// 0.34x; the two meet near 40 %. On a namespace sharing the host's hash the dump walks
 /// every other namespace's sockets too, so the lookups win by far more there.
-pub const LOOKUPS_UP_TO_ONE_IN: u64 = 3;
+const LOOKUPS_UP_TO_ONE_IN: u64 = 3;
 /// Below this many, lookups whatever the table (a few sockets never justify a walk).
-pub const MIN_LOOKUPS: u64 = 256;
+const MIN_LOOKUPS: u64 = 256;
+
+/// Whether `count` new CLOSE_WAITs found by a walk of `walked` sockets are dated by
+/// exact lookups (else by one CLOSE_WAIT dump with tcp_info).
+pub fn dates_by_lookups(count: u64, walked: u64) -> bool {
+    count <= MIN_LOOKUPS || count.saturating_mul(LOOKUPS_UP_TO_ONE_IN) <= walked
+}
 
 /// Fetches the namespace's state changes queued since the round began.
 pub type Refresh<'a> = &'a mut dyn FnMut() -> Vec<StateTransition>;
@@ -280,7 +286,7 @@ impl Sampler {
                 }
             }
             Some(Err(why)) => {
-                report.followed = Some(why);
+                report.followed = Some(FollowedRound::Dumped(why));
                 let mut kept = Vec::new();
                 let stats = self.socket.dump(all_but_listen(), &mut |record| {
                     kept.push(*record);
@@ -415,7 +421,7 @@ impl Sampler {
             }
         };
         let count = new_close_wait.len() as u64;
-        if count <= MIN_LOOKUPS || count.saturating_mul(LOOKUPS_UP_TO_ONE_IN) <= walked {
+        if dates_by_lookups(count, walked) {
             self.socket
                 .lookup_many_with_info(new_close_wait, &mut date)?;
             return Ok(());
