@@ -405,7 +405,7 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     use tcpstate_exporter::config::Settings;
-    use tcpstate_exporter::model::socket_table::StateTransition;
+    use tcpstate_exporter::model::socket_table::{DumpReason, StateTransition};
     use tcpstate_exporter::model::sockets::SocketBudget;
     use tcpstate_exporter::sampling::attribution::Attribution;
     use tcpstate_exporter::sampling::sampler::Sampler;
@@ -456,7 +456,10 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
                 .expect("sample");
             (sample.state_count(TcpState::Established), report.followed)
         };
-        assert_eq!(round(&mut Vec::new).1, Some(FollowedRound::DumpedFirst));
+        assert_eq!(
+            round(&mut Vec::new).1,
+            Some(FollowedRound::Dumped(DumpReason::First))
+        );
         assert_eq!(
             round(&mut Vec::new).1,
             Some(FollowedRound::FromTable { lookups: 0 })
@@ -492,7 +495,7 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         }
         let (established, followed) = round(&mut Vec::new);
         assert_eq!(established, 12);
-        assert_eq!(followed, Some(FollowedRound::DumpedMismatch));
+        assert_eq!(followed, Some(FollowedRound::Dumped(DumpReason::Mismatch)));
     });
 }
 

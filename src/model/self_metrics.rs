@@ -3,6 +3,7 @@
 
 use crate::kernel::record::TcpState;
 use crate::kernel::sockdiag::SampleErrorReason;
+use crate::model::socket_table::DumpReason;
 
 /// What the sampler thread counts about itself.
 #[derive(Clone, Debug, Default)]
@@ -24,9 +25,8 @@ pub struct SelfMetrics {
     pub namespaces_sampled: u64,
     /// Namespaces served from their event-fed tables in the last round.
     pub namespaces_followed: u64,
-    /// Full dumps of followed namespaces: first (or after lost events), by period,
-    /// after a mismatch with the kernel's totals, too large to follow.
-    pub followed_dumps: [u64; 4],
+    /// Full dumps of followed namespaces, indexed by `DumpReason as usize`.
+    pub followed_dumps: [u64; DumpReason::ALL.len()],
     /// Events mode: attached, events lost (full ring or queue), and every TCP transition
     /// the kernel counted in the namespaces sampled.
     pub events_attached: bool,

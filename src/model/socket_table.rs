@@ -68,6 +68,41 @@ struct Entry {
     request: bool,
 }
 
+/// Why a followed namespace was dumped in full: the `reason` label of
+/// `tcpstate_followed_namespace_dumps_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpReason {
+    /// No table yet, or it was dropped (following just began, events were lost).
+    First,
+    /// The reconcile period had passed.
+    Period,
+    /// The kernel counts more sockets than the table holds, or a socket whose figures
+    /// are needed has no known address yet.
+    Mismatch,
+    /// Over `MAX_FOLLOWED_SOCKETS` at the last dump: not worth a table.
+    TooLarge,
+}
+
+impl DumpReason {
+    /// Every reason, in the order of their discriminants (`reason as usize` indexes it).
+    pub const ALL: [DumpReason; 4] = [
+        DumpReason::First,
+        DumpReason::Period,
+        DumpReason::Mismatch,
+        DumpReason::TooLarge,
+    ];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            DumpReason::First => "first",
+            DumpReason::Period => "period",
+            DumpReason::Mismatch => "mismatch",
+            DumpReason::TooLarge => "too_large",
+        }
+    }
+}
+
 /// What the sampler must do this round.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LookupPlan {

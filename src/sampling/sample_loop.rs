@@ -253,11 +253,9 @@ impl SampleLoop {
         metrics.namespaces_vanished += round.vanished;
         metrics.namespaces_sampled = round.samples.len() as u64;
         metrics.namespaces_followed = round.followed.from_table;
-        let dumps = &mut metrics.followed_dumps;
-        dumps[0] += round.followed.dumped_first;
-        dumps[1] += round.followed.dumped_periodic;
-        dumps[2] += round.followed.dumped_mismatch;
-        dumps[3] += round.followed.dumped_large;
+        for (total, n) in metrics.followed_dumps.iter_mut().zip(round.followed.dumps) {
+            *total += n;
+        }
     }
 
     /// Until `next`: queued kernel events applied every `EVENT_APPLY_EVERY`, so the queue

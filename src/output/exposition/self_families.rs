@@ -4,6 +4,7 @@ use prometheus::proto::MetricFamily;
 
 use crate::kernel::sockdiag::SampleErrorReason;
 use crate::model::self_metrics::SelfMetrics;
+use crate::model::socket_table::DumpReason;
 use crate::output::exposition::proto::{FamilySpec, counter, label};
 
 /// Families about the exporter itself.
@@ -95,17 +96,16 @@ const FOLLOWED_DUMPS: FamilySpec = FamilySpec::counter(
 );
 
 fn namespace_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
-    let reasons = ["first", "period", "mismatch", "too_large"];
     vec![
         NAMESPACES_SAMPLED.with_value(vec![], metrics.namespaces_sampled as f64),
         NAMESPACES_VANISHED.with_value(vec![], metrics.namespaces_vanished as f64),
         NAMESPACES_FOLLOWED.with_value(vec![], metrics.namespaces_followed as f64),
-        FOLLOWED_DUMPS.with_values(
-            reasons
-                .iter()
-                .zip(metrics.followed_dumps)
-                .map(|(reason, n)| (vec![label("reason", reason)], n as f64)),
-        ),
+        FOLLOWED_DUMPS.with_values(DumpReason::ALL.iter().map(|r| {
+            (
+                vec![label("reason", r.name())],
+                metrics.followed_dumps[*r as usize] as f64,
+            )
+        })),
     ]
 }
 

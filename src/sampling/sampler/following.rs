@@ -14,7 +14,7 @@ use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError};
 use crate::kernel::sysctl;
 use crate::model::ages::CloseWaitEvent;
-use crate::model::socket_table::{LookupPlan, SocketTable, StateTransition};
+use crate::model::socket_table::{DumpReason, LookupPlan, SocketTable, StateTransition};
 use crate::sampling::sampler::{Refresh, Sampler};
 
 /// A namespace with more sockets than this is dumped every round rather than followed:
@@ -28,26 +28,19 @@ pub enum TableRound {
     /// Every connection, and how many sockets were looked up.
     Served(Vec<SocketRecord>, usize),
     /// Dump instead, for this reason.
-    Dump(FollowedRound),
+    Dump(DumpReason),
     /// The kernel counts more sockets than the table holds: most likely sockets born
     /// since the round's events were applied. Apply the newer events and ask again.
     Stale,
 }
 
-/// Why a followed namespace was dumped, or that it was not.
+/// How a followed namespace was read this round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FollowedRound {
     /// Served from the table: `lookups` sockets looked up.
     FromTable { lookups: usize },
-    /// No table yet, or it was dropped (events lost, following just began).
-    DumpedFirst,
-    /// The reconcile period had passed.
-    DumpedPeriodic,
-    /// The kernel counts more sockets than the table holds, or a socket whose figures
-    /// are needed has no known address yet.
-    DumpedMismatch,
-    /// More than `MAX_FOLLOWED_SOCKETS` at the last dump: not worth a table.
-    DumpedLarge,
+    /// Dumped in full instead.
+    Dumped(DumpReason),
 }
 
 /// Rounds of followed namespaces by how they were read.
@@ -56,10 +49,8 @@ pub struct FollowedCounts {
     pub from_table: u64,
     /// Sockets looked up by the rounds served from their tables.
     pub lookups: u64,
-    pub dumped_first: u64,
-    pub dumped_periodic: u64,
-    pub dumped_mismatch: u64,
-    pub dumped_large: u64,
+    /// Full dumps, indexed by `DumpReason as usize`.
+    pub dumps: [u64; DumpReason::ALL.len()],
 }
 
 impl FollowedCounts {
@@ -69,17 +60,14 @@ impl FollowedCounts {
                 self.from_table += 1;
                 self.lookups += lookups as u64;
             }
-            FollowedRound::DumpedFirst => self.dumped_first += 1,
-            FollowedRound::DumpedPeriodic => self.dumped_periodic += 1,
-            FollowedRound::DumpedMismatch => self.dumped_mismatch += 1,
-            FollowedRound::DumpedLarge => self.dumped_large += 1,
+            FollowedRound::Dumped(reason) => self.dumps[reason as usize] += 1,
         }
     }
 }
 
 /// A followed namespace's connections from its table and how many were looked up, or
 /// why it was dumped.
-pub type FromTable = Result<(Vec<SocketRecord>, usize), FollowedRound>;
+pub type FromTable = Result<(Vec<SocketRecord>, usize), DumpReason>;
 
 pub struct Following {
     table: Option<SocketTable>,
@@ -135,18 +123,18 @@ impl Following {
         listeners: usize,
     ) -> Result<TableRound, DumpError> {
         if self.may_reconcile && self.due() {
-            return Ok(TableRound::Dump(FollowedRound::DumpedPeriodic));
+            return Ok(TableRound::Dump(DumpReason::Period));
         }
         let Some(table) = &mut self.table else {
             let why = match self.large {
-                true => FollowedRound::DumpedLarge,
-                false => FollowedRound::DumpedFirst,
+                true => DumpReason::TooLarge,
+                false => DumpReason::First,
             };
             return Ok(TableRound::Dump(why));
         };
         let asked = match table.plan(fresh) {
             LookupPlan::Lookups(asked) => asked,
-            LookupPlan::Dump => return Ok(TableRound::Dump(FollowedRound::DumpedMismatch)),
+            LookupPlan::Dump => return Ok(TableRound::Dump(DumpReason::Mismatch)),
         };
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
@@ -154,7 +142,7 @@ impl Following {
         let asked = asked.len();
         // Read after the lookups: a socket opened since shows as a surplus, never hides.
         let Ok(totals) = sysctl::socket_totals() else {
-            return Ok(TableRound::Dump(FollowedRound::DumpedMismatch));
+            return Ok(TableRound::Dump(DumpReason::Mismatch));
         };
         let counted = (totals.in_hash + totals.time_wait).saturating_sub(listeners as u64);
         if counted > table.counted_by_kernel() as u64 {
@@ -232,7 +220,7 @@ impl Sampler {
         Ok(Some(match round {
             TableRound::Served(records, lookups) => Ok((records, lookups)),
             TableRound::Dump(why) => Err(why),
-            TableRound::Stale => Err(FollowedRound::DumpedMismatch),
+            TableRound::Stale => Err(DumpReason::Mismatch),
         }))
     }
 }
@@ -254,7 +242,7 @@ mod tests {
         let mut socket = DiagSocket::open().expect("netlink");
         let mut following = Following::new(Duration::from_secs(600));
         let first = following.records(&mut socket, &fresh(), 0).expect("no I/O");
-        assert_eq!(first, TableRound::Dump(FollowedRound::DumpedFirst));
+        assert_eq!(first, TableRound::Dump(DumpReason::First));
         let many: Vec<SocketRecord> = (0..=MAX_FOLLOWED_SOCKETS as u64)
             .map(|cookie| SocketRecord {
                 cookie,
@@ -263,7 +251,7 @@ mod tests {
             .collect();
         following.dumped(&many);
         let again = following.records(&mut socket, &fresh(), 0).expect("no I/O");
-        assert_eq!(again, TableRound::Dump(FollowedRound::DumpedLarge));
+        assert_eq!(again, TableRound::Dump(DumpReason::TooLarge));
         following.dumped(&many[..10]);
         assert!(following.table.is_some(), "small again: followed");
     }
