@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, count_state, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, count_state, temp_config, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 /// Generous: a loaded CI machine can be slow to deliver a delayed ACK or run `ss`.
@@ -288,7 +288,7 @@ fn max_groups_bounds_the_series_folding_the_smallest_into_other() {
         servers.cmd(&format!("close l{i}"));
     }
     settle(&ns, &[("CLOSE-WAIT", 10), ("LISTEN", 0)]);
-    let config = ns_config("[sample]\nmax_groups = 2\ndetail_states = [\"close_wait\"]\n");
+    let config = temp_config("[sample]\nmax_groups = 2\ndetail_states = [\"close_wait\"]\n");
     let daemon = start_daemon(&ns, &["--config.file", config.path()]);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     let group = |port, process| {
@@ -394,37 +394,6 @@ fn telemetry_path_flag_moves_the_metrics() {
     assert!(body.contains("tcpstate_sockets{state=\"listen\"}"));
 }
 
-/// A config file inside a temp dir, removed on drop.
-struct TempConfig {
-    path: String,
-}
-
-impl TempConfig {
-    fn path(&self) -> &str {
-        &self.path
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn ns_config(text: &str) -> TempConfig {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "tcpstate-test-{}-{}.toml",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, text).expect("write config");
-    TempConfig {
-        path: path.display().to_string(),
-    }
-}
-
 fn run_exporter(args: &[&str]) -> std::process::Output {
     std::process::Command::new(EXPORTER)
         .args(args)
@@ -442,7 +411,7 @@ fn check_config_accepts_the_shipped_file_and_names_bad_keys() {
         String::from_utf8_lossy(&ok.stderr)
     );
 
-    let bad = ns_config("[sample]\ninterval = \"15s\"\nmax_group = 3\n");
+    let bad = temp_config("[sample]\ninterval = \"15s\"\nmax_group = 3\n");
     let out = run_exporter(&["check-config", "--config.file", bad.path()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);

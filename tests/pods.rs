@@ -18,7 +18,9 @@ use tcpstate_exporter::kernel::record::TcpState;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, SsSocket, count_state, wait_until};
+use support::{
+    Actor, Daemon, Exposition, Netns, SsSocket, TempConfig, count_state, temp_config, wait_until,
+};
 
 const PREFIX: &str = "tcpstate-pods";
 const WAIT: Duration = Duration::from_secs(30);
@@ -212,20 +214,8 @@ fn every_pod_equals_ss_after_churn_creation_and_deletion() {
     let mut b = Pod::build(Netns::new(PREFIX), "b");
     let mut c = Pod::build(Netns::new_inside(PREFIX, &observer), "c");
     assert_eq!(c.ns.read_sysctl("net.ipv4.tcp_ehash_entries"), "256");
-    let config = std::env::temp_dir().join(format!("{PREFIX}-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\n",
-            std::process::id()
-        ),
-    )
-    .expect("config");
-    let config_arg = config.display().to_string();
-    let daemon = Daemon::exporter(
-        &observer,
-        &["--sample.interval", "300ms", "--config.file", &config_arg],
-    );
+    let pods = format!("{PREFIX}-{}-*", std::process::id());
+    let (daemon, _config) = observe(&observer, &pods, "");
     assert_every_namespace_equals_ss(&daemon, &[&a, &b, &c], 2.0);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     let ehash = |pod: &Pod| m.sum("tcpstate_tcp_ehash_entries", &[("netns", pod.ns.name())]);
@@ -281,7 +271,6 @@ fn every_pod_equals_ss_after_churn_creation_and_deletion() {
         "followed namespaces' full dumps by reason (first, period, mismatch)"
     );
     drop(daemon);
-    let _ = std::fs::remove_file(&config);
 }
 
 /// Half-open handshakes are request sockets, which no event announces: in a followed
@@ -293,6 +282,9 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
     let observer = Netns::new("tcpstate-podsobs");
     // Not PREFIX: the other test's daemon takes every namespace named after it.
     let pod = Netns::new("tcpstate-halfopen");
+    // The request sockets must outlive the test's waits on a slow host: the kernel
+    // drops them after its SYN-ACK retries (5: about a minute; 10: about 30 minutes).
+    pod.sysctl("net.ipv4.tcp_synack_retries", "10");
     let mut srv = Actor::spawn(&pod, "h-srv");
     srv.listen("l", "127.0.0.1:8080", 64);
     // The SYN-ACKs never arrive: clients stay SYN-SENT, the server keeps a request
@@ -313,20 +305,8 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
             "DROP",
         ],
     );
-    let config = std::env::temp_dir().join(format!("{PREFIX}-h-{}.toml", std::process::id()));
-    let write_config = |period: &str| {
-        let text = format!(
-            "namespaces = \"all\"\nnamespaces_include = [\"{}\"]\n[sample]\nreconcile_period = \"{period}\"\n",
-            pod.name()
-        );
-        std::fs::write(&config, text).expect("config");
-    };
-    write_config("1h");
-    let config_arg = config.display().to_string();
-    let daemon = Daemon::exporter(
-        &observer,
-        &["--sample.interval", "300ms", "--config.file", &config_arg],
-    );
+    let period = |p: &str| format!("[sample]\nreconcile_period = \"{p}\"\n");
+    let (daemon, config) = observe(&observer, pod.name(), &period("1h"));
     let netns = ("netns", pod.name());
     let sockets =
         |m: &Exposition, state: &str| m.sum("tcpstate_sockets", &[netns, ("state", state)]);
@@ -357,7 +337,8 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
     );
     assert_eq!(count("SYN-RECV"), 3, "while ss shows them");
 
-    write_config("1s");
+    let text = std::fs::read_to_string(config.path()).expect("config");
+    std::fs::write(config.path(), text.replace(&period("1h"), &period("1s"))).expect("config");
     daemon.signal(libc::SIGHUP);
     let corrected = wait_until(WAIT, || {
         let m = Exposition::parse(&daemon.scrape("/metrics").2);
@@ -376,7 +357,6 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
     let _ = clients.kill();
     let _ = clients.wait();
     drop(daemon);
-    let _ = std::fs::remove_file(&config);
 }
 
 /// Three non-blocking connects to 127.0.0.1:8080, held open.
@@ -507,17 +487,7 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
 fn lost_events_make_followed_namespaces_dump_again() {
     let observer = Netns::new("tcpstate-podsobs");
     let mut pod = Pod::build(Netns::new("tcpstate-lossy"), "x");
-    let config = std::env::temp_dir().join(format!("{PREFIX}-x-{}.toml", std::process::id()));
-    let text = format!(
-        "namespaces = \"all\"\nnamespaces_include = [\"{}\"]\nevents_ring_bytes = 4096\n",
-        pod.ns.name()
-    );
-    std::fs::write(&config, text).expect("config");
-    let config_arg = config.display().to_string();
-    let daemon = Daemon::exporter(
-        &observer,
-        &["--sample.interval", "300ms", "--config.file", &config_arg],
-    );
+    let (daemon, _config) = observe(&observer, pod.ns.name(), "events_ring_bytes = 4096\n");
     assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     let first_dumps = |m: &Exposition| {
@@ -529,6 +499,17 @@ fn lost_events_make_followed_namespaces_dump_again() {
     let (dumps_before, lost_before) = (first_dumps(&m), m.get("tcpstate_events_lost_total", &[]));
 
     daemon.signal(libc::SIGSTOP);
+    // kill(2) returns before the process stops: its ring reader could still drain.
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid()))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .map(|(_, rest)| rest.starts_with('T'))
+            })
+            .unwrap_or(false)
+    };
+    assert!(wait_until(WAIT, stopped), "the daemon never stopped");
     // ~10 transitions a connection against a ring of ~50 records.
     pod.cli.cmd("connect burst 127.0.0.1:8080 40");
     pod.srv.cmd("accept aburst l 40");
@@ -545,7 +526,6 @@ fn lost_events_make_followed_namespaces_dump_again() {
     );
     assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
     drop(daemon);
-    let _ = std::fs::remove_file(&config);
 }
 
 /// A socket bound to a device (SO_BINDTODEVICE here; a VRF or an IPv6 link-local
@@ -564,17 +544,7 @@ fn sockets_bound_to_a_device_are_looked_up_on_it() {
         "the bound connections never settled: {:?}",
         pod.sockets()
     );
-    let config = std::env::temp_dir().join(format!("{PREFIX}-b-{}.toml", std::process::id()));
-    let text = format!(
-        "namespaces = \"all\"\nnamespaces_include = [\"{}\"]\n",
-        pod.name()
-    );
-    std::fs::write(&config, text).expect("config");
-    let config_arg = config.display().to_string();
-    let daemon = Daemon::exporter(
-        &observer,
-        &["--sample.interval", "300ms", "--config.file", &config_arg],
-    );
+    let (daemon, _config) = observe(&observer, pod.name(), "");
     let netns = ("netns", pod.name());
     let mut seen = (0.0, 0.0, 0.0);
     let served = wait_until(WAIT, || {
@@ -600,7 +570,6 @@ fn sockets_bound_to_a_device_are_looked_up_on_it() {
     let _ = held.kill();
     let _ = held.wait();
     drop(daemon);
-    let _ = std::fs::remove_file(&config);
 }
 
 /// A listener and three connections, every socket bound to `lo`; two clients closed.
@@ -631,4 +600,18 @@ fn python_in(ns: &Netns, script: &str) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("python3")
+}
+
+/// The exporter in `observer` sampling every 300 ms the namespaces matching `include`
+/// (`namespaces = "all"`), with `more` config (top-level keys first, then tables); the
+/// config file goes with the returned guard.
+fn observe<'a>(observer: &'a Netns, include: &str, more: &str) -> (Daemon<'a>, TempConfig) {
+    let config = temp_config(&format!(
+        "namespaces = \"all\"\nnamespaces_include = [\"{include}\"]\n{more}"
+    ));
+    let daemon = Daemon::exporter(
+        observer,
+        &["--sample.interval", "300ms", "--config.file", config.path()],
+    );
+    (daemon, config)
 }

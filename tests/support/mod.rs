@@ -35,6 +35,37 @@ pub use ss::{SsSocket, SsUser, parse as parse_ss};
 #[allow(unused_imports)]
 pub use tcpstate_testkit::http::{self, Response, parse_response};
 
+/// A config file inside a temp dir, removed on drop (a failing test leaves none behind).
+pub struct TempConfig {
+    path: String,
+}
+
+impl TempConfig {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn temp_config(text: &str) -> TempConfig {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "tcpstate-test-{}-{}.toml",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text).expect("write config");
+    TempConfig {
+        path: path.display().to_string(),
+    }
+}
+
 /// How many sockets of the namespace `ss` shows in `state` (ss spelling: `CLOSE-WAIT`).
 /// Without the holders, so one look takes milliseconds, not most of a second.
 pub fn count_state(ns: &Netns, state: &str) -> usize {
