@@ -180,6 +180,9 @@ fn scrapes_under_attack(
             slowest = slowest.max(took);
             std::thread::sleep(Duration::from_millis(300));
         }
+        // Still underway as the scrapes end (for the never-reading clients: every slot
+        // still held, seen by ss), not only some time later.
+        let held_to_the_end = underway();
         // At least one more full round while the scrapes ran: the attack did not stall.
         let kept_up = wait_until(WAIT, || {
             progress.rounds.load(Ordering::Relaxed) > rounds_before
@@ -187,6 +190,10 @@ fn scrapes_under_attack(
         progress.stop.store(true, Ordering::Relaxed);
         attacker.join().expect("attacker");
         assert!(kept_up, "the attack stalled while the scrapes ran");
+        assert!(
+            held_to_the_end,
+            "the attack had let go before the last scrape ended"
+        );
         (statuses, slowest)
     })
 }
