@@ -149,6 +149,9 @@ pub fn run(options: &crate::Options) -> Result<(), String> {
                 let (cpu, _) = daemon_cpu(&host, options, count, false)?;
                 result.daemon_cpu_per_round = Some(cpu);
                 let (cpu, followed) = daemon_cpu(&host, options, count, true)?;
+                if layout == Layout::Shared && followed == 0 {
+                    return Err("events on, shared hash, yet no pod was followed".into());
+                }
                 result.followed_cpu_per_round = Some(cpu);
                 result.followed = followed;
             }
@@ -333,7 +336,7 @@ fn daemon_cpu(
         let deadline = Instant::now() + Duration::from_secs(120 + pods as u64);
         while crate::daemon::samples_now() < 3 {
             if Instant::now() > deadline {
-                return Err("the daemon took fewer than 2 samples in time".into());
+                return Err("the daemon took fewer than 3 samples in time".into());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -343,10 +346,10 @@ fn daemon_cpu(
         let cpu = cpu1
             .unwrap_or_default()
             .saturating_sub(cpu0.unwrap_or_default());
-        let followed = crate::daemon::scrape()
-            .ok()
-            .and_then(|text| crate::daemon::metric(&text, "tcpstate_namespaces_followed"))
-            .unwrap_or(0.0) as u64;
+        let text = crate::daemon::scrape()?;
+        let followed = crate::daemon::metric(&text, "tcpstate_namespaces_followed")
+            .ok_or("no tcpstate_namespaces_followed in the daemon's metrics")?
+            as u64;
         Ok((
             cpu / samples1.saturating_sub(samples0).max(1) as u32,
             followed,
