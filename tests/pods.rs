@@ -181,7 +181,7 @@ fn observed(m: &Exposition, netns: &str, keys: &BTreeMap<String, f64>) -> BTreeM
 /// Polls until the exporter agrees with `ss` in every pod (the tables are still between
 /// steps, so the next sample must agree), in a sample that served `followed` pods from
 /// their event-fed tables; panics with the differences otherwise.
-fn assert_every_namespace_equals_ss(daemon: &Daemon, pods: &[&Pod], followed: f64) {
+fn assert_every_namespace_equals_ss(daemon: &Daemon, pods: &[&Netns], followed: f64) {
     let mut differences = Vec::new();
     let agreed = wait_until(WAIT, || {
         differences.clear();
@@ -191,10 +191,10 @@ fn assert_every_namespace_equals_ss(daemon: &Daemon, pods: &[&Pod], followed: f6
             differences.push(format!("{served} namespaces followed, not {followed}"));
         }
         for pod in pods {
-            let want = expected(&pod.ns.sockets());
-            let got = observed(&m, pod.ns.name(), &want);
+            let want = expected(&pod.sockets());
+            let got = observed(&m, pod.name(), &want);
             if got != want {
-                differences.push(format!("{}:\n  ss  {want:?}\n  got {got:?}", pod.ns.name()));
+                differences.push(format!("{}:\n  ss  {want:?}\n  got {got:?}", pod.name()));
             }
         }
         differences.is_empty()
@@ -216,7 +216,7 @@ fn every_pod_equals_ss_after_churn_creation_and_deletion() {
     assert_eq!(c.ns.read_sysctl("net.ipv4.tcp_ehash_entries"), "256");
     let pods = format!("{PREFIX}-{}-*", std::process::id());
     let (daemon, _config) = observe(&observer, &pods, "");
-    assert_every_namespace_equals_ss(&daemon, &[&a, &b, &c], 2.0);
+    assert_every_namespace_equals_ss(&daemon, &[&a.ns, &b.ns, &c.ns], 2.0);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     let ehash = |pod: &Pod| m.sum("tcpstate_tcp_ehash_entries", &[("netns", pod.ns.name())]);
     assert!(ehash(&a) < 0.0, "a shares the host's hash");
@@ -236,12 +236,12 @@ fn every_pod_equals_ss_after_churn_creation_and_deletion() {
     c.settle(3);
     // The churn alone, before any namespace comes or goes (which could force what a
     // bytes-only change must get by itself).
-    assert_every_namespace_equals_ss(&daemon, &[&a, &b, &c], 2.0);
+    assert_every_namespace_equals_ss(&daemon, &[&a.ns, &b.ns, &c.ns], 2.0);
     // Creation and deletion: d appears (its own hash), b goes with its namespace.
     let d = Pod::build(Netns::new_inside(PREFIX, &observer), "d");
     let b_label = format!("netns=\"{}\"", b.ns.name());
     drop(b);
-    assert_every_namespace_equals_ss(&daemon, &[&a, &c, &d], 1.0);
+    assert_every_namespace_equals_ss(&daemon, &[&a.ns, &c.ns, &d.ns], 1.0);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     let d_hash = m.sum("tcpstate_tcp_ehash_entries", &[("netns", d.ns.name())]);
     assert_eq!(
@@ -488,7 +488,7 @@ fn lost_events_make_followed_namespaces_dump_again() {
     let observer = Netns::new("tcpstate-podsobs");
     let mut pod = Pod::build(Netns::new("tcpstate-lossy"), "x");
     let (daemon, _config) = observe(&observer, pod.ns.name(), "events_ring_bytes = 4096\n");
-    assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
+    assert_every_namespace_equals_ss(&daemon, &[&pod.ns], 1.0);
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
     let first_dumps = |m: &Exposition| {
         m.get(
@@ -524,7 +524,7 @@ fn lost_events_make_followed_namespaces_dump_again() {
         }),
         "no loss seen, or no dump after it"
     );
-    assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
+    assert_every_namespace_equals_ss(&daemon, &[&pod.ns], 1.0);
     drop(daemon);
 }
 
@@ -615,3 +615,111 @@ fn observe<'a>(observer: &'a Netns, include: &str, more: &str) -> (Daemon<'a>, T
     );
     (daemon, config)
 }
+
+/// A real server in a followed pod: Debian's nginx (a master and a worker sharing the
+/// listener), its worker out of descriptors (worker_rlimit_nofile 16), keep-alive
+/// clients holding what it accepted and the rest waiting in its accept queue; then some
+/// clients leave, so the queued ones turn CLOSE_WAIT, never accepted, and the accepted
+/// ones close from nginx's side. Every figure equals `ss`, served from the table.
+#[test]
+fn nginx_in_a_followed_pod_equals_ss() {
+    let observer = Netns::new("tcpstate-podsobs");
+    let pod = Netns::new("tcpstate-nginx");
+    let dir = std::env::temp_dir().join(format!("tcpstate-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        NGINX_CONF.replace("@DIR@", &dir.display().to_string()),
+    )
+    .expect("nginx.conf");
+    let mut nginx = pod
+        .command("nginx")
+        .args([
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &dir.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx (tests/programs/install.sh installs it)");
+    assert!(
+        wait_until(WAIT, || count_state(&pod, "LISTEN") == 1),
+        "nginx never listened"
+    );
+    let mut clients = python_in(&pod, NGINX_CLIENTS);
+    let (daemon, _config) = observe(&observer, pod.name(), "");
+    // Settled: the worker holds what it can, the rest is queued, nothing in transit.
+    let transient = ["FIN-WAIT-1", "LAST-ACK", "SYN-SENT", "SYN-RECV", "CLOSING"];
+    let settled = || {
+        let sockets = pod.sockets_unowned();
+        count_state(&pod, "CLOSE-WAIT") > 0
+            && !sockets
+                .iter()
+                .any(|s| transient.contains(&s.state.as_str()))
+    };
+    assert!(
+        wait_until(WAIT, settled),
+        "never settled: {:?}",
+        pod.sockets()
+    );
+    assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let unaccepted = m.sum("tcpstate_close_wait_unaccepted", &[("netns", pod.name())]);
+    assert!(
+        unaccepted > 0.0,
+        "the queued clients that left are CLOSE_WAIT, never accepted"
+    );
+    let mismatch = m.get(
+        "tcpstate_followed_namespace_dumps_total",
+        &[("reason", "mismatch")],
+    );
+    assert_eq!(mismatch, 0.0);
+    let _ = clients.kill();
+    let _ = clients.wait();
+    // SIGTERM: the master takes its worker with it (SIGKILL would orphan the worker).
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
+    let _ = nginx.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// tests/programs/scenarios.py's nginx, out of descriptors after about a dozen clients.
+const NGINX_CONF: &str = "
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 16;
+pid @DIR@/nginx.pid;
+error_log stderr info;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path @DIR@/body;
+    proxy_temp_path @DIR@/proxy;
+    fastcgi_temp_path @DIR@/fastcgi;
+    uwsgi_temp_path @DIR@/uwsgi;
+    scgi_temp_path @DIR@/scgi;
+    keepalive_timeout 1h;
+    server {
+        listen 127.0.0.1:8080;
+        location / { return 200 \"ok\\n\"; }
+    }
+}
+";
+
+/// 24 keep-alive clients, each sending one request; after a second the last 8 leave.
+const NGINX_CLIENTS: &str = "
+import socket, time
+clients = []
+for _ in range(24):
+    c = socket.create_connection(('127.0.0.1', 8080))
+    c.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n')
+    clients.append(c)
+time.sleep(1)
+for c in clients[16:]:
+    c.close()
+time.sleep(120)
+";
