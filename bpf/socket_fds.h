@@ -14,4 +14,19 @@ struct socket_fd {
 	__u32 pad;
 };
 
+// One TCP socket held by a descriptor of the process the iterator `held_sockets` was
+// attached to: what an exact sock_diag lookup (without tcp_info) reports for it. 40 bytes.
+struct held_socket {
+	__u64 cookie;     // socket cookie, as sock_diag reports it
+	__u32 netns_inum; // inode of the socket's network namespace
+	__u32 inode;      // socket inode
+	__u32 uid;        // the socket's owner uid (sk_uid)
+	__u32 recv_queue; // rcv_nxt - copied_seq, never negative: sock_diag's Recv-Q
+	__u32 send_queue; // write_seq - snd_una: sock_diag's Send-Q
+	__u8 state;       // kernel TCP state
+	__u8 keepalive;   // sock_diag would report the keepalive timer (idiag_timer 2)
+	__u16 pad;
+	__u32 pad2;
+};
+
 #endif

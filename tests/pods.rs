@@ -270,6 +270,15 @@ fn every_pod_equals_ss_after_churn_creation_and_deletion() {
         (2.0, 0.0, 0.0),
         "followed namespaces' full dumps by reason (first, period, mismatch)"
     );
+    // Every comparison above came from rounds that read the pods' connections from
+    // their holders' descriptors (the pods' programs are known owners), not only by
+    // lookups: both ways were exercised and agreed with `ss`.
+    let refreshes = |via| m.get("tcpstate_followed_socket_refreshes_total", &[("via", via)]);
+    assert!(
+        refreshes("descriptor") > 0.0,
+        "no socket was read from its holder's descriptors ({} looked up)",
+        refreshes("lookup")
+    );
     drop(daemon);
 }
 
@@ -442,7 +451,10 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         );
         assert_eq!(
             round(&mut Vec::new).1,
-            Some(FollowedRound::FromTable { lookups: 0 })
+            Some(FollowedRound::FromTable {
+                lookups: 0,
+                held: 0
+            })
         );
         // Three connections the table has not heard of: both ends.
         let mut held = Vec::new();
@@ -464,8 +476,23 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         assert_eq!(established, 6, "the late events' sockets are counted");
         assert_eq!(
             followed,
-            Some(FollowedRound::FromTable { lookups: 6 }),
+            Some(FollowedRound::FromTable {
+                lookups: 6,
+                held: 0
+            }),
             "served from the table, its new sockets looked up (established is a detail state)"
+        );
+        // Looked up once, their owner (this process) is known: from now on they are read
+        // from its descriptors, one BPF iterator pass, not looked up.
+        let (established, followed) = round(&mut Vec::new);
+        assert_eq!(established, 6);
+        assert_eq!(
+            followed,
+            Some(FollowedRound::FromTable {
+                lookups: 0,
+                held: 6
+            }),
+            "read from the holding process's descriptors"
         );
         // Three more, and no events to be had: the table is given up for a dump.
         for _ in 0..3 {

@@ -138,6 +138,37 @@ pub struct SocketRecord {
     pub tcp_info: Option<TcpInfoExcerpt>,
 }
 
+/// A TCP socket as one of its holders' descriptors shows it (a BPF iterator over a
+/// process's files): the figures an exact lookup without tcp_info would report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSocket {
+    pub cookie: u64,
+    /// Inode of the socket's network namespace.
+    pub netns_inode: u32,
+    pub state: TcpState,
+    pub recv_queue: u32,
+    pub send_queue: u32,
+    pub inode: u32,
+    pub uid: u32,
+    pub keepalive_armed: bool,
+}
+
+impl HeldSocket {
+    /// `record` with this socket's figures; its identity (addresses, ports, device) is kept.
+    pub fn refresh(&self, record: &SocketRecord) -> SocketRecord {
+        SocketRecord {
+            state: self.state,
+            recv_queue: self.recv_queue,
+            send_queue: self.send_queue,
+            inode: self.inode,
+            uid: self.uid,
+            keepalive_armed: self.keepalive_armed,
+            tcp_info: None,
+            ..*record
+        }
+    }
+}
+
 impl SocketRecord {
     /// Bytes of data the program has not read.
     ///

@@ -27,6 +27,10 @@ pub struct SelfMetrics {
     pub namespaces_followed: u64,
     /// Full dumps of followed namespaces, indexed by `DumpReason as usize`.
     pub followed_dumps: [u64; DumpReason::ALL.len()],
+    /// Sockets of followed namespaces refreshed by an exact lookup, and from their
+    /// holders' descriptors, since start.
+    pub followed_lookups: u64,
+    pub followed_held: u64,
     /// Events mode: attached, events lost (full ring or queue), and every TCP transition
     /// the kernel counted in the namespaces sampled.
     pub events_attached: bool,

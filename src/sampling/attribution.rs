@@ -15,6 +15,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use crate::config::{EventsMode, NamespaceMode, Settings};
 use crate::kernel::owners::{FdUsage, OwnerCache, ResolveStats};
 use crate::kernel::pods::ContainerDirectory;
+use crate::kernel::record::HeldSocket;
 use crate::model::labels::{OwnerKey, ProcessId};
 
 /// Process names seen since start, interned: ids stay valid across samples because
@@ -178,6 +179,25 @@ impl Attribution {
     /// The pid and descriptor holding `inode`, as cached (none with attribution off).
     pub fn holder_of(&self, inode: u32) -> Option<(u32, u32)> {
         self.owners.as_ref()?.holder(inode)
+    }
+
+    /// The TCP sockets held by the processes `pids`, by cookie, read through a BPF
+    /// iterator over those processes alone. `None` when that is not possible (attribution
+    /// or BPF listing off, an old kernel): look the sockets up instead.
+    pub fn held_sockets(&mut self, pids: &[u32]) -> Option<HashMap<u64, HeldSocket>> {
+        let cache = self.owners.as_mut()?;
+        let mut held = HashMap::new();
+        for pid in pids {
+            // Cookie 0: never asked for, so not one of a table's sockets.
+            for socket in cache
+                .held_sockets(*pid)?
+                .into_iter()
+                .filter(|s| s.cookie != 0)
+            {
+                held.insert(socket.cookie, socket);
+            }
+        }
+        Some(held)
     }
 
     /// Reads /proc for the owners of `wanted` inodes, `likely_pids` first.

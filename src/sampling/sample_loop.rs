@@ -256,6 +256,8 @@ impl SampleLoop {
         for (total, n) in metrics.followed_dumps.iter_mut().zip(round.followed.dumps) {
             *total += n;
         }
+        metrics.followed_lookups += round.followed.lookups;
+        metrics.followed_held += round.followed.held;
     }
 
     /// Until `next`: queued kernel events applied every `EVENT_APPLY_EVERY`, so the queue

@@ -35,6 +35,7 @@ pub use abi::{NETNS_EVERY_TRANSITION, NETNS_SAMPLED};
 mod clock;
 mod counts;
 mod error;
+mod iter_link;
 mod ring;
 pub mod socket_fds;
 

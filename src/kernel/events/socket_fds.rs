@@ -8,15 +8,21 @@
 //! use this only when /proc shows that namespace.
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::kernel::record::{HeldSocket, TcpState};
 
 /// The compiled iterator, embedded at build time (see build.rs).
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_fds.bpf.o"));
 
 /// Bytes of one `struct socket_fd` (bpf/socket_fds.h).
 const RECORD_LEN: usize = 16;
+
+/// Bytes of one `struct held_socket` (bpf/socket_fds.h).
+const HELD_LEN: usize = 40;
 
 /// One open descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +32,11 @@ pub struct OpenFd {
     /// Socket inode; 0 when the descriptor is not a socket.
     pub inode: u32,
 }
+
+/// The programs in the object: every descriptor of the host, and one process's TCP
+/// sockets.
+const LISTER: &str = "socket_fds";
+const HELD: &str = "held_sockets";
 
 /// The iterator program, loaded once: loading (the loader's own BTF parse and CO-RE
 /// relocation) costs ~0.15 s of CPU, a pass only the walk. Each `list` attaches it anew:
@@ -47,26 +58,39 @@ impl SocketFdLister {
             .load(PROGRAM)
             .map_err(|e| failed("load socket_fds.bpf.o", &e))?;
         let btf = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
-        Self::program(&mut ebpf)?
-            .load("task_file", &btf)
-            .map_err(|e| failed("load iter/task_file", &e))?;
+        for name in [LISTER, HELD] {
+            Self::program(&mut ebpf, name)?
+                .load("task_file", &btf)
+                .map_err(|e| failed(&format!("load {name}"), &e))?;
+        }
         // And as there, give the ~19 MB of the parsed BTF back to the system.
         drop(btf);
         super::release_freed_heap();
         Ok(SocketFdLister { ebpf })
     }
 
-    fn program(ebpf: &mut Ebpf) -> io::Result<&mut Iter> {
-        ebpf.program_mut("socket_fds")
-            .ok_or_else(|| io::Error::other("socket_fds: no such program in the object"))?
+    fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> io::Result<&'a mut Iter> {
+        ebpf.program_mut(name)
+            .ok_or_else(|| io::Error::other(format!("{name}: no such program in the object")))?
             .try_into()
-            .map_err(|e| failed("socket_fds", &e))
+            .map_err(|e| failed(name, &e))
+    }
+
+    /// The TCP sockets (listeners aside) that process `pid`'s descriptors hold, with
+    /// their queues (one pass over that process's files only; Linux 6.1+). Empty when
+    /// the process is gone.
+    pub fn held_sockets(&mut self, pid: u32) -> io::Result<Vec<HeldSocket>> {
+        let program = Self::program(&mut self.ebpf, HELD)?;
+        let fd = program.fd().map_err(|e| failed(HELD, &e))?;
+        let bytes = super::iter_link::read_for_process(fd.as_fd(), pid)
+            .map_err(|e| failed("iter/task_file for one process", &e))?;
+        Ok(bytes.map(|b| parse_held(&b)).unwrap_or_default())
     }
 
     /// Lists every descriptor of every process (threads sharing their leader's table
     /// are listed once), in one pass.
     pub fn list(&mut self) -> io::Result<Vec<OpenFd>> {
-        let program = Self::program(&mut self.ebpf)?;
+        let program = Self::program(&mut self.ebpf, LISTER)?;
         let link_id = program
             .attach()
             .map_err(|e| failed("attach iter/task_file", &e))?;
@@ -82,14 +106,37 @@ impl SocketFdLister {
     }
 }
 
+/// The native-endian u32 at `at` of a record (0 past its end).
+fn word(chunk: &[u8], at: usize) -> u32 {
+    chunk
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+/// Held sockets from `held_sockets`' output (a trailing partial record, or a state this
+/// build does not know, is left out).
+fn parse_held(bytes: &[u8]) -> Vec<HeldSocket> {
+    bytes
+        .chunks_exact(HELD_LEN)
+        .filter_map(|chunk| {
+            let cookie = chunk.get(..8)?.try_into().ok().map(u64::from_ne_bytes)?;
+            Some(HeldSocket {
+                cookie,
+                netns_inode: word(chunk, 8),
+                inode: word(chunk, 12),
+                uid: word(chunk, 16),
+                recv_queue: word(chunk, 20),
+                send_queue: word(chunk, 24),
+                state: TcpState::from_kernel(*chunk.get(28)?)?,
+                keepalive_armed: *chunk.get(29)? != 0,
+            })
+        })
+        .collect()
+}
+
 /// Records from the iterator's output (a trailing partial record is ignored).
 fn parse(bytes: &[u8]) -> Vec<OpenFd> {
-    let word = |chunk: &[u8], at: usize| {
-        chunk
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_ne_bytes)
-    };
     bytes
         .chunks_exact(RECORD_LEN)
         .map(|chunk| OpenFd {
@@ -131,6 +178,18 @@ mod tests {
         );
     }
 
+    /// The loaded iterators; `None` (the test is skipped) only when not root.
+    fn loaded_or_skipped() -> Option<SocketFdLister> {
+        match SocketFdLister::load() {
+            Ok(lister) => Some(lister),
+            Err(e) if unsafe { libc::geteuid() } != 0 => {
+                eprintln!("skipped (not root): {e}");
+                None
+            }
+            Err(e) => panic!("iterator: {e}"),
+        }
+    }
+
     /// Needs root (CAP_BPF) and kernel BTF: the iterator lists this process's socket
     /// with its fd and inode, and a non-socket fd with inode 0.
     #[test]
@@ -140,13 +199,8 @@ mod tests {
         let inode = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
             .expect("stat fd")
             .ino() as u32;
-        let mut lister = match SocketFdLister::load() {
-            Ok(lister) => lister,
-            Err(e) if unsafe { libc::geteuid() } != 0 => {
-                eprintln!("skipped (not root): {e}");
-                return;
-            }
-            Err(e) => panic!("iterator: {e}"),
+        let Some(mut lister) = loaded_or_skipped() else {
+            return;
         };
         let me = std::process::id();
         let socket = OpenFd {
@@ -172,5 +226,68 @@ mod tests {
                 "pass {pass}: our plain file is missing"
             );
         }
+    }
+
+    /// Needs root and kernel BTF: every figure of a held socket equals what an exact
+    /// sock_diag lookup reports for it (unread bytes, keepalive timer, inode, uid), for
+    /// both ends of a connection of this process.
+    #[test]
+    fn held_sockets_report_what_a_lookup_reports() {
+        use crate::kernel::sockdiag::{DiagSocket, DumpRequest};
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client.write_all(b"hello").expect("write");
+        let keepalive: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                server.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_KEEPALIVE,
+                (&keepalive as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_KEEPALIVE");
+        std::thread::sleep(std::time::Duration::from_millis(50)); // the bytes arrive
+        let Some(mut lister) = loaded_or_skipped() else {
+            return;
+        };
+        let mut diag = DiagSocket::open().expect("netlink");
+        let mut ours = Vec::new();
+        let request = DumpRequest::for_states([TcpState::Established], false);
+        diag.dump(request, &mut |r| {
+            if r.local_port == port || r.remote_port == port {
+                ours.push(*r);
+            }
+        })
+        .expect("dump");
+        assert_eq!(ours.len(), 2, "both ends dumped: {ours:?}");
+        let held = lister.held_sockets(std::process::id()).expect("held");
+        let mut looked_up = Vec::new();
+        diag.lookup_many(&ours, false, &mut |r| looked_up.push(*r))
+            .expect("lookups");
+        assert_eq!(looked_up.len(), 2);
+        for lookup in &looked_up {
+            let mine = held
+                .iter()
+                .find(|h| h.cookie == lookup.cookie)
+                .unwrap_or_else(|| panic!("cookie {} not held: {held:?}", lookup.cookie));
+            assert_eq!(mine.refresh(lookup), *lookup, "held {mine:?}");
+        }
+        let server_side = looked_up
+            .iter()
+            .find(|r| r.local_port == port)
+            .expect("server");
+        assert_eq!(server_side.recv_queue, 5, "the unread bytes count");
+        assert!(server_side.keepalive_armed, "the keepalive timer shows");
+        assert!(
+            held.iter().all(|h| h.state != TcpState::Listen),
+            "listeners are left out"
+        );
+        drop((client, server));
     }
 }

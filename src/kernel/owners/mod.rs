@@ -110,6 +110,9 @@ pub struct OwnerCache {
     bpf_listing: bool,
     /// That iterator, loaded at its first use and kept.
     fd_lister: Option<prime::Lister>,
+    /// Whether one process's held sockets can be read through it (`held_sockets`);
+    /// false after its first failure (an old kernel: Linux 6.1+ filters by process).
+    held_listing: bool,
     /// Whether every process's descriptors were read once (a /proc walk or `prime`).
     walked: bool,
 }
@@ -128,6 +131,7 @@ impl OwnerCache {
             warned_permission: false,
             bpf_listing: false,
             fd_lister: None,
+            held_listing: true,
             walked: false,
         }
     }

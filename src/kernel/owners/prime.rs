@@ -9,6 +9,7 @@
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use super::OwnerCache;
+use crate::kernel::record::HeldSocket;
 
 /// A pass that starts with at least this many unknown sockets lists descriptors through
 /// the iterator: one pass walks every descriptor of the host (a few ms for 100k), more
@@ -62,6 +63,24 @@ impl OwnerCache {
                 tracing::info!(error = %e,
                     "cannot list descriptors with a BPF iterator; reading /proc/PID/fd");
                 0
+            }
+        }
+    }
+
+    /// The TCP sockets the descriptors of `pid` hold, with their queues, from the
+    /// iterator over that process alone (loaded at its first use). `None` when listing
+    /// is not allowed or not available: the caller looks the sockets up instead.
+    pub fn held_sockets(&mut self, pid: u32) -> Option<Vec<HeldSocket>> {
+        if !(self.bpf_listing && self.held_listing) {
+            return None;
+        }
+        match held_listing(&mut self.fd_lister, pid) {
+            Ok(held) => Some(held),
+            Err(e) => {
+                self.held_listing = false;
+                tracing::info!(error = %e,
+                    "cannot read a process's sockets with a BPF iterator; looking them up");
+                None
             }
         }
     }
@@ -135,6 +154,21 @@ fn kernel_listing(lister: &mut Option<Lister>) -> std::io::Result<Vec<(u32, u32,
     };
     let fds = lister.list()?;
     Ok(fds.into_iter().map(|f| (f.pid, f.fd, f.inode)).collect())
+}
+
+/// The TCP sockets `pid` holds; loads the iterator into `lister` the first time.
+#[cfg(feature = "events")]
+fn held_listing(lister: &mut Option<Lister>, pid: u32) -> std::io::Result<Vec<HeldSocket>> {
+    let lister = match lister {
+        Some(lister) => lister,
+        None => lister.insert(Lister::load()?),
+    };
+    lister.held_sockets(pid)
+}
+
+#[cfg(not(feature = "events"))]
+fn held_listing(_lister: &mut Option<Lister>, _pid: u32) -> std::io::Result<Vec<HeldSocket>> {
+    Err(std::io::Error::other("built without the events feature"))
 }
 
 #[cfg(not(feature = "events"))]

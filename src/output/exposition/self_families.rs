@@ -88,11 +88,20 @@ const NAMESPACES_VANISHED: FamilySpec = FamilySpec::counter(
 
 const NAMESPACES_FOLLOWED: FamilySpec = FamilySpec::gauge(
     "tcpstate_namespaces_followed",
-    "Network namespaces on the host's shared TCP hash served in the last round from      tables kept by kernel events and exact lookups, without a walk of the host's table.",
+    "Network namespaces on the host's shared TCP hash served in the last round from \
+     tables kept by kernel events, without a walk of the host's table.",
 );
 const FOLLOWED_DUMPS: FamilySpec = FamilySpec::counter(
     "tcpstate_followed_namespace_dumps_total",
-    "Full dumps of followed namespaces, by reason: first (a table is built, also after      lost events), period (sample.reconcile_period), mismatch (the kernel counted sockets      the table did not hold).",
+    "Full dumps of followed namespaces, by reason: first (a table is built, also after \
+     lost events), period (sample.reconcile_period), mismatch (the kernel counted sockets \
+     the table did not hold), too_large (more sockets than a table keeps).",
+);
+const FOLLOWED_REFRESHES: FamilySpec = FamilySpec::counter(
+    "tcpstate_followed_socket_refreshes_total",
+    "Sockets of followed namespaces whose queues and owner were read afresh in a round \
+     served from the table, by how: lookup (one exact sock_diag lookup each), descriptor \
+     (from their holding process's descriptors, one BPF iterator pass per process).",
 );
 
 fn namespace_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
@@ -106,6 +115,16 @@ fn namespace_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
                 metrics.followed_dumps[*r as usize] as f64,
             )
         })),
+        FOLLOWED_REFRESHES.with_values([
+            (
+                vec![label("via", "lookup")],
+                metrics.followed_lookups as f64,
+            ),
+            (
+                vec![label("via", "descriptor")],
+                metrics.followed_held as f64,
+            ),
+        ]),
     ]
 }
 

@@ -10,11 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::kernel::record::{STATE_COUNT, SocketRecord, TcpState};
+use foldhash::HashMap;
+
+use crate::kernel::record::{HeldSocket, STATE_COUNT, SocketRecord, TcpState};
 use crate::kernel::sockdiag::{DiagSocket, DumpError};
 use crate::kernel::sysctl;
 use crate::model::ages::CloseWaitEvent;
 use crate::model::socket_table::{DumpReason, LookupPlan, SocketTable, StateTransition};
+use crate::sampling::attribution::Attribution;
 use crate::sampling::sampler::{Refresh, Sampler};
 
 /// A namespace with more sockets than this is dumped every round rather than followed:
@@ -25,8 +28,9 @@ pub const MAX_FOLLOWED_SOCKETS: usize = 50_000;
 /// What a followed namespace's table gives this round.
 #[derive(Debug, PartialEq)]
 pub enum TableRound {
-    /// Every connection, and how many sockets were looked up.
-    Served(Vec<SocketRecord>, usize),
+    /// Every connection, and how many sockets were looked up and read from their
+    /// processes' descriptors.
+    Served(Vec<SocketRecord>, Refreshed),
     /// Dump instead, for this reason.
     Dump(DumpReason),
     /// The kernel counts more sockets than the table holds: most likely sockets born
@@ -37,8 +41,9 @@ pub enum TableRound {
 /// How a followed namespace was read this round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FollowedRound {
-    /// Served from the table: `lookups` sockets looked up.
-    FromTable { lookups: usize },
+    /// Served from the table: `lookups` sockets looked up, `held` read from their
+    /// processes' descriptors.
+    FromTable { lookups: usize, held: usize },
     /// Dumped in full instead.
     Dumped(DumpReason),
 }
@@ -49,6 +54,8 @@ pub struct FollowedCounts {
     pub from_table: u64,
     /// Sockets looked up by the rounds served from their tables.
     pub lookups: u64,
+    /// Sockets those rounds read from their processes' descriptors instead.
+    pub held: u64,
     /// Full dumps, indexed by `DumpReason as usize`.
     pub dumps: [u64; DumpReason::ALL.len()],
 }
@@ -56,18 +63,28 @@ pub struct FollowedCounts {
 impl FollowedCounts {
     pub fn add(&mut self, round: FollowedRound) {
         match round {
-            FollowedRound::FromTable { lookups } => {
+            FollowedRound::FromTable { lookups, held } => {
                 self.from_table += 1;
                 self.lookups += lookups as u64;
+                self.held += held as u64;
             }
             FollowedRound::Dumped(reason) => self.dumps[reason as usize] += 1,
         }
     }
 }
 
-/// A followed namespace's connections from its table and how many were looked up, or
+/// How a round served from a table refreshed the sockets whose figures must be fresh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Exact sock_diag lookups.
+    pub lookups: usize,
+    /// Read from their holders' descriptors (`Attribution::held_sockets`).
+    pub held: usize,
+}
+
+/// A followed namespace's connections from its table and how they were refreshed, or
 /// why it was dumped.
-pub type FromTable = Result<(Vec<SocketRecord>, usize), DumpReason>;
+pub type FromTable = Result<(Vec<SocketRecord>, Refreshed), DumpReason>;
 
 pub struct Following {
     table: Option<SocketTable>,
@@ -115,12 +132,14 @@ impl Following {
 
     /// This round's connections from the table, or why it must dump instead.
     /// `fresh`: states whose figures are wanted fresh; `listeners`: how many the
-    /// round's listener dump found.
+    /// round's listener dump found; `held`: the sockets the table's processes hold now,
+    /// by cookie (those need no lookup).
     pub fn records(
         &mut self,
         socket: &mut DiagSocket,
         fresh: &[bool; STATE_COUNT],
         listeners: usize,
+        held: &HashMap<u64, HeldSocket>,
     ) -> Result<TableRound, DumpError> {
         if self.may_reconcile && self.due() {
             return Ok(TableRound::Dump(DumpReason::Period));
@@ -132,14 +151,18 @@ impl Following {
             };
             return Ok(TableRound::Dump(why));
         };
-        let asked = match table.plan(fresh) {
+        let asked = match table.plan(fresh, held) {
             LookupPlan::Lookups(asked) => asked,
             LookupPlan::Dump => return Ok(TableRound::Dump(DumpReason::Mismatch)),
         };
+        let from_held = table.take_held(held);
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
         table.take_lookups(&asked, found);
-        let asked = asked.len();
+        let refreshed = Refreshed {
+            lookups: asked.len(),
+            held: from_held,
+        };
         // Read after the lookups: a socket opened since shows as a surplus, never hides.
         let Ok(totals) = sysctl::socket_totals() else {
             return Ok(TableRound::Dump(DumpReason::Mismatch));
@@ -158,7 +181,22 @@ impl Following {
             .filter(|r| r.state != TcpState::Listen)
             .copied()
             .collect();
-        Ok(TableRound::Served(records, asked))
+        Ok(TableRound::Served(records, refreshed))
+    }
+
+    /// The processes holding the table's sockets, as attribution knows them.
+    fn holders(&self, attribution: &Attribution) -> Vec<u32> {
+        let Some(table) = &self.table else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = table
+            .records()
+            .filter(|r| r.inode != 0)
+            .filter_map(|r| attribution.holder_of(r.inode).map(|(pid, _)| pid))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// A full dump's connections: the table starts again from them.
@@ -202,23 +240,32 @@ impl Sampler {
     /// A followed namespace's connections for this round (`None`: not followed). When
     /// the table looks stale, the events queued since the round began are applied
     /// (`refresh`) and the table asked once more before it is given up for a dump.
-    pub(super) fn read_table(&mut self, refresh: Refresh) -> Result<Option<FromTable>, DumpError> {
+    /// The sockets whose figures must be fresh are read from their holders' descriptors
+    /// where attribution knows the holders (one BPF iterator pass per process), and
+    /// looked up otherwise.
+    pub(super) fn read_table(
+        &mut self,
+        attribution: &mut Attribution,
+        refresh: Refresh,
+    ) -> Result<Option<FromTable>, DumpError> {
         let mut fresh = self.detail_mask;
         fresh[TcpState::CloseWait.index()] = true;
         let listeners = self.listeners.len();
         let Some(following) = &mut self.following else {
             return Ok(None);
         };
-        let mut round = following.records(&mut self.socket, &fresh, listeners)?;
+        let holders = following.holders(attribution);
+        let held = attribution.held_sockets(&holders).unwrap_or_default();
+        let mut round = following.records(&mut self.socket, &fresh, listeners, &held)?;
         if round == TableRound::Stale {
             let changes = refresh();
             self.apply_transitions(&changes);
             if let Some(following) = &mut self.following {
-                round = following.records(&mut self.socket, &fresh, listeners)?;
+                round = following.records(&mut self.socket, &fresh, listeners, &held)?;
             }
         }
         Ok(Some(match round {
-            TableRound::Served(records, lookups) => Ok((records, lookups)),
+            TableRound::Served(records, refreshed) => Ok((records, refreshed)),
             TableRound::Dump(why) => Err(why),
             TableRound::Stale => Err(DumpReason::Mismatch),
         }))
@@ -228,6 +275,7 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use foldhash::HashMapExt;
 
     fn fresh() -> [bool; STATE_COUNT] {
         let mut fresh = [false; STATE_COUNT];
@@ -241,7 +289,9 @@ mod tests {
     fn a_large_namespace_is_dumped_every_round() {
         let mut socket = DiagSocket::open().expect("netlink");
         let mut following = Following::new(Duration::from_secs(600));
-        let first = following.records(&mut socket, &fresh(), 0).expect("no I/O");
+        let first = following
+            .records(&mut socket, &fresh(), 0, &HashMap::new())
+            .expect("no I/O");
         assert_eq!(first, TableRound::Dump(DumpReason::First));
         let many: Vec<SocketRecord> = (0..=MAX_FOLLOWED_SOCKETS as u64)
             .map(|cookie| SocketRecord {
@@ -250,7 +300,9 @@ mod tests {
             })
             .collect();
         following.dumped(&many);
-        let again = following.records(&mut socket, &fresh(), 0).expect("no I/O");
+        let again = following
+            .records(&mut socket, &fresh(), 0, &HashMap::new())
+            .expect("no I/O");
         assert_eq!(again, TableRound::Dump(DumpReason::TooLarge));
         following.dumped(&many[..10]);
         assert!(following.table.is_some(), "small again: followed");

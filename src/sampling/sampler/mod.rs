@@ -260,7 +260,7 @@ impl Sampler {
         refresh: Refresh,
     ) -> Result<AfterDump, DumpError> {
         self.ephemeral = self.ephemeral_range();
-        let from_table = self.read_table(refresh)?;
+        let from_table = self.read_table(attribution, refresh)?;
         attribution.begin_owner_tally();
         let mut sink = ConnectionSink {
             classifier: Classifier {
@@ -279,8 +279,11 @@ impl Sampler {
             },
         };
         match from_table {
-            Some(Ok((records, lookups))) => {
-                report.followed = Some(FollowedRound::FromTable { lookups });
+            Some(Ok((records, refreshed))) => {
+                report.followed = Some(FollowedRound::FromTable {
+                    lookups: refreshed.lookups,
+                    held: refreshed.held,
+                });
                 for record in &records {
                     sink.take(record);
                 }

@@ -1,0 +1,96 @@
+//! A BPF iterator limited to one process: BPF_LINK_CREATE with the link's `iter_info`
+//! naming the process (Linux 6.1+), which aya 0.14's `Iter::attach` cannot pass, then
+//! BPF_ITER_CREATE for the read. Two raw bpf(2) calls.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+// From include/uapi/linux/bpf.h (stable ABI).
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+
+/// `union bpf_attr`, as BPF_LINK_CREATE reads it for an iterator.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    pad: u32,
+}
+
+/// `union bpf_iter_link_info`, its `task` member: `pid` names a process (every thread
+/// of it; for task_file, its descriptor table once).
+#[repr(C)]
+struct TaskIterInfo {
+    tid: u32,
+    pid: u32,
+    pid_fd: u32,
+    pad: u32,
+}
+
+/// `union bpf_attr`, as BPF_ITER_CREATE reads it.
+#[repr(C)]
+struct IterCreateAttr {
+    link_fd: u32,
+    flags: u32,
+}
+
+/// bpf(2); a new descriptor on success.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a live, fully initialised #[repr(C)] value of the layout the
+    // command reads, and its size is passed with it; the kernel reads no more.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf(2) returned no descriptor"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs the task iterator `program` over the process `pid` (as the initial pid namespace
+/// numbers it) and returns everything it wrote. `Ok(None)`: no such process (any more).
+pub fn read_for_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Vec<u8>>> {
+    let info = TaskIterInfo {
+        tid: 0,
+        pid,
+        pid_fd: 0,
+        pad: 0,
+    };
+    let attr = LinkCreateAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: &info as *const TaskIterInfo as u64,
+        iter_info_len: std::mem::size_of::<TaskIterInfo>() as u32,
+        pad: 0,
+    };
+    let link = match bpf_fd(BPF_LINK_CREATE, &attr) {
+        Ok(link) => link,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let iter = bpf_fd(
+        BPF_ITER_CREATE,
+        &IterCreateAttr {
+            link_fd: link.as_raw_fd() as u32,
+            flags: 0,
+        },
+    )?;
+    let mut bytes = Vec::new();
+    File::from(iter).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}

@@ -1,0 +1,203 @@
+//! The socket table's unit tests: a socket's life in events, dumps, lookups and held
+//! figures.
+
+use super::*;
+
+fn change(cookie: u64, from: TcpState, to: TcpState, local_port: u16) -> StateTransition {
+    StateTransition {
+        cookie,
+        at: 0.0,
+        from: Some(from),
+        to: Some(to),
+        bound_dev_if: 0,
+        local: SocketAddr::from(([127, 0, 0, 1], local_port)),
+        remote: SocketAddr::from(([127, 0, 0, 1], 80)),
+    }
+}
+
+fn record(cookie: u64, state: TcpState) -> SocketRecord {
+    SocketRecord {
+        cookie,
+        ..SocketRecord::for_tests(state, 0, 0)
+    }
+}
+
+fn states(table: &SocketTable) -> Vec<(u64, TcpState)> {
+    let mut out: Vec<_> = table.records().map(|r| (r.cookie, r.state)).collect();
+    out.sort();
+    out
+}
+
+fn close_wait_only() -> [bool; STATE_COUNT] {
+    let mut fresh = [false; STATE_COUNT];
+    fresh[TcpState::CloseWait.index()] = true;
+    fresh
+}
+
+fn planned(table: &SocketTable) -> Vec<u64> {
+    match table.plan(&close_wait_only(), &HashMap::new()) {
+        LookupPlan::Lookups(records) => {
+            let mut cookies: Vec<u64> = records.iter().map(|r| r.cookie).collect();
+            cookies.sort();
+            cookies
+        }
+        LookupPlan::Dump => panic!("a dump was planned"),
+    }
+}
+
+/// A connection's life in events: born without its port, identified once
+/// established, looked up only while in CLOSE_WAIT, gone after LAST_ACK.
+#[test]
+fn a_connection_is_followed_from_birth_to_close() {
+    let mut table = SocketTable::from_dump(&[record(1, TcpState::Listen)]);
+    assert!(table.is_empty(), "listeners are not kept");
+    table.apply(&change(7, TcpState::Close, TcpState::SynSent, 0));
+    assert_eq!(states(&table), [(7, TcpState::SynSent)]);
+    assert_eq!(planned(&table), Vec::<u64>::new(), "no figures wanted");
+    let mut fresh = close_wait_only();
+    fresh[TcpState::SynSent.index()] = true;
+    assert_eq!(
+        table.plan(&fresh, &HashMap::new()),
+        LookupPlan::Dump,
+        "no port to look it up by"
+    );
+    table.apply(&change(7, TcpState::SynSent, TcpState::Established, 40000));
+    table.apply(&change(
+        7,
+        TcpState::Established,
+        TcpState::CloseWait,
+        40000,
+    ));
+    let asked = match table.plan(&close_wait_only(), &HashMap::new()) {
+        LookupPlan::Lookups(asked) => asked,
+        LookupPlan::Dump => panic!("identified by now"),
+    };
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].local_port, 40000, "looked up by its own port");
+    table.apply(&change(7, TcpState::CloseWait, TcpState::LastAck, 40000));
+    table.apply(&change(7, TcpState::LastAck, TcpState::Close, 40000));
+    assert!(table.is_empty());
+}
+
+/// An active closer may leave a time-wait socket, which changes and expires
+/// without events: it is looked up until a lookup no longer finds it.
+#[test]
+fn a_time_wait_socket_is_looked_up_until_gone() {
+    let mut table = SocketTable::from_dump(&[record(3, TcpState::Established)]);
+    table.apply(&change(3, TcpState::Established, TcpState::FinWait1, 80));
+    table.apply(&change(3, TcpState::FinWait1, TcpState::FinWait2, 80));
+    table.apply(&change(3, TcpState::FinWait2, TcpState::Close, 80));
+    assert_eq!(planned(&table), [3]);
+    let asked = [record(3, TcpState::TimeWait)];
+    table.take_lookups(&asked, vec![record(3, TcpState::FinWait2)]);
+    assert_eq!(
+        states(&table),
+        [(3, TcpState::FinWait2)],
+        "the substate the kernel gave"
+    );
+    assert_eq!(planned(&table), [3], "still looked up");
+    table.take_lookups(&asked, Vec::new());
+    assert!(table.is_empty(), "expired");
+}
+
+/// Changes that happened while the dump ran end where the kernel is, whether the
+/// dump saw them or not.
+#[test]
+fn changes_during_the_dump_are_applied_idempotently() {
+    let mut table = SocketTable::from_dump(&[
+        record(1, TcpState::CloseWait),   // the dump saw the change
+        record(2, TcpState::Established), // the dump came before it
+    ]);
+    table.apply(&change(1, TcpState::Established, TcpState::CloseWait, 1));
+    table.apply(&change(2, TcpState::Established, TcpState::CloseWait, 2));
+    // Born during the dump, after its bucket was walked; and one closed meanwhile.
+    table.apply(&change(3, TcpState::SynRecv, TcpState::Established, 3));
+    table.apply(&change(4, TcpState::Established, TcpState::Close, 4));
+    assert_eq!(
+        states(&table),
+        [
+            (1, TcpState::CloseWait),
+            (2, TcpState::CloseWait),
+            (3, TcpState::Established)
+        ]
+    );
+}
+
+/// A dumped SYN-RECV socket is taken for a request socket, which the kernel's
+/// per-namespace totals leave out: it must not stand in for a missing socket.
+#[test]
+fn request_sockets_are_not_counted_against_the_kernels_totals() {
+    let table = SocketTable::from_dump(&[
+        record(1, TcpState::SynRecv),
+        record(2, TcpState::Established),
+    ]);
+    assert_eq!((table.len(), table.counted_by_kernel()), (2, 1));
+    let mut table = table;
+    table.apply(&change(3, TcpState::Listen, TcpState::SynRecv, 0));
+    assert_eq!(
+        table.counted_by_kernel(),
+        2,
+        "a child from an event is a full socket"
+    );
+}
+
+#[test]
+fn a_socket_in_an_unknown_state_is_dropped() {
+    let mut table = SocketTable::from_dump(&[record(5, TcpState::Established)]);
+    table.apply(&StateTransition {
+        to: None,
+        ..change(5, TcpState::Established, TcpState::Established, 5)
+    });
+    assert!(table.is_empty());
+}
+
+/// Sockets their holders' descriptors show in the table's state take those figures
+/// and are not looked up; one that changed state since (or a volatile one) is.
+#[test]
+fn held_sockets_stand_for_lookups_only_in_the_same_state() {
+    let mut table = SocketTable::from_dump(&[
+        record(1, TcpState::CloseWait),
+        record(2, TcpState::CloseWait),
+        record(3, TcpState::TimeWait),
+    ]);
+    let held_as = |cookie: u64, state: TcpState| HeldSocket {
+        cookie,
+        netns_inode: 1,
+        state,
+        recv_queue: 9,
+        send_queue: 4,
+        inode: 77,
+        uid: 1000,
+        keepalive_armed: true,
+    };
+    // 2 moved on since its event; 3 is volatile.
+    let states = [TcpState::CloseWait, TcpState::LastAck, TcpState::TimeWait];
+    let held: HashMap<u64, HeldSocket> = (1..=3)
+        .zip(states)
+        .map(|(c, s)| (c, held_as(c, s)))
+        .collect();
+    let LookupPlan::Lookups(asked) = table.plan(&close_wait_only(), &held) else {
+        panic!("identified");
+    };
+    let mut asked: Vec<u64> = asked.iter().map(|r| r.cookie).collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [2, 3],
+        "the changed and the volatile one are looked up"
+    );
+    assert_eq!(table.take_held(&held), 1);
+    let one = table.records().find(|r| r.cookie == 1).expect("kept");
+    assert_eq!(
+        (
+            one.recv_queue,
+            one.send_queue,
+            one.inode,
+            one.uid,
+            one.keepalive_armed
+        ),
+        (9, 4, 77, 1000, true)
+    );
+    let two = table.records().find(|r| r.cookie == 2).expect("kept");
+    assert_eq!(*two, record(2, TcpState::CloseWait), "left for its lookup");
+}
