@@ -750,3 +750,122 @@ for c in clients[16:]:
     c.close()
 time.sleep(120)
 ";
+
+/// Sets SO_KEEPALIVE on a socket.
+fn arm_keepalive(socket: &impl std::os::fd::AsRawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_KEEPALIVE");
+}
+
+/// A loopback connection to `port` in `pod`: (listener, client, server).
+fn connection_in(
+    pod: &Netns,
+    port: u16,
+) -> (
+    std::net::TcpListener,
+    std::net::TcpStream,
+    std::net::TcpStream,
+) {
+    pod.run(|| {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("listen");
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let server = listener.accept().expect("accept").0;
+        (listener, client, server)
+    })
+}
+
+/// In `pod`: the established sockets to or from `port`, as exact lookups report them.
+/// Each must equal what this process's descriptors show for it (the BPF iterator
+/// `held_sockets`, put into the looked-up record by `HeldSocket::refresh`).
+fn looked_up_equal_to_held(
+    pod: &Netns,
+    port: u16,
+) -> Vec<tcpstate_exporter::kernel::record::SocketRecord> {
+    use tcpstate_exporter::kernel::events::socket_fds::SocketFdLister;
+    use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest};
+    let looked_up = pod.run(|| {
+        let mut diag = DiagSocket::open().expect("netlink");
+        let mut ours = Vec::new();
+        let request = DumpRequest::for_states([TcpState::Established], false);
+        diag.dump(request, &mut |r| {
+            if r.remote_port == port || r.local_port == port {
+                ours.push(*r);
+            }
+        })
+        .expect("dump");
+        let mut looked_up = Vec::new();
+        diag.lookup_many(&ours, false, &mut |r| looked_up.push(*r))
+            .expect("lookup");
+        looked_up
+    });
+    let mut lister = SocketFdLister::load().expect("iterators (root, kernel BTF)");
+    let held = lister.held_sockets(std::process::id()).expect("held");
+    assert_eq!(looked_up.len(), 2, "both ends: {looked_up:?}");
+    for lookup in &looked_up {
+        let mine = held
+            .iter()
+            .find(|h| h.cookie == lookup.cookie)
+            .unwrap_or_else(|| panic!("cookie {} not held: {held:?}", lookup.cookie));
+        assert_eq!(mine.refresh(lookup), *lookup, "held {mine:?}");
+    }
+    looked_up
+}
+
+/// Every figure a followed pod's connection gets from its holder's descriptors equals
+/// what an exact lookup reports, for both ends: unread bytes, the keepalive timer,
+/// inode, uid, state.
+#[test]
+fn held_figures_equal_lookups_for_both_ends() {
+    use std::io::Write;
+    let pod = Netns::new("tcpstate-held");
+    let (_listener, mut client, server) = connection_in(&pod, 8091);
+    arm_keepalive(&server);
+    client.write_all(b"hello").expect("write");
+    std::thread::sleep(Duration::from_millis(50)); // the bytes arrive
+    let looked_up = looked_up_equal_to_held(&pod, 8091);
+    let server_side = looked_up
+        .iter()
+        .find(|r| r.local_port == 8091)
+        .expect("the server end");
+    assert_eq!(server_side.recv_queue, 5, "the unread bytes count");
+    assert!(server_side.keepalive_armed, "the keepalive timer shows");
+}
+
+/// A held socket's figures equal its exact lookup's while a retransmission is pending
+/// (the peer's ACKs are dropped): Send-Q counts the unacknowledged bytes, and the
+/// keepalive timer, armed too, is not what sock_diag reports (the retransmit timer
+/// comes first in inet_sk_diag_fill), so neither way says "keepalive".
+#[test]
+fn held_figures_equal_lookups_while_a_retransmission_is_pending() {
+    use std::io::Write;
+    let pod = Netns::new("tcpstate-retrans");
+    let (_listener, mut client, _server) = connection_in(&pod, 8090);
+    arm_keepalive(&client);
+    // Nothing reaches the server any more: the client's bytes stay unacknowledged.
+    pod.exec(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "8090", "-j", "DROP"],
+    );
+    client.write_all(b"lost").expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    let looked_up = looked_up_equal_to_held(&pod, 8090);
+    let client_side = looked_up
+        .iter()
+        .find(|r| r.remote_port == 8090)
+        .expect("the client end");
+    assert_eq!(client_side.send_queue, 4, "the unacknowledged bytes");
+    assert!(
+        !client_side.keepalive_armed,
+        "sock_diag reports the retransmit timer"
+    );
+}
