@@ -38,18 +38,6 @@ struct file {
 	struct inode *f_inode;
 } __attribute__((preserve_access_index));
 
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net {
-	struct ns_common ns;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
 // Flattened: the kernel nests these in anonymous unions, which CO-RE looks through.
 typedef struct {
 	__s64 counter;
@@ -59,7 +47,6 @@ struct sock_common {
 	unsigned short skc_family;
 	atomic64_t skc_cookie;
 	volatile unsigned char skc_state;
-	possible_net_t skc_net;
 } __attribute__((preserve_access_index));
 
 struct hlist_node {
@@ -167,7 +154,6 @@ int held_sockets(struct bpf_iter__task_file *ctx)
 	// The cookie as it stands (0 until sock_diag or an event first asked for it; such a
 	// socket matches nothing in user space's table and is looked up instead).
 	record.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	record.netns_inum = sk->__sk_common.skc_net.net->ns.inum;
 	record.inode = (__u32)file->f_inode->i_ino;
 	record.uid = sk->sk_uid.val;
 	__s32 unread = (__s32)(BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq));

@@ -15,10 +15,9 @@ struct socket_fd {
 };
 
 // One TCP socket held by a descriptor of the process the iterator `held_sockets` was
-// attached to: what an exact sock_diag lookup (without tcp_info) reports for it. 40 bytes.
+// attached to: what an exact sock_diag lookup (without tcp_info) reports for it. 32 bytes.
 struct held_socket {
 	__u64 cookie;     // socket cookie, as sock_diag reports it
-	__u32 netns_inum; // inode of the socket's network namespace
 	__u32 inode;      // socket inode
 	__u32 uid;        // the socket's owner uid (sk_uid)
 	__u32 recv_queue; // rcv_nxt - copied_seq, never negative: sock_diag's Recv-Q

@@ -143,8 +143,6 @@ pub struct SocketRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldSocket {
     pub cookie: u64,
-    /// Inode of the socket's network namespace.
-    pub netns_inode: u32,
     pub state: TcpState,
     pub recv_queue: u32,
     pub send_queue: u32,

@@ -106,8 +106,12 @@ impl DumpReason {
 /// What the sampler must do this round.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LookupPlan {
-    /// Look these up; every other socket is counted as it stands.
-    Lookups(Vec<SocketRecord>),
+    /// Look `asked` up; `held` sockets already took their holders' figures; every
+    /// other socket is counted as it stands.
+    Lookups {
+        asked: Vec<SocketRecord>,
+        held: usize,
+    },
     /// A socket whose figures are needed cannot be looked up (its addresses are not
     /// known yet): dump instead.
     Dump,
@@ -203,38 +207,35 @@ impl SocketTable {
         }
     }
 
-    /// The sockets to look up this round: those in a state whose figures are wanted
-    /// fresh (`fresh[state.index()]`) and the volatile ones, but for those `held` (what
-    /// their processes' descriptors show now, by cookie) already gives.
-    pub fn plan(&self, fresh: &[bool; STATE_COUNT], held: &HashMap<u64, HeldSocket>) -> LookupPlan {
-        let mut lookups = Vec::new();
-        for entry in self.entries.values() {
+    /// Refreshes this round the sockets in a state whose figures are wanted fresh
+    /// (`fresh[state.index()]`) and the volatile ones: those `held` (what their
+    /// processes' descriptors show now, by cookie) gives in the state the table has them
+    /// in take its figures; the others are to be looked up.
+    pub fn plan(
+        &mut self,
+        fresh: &[bool; STATE_COUNT],
+        held: &HashMap<u64, HeldSocket>,
+    ) -> LookupPlan {
+        let mut asked = Vec::new();
+        let mut from_held = 0;
+        for entry in self.entries.values_mut() {
             if !(entry.volatile || fresh[entry.record.state.index()]) {
                 continue;
             }
-            if entry.served_by(held).is_some() {
+            if let Some(socket) = entry.served_by(held) {
+                entry.record = socket.refresh(&entry.record);
+                from_held += 1;
                 continue;
             }
             if !entry.identified {
                 return LookupPlan::Dump;
             }
-            lookups.push(entry.record);
+            asked.push(entry.record);
         }
-        LookupPlan::Lookups(lookups)
-    }
-
-    /// Takes the figures of the sockets `held` shows in the state the table has them in
-    /// (a socket that changed state since is looked up instead, as is any volatile one);
-    /// returns how many it took.
-    pub fn take_held(&mut self, held: &HashMap<u64, HeldSocket>) -> usize {
-        let mut taken = 0;
-        for entry in self.entries.values_mut() {
-            if let Some(socket) = entry.served_by(held) {
-                entry.record = socket.refresh(&entry.record);
-                taken += 1;
-            }
+        LookupPlan::Lookups {
+            asked,
+            held: from_held,
         }
-        taken
     }
 
     /// Takes the answers to `asked`: the `found` records replace theirs, the asked
@@ -261,8 +262,8 @@ impl SocketTable {
 }
 
 impl Entry {
-    /// `held`'s figures for this socket, if they can stand for a lookup: a full socket
-    /// in the state the table has it in, whose addresses are known.
+    /// `held`'s figures for this socket, if they can stand for a lookup: not a volatile
+    /// socket, in the state the table has it in, its addresses known.
     fn served_by<'a>(&self, held: &'a HashMap<u64, HeldSocket>) -> Option<&'a HeldSocket> {
         if self.volatile || !self.identified {
             return None;

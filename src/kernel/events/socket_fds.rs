@@ -22,7 +22,7 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/s
 const RECORD_LEN: usize = 16;
 
 /// Bytes of one `struct held_socket` (bpf/socket_fds.h).
-const HELD_LEN: usize = 40;
+const HELD_LEN: usize = 32;
 
 /// One open descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,13 +123,12 @@ fn parse_held(bytes: &[u8]) -> Vec<HeldSocket> {
             let cookie = chunk.get(..8)?.try_into().ok().map(u64::from_ne_bytes)?;
             Some(HeldSocket {
                 cookie,
-                netns_inode: word(chunk, 8),
-                inode: word(chunk, 12),
-                uid: word(chunk, 16),
-                recv_queue: word(chunk, 20),
-                send_queue: word(chunk, 24),
-                state: TcpState::from_kernel(*chunk.get(28)?)?,
-                keepalive_armed: *chunk.get(29)? != 0,
+                inode: word(chunk, 8),
+                uid: word(chunk, 12),
+                recv_queue: word(chunk, 16),
+                send_queue: word(chunk, 20),
+                state: TcpState::from_kernel(*chunk.get(24)?)?,
+                keepalive_armed: *chunk.get(25)? != 0,
             })
         })
         .collect()

@@ -34,9 +34,9 @@ fn close_wait_only() -> [bool; STATE_COUNT] {
     fresh
 }
 
-fn planned(table: &SocketTable) -> Vec<u64> {
+fn planned(table: &mut SocketTable) -> Vec<u64> {
     match table.plan(&close_wait_only(), &HashMap::new()) {
-        LookupPlan::Lookups(records) => {
+        LookupPlan::Lookups { asked: records, .. } => {
             let mut cookies: Vec<u64> = records.iter().map(|r| r.cookie).collect();
             cookies.sort();
             cookies
@@ -53,7 +53,7 @@ fn a_connection_is_followed_from_birth_to_close() {
     assert!(table.is_empty(), "listeners are not kept");
     table.apply(&change(7, TcpState::Close, TcpState::SynSent, 0));
     assert_eq!(states(&table), [(7, TcpState::SynSent)]);
-    assert_eq!(planned(&table), Vec::<u64>::new(), "no figures wanted");
+    assert_eq!(planned(&mut table), Vec::<u64>::new(), "no figures wanted");
     let mut fresh = close_wait_only();
     fresh[TcpState::SynSent.index()] = true;
     assert_eq!(
@@ -69,7 +69,7 @@ fn a_connection_is_followed_from_birth_to_close() {
         40000,
     ));
     let asked = match table.plan(&close_wait_only(), &HashMap::new()) {
-        LookupPlan::Lookups(asked) => asked,
+        LookupPlan::Lookups { asked, .. } => asked,
         LookupPlan::Dump => panic!("identified by now"),
     };
     assert_eq!(asked.len(), 1);
@@ -87,7 +87,7 @@ fn a_time_wait_socket_is_looked_up_until_gone() {
     table.apply(&change(3, TcpState::Established, TcpState::FinWait1, 80));
     table.apply(&change(3, TcpState::FinWait1, TcpState::FinWait2, 80));
     table.apply(&change(3, TcpState::FinWait2, TcpState::Close, 80));
-    assert_eq!(planned(&table), [3]);
+    assert_eq!(planned(&mut table), [3]);
     let asked = [record(3, TcpState::TimeWait)];
     table.take_lookups(&asked, vec![record(3, TcpState::FinWait2)]);
     assert_eq!(
@@ -95,7 +95,7 @@ fn a_time_wait_socket_is_looked_up_until_gone() {
         [(3, TcpState::FinWait2)],
         "the substate the kernel gave"
     );
-    assert_eq!(planned(&table), [3], "still looked up");
+    assert_eq!(planned(&mut table), [3], "still looked up");
     table.take_lookups(&asked, Vec::new());
     assert!(table.is_empty(), "expired");
 }
@@ -162,7 +162,6 @@ fn held_sockets_stand_for_lookups_only_in_the_same_state() {
     ]);
     let held_as = |cookie: u64, state: TcpState| HeldSocket {
         cookie,
-        netns_inode: 1,
         state,
         recv_queue: 9,
         send_queue: 4,
@@ -172,11 +171,11 @@ fn held_sockets_stand_for_lookups_only_in_the_same_state() {
     };
     // 2 moved on since its event; 3 is volatile.
     let states = [TcpState::CloseWait, TcpState::LastAck, TcpState::TimeWait];
-    let held: HashMap<u64, HeldSocket> = (1..=3)
+    let held_now: HashMap<u64, HeldSocket> = (1..=3)
         .zip(states)
         .map(|(c, s)| (c, held_as(c, s)))
         .collect();
-    let LookupPlan::Lookups(asked) = table.plan(&close_wait_only(), &held) else {
+    let LookupPlan::Lookups { asked, held } = table.plan(&close_wait_only(), &held_now) else {
         panic!("identified");
     };
     let mut asked: Vec<u64> = asked.iter().map(|r| r.cookie).collect();
@@ -186,7 +185,7 @@ fn held_sockets_stand_for_lookups_only_in_the_same_state() {
         [2, 3],
         "the changed and the volatile one are looked up"
     );
-    assert_eq!(table.take_held(&held), 1);
+    assert_eq!(held, 1, "one socket took its holder's figures");
     let one = table.records().find(|r| r.cookie == 1).expect("kept");
     assert_eq!(
         (

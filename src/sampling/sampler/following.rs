@@ -130,6 +130,19 @@ impl Following {
         self.table = None;
     }
 
+    /// Why this round dumps whatever the table holds: the reconcile period is due (and
+    /// the round allows it), or there is no table (first round, lost events, too large).
+    pub fn must_dump(&self) -> Option<DumpReason> {
+        if self.may_reconcile && self.due() {
+            return Some(DumpReason::Period);
+        }
+        match (&self.table, self.large) {
+            (Some(_), _) => None,
+            (None, true) => Some(DumpReason::TooLarge),
+            (None, false) => Some(DumpReason::First),
+        }
+    }
+
     /// This round's connections from the table, or why it must dump instead.
     /// `fresh`: states whose figures are wanted fresh; `listeners`: how many the
     /// round's listener dump found; `held`: the sockets the table's processes hold now,
@@ -141,21 +154,16 @@ impl Following {
         listeners: usize,
         held: &HashMap<u64, HeldSocket>,
     ) -> Result<TableRound, DumpError> {
-        if self.may_reconcile && self.due() {
-            return Ok(TableRound::Dump(DumpReason::Period));
+        if let Some(why) = self.must_dump() {
+            return Ok(TableRound::Dump(why));
         }
         let Some(table) = &mut self.table else {
-            let why = match self.large {
-                true => DumpReason::TooLarge,
-                false => DumpReason::First,
-            };
-            return Ok(TableRound::Dump(why));
+            return Ok(TableRound::Dump(DumpReason::First));
         };
-        let asked = match table.plan(fresh, held) {
-            LookupPlan::Lookups(asked) => asked,
+        let (asked, from_held) = match table.plan(fresh, held) {
+            LookupPlan::Lookups { asked, held } => (asked, held),
             LookupPlan::Dump => return Ok(TableRound::Dump(DumpReason::Mismatch)),
         };
-        let from_held = table.take_held(held);
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
         table.take_lookups(&asked, found);
@@ -254,8 +262,13 @@ impl Sampler {
         let Some(following) = &mut self.following else {
             return Ok(None);
         };
-        let holders = following.holders(attribution);
-        let held = attribution.held_sockets(&holders).unwrap_or_default();
+        // Read the holders' descriptors only for a round the table may serve.
+        let held = match following.must_dump() {
+            Some(_) => HashMap::default(),
+            None => attribution
+                .held_sockets(&following.holders(attribution))
+                .unwrap_or_default(),
+        };
         let mut round = following.records(&mut self.socket, &fresh, listeners, &held)?;
         if round == TableRound::Stale {
             let changes = refresh();
