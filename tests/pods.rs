@@ -704,6 +704,15 @@ fn nginx_in_a_followed_pod_equals_ss() {
         &[("reason", "mismatch")],
     );
     assert_eq!(mismatch, 0.0);
+    // The pod's connections (nginx's and its clients') were read from their holders'
+    // descriptors (the BPF iterator), and the figures still equalled `ss`.
+    assert!(
+        m.get(
+            "tcpstate_followed_socket_refreshes_total",
+            &[("via", "descriptor")]
+        ) > 0.0,
+        "no socket of the pod was read from its holder's descriptors"
+    );
     let _ = clients.kill();
     let _ = clients.wait();
     // SIGTERM: the master takes its worker with it (SIGKILL would orphan the worker).
