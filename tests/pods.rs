@@ -585,7 +585,28 @@ fn sockets_bound_to_a_device_are_looked_up_on_it() {
         m.get("tcpstate_samples_total", &[]) >= 6.0 && seen == (1.0, 2.0, 2.0)
     });
     assert!(served, "(followed, close_wait, established) = {seen:?}");
+    // The orphaned FIN-WAIT-2 ends have no holder: they are looked up every round (on
+    // their device), while the held ends are read from python's descriptors.
+    let lookups = |m: &Exposition| {
+        m.get(
+            "tcpstate_followed_socket_refreshes_total",
+            &[("via", "lookup")],
+        )
+    };
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    let (samples_then, lookups_then) = (m.get("tcpstate_samples_total", &[]), lookups(&m));
+    let mut m = m;
+    let looked_up = wait_until(WAIT, || {
+        m = Exposition::parse(&daemon.scrape("/metrics").2);
+        m.get("tcpstate_samples_total", &[]) >= samples_then + 2.0
+    });
+    assert!(looked_up, "no further rounds");
+    assert!(
+        lookups(&m) >= lookups_then + 2.0,
+        "the bound orphans were not looked up: {} -> {}",
+        lookups_then,
+        lookups(&m)
+    );
     let mismatch = m.get(
         "tcpstate_followed_namespace_dumps_total",
         &[("reason", "mismatch")],
@@ -793,20 +814,27 @@ fn connection_in(
     })
 }
 
-/// In `pod`: the established sockets to or from `port`, as exact lookups report them.
-/// Each must equal what this process's descriptors show for it (the BPF iterator
-/// `held_sockets`, put into the looked-up record by `HeldSocket::refresh`).
+/// In `pod`: the connected sockets to or from `port` (there must be `count`), as exact
+/// lookups report them. Each must equal what this process's descriptors show for it
+/// (the BPF iterator `held_sockets`, put into the looked-up record by
+/// `HeldSocket::refresh`), and both must agree with `ss`: Recv-Q, Send-Q, inode, and
+/// whether the timer shown is the keepalive timer.
 fn looked_up_equal_to_held(
     pod: &Netns,
     port: u16,
+    count: usize,
 ) -> Vec<tcpstate_exporter::kernel::record::SocketRecord> {
     use tcpstate_exporter::kernel::events::socket_fds::SocketFdLister;
     use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest};
+    let connected = [
+        TcpState::Established,
+        TcpState::CloseWait,
+        TcpState::FinWait2,
+    ];
     let looked_up = pod.run(|| {
         let mut diag = DiagSocket::open().expect("netlink");
         let mut ours = Vec::new();
-        let request = DumpRequest::for_states([TcpState::Established], false);
-        diag.dump(request, &mut |r| {
+        diag.dump(DumpRequest::for_states(connected, false), &mut |r| {
             if r.remote_port == port || r.local_port == port {
                 ours.push(*r);
             }
@@ -819,20 +847,44 @@ fn looked_up_equal_to_held(
     });
     let mut lister = SocketFdLister::load().expect("iterators (root, kernel BTF)");
     let held = lister.held_sockets(std::process::id()).expect("held");
-    assert_eq!(looked_up.len(), 2, "both ends: {looked_up:?}");
+    let ss = pod.sockets_unowned();
+    assert_eq!(
+        looked_up.len(),
+        count,
+        "sockets of port {port}: {looked_up:?}"
+    );
     for lookup in &looked_up {
         let mine = held
             .iter()
             .find(|h| h.cookie == lookup.cookie)
             .unwrap_or_else(|| panic!("cookie {} not held: {held:?}", lookup.cookie));
         assert_eq!(mine.refresh(lookup), *lookup, "held {mine:?}");
+        let line = ss
+            .iter()
+            .find(|s| s.cookie == lookup.cookie)
+            .unwrap_or_else(|| panic!("cookie {} not in ss: {ss:?}", lookup.cookie));
+        let ss_keepalive = line
+            .timer
+            .as_deref()
+            .is_some_and(|t| t.starts_with("keepalive"));
+        assert_eq!(
+            (
+                u64::from(lookup.recv_queue),
+                u64::from(lookup.send_queue),
+                u64::from(lookup.inode),
+                lookup.keepalive_armed
+            ),
+            (line.recv_q, line.send_q, line.inode, ss_keepalive),
+            "against ss: {line:?}"
+        );
     }
     looked_up
 }
 
 /// Every figure a followed pod's connection gets from its holder's descriptors equals
-/// what an exact lookup reports, for both ends: unread bytes, the keepalive timer,
-/// inode, uid, state.
+/// what an exact lookup and `ss` report, for both ends of an established connection and
+/// of one the client half-closed (CLOSE_WAIT, whose Recv-Q counts the FIN): unread
+/// bytes, the keepalive timer, inode, uid, state.
 #[test]
 fn held_figures_equal_lookups_for_both_ends() {
     use std::io::Write;
@@ -840,20 +892,41 @@ fn held_figures_equal_lookups_for_both_ends() {
     let (_listener, mut client, server) = connection_in(&pod, 8091);
     arm_keepalive(&server);
     client.write_all(b"hello").expect("write");
-    std::thread::sleep(Duration::from_millis(50)); // the bytes arrive
-    let looked_up = looked_up_equal_to_held(&pod, 8091);
+    let (_half_listener, mut half_client, _half_server) = connection_in(&pod, 8092);
+    half_client.write_all(b"bye").expect("write");
+    half_client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let arrived = |port: u16, state: &str, recv_q: u64| {
+        pod.sockets_unowned()
+            .iter()
+            .any(|s| s.local_port == port && s.state == state && s.recv_q == recv_q)
+    };
+    assert!(
+        wait_until(WAIT, || arrived(8091, "ESTAB", 5)
+            && arrived(8092, "CLOSE-WAIT", 4)),
+        "the bytes and the FIN never arrived: {:?}",
+        pod.sockets_unowned()
+    );
+    let looked_up = looked_up_equal_to_held(&pod, 8091, 2);
     let server_side = looked_up
         .iter()
         .find(|r| r.local_port == 8091)
         .expect("the server end");
-    assert_eq!(server_side.recv_queue, 5, "the unread bytes count");
     assert!(server_side.keepalive_armed, "the keepalive timer shows");
+    let half = looked_up_equal_to_held(&pod, 8092, 2);
+    assert!(
+        half.iter()
+            .any(|r| r.state == TcpState::CloseWait && r.recv_queue == 4),
+        "the half-closed server end: {half:?}"
+    );
+    drop((client, server));
 }
 
-/// A held socket's figures equal its exact lookup's while a retransmission is pending
-/// (the peer's ACKs are dropped): Send-Q counts the unacknowledged bytes, and the
-/// keepalive timer, armed too, is not what sock_diag reports (the retransmit timer
-/// comes first in inet_sk_diag_fill), so neither way says "keepalive".
+/// A held socket's figures equal its exact lookup's and `ss`'s while a retransmission
+/// is pending (the peer's ACKs are dropped): Send-Q counts the unacknowledged bytes,
+/// and the keepalive timer, armed too, is not what sock_diag reports (the retransmit
+/// timer comes first in inet_sk_diag_fill), so no way says "keepalive".
 #[test]
 fn held_figures_equal_lookups_while_a_retransmission_is_pending() {
     use std::io::Write;
@@ -866,8 +939,19 @@ fn held_figures_equal_lookups_while_a_retransmission_is_pending() {
         &["-A", "INPUT", "-p", "tcp", "--dport", "8090", "-j", "DROP"],
     );
     client.write_all(b"lost").expect("write");
-    std::thread::sleep(Duration::from_millis(100));
-    let looked_up = looked_up_equal_to_held(&pod, 8090);
+    let retransmitting = || {
+        pod.sockets_unowned().iter().any(|s| {
+            s.peer_port == Some(8090)
+                && s.send_q == 4
+                && s.timer.as_deref().is_some_and(|t| t.starts_with("on"))
+        })
+    };
+    assert!(
+        wait_until(WAIT, retransmitting),
+        "no retransmission pending: {:?}",
+        pod.sockets_unowned()
+    );
+    let looked_up = looked_up_equal_to_held(&pod, 8090, 2);
     let client_side = looked_up
         .iter()
         .find(|r| r.remote_port == 8090)
