@@ -398,7 +398,7 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
     use tcpstate_exporter::model::sockets::SocketBudget;
     use tcpstate_exporter::sampling::attribution::Attribution;
     use tcpstate_exporter::sampling::sampler::Sampler;
-    use tcpstate_exporter::sampling::sampler::following::FollowedRound;
+    use tcpstate_exporter::sampling::sampler::following::{FollowedRound, Refreshed};
 
     fn cookie(fd: &impl AsRawFd) -> u64 {
         let mut cookie = 0u64;
@@ -451,10 +451,10 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         );
         assert_eq!(
             round(&mut Vec::new).1,
-            Some(FollowedRound::FromTable {
+            Some(FollowedRound::FromTable(Refreshed {
                 lookups: 0,
                 held: 0
-            })
+            }))
         );
         // Three connections the table has not heard of: both ends.
         let mut held = Vec::new();
@@ -476,10 +476,10 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         assert_eq!(established, 6, "the late events' sockets are counted");
         assert_eq!(
             followed,
-            Some(FollowedRound::FromTable {
+            Some(FollowedRound::FromTable(Refreshed {
                 lookups: 6,
                 held: 0
-            }),
+            })),
             "served from the table, its new sockets looked up (established is a detail state)"
         );
         // Looked up once, their owner (this process) is known: from now on they are read
@@ -488,10 +488,10 @@ fn sockets_born_during_a_round_are_taken_from_late_events() {
         assert_eq!(established, 6);
         assert_eq!(
             followed,
-            Some(FollowedRound::FromTable {
+            Some(FollowedRound::FromTable(Refreshed {
                 lookups: 0,
                 held: 6
-            }),
+            })),
             "read from the holding process's descriptors"
         );
         // Three more, and no events to be had: the table is given up for a dump.

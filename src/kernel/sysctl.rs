@@ -84,8 +84,12 @@ pub struct SocketTotals {
 
 pub fn socket_totals() -> io::Result<SocketTotals> {
     let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
-    // No IPv6 (a kernel without it): no TCP6 line.
-    let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+    // No IPv6 (a kernel without it): no file, no TCP6 line. Any other failure is one:
+    // counting no IPv6 sockets would make the total too low and hide missing ones.
+    let v6 = match std::fs::read_to_string("/proc/thread-self/net/sockstat6") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        read => read?,
+    };
     parse_sockstat(&v4, &v6).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,

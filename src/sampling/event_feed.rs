@@ -1,6 +1,6 @@
 //! The events edge in the daemon: attaches the eBPF program (when the build has the
 //! `events` feature and the config allows), keeps its namespace filter equal to the
-//! namespaces the sampler samples, and hands the sampler the CLOSE_WAIT transitions the
+//! namespaces the sampler samples, and hands the sampler the TCP state changes the
 //! drain thread (`event_drain`) queued, keyed by network namespace.
 //!
 //! The feed itself lives on the sampler thread (the tracker state it feeds is owned
@@ -93,8 +93,8 @@ impl EventFeed {
         false
     }
 
-    /// The CLOSE_WAIT transitions queued since the last call, with their namespace
-    /// inode. Never waits.
+    /// The state changes queued since the last call (CLOSE_WAIT ones, and every one of
+    /// followed namespaces), with their namespace inode. Never waits.
     pub fn drain(&mut self) -> Vec<(u64, StateTransition)> {
         #[cfg(feature = "events")]
         if let Some(attached) = &mut self.attached {
@@ -103,7 +103,7 @@ impl EventFeed {
         Vec::new()
     }
 
-    /// Every CLOSE_WAIT transition the kernel sent until now (the drain thread empties
+    /// Every state change the kernel sent until now (the drain thread empties
     /// the ring first; a short wait at most): what a round applies before its dumps.
     pub fn flush(&mut self) -> Vec<(u64, StateTransition)> {
         #[cfg(feature = "events")]

@@ -14,12 +14,12 @@ use crate::kernel::pods::{PodDirectory, PodIdentity};
 use crate::kernel::record::TcpState;
 use crate::kernel::sockdiag::DumpError;
 use crate::model::sample::{NamespaceInfo, NamespaceLabels, NamespaceSample, Sample};
-use crate::model::socket_table::StateTransition;
+use crate::model::socket_table::{DumpReason, StateTransition};
 use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::late_events::LateEvents;
 pub use crate::sampling::sampler::following::FollowedCounts;
-use crate::sampling::sampler::following::MAX_FOLLOWED_SOCKETS;
+use crate::sampling::sampler::following::{FollowedRound, MAX_FOLLOWED_SOCKETS};
 use crate::sampling::sampler::{SampleReport, Sampler};
 
 /// One round over every namespace.
@@ -45,6 +45,9 @@ pub struct Round {
 /// measured here, 100 empty namespaces beside a 99k-socket table cost 0.8 s of CPU per
 /// round against 0.08 s for one; most pod namespaces are quiet most of the time.
 const QUIET_EVERY: u32 = 4;
+
+/// A round's verdict on a namespace on the shared hash that is too large to follow.
+const TOO_LARGE: FollowedRound = FollowedRound::Dumped(DumpReason::TooLarge);
 
 struct Member {
     info: NamespaceInfo,
@@ -94,6 +97,18 @@ impl Member {
                 round.errors.push(e);
             }
         }
+    }
+
+    /// On the host's shared TCP hash at the last sample: `Some(true)` when small enough
+    /// to follow, `Some(false)` when larger than `MAX_FOLLOWED_SOCKETS` (no
+    /// every-transition events for it either: they would only fill the ring, and a loss
+    /// un-follows every namespace). `tcp_ehash_entries` is negative for a shared hash,
+    /// and absent before Linux 6.1, where every namespace shares the host's.
+    fn shared_hash(&self) -> Option<bool> {
+        let sample = self.last_good.as_ref()?;
+        let shared = sample.tcp_settings.ehash_entries.is_none_or(|e| e < 0.0);
+        let sockets: u64 = sample.state_counts.iter().sum();
+        shared.then_some(sockets <= MAX_FOLLOWED_SOCKETS as u64)
     }
 
     /// Nothing but listeners at the last sample: skip until its turn comes.
@@ -170,22 +185,13 @@ impl NamespaceSet {
     }
 
     /// The namespaces worth following by events between full dumps: those sharing the
-    /// host's TCP hash (`tcp_ehash_entries` negative), where each dump walks every
-    /// socket of the host. The exporter's own namespace is always dumped: its walk is
-    /// the one a round cannot avoid.
+    /// host's TCP hash, where each dump walks every socket of the host, and not too
+    /// large to follow. The exporter's own namespace is always dumped: its walk is the
+    /// one a round cannot avoid.
     pub fn follow_candidates(&self) -> BTreeSet<u64> {
         self.members
             .iter()
-            .filter(|(inode, _)| **inode != self.own_inode)
-            .filter(|(_, m)| {
-                m.last_good.as_ref().is_some_and(|s| {
-                    let shared = s.tcp_settings.ehash_entries.is_some_and(|e| e < 0.0);
-                    // Too large to follow: no every-transition events for it either,
-                    // which would only fill the ring (and a loss un-follows them all).
-                    let sockets: u64 = s.state_counts.iter().sum();
-                    shared && sockets <= MAX_FOLLOWED_SOCKETS as u64
-                })
-            })
+            .filter(|(inode, m)| **inode != self.own_inode && m.shared_hash() == Some(true))
             .map(|(inode, _)| *inode)
             .collect()
     }
@@ -287,6 +293,9 @@ impl NamespaceSet {
                 &mut round,
             );
             drop(entered);
+            if *inode != own_inode && member.shared_hash() == Some(false) {
+                round.followed.add(TOO_LARGE);
+            }
             if let Some(sample) = &member.last_good {
                 budget.spend(&sample.sockets);
             }

@@ -60,9 +60,10 @@ fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Runs the task iterator `program` over the process `pid` (as the initial pid namespace
-/// numbers it) and returns everything it wrote. `Ok(None)`: no such process (any more).
-pub fn read_for_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Vec<u8>>> {
+/// Runs the task iterator `program` over the process `pid` (as the caller's pid
+/// namespace numbers it) and returns everything it wrote: nothing for a process that is
+/// gone (the kernel does not check the pid when the link is made).
+pub fn read_for_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<Vec<u8>> {
     let info = TaskIterInfo {
         tid: 0,
         pid,
@@ -78,11 +79,7 @@ pub fn read_for_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<Option<
         iter_info_len: std::mem::size_of::<TaskIterInfo>() as u32,
         pad: 0,
     };
-    let link = match bpf_fd(BPF_LINK_CREATE, &attr) {
-        Ok(link) => link,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let link = bpf_fd(BPF_LINK_CREATE, &attr)?;
     let iter = bpf_fd(
         BPF_ITER_CREATE,
         &IterCreateAttr {
@@ -92,5 +89,5 @@ pub fn read_for_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<Option<
     )?;
     let mut bytes = Vec::new();
     File::from(iter).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+    Ok(bytes)
 }

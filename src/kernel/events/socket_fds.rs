@@ -84,7 +84,7 @@ impl SocketFdLister {
         let fd = program.fd().map_err(|e| failed(HELD, &e))?;
         let bytes = super::iter_link::read_for_process(fd.as_fd(), pid)
             .map_err(|e| failed("iter/task_file for one process", &e))?;
-        Ok(bytes.map(|b| parse_held(&b)).unwrap_or_default())
+        Ok(parse_held(&bytes))
     }
 
     /// Lists every descriptor of every process (threads sharing their leader's table
@@ -236,6 +236,11 @@ mod tests {
             fd: file.as_raw_fd() as u32,
             inode: 0,
         };
+        // A process that does not exist holds nothing (pids stop below 2^22).
+        let none = lister
+            .held_sockets(1 << 30)
+            .expect("no such process: no error");
+        assert!(none.is_empty());
         // The loaded program serves pass after pass (a link each).
         for pass in 0..2 {
             let fds = lister.list().expect("a pass");

@@ -113,6 +113,8 @@ pub struct OwnerCache {
     /// Whether one process's held sockets can be read through it (`held_sockets`);
     /// false after its first failure (an old kernel: Linux 6.1+ filters by process).
     held_listing: bool,
+    /// One process's sockets were read so at least once: later failures are transient.
+    held_read_once: bool,
     /// Whether every process's descriptors were read once (a /proc walk or `prime`).
     walked: bool,
 }
@@ -132,6 +134,7 @@ impl OwnerCache {
             bpf_listing: false,
             fd_lister: None,
             held_listing: true,
+            held_read_once: false,
             walked: false,
         }
     }

@@ -69,13 +69,23 @@ impl OwnerCache {
 
     /// The TCP sockets the descriptors of `pid` hold, with their queues, from the
     /// iterator over that process alone (loaded at its first use). `None` when listing
-    /// is not allowed or not available: the caller looks the sockets up instead.
+    /// is not allowed or not available: the caller looks the sockets up instead. A
+    /// failure before any success means the kernel cannot (older than 6.1, no
+    /// CAP_BPF): off for the run; a later one (a process gone, descriptors short) costs
+    /// only that process's sockets their lookups this round.
     pub fn held_sockets(&mut self, pid: u32) -> Option<Vec<HeldSocket>> {
         if !(self.bpf_listing && self.held_listing) {
             return None;
         }
         match held_listing(&mut self.fd_lister, pid) {
-            Ok(held) => Some(held),
+            Ok(held) => {
+                self.held_read_once = true;
+                Some(held)
+            }
+            Err(e) if self.held_read_once => {
+                tracing::debug!(pid, error = %e, "cannot read a process's sockets this round");
+                Some(Vec::new())
+            }
             Err(e) => {
                 self.held_listing = false;
                 tracing::info!(error = %e,

@@ -20,7 +20,8 @@ use crate::model::socket_table::{DumpReason, LookupPlan, SocketTable, StateTrans
 use crate::sampling::attribution::Attribution;
 use crate::sampling::sampler::{Refresh, Sampler};
 
-/// A namespace with more sockets than this is dumped every round rather than followed:
+/// A namespace with more sockets than this is dumped every round rather than followed
+/// (`NamespaceSet::follow_candidates` leaves it out):
 /// its table would cost memory (~100 bytes a socket) and its lookups (~3.5 us each
 /// here, against ~1.3 us a socket for a walk) would soon cost more than the walk.
 pub const MAX_FOLLOWED_SOCKETS: usize = 50_000;
@@ -41,9 +42,8 @@ pub enum TableRound {
 /// How a followed namespace was read this round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FollowedRound {
-    /// Served from the table: `lookups` sockets looked up, `held` read from their
-    /// processes' descriptors.
-    FromTable { lookups: usize, held: usize },
+    /// Served from the table, its sockets refreshed so.
+    FromTable(Refreshed),
     /// Dumped in full instead.
     Dumped(DumpReason),
 }
@@ -63,10 +63,10 @@ pub struct FollowedCounts {
 impl FollowedCounts {
     pub fn add(&mut self, round: FollowedRound) {
         match round {
-            FollowedRound::FromTable { lookups, held } => {
+            FollowedRound::FromTable(refreshed) => {
                 self.from_table += 1;
-                self.lookups += lookups as u64;
-                self.held += held as u64;
+                self.lookups += refreshed.lookups as u64;
+                self.held += refreshed.held as u64;
             }
             FollowedRound::Dumped(reason) => self.dumps[reason as usize] += 1,
         }
@@ -88,8 +88,6 @@ pub type FromTable = Result<(Vec<SocketRecord>, Refreshed), DumpReason>;
 
 pub struct Following {
     table: Option<SocketTable>,
-    /// The last dump held more than `MAX_FOLLOWED_SOCKETS`.
-    large: bool,
     last_dump: Instant,
     period: Duration,
     /// This round may reconcile by period (the namespace set allows few per round).
@@ -100,7 +98,6 @@ impl Following {
     pub fn new(period: Duration) -> Following {
         Following {
             table: None,
-            large: false,
             last_dump: Instant::now(),
             period,
             may_reconcile: false,
@@ -131,16 +128,12 @@ impl Following {
     }
 
     /// Why this round dumps whatever the table holds: the reconcile period is due (and
-    /// the round allows it), or there is no table (first round, lost events, too large).
+    /// the round allows it), or there is no table (first round, lost events).
     pub fn must_dump(&self) -> Option<DumpReason> {
         if self.may_reconcile && self.due() {
             return Some(DumpReason::Period);
         }
-        match (&self.table, self.large) {
-            (Some(_), _) => None,
-            (None, true) => Some(DumpReason::TooLarge),
-            (None, false) => Some(DumpReason::First),
-        }
+        self.table.is_none().then_some(DumpReason::First)
     }
 
     /// This round's connections from the table, or why it must dump instead.
@@ -158,7 +151,7 @@ impl Following {
             return Ok(TableRound::Dump(why));
         }
         let Some(table) = &mut self.table else {
-            return Ok(TableRound::Dump(DumpReason::First));
+            return Ok(TableRound::Dump(DumpReason::First)); // must_dump said so
         };
         let (asked, from_held) = match table.plan(fresh, held) {
             LookupPlan::Lookups { asked, held } => (asked, held),
@@ -184,22 +177,19 @@ impl Following {
             );
             return Ok(TableRound::Stale);
         }
-        let records = table
-            .records()
-            .filter(|r| r.state != TcpState::Listen)
-            .copied()
-            .collect();
+        let records = table.records().copied().collect();
         Ok(TableRound::Served(records, refreshed))
     }
 
-    /// The processes holding the table's sockets, as attribution knows them.
-    fn holders(&self, attribution: &Attribution) -> Vec<u32> {
+    /// The processes holding the table's sockets in a `fresh` state (those whose
+    /// figures a round refreshes), as attribution knows them.
+    fn holders(&self, attribution: &Attribution, fresh: &[bool; STATE_COUNT]) -> Vec<u32> {
         let Some(table) = &self.table else {
             return Vec::new();
         };
         let mut pids: Vec<u32> = table
             .records()
-            .filter(|r| r.inode != 0)
+            .filter(|r| r.inode != 0 && fresh[r.state.index()])
             .filter_map(|r| attribution.holder_of(r.inode).map(|(pid, _)| pid))
             .collect();
         pids.sort_unstable();
@@ -209,8 +199,7 @@ impl Following {
 
     /// A full dump's connections: the table starts again from them.
     pub fn dumped(&mut self, records: &[SocketRecord]) {
-        self.large = records.len() > MAX_FOLLOWED_SOCKETS;
-        self.table = (!self.large).then(|| SocketTable::from_dump(records));
+        self.table = Some(SocketTable::from_dump(records));
         self.last_dump = Instant::now();
     }
 }
@@ -266,7 +255,7 @@ impl Sampler {
         let held = match following.must_dump() {
             Some(_) => HashMap::default(),
             None => attribution
-                .held_sockets(&following.holders(attribution))
+                .held_sockets(&following.holders(attribution, &fresh))
                 .unwrap_or_default(),
         };
         let mut round = following.records(&mut self.socket, &fresh, listeners, &held)?;
@@ -288,36 +277,22 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use foldhash::HashMapExt;
 
-    fn fresh() -> [bool; STATE_COUNT] {
-        let mut fresh = [false; STATE_COUNT];
-        fresh[TcpState::CloseWait.index()] = true;
-        fresh
-    }
-
-    /// A namespace too large to follow is dumped every round, and says why; one that
-    /// shrinks is followed again from its next dump.
+    /// A table is dumped first, then served until the reconcile period is due and the
+    /// round allows a reconciliation; lost events start it over.
     #[test]
-    fn a_large_namespace_is_dumped_every_round() {
-        let mut socket = DiagSocket::open().expect("netlink");
-        let mut following = Following::new(Duration::from_secs(600));
-        let first = following
-            .records(&mut socket, &fresh(), 0, &HashMap::new())
-            .expect("no I/O");
-        assert_eq!(first, TableRound::Dump(DumpReason::First));
-        let many: Vec<SocketRecord> = (0..=MAX_FOLLOWED_SOCKETS as u64)
-            .map(|cookie| SocketRecord {
-                cookie,
-                ..SocketRecord::for_tests(TcpState::Established, 0, 0)
-            })
-            .collect();
-        following.dumped(&many);
-        let again = following
-            .records(&mut socket, &fresh(), 0, &HashMap::new())
-            .expect("no I/O");
-        assert_eq!(again, TableRound::Dump(DumpReason::TooLarge));
-        following.dumped(&many[..10]);
-        assert!(following.table.is_some(), "small again: followed");
+    fn dumps_first_then_by_period_when_allowed() {
+        let mut following = Following::new(Duration::ZERO);
+        assert_eq!(following.must_dump(), Some(DumpReason::First));
+        following.dumped(&[]);
+        assert_eq!(
+            following.must_dump(),
+            None,
+            "due, but not allowed this round"
+        );
+        following.may_reconcile = true;
+        assert_eq!(following.must_dump(), Some(DumpReason::Period));
+        following.distrust();
+        assert_eq!(following.must_dump(), Some(DumpReason::First));
     }
 }

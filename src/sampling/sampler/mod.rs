@@ -58,7 +58,8 @@ pub struct SampleReport {
     pub owners: ResolveStats,
     /// Sockets waiting for attribution after the dump.
     pub pending: usize,
-    /// How a namespace followed by events was read (`None`: not followed).
+    /// How a namespace followed by events was read (`None`: not followed). One
+    /// namespace's: `add` leaves it out (rounds count it in `Round::followed`).
     pub followed: Option<FollowedRound>,
 }
 
@@ -68,7 +69,6 @@ impl SampleReport {
         self.dump.add(other.dump);
         self.owners.add(other.owners);
         self.pending += other.pending;
-        self.followed = self.followed.or(other.followed);
     }
 }
 
@@ -280,10 +280,7 @@ impl Sampler {
         };
         match from_table {
             Some(Ok((records, refreshed))) => {
-                report.followed = Some(FollowedRound::FromTable {
-                    lookups: refreshed.lookups,
-                    held: refreshed.held,
-                });
+                report.followed = Some(FollowedRound::FromTable(refreshed));
                 for record in &records {
                     sink.take(record);
                 }
