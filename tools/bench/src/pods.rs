@@ -112,7 +112,7 @@ struct PodsResult {
     /// The daemon with events: pods on the shared hash followed between dumps; and how
     /// many namespaces its last round served from their tables.
     followed_cpu_per_round: Option<Duration>,
-    followed: u64,
+    followed: Option<u64>,
 }
 
 /// One pod: its actor (dropped first, closing its sockets), a floor socket opened inside
@@ -153,7 +153,7 @@ pub fn run(options: &crate::Options) -> Result<(), String> {
                     return Err("events on, shared hash, yet no pod was followed".into());
                 }
                 result.followed_cpu_per_round = Some(cpu);
-                result.followed = followed;
+                result.followed = Some(followed);
             }
             print_line(&result);
             results.push(result);
@@ -300,6 +300,32 @@ fn pod_walks(pods: &mut [Pod]) -> Result<(u64, Cost), String> {
 /// many namespaces its last round followed (with `events`; none without). The reconcile
 /// period is the default (10 minutes: beyond the measurement, so the rounds measured are
 /// the steady ones) unless `--pods-reconcile-period` sets it.
+/// What the daemon's metrics say at one end of its measured window.
+struct WindowFigures {
+    samples: u64,
+    /// Namespaces its last round served from their tables.
+    followed: u64,
+    /// Full dumps of followed namespaces that a steady window should not have
+    /// (`first`: after lost events; `mismatch`).
+    followed_dumps: f64,
+}
+
+fn window_figures() -> Result<WindowFigures, String> {
+    let text = crate::daemon::scrape()?;
+    let metric = |name: &str| {
+        crate::daemon::metric(&text, name).ok_or(format!("no {name} in the daemon's metrics"))
+    };
+    let followed_dumps =
+        crate::daemon::metric_sum(&text, "tcpstate_followed_namespace_dumps_total", |labels| {
+            labels.contains("\"first\"") || labels.contains("\"mismatch\"")
+        });
+    Ok(WindowFigures {
+        samples: metric("tcpstate_samples_total")? as u64,
+        followed: metric("tcpstate_namespaces_followed")? as u64,
+        followed_dumps,
+    })
+}
+
 fn daemon_cpu(
     host: &Netns,
     options: &crate::Options,
@@ -340,20 +366,23 @@ fn daemon_cpu(
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let (cpu0, samples0) = (measure::process_cpu(pid), crate::daemon::samples_now());
+        // A failed read is an error, never a figure: a CPU time of 0, or a window
+        // counted as one sample, would print as a ratio.
+        let cpu_now = || measure::process_cpu(pid).ok_or("cannot read the daemon's CPU time");
+        let (cpu0, before) = (cpu_now()?, window_figures()?);
         std::thread::sleep(Duration::from_secs(options.pods.daemon_seconds));
-        let (cpu1, samples1) = (measure::process_cpu(pid), crate::daemon::samples_now());
-        let cpu = cpu1
-            .unwrap_or_default()
-            .saturating_sub(cpu0.unwrap_or_default());
-        let text = crate::daemon::scrape()?;
-        let followed = crate::daemon::metric(&text, "tcpstate_namespaces_followed")
-            .ok_or("no tcpstate_namespaces_followed in the daemon's metrics")?
-            as u64;
-        Ok((
-            cpu / samples1.saturating_sub(samples0).max(1) as u32,
-            followed,
-        ))
+        let (cpu1, after) = (cpu_now()?, window_figures()?);
+        let samples = after.samples.saturating_sub(before.samples);
+        // Rounds that outlast the interval (every pod dumped, 100+ pods) leave few
+        // samples in the window, and that is the figure; none is an error.
+        if samples == 0 {
+            return Err("no sample in the daemon's window".into());
+        }
+        let dumps = after.followed_dumps - before.followed_dumps;
+        if dumps > 0.0 {
+            eprintln!("   note: {dumps} first/mismatch dumps of followed pods in the window");
+        }
+        Ok((cpu1.saturating_sub(cpu0) / samples as u32, after.followed))
     })?;
     drop(daemon);
     let _ = std::fs::remove_file(&config);
@@ -376,7 +405,7 @@ fn print_line(r: &PodsResult) {
                 ", daemon {:.2}x, followed {:.2}x ({} followed)",
                 ratio(d, r.floor.cpu),
                 ratio(f, r.floor.cpu),
-                r.followed
+                r.followed.unwrap_or_default()
             ))
             .unwrap_or_default()
     );
@@ -423,7 +452,7 @@ fn markdown(plan: &PodsPlan, results: &[PodsResult]) -> String {
             r.followed_cpu_per_round
                 .map(|d| format!("{:.2}x", ratio(d, r.floor.cpu)))
                 .unwrap_or_else(|| "-".into()),
-            r.followed,
+            r.followed.map_or_else(|| "-".into(), |n| n.to_string()),
         ));
     }
     md
