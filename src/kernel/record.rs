@@ -136,6 +136,10 @@ pub struct SocketRecord {
     /// address; 0: none): an exact lookup must name it, or the kernel finds nothing.
     pub bound_dev_if: u32,
     pub tcp_info: Option<TcpInfoExcerpt>,
+    /// The process whose descriptors showed this socket this round (a followed table's
+    /// socket read through its holder, `HeldSocket`); 0: not read so. Its owner is then
+    /// that process, without a lookup in the index of every socket on the host.
+    pub held_by: u32,
 }
 
 /// A TCP socket as one of its holders' descriptors shows it (a BPF iterator over a
@@ -149,6 +153,8 @@ pub struct HeldSocket {
     pub inode: u32,
     pub uid: u32,
     pub keepalive_armed: bool,
+    /// The process whose descriptors were read (the lowest pid when several hold it).
+    pub holder: u32,
 }
 
 impl HeldSocket {
@@ -162,6 +168,7 @@ impl HeldSocket {
             uid: self.uid,
             keepalive_armed: self.keepalive_armed,
             tcp_info: None,
+            held_by: self.holder,
             ..*record
         }
     }
@@ -215,6 +222,7 @@ impl SocketRecord {
             keepalive_armed: false,
             bound_dev_if: 0,
             tcp_info: None,
+            held_by: 0,
         }
     }
 }

@@ -219,6 +219,8 @@ impl SocketTable {
         let mut asked = Vec::new();
         let mut from_held = 0;
         for entry in self.entries.values_mut() {
+            // Read from a holder this round, or not: `held_by` says which, for the owner.
+            entry.record.held_by = 0;
             if !(entry.volatile || fresh[entry.record.state.index()]) {
                 continue;
             }
@@ -299,6 +301,7 @@ fn record_from(change: &StateTransition, state: TcpState) -> SocketRecord {
         keepalive_armed: false,
         bound_dev_if: change.bound_dev_if,
         tcp_info: None,
+        held_by: 0,
     }
 }
 

@@ -15,7 +15,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use crate::config::{EventsMode, NamespaceMode, Settings};
 use crate::kernel::owners::{FdUsage, OwnerCache, ResolveStats};
 use crate::kernel::pods::ContainerDirectory;
-use crate::kernel::record::HeldSocket;
+use crate::kernel::record::{HeldSocket, SocketRecord};
 use crate::model::labels::{OwnerKey, ProcessId};
 
 /// Process names seen since start, interned: ids stay valid across samples because
@@ -86,11 +86,16 @@ impl OwnerKeys {
     /// The key and pid of the owner of `inode`, when the cache knows it.
     fn key_of(&mut self, cache: &mut OwnerCache, inode: u32) -> Option<(OwnerKey, u32)> {
         let pid = cache.owner_pid(inode)?;
+        self.key_of_process(cache, pid)
+    }
+
+    /// The key and pid of process `pid`, when the cache knows the process.
+    fn key_of_process(&mut self, cache: &OwnerCache, pid: u32) -> Option<(OwnerKey, u32)> {
         if let Some((key, counted)) = self.key_of_pid.get_mut(&pid) {
             self.tally.note(pid, *key, counted);
             return Some((*key, pid));
         }
-        let owner = cache.lookup(inode)?;
+        let owner = cache.process(pid)?;
         let container = match &self.containers {
             None => ProcessId::UNKNOWN,
             Some(directory) => {
@@ -171,6 +176,19 @@ impl Attribution {
         }
     }
 
+    /// The owner of a socket as `cached_owner` gives it. A socket read from a holder's
+    /// descriptors this round (`held_by`) is owned by that holder: the iterator has just
+    /// seen its descriptor, a stronger proof than the index of every socket on the host,
+    /// and it costs no lookup in that index (a cache miss each).
+    pub fn cached_owner_of(&mut self, record: &SocketRecord) -> Option<(OwnerKey, u32)> {
+        if let (Some(cache), pid @ 1..) = (&self.owners, record.held_by)
+            && let Some(owner) = self.keys.key_of_process(cache, pid)
+        {
+            return Some(owner);
+        }
+        self.cached_owner(record.inode)
+    }
+
     /// Owner of an inode as a label key, and its pid; the empty owner when unknown.
     pub fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
         self.cached_owner(inode).unwrap_or_default()
@@ -187,14 +205,17 @@ impl Attribution {
     pub fn held_sockets(&mut self, pids: &[u32]) -> Option<HashMap<u64, HeldSocket>> {
         let cache = self.owners.as_mut()?;
         let mut held = HashMap::new();
+        let mut pids = pids.to_vec();
+        pids.sort_unstable();
         for pid in pids {
-            // Cookie 0: never asked for, so not one of a table's sockets.
+            // Cookie 0: never asked for, so not one of a table's sockets. A socket several
+            // processes hold stays with the lowest pid, as in the index.
             for socket in cache
-                .held_sockets(*pid)?
+                .held_sockets(pid)?
                 .into_iter()
                 .filter(|s| s.cookie != 0)
             {
-                held.insert(socket.cookie, socket);
+                held.entry(socket.cookie).or_insert(socket);
             }
         }
         Some(held)

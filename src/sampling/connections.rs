@@ -146,6 +146,6 @@ impl ConnectionSink<'_> {
         if record.inode == 0 {
             return Some((OwnerKey::default(), 0));
         }
-        self.attribution.cached_owner(record.inode)
+        self.attribution.cached_owner_of(record)
     }
 }

@@ -84,7 +84,7 @@ impl SocketFdLister {
         let fd = program.fd().map_err(|e| failed(HELD, &e))?;
         let bytes = super::iter_link::read_for_process(fd.as_fd(), pid)
             .map_err(|e| failed("iter/task_file for one process", &e))?;
-        Ok(parse_held(&bytes))
+        Ok(parse_held(&bytes, pid))
     }
 
     /// Lists every descriptor of every process (threads sharing their leader's table
@@ -116,7 +116,7 @@ fn word(chunk: &[u8], at: usize) -> u32 {
 
 /// Held sockets from `held_sockets`' output (a trailing partial record, or a state this
 /// build does not know, is left out).
-fn parse_held(bytes: &[u8]) -> Vec<HeldSocket> {
+fn parse_held(bytes: &[u8], holder: u32) -> Vec<HeldSocket> {
     bytes
         .chunks_exact(HELD_LEN)
         .filter_map(|chunk| {
@@ -129,6 +129,7 @@ fn parse_held(bytes: &[u8]) -> Vec<HeldSocket> {
                 send_queue: word(chunk, 20),
                 state: TcpState::from_kernel(*chunk.get(24)?)?,
                 keepalive_armed: *chunk.get(25)? != 0,
+                holder,
             })
         })
         .collect()
@@ -193,7 +194,7 @@ mod tests {
         bytes.extend(record(8, [12, 0, 0, 0], 99, 0)); // unknown state
         bytes.extend(record(9, [13, 0, 0, 0], 1, 0)); // ESTABLISHED
         bytes.extend_from_slice(&[1, 2, 3]);
-        let held = parse_held(&bytes);
+        let held = parse_held(&bytes, 42);
         let expected =
             |cookie, state, inode, uid, recv_queue, send_queue, keepalive_armed| HeldSocket {
                 cookie,
@@ -203,6 +204,7 @@ mod tests {
                 inode,
                 uid,
                 keepalive_armed,
+                holder: 42,
             };
         assert_eq!(
             held,

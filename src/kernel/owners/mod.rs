@@ -141,7 +141,11 @@ impl OwnerCache {
 
     /// The cached owner of `inode`, without any I/O.
     pub fn lookup(&self, inode: u32) -> Option<Owner> {
-        let pid = self.inode_owner.get(&inode)?.pid;
+        self.process(self.inode_owner.get(&inode)?.pid)
+    }
+
+    /// Process `pid` as cached, without any I/O.
+    pub fn process(&self, pid: u32) -> Option<Owner> {
         let entry = self.processes.get(&pid)?;
         Some(Owner {
             pid,
@@ -400,100 +404,4 @@ impl OwnerCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn resolves_a_socket_of_this_process_then_answers_from_cache() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let path = format!("/proc/self/fd/{}", listener.as_raw_fd());
-        let inode = fs::metadata(&path).expect("stat fd").ino() as u32;
-        let me = std::process::id();
-        let mut cache = OwnerCache::new("/proc");
-        let wanted: HashSet<u32> = HashSet::from_iter([inode]);
-        let stats = cache.resolve(&wanted, &[me]);
-        assert_eq!(stats.unresolved, 0);
-        assert_eq!(stats.processes_listed, 0, "found in the likely process");
-        let owner = cache.lookup(inode).expect("resolved");
-        assert_eq!(owner.pid, me);
-        let comm = fs::read_to_string("/proc/self/comm").expect("comm");
-        assert_eq!(&*owner.comm, comm.trim_end());
-        // Known now: a second pass reads nothing.
-        assert_eq!(cache.resolve(&wanted, &[me]), ResolveStats::default());
-        cache.revalidate();
-        assert!(cache.lookup(inode).is_some(), "this process is alive");
-    }
-
-    #[test]
-    fn a_reused_fd_number_is_followed_to_its_new_socket() {
-        let me = std::process::id();
-        let inode_of = |fd: i32| {
-            fs::metadata(format!("/proc/self/fd/{fd}"))
-                .expect("stat fd")
-                .ino() as u32
-        };
-        let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let fd = first.as_raw_fd();
-        let old_inode = inode_of(fd);
-        let mut cache = OwnerCache::new("/proc");
-        cache.resolve(&HashSet::from_iter([old_inode]), &[me]);
-        assert!(cache.lookup(old_inode).is_some());
-        // Put another socket behind the same fd number (what accept() after close()
-        // does in a server), deterministically even with other tests opening fds.
-        let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        // SAFETY: both fds are open and owned by this test; dup2 replaces `fd`.
-        assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), fd) }, fd);
-        // Only `fd` holds the new socket now. Kept open, `second`'s own fd number would be
-        // new to the cache whenever other tests had shifted fd numbers, and the pass over
-        // new fds would find the socket there without re-reading `fd`.
-        drop(second);
-        let new_inode = inode_of(fd);
-        assert_ne!(new_inode, old_inode);
-        let stats = cache.resolve(&HashSet::from_iter([new_inode]), &[me]);
-        assert_eq!(stats.unresolved, 0, "found behind the reused number");
-        assert_eq!(
-            stats.processes_listed, 0,
-            "in the likely process, without a /proc walk"
-        );
-        assert!(cache.lookup(new_inode).is_some());
-        assert!(
-            cache.lookup(old_inode).is_none(),
-            "the closed socket left the index"
-        );
-        drop(first); // closes `fd`, which now holds the second socket
-    }
-
-    #[test]
-    fn a_socket_in_a_child_of_the_likely_owner_is_found_without_a_walk() {
-        // A pre-fork server: the listener's process forked the worker that holds it.
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let inode = fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
-            .expect("stat fd")
-            .ino() as u32;
-        let mut child = std::process::Command::new("sleep")
-            .arg("60")
-            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                socket,
-            )))
-            .spawn()
-            .expect("spawn sleep");
-        let mut cache = OwnerCache::new("/proc");
-        let stats = cache.resolve(&HashSet::from_iter([inode]), &[std::process::id()]);
-        let owner = cache.lookup(inode).map(|o| o.pid);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(owner, Some(child.id()));
-        assert_eq!(stats.processes_listed, 0, "no /proc walk: {stats:?}");
-    }
-
-    #[test]
-    fn an_inode_nobody_holds_is_unresolved_not_an_error() {
-        let mut cache = OwnerCache::new("/proc");
-        let stats = cache.resolve(&HashSet::from_iter([u32::MAX]), &[u32::MAX]);
-        assert_eq!(stats.unresolved, 1);
-        assert!(stats.processes_listed > 0);
-        assert!(cache.lookup(u32::MAX).is_none());
-    }
-}
+mod tests;

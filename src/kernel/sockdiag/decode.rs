@@ -136,6 +136,7 @@ pub fn decode_socket(
         keepalive_armed: matches!(header.timer, Some(Timer::KeepAlive(_))),
         bound_dev_if: id.interface_id,
         tcp_info,
+        held_by: 0,
     }))
 }
 

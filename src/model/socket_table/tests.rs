@@ -168,6 +168,7 @@ fn held_sockets_stand_for_lookups_only_in_the_same_state() {
         inode: 77,
         uid: 1000,
         keepalive_armed: true,
+        holder: 4242,
     };
     // 2 moved on since its event; 3 is volatile.
     let states = [TcpState::CloseWait, TcpState::LastAck, TcpState::TimeWait];
@@ -193,10 +194,20 @@ fn held_sockets_stand_for_lookups_only_in_the_same_state() {
             one.send_queue,
             one.inode,
             one.uid,
-            one.keepalive_armed
+            one.keepalive_armed,
+            one.held_by
         ),
-        (9, 4, 77, 1000, true)
+        (9, 4, 77, 1000, true, 4242),
+        "its figures, and the process that holds it"
     );
     let two = table.records().find(|r| r.cookie == 2).expect("kept");
     assert_eq!(*two, record(2, TcpState::CloseWait), "left for its lookup");
+    // The next round's holder does not hold 1 any more: it is looked up, and no longer
+    // says it was read from a holder.
+    let LookupPlan::Lookups { asked, .. } = table.plan(&close_wait_only(), &HashMap::new()) else {
+        panic!("identified");
+    };
+    assert!(asked.iter().any(|r| r.cookie == 1));
+    let one = table.records().find(|r| r.cookie == 1).expect("kept");
+    assert_eq!(one.held_by, 0, "not read from a holder this round");
 }

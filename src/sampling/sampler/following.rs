@@ -182,7 +182,9 @@ impl Following {
     }
 
     /// The processes holding the table's sockets in a `fresh` state (those whose
-    /// figures a round refreshes), as attribution knows them.
+    /// figures a round refreshes): the one whose descriptors showed a socket last round,
+    /// else the one attribution knows (a lookup in its index of every socket on the
+    /// host, so only for sockets not read from a holder last round).
     fn holders(&self, attribution: &Attribution, fresh: &[bool; STATE_COUNT]) -> Vec<u32> {
         let Some(table) = &self.table else {
             return Vec::new();
@@ -190,7 +192,10 @@ impl Following {
         let mut pids: Vec<u32> = table
             .records()
             .filter(|r| r.inode != 0 && fresh[r.state.index()])
-            .filter_map(|r| attribution.holder_of(r.inode).map(|(pid, _)| pid))
+            .filter_map(|r| match r.held_by {
+                0 => attribution.holder_of(r.inode).map(|(pid, _)| pid),
+                pid => Some(pid),
+            })
             .collect();
         pids.sort_unstable();
         pids.dedup();
