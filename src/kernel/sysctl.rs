@@ -37,20 +37,78 @@ pub struct TcpSettings {
     pub ehash_entries: Option<f64>,
 }
 
-/// Reads what is readable; a missing file leaves its field empty.
-pub fn tcp_settings() -> TcpSettings {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/{name}"))
-            .ok()
-            .and_then(|text| text.trim().parse::<f64>().ok())
+/// The files of `TcpSettings`, in its field order.
+const TCP_SETTINGS: [&str; 6] = [
+    "ipv4/tcp_fin_timeout",
+    "ipv4/tcp_keepalive_time",
+    "ipv4/tcp_keepalive_intvl",
+    "ipv4/tcp_keepalive_probes",
+    "core/somaxconn",
+    "ipv4/tcp_ehash_entries",
+];
+
+/// Below this soft open-file limit the settings' files are opened anew for each read:
+/// held open they take six descriptors per namespace (1,000 pods: 6,000).
+const HOLD_FROM_OPEN_FILE_LIMIT: u64 = 16_384;
+
+/// One namespace's TCP settings, read each round through files opened once (in that
+/// namespace: a /proc/sys file stays bound to the namespace it was opened in). Opening
+/// them each round costs a /proc/sys lookup each, which compares the name with the
+/// entry of every namespace that has one (`proc_sys_compare`): a cost that grows with
+/// the namespaces on the host, paid once per namespace, so with their square.
+#[derive(Default)]
+pub struct TcpSettingsFiles {
+    files: [Option<std::fs::File>; 6],
+    /// Hold the files open: decided at the first read, after the daemon raised its limit.
+    hold: Option<bool>,
+}
+
+/// This process's soft open-file limit; `None` when unlimited.
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    TcpSettings {
-        fin_timeout_seconds: read("ipv4/tcp_fin_timeout"),
-        keepalive_time_seconds: read("ipv4/tcp_keepalive_time"),
-        keepalive_interval_seconds: read("ipv4/tcp_keepalive_intvl"),
-        keepalive_probes: read("ipv4/tcp_keepalive_probes"),
-        somaxconn: read("core/somaxconn"),
-        ehash_entries: read("ipv4/tcp_ehash_entries"),
+    // SAFETY: getrlimit writes into the valid struct it is given, nothing else.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (read && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+impl TcpSettingsFiles {
+    /// Reads what is readable; a missing file leaves its field empty. Call it from a
+    /// thread in the namespace (the files are opened on first use).
+    pub fn read(&mut self) -> TcpSettings {
+        let [fin, time, interval, probes, somaxconn, ehash] =
+            std::array::from_fn(|at| self.read_one(at));
+        TcpSettings {
+            fin_timeout_seconds: fin,
+            keepalive_time_seconds: time,
+            keepalive_interval_seconds: interval,
+            keepalive_probes: probes,
+            somaxconn,
+            ehash_entries: ehash,
+        }
+    }
+
+    fn read_one(&mut self, at: usize) -> Option<f64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 64];
+        let read = |file: &std::fs::File, buf: &mut [u8; 64]| file.read_at(buf, 0).ok();
+        let length = match self.files[at].as_ref().and_then(|f| read(f, &mut buf)) {
+            Some(length) => length,
+            None => {
+                let file = std::fs::File::open(format!("/proc/sys/net/{}", TCP_SETTINGS[at]));
+                let file = file.ok()?;
+                let length = read(&file, &mut buf);
+                let hold = *self.hold.get_or_insert_with(|| {
+                    open_file_limit().is_none_or(|soft| soft >= HOLD_FROM_OPEN_FILE_LIMIT)
+                });
+                self.files[at] = hold.then_some(file);
+                length?
+            }
+        };
+        let text = std::str::from_utf8(buf.get(..length)?).ok()?;
+        text.trim().parse::<f64>().ok()
     }
 }
 
@@ -190,7 +248,7 @@ mod tests {
         assert_eq!(parse_netstat("IpExt: A\nIpExt: 1\n"), None);
         let real = listen_counters().expect("this kernel has TcpExt");
         assert!(real.drops >= real.overflows);
-        let settings = tcp_settings();
+        let settings = TcpSettingsFiles::default().read();
         assert!(settings.fin_timeout_seconds.is_some() && settings.somaxconn.is_some());
     }
 
@@ -198,5 +256,38 @@ mod tests {
     fn reads_this_hosts_range() {
         let range = ephemeral_port_range().expect("procfs is mounted");
         assert!(range.start() <= range.end());
+    }
+
+    /// Needs root (a network namespace). Files held open read the namespace they were
+    /// opened in, from any thread, and give its value as it is now, not as it was.
+    #[test]
+    fn held_settings_stay_with_their_namespace_and_follow_changes() {
+        use tcpstate_testkit::netns::Netns;
+        let pod = Netns::create("tcpstate-sysctl").expect("netns (root)");
+        let key = "net.ipv4.tcp_fin_timeout";
+        pod.sysctl(key, "33").expect("set");
+        let host_value =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout").expect("host value");
+        assert_ne!(
+            host_value.trim(),
+            "33",
+            "the host must differ for the test to mean much"
+        );
+        let mut files = pod
+            .run(|| {
+                let mut files = TcpSettingsFiles {
+                    hold: Some(true),
+                    ..TcpSettingsFiles::default()
+                };
+                assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
+                files
+            })
+            .expect("in the pod");
+        assert!(files.files[0].is_some(), "held open");
+        // Read from this thread, outside the pod: still the pod's value, and a change.
+        assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
+        pod.sysctl(key, "34").expect("set");
+        assert_eq!(files.read().fin_timeout_seconds, Some(34.0));
+        assert!(files.read().keepalive_probes.is_some());
     }
 }

@@ -88,6 +88,7 @@ pub struct Sampler {
     queue_owner: HashMap<u16, (OwnerKey, u32)>,
     ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
+    settings_files: sysctl::TcpSettingsFiles,
     /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
     count_pids: bool,
     /// Top peers kept per outbound CLOSE_WAIT group: what the page and `snapshot` show,
@@ -119,6 +120,7 @@ impl Sampler {
             listener_owner: HashMap::new(),
             queue_owner: HashMap::new(),
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
+            settings_files: sysctl::TcpSettingsFiles::default(),
             warned_port_range: false,
             count_pids: settings.close_wait_pids,
             peers_kept: TOP_PEERS.max(settings.peers_per_group),
@@ -390,7 +392,7 @@ impl Sampler {
         let context = SampleContext {
             processes: attribution.process_names(),
             close_wait_tracked: self.tracker.tracked() as u64,
-            tcp_settings: sysctl::tcp_settings(),
+            tcp_settings: self.settings_files.read(),
             listen_counters: sysctl::listen_counters().ok(),
             close_wait_pids: left.pids,
             close_wait_peers: left.peers,
