@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, unix_now, wait_until};
+use support::{
+    Actor, Daemon, Exposition, Netns, inbound_close_wait, temp_file, unix_now, wait_until,
+};
 use tcpstate_exporter::kernel::record::{SocketRecord, TcpState};
 use tcpstate_exporter::kernel::sockdiag::{DiagSocket, DumpRequest, LookupStats};
 use tcpstate_exporter::sampling::sampler::dates_by_lookups;
@@ -110,13 +112,15 @@ fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
     client.cmd("close c");
     assert!(wait_until(WAIT, || close_wait_records(&ns).len() == 300));
     assert!(wait_until(WAIT, || fin.elapsed() > Duration::from_secs(3)));
-    let dir = std::env::temp_dir().join(format!("tcpstate-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("exporter.toml");
-    std::fs::write(&config, "[close_wait]\nstuck_after = \"2s\"\n").expect("config");
-    let config = config.to_str().expect("a UTF-8 temp path");
+    let config = temp_file(
+        &format!("{name}.toml"),
+        "[close_wait]\nstuck_after = \"2s\"\n",
+    );
     // One sample only (the next is an hour away): what is served is the first sighting.
-    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1h", "--config.file", config]);
+    let daemon = Daemon::exporter(
+        &ns,
+        &["--sample.interval", "1h", "--config.file", config.path()],
+    );
     let first = scrape(&daemon);
     assert_eq!(first.get("tcpstate_samples_total", &[]), 1.0);
     assert_eq!(first.get("tcpstate_close_wait_tracked", &[]), 300.0);
@@ -136,7 +140,6 @@ fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
         300.0,
         "held 3 s, stuck after 2 s: each dated from its FIN, none from the first sighting"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn close_wait_records(ns: &Netns) -> Vec<SocketRecord> {

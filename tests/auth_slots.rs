@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::http::{self, Connection, basic_auth};
-use support::{Daemon, Netns, wait_until};
+use support::{Daemon, Netns, TempConfig, temp_file, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
@@ -29,11 +29,11 @@ fn v6() -> SocketAddr {
     "[::1]:9815".parse().expect("address")
 }
 
-/// A web config with these users, written beside a unique temp path; its path.
-fn web_config(name: &str, users: &[(&str, &str)], cost: u32) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("auth-slots-{}-{name}.yml", std::process::id()));
-    write_users(&path, users, cost);
-    path
+/// A web config with these users, in a temp file removed when the guard is dropped.
+fn web_config(name: &str, users: &[(&str, &str)], cost: u32) -> TempConfig {
+    let file = temp_file(&format!("{name}.yml"), "");
+    write_users(file.as_ref(), users, cost);
+    file
 }
 
 fn write_users(path: &std::path::Path, users: &[(&str, &str)], cost: u32) {
@@ -76,13 +76,13 @@ fn scrape(ns: &Netns, to: SocketAddr, credentials: Option<&str>) -> (Option<u16>
 fn a_user_removed_by_a_reload_loses_access_on_open_connections() {
     let ns = Netns::new("auth-revoke");
     let path = web_config("revoke", &[("alice", "a-pass"), ("bob", "b-pass")], 4);
-    let daemon = daemon(&ns, &["--web.config.file", &path.display().to_string()]);
+    let daemon = daemon(&ns, &["--web.config.file", path.path()]);
     let bob = basic_auth("bob", "b-pass");
     let mut open = ns.run(|| Connection::open(v4(), IO)).expect("connect");
     let before = open.request("GET", "/metrics", &[("Authorization", &bob)]);
     assert_eq!(before.map(|r| r.status), Ok(200));
 
-    write_users(&path, &[("alice", "a-pass")], 4);
+    write_users(path.as_ref(), &[("alice", "a-pass")], 4);
     daemon.signal(libc::SIGHUP);
     assert!(wait_until(WAIT, || daemon
         .output()
@@ -97,7 +97,6 @@ fn a_user_removed_by_a_reload_loses_access_on_open_connections() {
     assert!(open.closed_by_server(), "a 401 closes the connection");
     let alice = basic_auth("alice", "a-pass");
     assert_eq!(scrape(&ns, v4(), Some(&alice)).0, Some(200));
-    let _ = std::fs::remove_file(&path);
 }
 
 /// How far an attack has got: rounds in which every one of its connections was
@@ -212,7 +211,7 @@ fn all_served(under: &str, statuses: &[Option<u16>], slowest: Duration) {
 fn idle_unauthenticated_connections_cannot_lock_out_a_scraper() {
     let ns = Netns::new("auth-idle");
     let path = web_config("idle", &[("prometheus", "good")], 4);
-    let _daemon = daemon(&ns, &["--web.config.file", &path.display().to_string()]);
+    let _daemon = daemon(&ns, &["--web.config.file", path.path()]);
     let good = basic_auth("prometheus", "good");
     // 300 keep-alive connections, each sending a request without credentials every
     // half second or so (answered 401) and never reading: more than every slot.
@@ -232,7 +231,6 @@ fn idle_unauthenticated_connections_cannot_lock_out_a_scraper() {
         &statuses,
         slowest,
     );
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
@@ -240,7 +238,7 @@ fn wrong_passwords_cannot_keep_bcrypt_from_a_good_scrape() {
     let ns = Netns::new("auth-bcrypt");
     // Cost 8: a few tens of ms per check here, so 250 queued checks take seconds.
     let path = web_config("bcrypt", &[("prometheus", "good")], 8);
-    let _daemon = daemon(&ns, &["--web.config.file", &path.display().to_string()]);
+    let _daemon = daemon(&ns, &["--web.config.file", path.path()]);
     // The attackers know the user name and guess passwords, each a bcrypt check; the
     // scraper's credentials were never checked before (its first scrape, or the first
     // after a restart), from another address (::1).
@@ -260,7 +258,6 @@ fn wrong_passwords_cannot_keep_bcrypt_from_a_good_scrape() {
         },
     );
     all_served("250 wrong-password connections", &statuses, slowest);
-    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
@@ -277,10 +274,8 @@ fn clients_that_never_read_cannot_hold_the_slots() {
             .collect()
     });
     assert_eq!(listeners.len(), 1000);
-    let config =
-        std::env::temp_dir().join(format!("auth-slots-{}-noread.toml", std::process::id()));
-    std::fs::write(&config, "[sample]\nmax_groups = 5000\n").expect("config");
-    let daemon = daemon(&ns, &["--config.file", &config.display().to_string()]);
+    let config = temp_file("noread.toml", "[sample]\nmax_groups = 5000\n");
+    let daemon = daemon(&ns, &["--config.file", config.path()]);
     let size = daemon.scrape("/metrics").2.len();
     assert!(size > 100_000, "exposition of {size} bytes");
     // 300 clients each ask once and never read (no credentials needed: no web config).
@@ -321,5 +316,4 @@ fn clients_that_never_read_cannot_hold_the_slots() {
         "the server still holds the connection of a client that never reads"
     );
     drop(listeners);
-    let _ = std::fs::remove_file(&config);
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Stdio;
 
-use support::{Daemon, Exposition, Netns, wait_until};
+use support::{Daemon, Exposition, Netns, temp_config, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 
@@ -29,16 +29,14 @@ fn snapshot_without(ns: &Netns, bounding: &str, config: Option<&str>) -> (String
 #[test]
 fn all_namespaces_without_cap_sys_admin_says_so() {
     let ns = Netns::new("degr-admin");
-    let config = std::env::temp_dir().join(format!("degr-{}.toml", std::process::id()));
-    std::fs::write(&config, "namespaces = \"all\"\n").expect("config");
-    let (_, stderr) = snapshot_without(&ns, "-sys_admin", Some(&config.display().to_string()));
+    let config = temp_config("namespaces = \"all\"\n");
+    let (_, stderr) = snapshot_without(&ns, "-sys_admin", Some(config.path()));
     assert_eq!(
         stderr.matches("grant CAP_SYS_ADMIN").count(),
         1,
         "one warning line: {stderr}"
     );
     assert!(stderr.contains("level=warn"), "{stderr}");
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]

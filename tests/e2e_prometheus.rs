@@ -81,13 +81,14 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
     fleet::link(&ns, &fleet_ns);
     let _hoard = fleet::hoard(&fleet_ns);
     // No evidence counts before stuck_after (1m by default): 2 s fits the test's minute.
-    let config = std::env::temp_dir().join(format!("e2eprom-{}.toml", std::process::id()));
-    std::fs::write(&config, "[close_wait]\nstuck_after = \"2s\"\n").expect("config");
-    let config = config.display().to_string();
-    let second = fleet::exporter(&fleet_ns, &config);
+    let config = support::temp_file("e2eprom.toml", "[close_wait]\nstuck_after = \"2s\"\n");
+    let second = fleet::exporter(&fleet_ns, config.path());
     let mut server = Actor::spawn(&ns, "leaky");
     let mut client = Actor::spawn(&ns, "client");
-    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1s", "--config.file", &config]);
+    let daemon = Daemon::exporter(
+        &ns,
+        &["--sample.interval", "1s", "--config.file", config.path()],
+    );
     server.cmd(&format!("nofile {NOFILE}"));
     let leaky_pid = server.pid();
 
@@ -130,7 +131,6 @@ fn prometheus_scrapes_the_leak_fires_the_alerts_and_serves_the_dashboard() {
     });
     println!("scenario: {held:?}");
     drop(second);
-    let _ = std::fs::remove_file(&config);
 
     let (status, _, text) = daemon.scrape("/metrics");
     assert_eq!(status, 200);

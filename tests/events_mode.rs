@@ -8,16 +8,17 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, count_state, unix_now, wait_until};
+use support::{
+    Actor, Daemon, Exposition, Netns, TempConfig, count_state, temp_file, unix_now, wait_until,
+};
 use tcpstate_testkit::churn::{self, Plan};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
 
-fn config(name: &str, text: &str) -> String {
-    let path = std::env::temp_dir().join(format!("events-{}-{name}.toml", std::process::id()));
-    std::fs::write(&path, text).expect("config");
-    path.display().to_string()
+/// The config file `NAME.toml`, removed when the guard is dropped (the test passed or not).
+fn config(name: &str, text: &str) -> TempConfig {
+    temp_file(&format!("{name}.toml"), text)
 }
 
 fn start<'ns>(ns: &'ns Netns, interval: &str, config: &str) -> Daemon<'ns> {
@@ -66,7 +67,7 @@ fn ages_are_exact_and_short_close_waits_are_counted() {
         "exact",
         "events = \"on\"\n[sample]\ndetail_states = [\"close_wait\"]\n",
     );
-    let daemon = start(&ns, "2s", &cfg);
+    let daemon = start(&ns, "2s", cfg.path());
     let (mut server, mut client) = holder_listening(&ns, &daemon, 16);
 
     // A short CLOSE_WAIT: the program closes HOLD after ss shows it in CLOSE_WAIT, well
@@ -152,7 +153,7 @@ fn a_small_ring_drained_between_samples_loses_nothing() {
         "drain",
         "events = \"on\"\nevents_ring_bytes = 8192\n[sample]\ndetail_states = [\"close_wait\"]\n",
     );
-    let daemon = start(&ns, "5s", &cfg);
+    let daemon = start(&ns, "5s", cfg.path());
     let (mut server, mut client) = holder_listening(&ns, &daemon, 64);
     // Four bursts of 30 short CLOSE_WAITs (60 events each), a second apart: 240 events in
     // about 3 s, so one 5 s interval holds at least 120, more than the ring.
@@ -227,7 +228,7 @@ fn entries_and_transitions(m: &Exposition) -> (f64, f64) {
 fn churn_in_the_own_namespace_loses_no_event() {
     let ns = Netns::new("evchurn");
     let cfg = config("churn", "events = \"on\"\n");
-    let daemon = start(&ns, "1s", &cfg);
+    let daemon = start(&ns, "1s", cfg.path());
     let (_, before) = entries_and_transitions(&Exposition::parse(&daemon.scrape("/metrics").2));
     let made = churn_in(&ns, 2, 2, 3) as f64;
     // Every transition into CLOSE_WAIT the kernel counted in the namespace (the churn's
@@ -257,7 +258,7 @@ fn churn_in_a_foreign_namespace_never_reaches_the_daemon() {
         "foreign",
         "events = \"on\"\nevents_ring_bytes = 8192\n[sample]\ndetail_states = [\"close_wait\"]\n",
     );
-    let daemon = start(&ns, "1s", &cfg);
+    let daemon = start(&ns, "1s", cfg.path());
     let (mut server, mut client) = holder_listening(&ns, &daemon, 16);
     // From here every scrape is on one keep-alive connection: a `Connection: close`
     // scrape puts a socket of this namespace through CLOSE_WAIT. The baseline is a sample
@@ -314,7 +315,7 @@ fn events_from_two_namespaces_land_on_their_own_series() {
             red.name()
         ),
     );
-    let daemon = start(&observer, "1s", &cfg);
+    let daemon = start(&observer, "1s", cfg.path());
     let mut actors = Vec::new();
     for (ns, count) in [(&blue, 1), (&red, 2)] {
         let mut server = Actor::spawn(ns, "holder");
@@ -389,7 +390,7 @@ fn without_bpf_privileges_auto_polls_and_on_refuses_to_start() {
             "--web.listen-address",
             "127.0.0.1:9815",
             "--config.file",
-            &auto,
+            auto.path(),
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -418,7 +419,7 @@ fn without_bpf_privileges_auto_polls_and_on_refuses_to_start() {
             "--web.listen-address",
             "127.0.0.1:9816",
             "--config.file",
-            &on,
+            on.path(),
         ])
         .output()
         .expect("setpriv");

@@ -10,19 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, http, inbound_close_wait, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, http, inbound_close_wait, temp_file, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
 
 fn address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9815))
-}
-
-fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("faults-{}-{name}.toml", std::process::id()));
-    std::fs::write(&path, text).expect("config");
-    path
 }
 
 fn signal(daemon: &Daemon, signal: i32) {
@@ -34,11 +28,13 @@ fn signal(daemon: &Daemon, signal: i32) {
 #[test]
 fn sighup_applies_a_good_config_and_refuses_a_bad_one_without_dropping_scrapes() {
     let ns = Netns::new("reload");
-    let config = temp_config("reload", "[sample]\ndetail_states = [\"close_wait\"]\n");
-    let config_arg = config.display().to_string();
+    let config = temp_file(
+        "reload.toml",
+        "[sample]\ndetail_states = [\"close_wait\"]\n",
+    );
     let daemon = Daemon::exporter(
         &ns,
-        &["--sample.interval", "200ms", "--config.file", &config_arg],
+        &["--sample.interval", "200ms", "--config.file", config.path()],
     );
     // Scrapers hammer /metrics during both reloads; every scrape must succeed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,7 +110,6 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one_without_dropping_scrapes()
         Vec::<u16>::new(),
         "no scrape failed"
     );
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]

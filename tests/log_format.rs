@@ -10,17 +10,11 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use support::{Daemon, Netns, wait_until};
+use support::{Daemon, Netns, temp_file, wait_until};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 const WAIT: Duration = Duration::from_secs(30);
 const ADDRESS: &str = "127.0.0.1:9815";
-
-fn temp_file(name: &str, text: &str) -> String {
-    let path = std::env::temp_dir().join(format!("logfmt-{}-{name}", std::process::id()));
-    std::fs::write(&path, text).expect("write temp file");
-    path.display().to_string()
-}
 
 /// One log line as the parser reads it: keys in order, each with its value.
 fn parse(line: &str) -> Vec<(String, String)> {
@@ -102,7 +96,10 @@ fn startup_reload_shutdown_and_error_lines_are_logfmt() {
         "reload.toml",
         "[sample]\ndetail_states = [\"close_wait\"]\n",
     );
-    let daemon = Daemon::exporter(&ns, &["--sample.interval", "1s", "--config.file", &config]);
+    let daemon = Daemon::exporter(
+        &ns,
+        &["--sample.interval", "1s", "--config.file", config.path()],
+    );
 
     // A refused reload: the error, quotes and all, comes back intact from the parser.
     std::fs::write(&config, "[sample]\ndetail_states = [\"close_wiat\"]\n").expect("write");
@@ -120,7 +117,7 @@ fn startup_reload_shutdown_and_error_lines_are_logfmt() {
     // Startup errors while it holds the port: each is one logfmt line.
     let busy = run(&ns, &["--web.listen-address", ADDRESS]);
     let bad_config = temp_file("bad.toml", "[sample]\ninterval = \"soon\"\n");
-    let bad_file = run(&ns, &["--config.file", &bad_config]);
+    let bad_file = run(&ns, &["--config.file", bad_config.path()]);
     let web_config = temp_file("web.yml", "tls_server_config:\n  cert_file: /nonexistent\n");
     let bad_web = run(
         &ns,
@@ -128,7 +125,7 @@ fn startup_reload_shutdown_and_error_lines_are_logfmt() {
             "--web.listen-address",
             "127.0.0.1:9817",
             "--web.config.file",
-            &web_config,
+            web_config.path(),
         ],
     );
 

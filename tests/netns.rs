@@ -6,16 +6,9 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, inbound_close_wait, temp_config, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn config(text: &str) -> String {
-    let path =
-        std::env::temp_dir().join(format!("netns-{}-{}.toml", std::process::id(), text.len()));
-    std::fs::write(&path, text).expect("config");
-    path.display().to_string()
-}
 
 fn close_wait(m: &Exposition, netns: &str, process: &str, port: &str) -> Option<f64> {
     m.try_get(
@@ -70,10 +63,10 @@ fn one_exporter_sees_every_namespace_and_forgets_the_dead() {
         observer.name(),
         observer.name(),
     );
-    let config_path = config(&include);
+    let config = temp_config(&include);
     let daemon = Daemon::exporter(
         &observer,
-        &["--sample.interval", "300ms", "--config.file", &config_path],
+        &["--sample.interval", "300ms", "--config.file", config.path()],
     );
     let scrape = || Exposition::parse(&daemon.scrape("/metrics").2);
     let m = scrape();
@@ -142,5 +135,4 @@ fn one_exporter_sees_every_namespace_and_forgets_the_dead() {
         );
     }
     assert_eq!(close_wait(&m, red.name(), "red-srv", "8080"), Some(3.0));
-    let _ = std::fs::remove_file(&config_path);
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Actor, Daemon, Netns, count_state, inbound_close_wait, wait_until};
+use support::{Actor, Daemon, Netns, TempDir, count_state, inbound_close_wait, wait_until};
 
 const USER: &str = "oncall";
 const PASSWORD: &str = "s3cret page";
@@ -180,7 +180,7 @@ impl Chromium {
     /// Loads `url` from inside `ns` and returns what Chromium printed (the DOM with
     /// --dump-dom). The virtual time budget lets the page's fetches finish first.
     fn run(&self, ns: &Netns, url: &str, extra: &[&str]) -> String {
-        let profile = tempdir("chromium-profile");
+        let profile = TempDir::new("chromium-profile");
         let out = ns
             .command(&self.binary)
             .args([
@@ -194,12 +194,11 @@ impl Chromium {
                 "--ignore-certificate-errors",
                 "--virtual-time-budget=10000",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(url)
             .output()
             .expect("chromium runs");
-        let _ = std::fs::remove_dir_all(&profile);
         assert!(
             out.status.success(),
             "chromium: {}\n{}",
@@ -210,24 +209,17 @@ impl Chromium {
     }
 }
 
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcpstate-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// The daemon's config, TLS certificate and web config, in a directory of their own.
-struct Files(PathBuf);
+/// The daemon's config, TLS certificate and web config, in a temp directory of their
+/// own (removed on drop).
+struct Files(TempDir);
 
 impl Files {
     fn new() -> Files {
-        Files(tempdir("page"))
+        Files(TempDir::new("page"))
     }
 
     fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
+        self.0.file(name, text)
     }
 
     /// A self-signed certificate for 127.0.0.1 and one basic-auth user.
@@ -245,11 +237,5 @@ impl Files {
                  basic_auth_users:\n  {USER}: '{hash}'\n"
             ),
         )
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

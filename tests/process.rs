@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Actor, Daemon, Exposition, Netns, count_state, inbound_close_wait, wait_until};
+use support::{
+    Actor, Daemon, Exposition, Netns, count_state, inbound_close_wait, temp_file, wait_until,
+};
 
 const SETTLE: Duration = Duration::from_secs(30);
 const SAMPLE: Duration = Duration::from_secs(20);
@@ -117,19 +119,15 @@ fn orphans_have_no_process_and_pid_label_is_opt_in() {
     // The client closes: its ends become orphaned FIN_WAIT2 sockets (no fd, no owner).
     inbound_close_wait(&ns, &mut server, &mut client, 8080, 2, 0);
     assert!(wait_until(SETTLE, || count_state(&ns, "FIN-WAIT-2") == 2));
-    let config = std::env::temp_dir().join(format!("orphan-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
+    let config = temp_file(
+        "orphan.toml",
         "[sample]\ndetail_states = [\"close_wait\", \"fin_wait2\"]\n[process]\npid_label = true\n",
-    )
-    .expect("config");
-    let config_path = config.display().to_string();
+    );
     let daemon = Daemon::exporter(
         &ns,
-        &["--sample.interval", "1h", "--config.file", &config_path],
+        &["--sample.interval", "1h", "--config.file", config.path()],
     );
     let m = Exposition::parse(&daemon.scrape("/metrics").2);
-    let _ = std::fs::remove_file(&config);
     assert_eq!(
         m.get(
             "tcpstate_connections",
@@ -167,12 +165,13 @@ fn a_steady_state_sample_reads_no_fd_again() {
     inbound_close_wait(&ns, &mut server, &mut client, 8080, 50, 0);
     // CLOSE_WAIT only: the test's own scrape connections (established) are not
     // attributed, so any fd read would come from the cache failing.
-    let config = std::env::temp_dir().join(format!("steady-{}.toml", std::process::id()));
-    std::fs::write(&config, "[sample]\ndetail_states = [\"close_wait\"]\n").expect("config");
-    let config_path = config.display().to_string();
+    let config = temp_file(
+        "steady.toml",
+        "[sample]\ndetail_states = [\"close_wait\"]\n",
+    );
     let daemon = Daemon::exporter(
         &ns,
-        &["--sample.interval", "200ms", "--config.file", &config_path],
+        &["--sample.interval", "200ms", "--config.file", config.path()],
     );
     let reads = |m: &Exposition| m.get("tcpstate_attribution_fd_reads_total", &[]);
     let samples = |m: &Exposition| m.get("tcpstate_samples_total", &[]);
@@ -202,7 +201,6 @@ fn a_steady_state_sample_reads_no_fd_again() {
         }
     }));
     let m = scraper.metrics();
-    let _ = std::fs::remove_file(&config);
     assert_eq!(
         m.get(
             "tcpstate_connections",

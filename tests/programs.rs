@@ -16,12 +16,13 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use support::Exposition;
+use support::{Exposition, TempDir};
 
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
 /// Scenarios run at the same time (each mostly waits for its sockets to age).
@@ -43,21 +44,25 @@ fn driver() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/scenarios.py")
 }
 
-/// The driver's run of every scenario: its output folder and what it printed.
+/// The driver's run of every scenario: each scenario's report (or why there is none)
+/// and what the driver printed.
 struct Suite {
-    out: PathBuf,
+    reports: HashMap<&'static str, Result<String, String>>,
     output: String,
 }
 
+/// Runs the driver once for all tests. Its output folder (reports, each program's logs,
+/// the exporter's config) is a temp folder removed once the reports are read, whatever
+/// the run did; the scenario logs it prints are in the output. For the other logs, run
+/// scenarios.py by hand with `--out`.
 fn suite() -> &'static Suite {
     static SUITE: OnceLock<Suite> = OnceLock::new();
     SUITE.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("tcpstate-programs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let out = TempDir::new("programs");
         let run = Command::new("python3")
             .arg(driver())
             .args(["run", "--jobs", JOBS, "--exporter", EXPORTER, "--out"])
-            .arg(&out)
+            .arg(out.path())
             .arg("all")
             .output();
         let output = match run {
@@ -70,22 +75,33 @@ fn suite() -> &'static Suite {
             Err(e) => format!("cannot run python3 {}: {e}", driver().display()),
         };
         eprintln!("{output}");
-        Suite { out, output }
+        let reports = SCENARIOS
+            .iter()
+            .map(|name| {
+                let path = out.path().join(format!("{name}.json"));
+                (
+                    *name,
+                    std::fs::read_to_string(path).map_err(|e| e.to_string()),
+                )
+            })
+            .collect();
+        Suite { reports, output }
     })
 }
 
 /// The report of scenario `name`; panics with the driver's output when there is none.
 fn report(name: &str) -> Value {
     let suite = suite();
-    let path = suite.out.join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
+    let text = match suite.reports.get(name) {
+        Some(Ok(text)) => text,
+        Some(Err(e)) => panic!(
             "no report for {name} ({e}): the scenario could not be built or its \
              prerequisites are missing (tests/programs/install.sh). Driver output:\n{}",
             suite.output
-        )
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        ),
+        None => panic!("{name} is not in SCENARIOS"),
+    };
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}.json: {e}"))
 }
 
 fn text(v: &Value) -> String {

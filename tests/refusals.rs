@@ -4,23 +4,14 @@
 //! request can match, user names that can never log in, a refused cipher list.
 //! `check-config` runs the same loading code as the daemon's start and its reloads.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use support::TempDir;
+
 const EXPORTER: &str = env!("CARGO_BIN_EXE_tcpstate-exporter");
-
-fn dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("refusals-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn file(name: &str, text: &str) -> String {
-    let path = dir().join(name);
-    std::fs::write(&path, text).expect("write");
-    path.display().to_string()
-}
 
 /// Runs `check-config ARGS` with a deadline; its output and how long it took.
 fn check_config(args: &[&str]) -> (Output, Duration) {
@@ -51,11 +42,12 @@ fn assert_refused(args: &[&str], expect: &[&str]) -> Duration {
 
 #[test]
 fn absurd_values_and_unbounded_files_are_refused() {
+    let dir = TempDir::new("refusals");
     assert_refused(
         &["--sample.interval", "18446744073709551615s"],
         &["--sample.interval", "24h maximum"],
     );
-    let ring = file("ring.toml", "\nevents_ring_bytes = 2147483648\n");
+    let ring = dir.file("ring.toml", "\nevents_ring_bytes = 2147483648\n");
     assert_refused(
         &["--config.file", &ring],
         &["events_ring_bytes", "line 2", "64 MiB"],
@@ -65,20 +57,19 @@ fn absurd_values_and_unbounded_files_are_refused() {
         took < Duration::from_secs(5),
         "read without bound: {took:?}"
     );
-    let fifo = dir().join("fifo");
-    let _ = std::fs::remove_file(&fifo);
+    let fifo = dir.path().join("fifo");
     let name = std::ffi::CString::new(fifo.display().to_string()).expect("path");
     // SAFETY: mkfifo with a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
     let fifo = fifo.display().to_string();
     assert_refused(&["--config.file", &fifo], &["a FIFO"]);
     assert_refused(&["--web.config.file", &fifo], &["a FIFO"]);
-    let cert = file(
+    let cert = dir.file(
         "cert.yml",
         "tls_server_config:\n  cert_file: /dev/zero\n  key_file: /dev/zero\n",
     );
     assert_refused(&["--web.config.file", &cert], &["cert_file", "a device"]);
-    let deep = file(
+    let deep = dir.file(
         "deep.yml",
         &format!(
             "basic_auth_users: {}{}\n",
@@ -93,8 +84,9 @@ fn absurd_values_and_unbounded_files_are_refused() {
 
 #[test]
 fn values_that_can_never_work_are_refused() {
+    let dir = TempDir::new("refusals");
     for path in ["/métrics", "/metrics?format=text"] {
-        let config = file("path.toml", &format!("[web]\ntelemetry_path = {path:?}\n"));
+        let config = dir.file("path.toml", &format!("[web]\ntelemetry_path = {path:?}\n"));
         assert_refused(
             &["--config.file", &config],
             &["web.telemetry_path", "line 2"],
@@ -102,7 +94,7 @@ fn values_that_can_never_work_are_refused() {
         assert_refused(&["--web.telemetry-path", path], &["--web.telemetry-path"]);
     }
     for user in ["\"\"", "\"a:b\""] {
-        let web = file(
+        let web = dir.file(
             "users.yml",
             &format!(
                 "basic_auth_users:\n  {user}: '$2y$04$0h6ZeJ3jVqOU4D7Sm1Kd7OQt7fJTeGFTgmDShbx/ONRVAJvwTKbWy'\n"
@@ -114,13 +106,14 @@ fn values_that_can_never_work_are_refused() {
 
 #[test]
 fn config_errors_say_where_in_one_line() {
-    let dotted = file("dotted.toml", "# sampling\nsample.interval = \"15x\"\n");
+    let dir = TempDir::new("refusals");
+    let dotted = dir.file("dotted.toml", "# sampling\nsample.interval = \"15x\"\n");
     assert_refused(&["--config.file", &dotted], &["sample.interval", "line 2"]);
     // Only legacy suites: was a warning line and then the error, now the error alone.
     let pki = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let cert = file("c.pem", &pki.cert.pem());
-    let key = file("k.pem", &pki.signing_key.serialize_pem());
-    let web = file(
+    let cert = dir.file("c.pem", &pki.cert.pem());
+    let key = dir.file("k.pem", &pki.signing_key.serialize_pem());
+    let web = dir.file(
         "ciphers.yml",
         &format!(
             "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  cipher_suites:\n    \

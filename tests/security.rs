@@ -41,14 +41,6 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tcpstate-security-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -69,17 +61,28 @@ impl Pki {
         let client = leaf(vec!["scraper".into()], true);
         let rogue = leaf(vec!["scraper".into()], false);
 
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tcpstate-security-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // The guard (Drop removes the folder) before the first write: a failed write
+        // leaves nothing behind.
+        let pki = Pki {
+            dir,
+            ca: ca.pem(),
+            client,
+            rogue,
+        };
+        let dir = &pki.dir;
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         // For the v1 certificates, which the openssl CLI signs (mod v1).
         std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
         std::fs::write(dir.join("server.pem"), &server.0).unwrap();
         std::fs::write(dir.join("server.key"), &server.1).unwrap();
-        Pki {
-            dir,
-            ca: ca.pem(),
-            client,
-            rogue,
-        }
+        pki
     }
 
     /// Writes `text` as the web config file (relative paths resolve beside it).

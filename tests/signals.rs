@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Actor, Daemon, Exposition, Netns, wait_until};
+use support::{Actor, Daemon, Exposition, Netns, temp_file, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// The bound from SIGTERM to exit. The daemon gives work in flight 0.5 s (the
@@ -18,12 +18,6 @@ const STOP_BOUND: Duration = Duration::from_secs(2);
 /// How long a signal that is not lost may take to act when nothing holds the daemon up:
 /// far above any honest shutdown, far below "only SIGKILL ends it".
 const LOST_AFTER: Duration = Duration::from_secs(10);
-
-fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("signals-{}-{name}.toml", std::process::id()));
-    std::fs::write(&path, text).expect("config");
-    path
-}
 
 fn samples_total(daemon: &Daemon) -> f64 {
     Exposition::parse(&daemon.scrape("/metrics").2).get("tcpstate_samples_total", &[])
@@ -131,12 +125,12 @@ fn sigterm_under_cpu_load_ends_the_daemon_within_two_seconds() {
 #[test]
 fn reloads_that_would_block_or_overflow_are_refused() {
     let ns = Netns::new("sig-reload");
-    let config = temp_config("reload", "[sample]\ninterval = \"200ms\"\n");
-    let config_arg = config.display().to_string();
-    let mut daemon = Daemon::exporter(&ns, &["--config.file", &config_arg]);
+    // Removed on drop, whether a file or the FIFO put in its place.
+    let config = temp_file("reload.toml", "[sample]\ninterval = \"200ms\"\n");
+    let mut daemon = Daemon::exporter(&ns, &["--config.file", config.path()]);
 
     std::fs::remove_file(&config).expect("remove");
-    let name = std::ffi::CString::new(config_arg.clone()).expect("path");
+    let name = std::ffi::CString::new(config.path()).expect("path");
     // SAFETY: mkfifo with a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
     daemon.signal(libc::SIGHUP);
@@ -176,5 +170,4 @@ fn reloads_that_would_block_or_overflow_are_refused() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.exit_status(LOST_AFTER).is_some_and(|s| s.success()));
     assert!(sent.elapsed() < STOP_BOUND, "{:?}", sent.elapsed());
-    let _ = std::fs::remove_file(&config);
 }

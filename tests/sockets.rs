@@ -325,14 +325,11 @@ fn outbound_groups_name_their_peers() {
         "{table}"
     );
 
-    let config = std::env::temp_dir().join(format!("peers-{}.toml", std::process::id()));
-    std::fs::write(&config, "[close_wait]\npeers_per_group = 1\n").expect("config");
-    let config_path = config.display().to_string();
+    let config = support::temp_file("peers.toml", "[close_wait]\npeers_per_group = 1\n");
     let daemon = Daemon::exporter(
         &ns,
-        &["--sample.interval", "1h", "--config.file", &config_path],
+        &["--sample.interval", "1h", "--config.file", config.path()],
     );
-    let _ = std::fs::remove_file(&config);
     let m = support::Exposition::parse(&daemon.scrape("/metrics").2);
     let peer = |peer: &str| {
         m.try_get(

@@ -454,3 +454,35 @@ UNCONN 0 0 127.0.0.1:* 127.0.0.1:8080  ino:0 sk:163cbd8 cgroup:unreachable:1 ---
     assert_eq!((s[1].local_ip.as_str(), s[1].peer_port), ("::", None));
     assert!(s[2].inode == 0 && s[2].users.is_empty());
 }
+
+/// Temp files and directories are removed when dropped, and when the test holding them
+/// fails: a panic unwinds through their guards.
+#[test]
+fn temp_files_and_dirs_are_removed_on_drop_and_on_panic() {
+    use std::path::PathBuf;
+    let file = support::temp_config("x = 1\n");
+    let dir = support::TempDir::new("selftest");
+    let inside = PathBuf::from(dir.file("a.toml", "y = 2\n"));
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "x = 1\n");
+    assert_eq!(std::fs::read_to_string(&inside).expect("read"), "y = 2\n");
+    let paths = [PathBuf::from(file.path()), dir.path().to_path_buf()];
+    drop((file, dir));
+    for path in &paths {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let failed = std::thread::spawn(move || {
+        let file = support::temp_file("web.yml", "");
+        let dir = support::TempDir::new("selftest");
+        dir.file("b.toml", "");
+        let sent = [PathBuf::from(file.path()), dir.path().to_path_buf()];
+        tx.send(sent).expect("send");
+        panic!("a test failing on purpose");
+    })
+    .join();
+    assert!(failed.is_err());
+    for path in rx.recv().expect("the paths") {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}

@@ -19,6 +19,7 @@ mod exposition;
 mod netns;
 mod ss;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 // Re-exports: any one test file uses only some of them.
@@ -35,7 +36,9 @@ pub use ss::{SsSocket, SsUser, parse as parse_ss};
 #[allow(unused_imports)]
 pub use tcpstate_testkit::http::{self, Response, parse_response};
 
-/// A config file inside a temp dir, removed on drop (a failing test leaves none behind).
+/// A file in the temp dir, removed on drop: a test that fails (panics) leaves none behind
+/// either. Whatever sits at its path then goes: the test may have replaced the file (with
+/// a FIFO, say).
 pub struct TempConfig {
     path: String,
 }
@@ -46,24 +49,91 @@ impl TempConfig {
     }
 }
 
+impl AsRef<Path> for TempConfig {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.path)
+    }
+}
+
 impl Drop for TempConfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
+/// `tcpstate-test-PID-N.toml` in the temp dir, holding `text`.
 pub fn temp_config(text: &str) -> TempConfig {
+    write_temp(unique_temp_path(".toml"), text)
+}
+
+/// `tcpstate-test-PID-N-NAME` in the temp dir, holding `text`: for a file whose name
+/// says what it is (`web.yml`, `reload.toml`).
+pub fn temp_file(name: &str, text: &str) -> TempConfig {
+    write_temp(unique_temp_path(&format!("-{name}")), text)
+}
+
+fn write_temp(path: PathBuf, text: &str) -> TempConfig {
+    // The guard first: a failed write removes whatever it left.
+    let file = TempConfig {
+        path: path.display().to_string(),
+    };
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    file
+}
+
+/// A directory in the temp dir, removed with everything in it on drop: a test that fails
+/// (panics) leaves none behind either.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// `tcpstate-test-PID-N-WHAT` in the temp dir, empty.
+    pub fn new(what: &str) -> TempDir {
+        let dir = TempDir {
+            path: unique_temp_path(&format!("-{what}")),
+        };
+        // What a killed run of a process with the same PID may have left.
+        let _ = std::fs::remove_dir_all(&dir.path);
+        std::fs::create_dir(&dir.path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", dir.path.display()));
+        dir
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `text` as `name` in the directory; the file's path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let path = self.path.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.display().to_string()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `tcpstate-test-PID-N` + `suffix` in the temp dir: unique within this process (N
+/// counts) and among processes running at once (PID).
+fn unique_temp_path(suffix: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "tcpstate-test-{}-{}.toml",
+    std::env::temp_dir().join(format!(
+        "tcpstate-test-{}-{}{suffix}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, text).expect("write config");
-    TempConfig {
-        path: path.display().to_string(),
-    }
+    ))
 }
 
 /// How many sockets of the namespace `ss` shows in `state` (ss spelling: `CLOSE-WAIT`).
