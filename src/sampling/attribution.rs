@@ -189,6 +189,14 @@ impl Attribution {
         self.cached_owner(record.inode)
     }
 
+    /// Brings the index entries of `inodes` into the CPU cache, all at once (see
+    /// `OwnerCache::warm`), before they are asked for one by one.
+    pub fn warm_owners(&self, inodes: impl Iterator<Item = u32>) {
+        if let Some(cache) = &self.owners {
+            cache.warm(inodes);
+        }
+    }
+
     /// Owner of an inode as a label key, and its pid; the empty owner when unknown.
     pub fn owner_of(&mut self, inode: u32) -> (OwnerKey, u32) {
         self.cached_owner(inode).unwrap_or_default()

@@ -51,8 +51,13 @@ impl AfterDump {
     }
 }
 
+/// Connections taken in batches of this many: the owner index entries of a batch are
+/// fetched together first (`Attribution::warm_owners`).
+const BATCH: usize = 64;
+
 /// Takes each connection as the dump streams it: counts its state, classifies it, finds
 /// its owner in the cache, tracks it if in CLOSE_WAIT, and adds it to its group.
+/// Connections wait in a batch of `BATCH`; `finish` takes the last ones.
 pub(super) struct ConnectionSink<'a> {
     pub(super) classifier: Classifier<'a>,
     pub(super) queue_owner: &'a HashMap<u16, (OwnerKey, u32)>,
@@ -61,10 +66,44 @@ pub(super) struct ConnectionSink<'a> {
     pub(super) tracker: &'a mut CloseWaitTracker,
     pub(super) builder: &'a mut SampleBuilder,
     pub(super) left: AfterDump,
+    pub(super) batch: Vec<SocketRecord>,
 }
 
 impl ConnectionSink<'_> {
     pub(super) fn take(&mut self, record: &SocketRecord) {
+        self.batch.push(*record);
+        if self.batch.len() >= BATCH {
+            self.take_batch();
+        }
+    }
+
+    /// Takes the connections still waiting; what the phases after the dump need.
+    pub(super) fn finish(mut self) -> AfterDump {
+        self.take_batch();
+        self.left
+    }
+
+    /// The owner index covers every socket of the host, so each lookup in it is a cache
+    /// miss, and taken one connection at a time they come one after the other. Asked
+    /// for a whole batch first, in a loop that does nothing else, the misses overlap.
+    fn take_batch(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let mask = self.detail_mask;
+        self.attribution.warm_owners(
+            batch
+                .iter()
+                .filter(|r| r.held_by == 0 && r.inode != 0)
+                .filter(|r| mask[r.state.index()] || r.state == TcpState::CloseWait)
+                .map(|r| r.inode),
+        );
+        for record in &batch {
+            self.take_one(record);
+        }
+        self.batch = batch;
+        self.batch.clear();
+    }
+
+    fn take_one(&mut self, record: &SocketRecord) {
         // The listening hash was read by the first dump; a listener created between the
         // dumps must not be counted twice.
         if record.state == TcpState::Listen {

@@ -51,6 +51,15 @@ impl OwnerCache {
         Some(pid)
     }
 
+    /// Looks `inodes` up in the index and drops the answers: lookups that depend on
+    /// nothing but their own key, so the CPU has several of their cache misses in
+    /// flight at once, and `owner_pid` then finds the entries cached.
+    pub fn warm(&self, inodes: impl Iterator<Item = u32>) {
+        for inode in inodes {
+            std::hint::black_box(self.inode_owner.get(&inode).map(|h| h.pid));
+        }
+    }
+
     /// Reads the one descriptor the index names for `inode`: true when it still holds
     /// the socket; else the socket leaves the index (and the fd number is read again at
     /// the process's next scan).

@@ -279,6 +279,7 @@ impl Sampler {
                 sockets: SocketCollector::new(budget),
                 ..AfterDump::default()
             },
+            batch: Vec::new(),
         };
         match from_table {
             Some(Ok((records, refreshed))) => {
@@ -306,7 +307,7 @@ impl Sampler {
                 report.dump.add(stats);
             }
         }
-        Ok(sink.left)
+        Ok(sink.finish())
     }
 
     /// Phase 3: owners the cache did not know, looked for in likely processes first.
