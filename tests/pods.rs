@@ -326,7 +326,7 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
         }),
         "the pod is never followed"
     );
-    let mut clients = python_in(&pod, HALF_OPEN_CLIENTS);
+    let clients = python_in(&pod, HALF_OPEN_CLIENTS);
     let count = |state: &str| count_state(&pod, state);
     assert!(
         wait_until(WAIT, || count("SYN-SENT") == 3 && count("SYN-RECV") == 3),
@@ -363,8 +363,7 @@ fn half_open_handshakes_are_corrected_by_the_next_reconciliation() {
         "never reconciled: {seen:?}, ss {:?}",
         pod.sockets()
     );
-    let _ = clients.kill();
-    let _ = clients.wait();
+    drop(clients);
     drop(daemon);
 }
 
@@ -563,7 +562,7 @@ fn lost_events_make_followed_namespaces_dump_again() {
 fn sockets_bound_to_a_device_are_looked_up_on_it() {
     let observer = Netns::new("tcpstate-podsobs");
     let pod = Netns::new("tcpstate-bound");
-    let mut held = python_in(&pod, BOUND_CONNECTIONS);
+    let held = python_in(&pod, BOUND_CONNECTIONS);
     let count = |state: &str| count_state(&pod, state);
     assert!(
         wait_until(WAIT, || count("CLOSE-WAIT") == 2
@@ -615,8 +614,7 @@ fn sockets_bound_to_a_device_are_looked_up_on_it() {
         mismatch, 0.0,
         "bound sockets looked up without their device"
     );
-    let _ = held.kill();
-    let _ = held.wait();
+    drop(held);
     drop(daemon);
 }
 
@@ -641,13 +639,27 @@ pairs[1][0].close()
 time.sleep(120)
 ";
 
-/// A Python script run inside `ns`, holding its sockets until killed.
-fn python_in(ns: &Netns, script: &str) -> std::process::Child {
-    ns.command("python3")
-        .args(["-c", script])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("python3")
+/// A Python script run inside `ns`, holding its sockets until the guard goes.
+fn python_in(ns: &Netns, script: &str) -> Stopped {
+    Stopped(
+        ns.command("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3"),
+    )
+}
+
+/// A child process stopped with SIGTERM (nginx's master then takes its worker with it;
+/// SIGKILL would orphan the worker) and reaped when the test ends, passed or not.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
 
 /// The exporter in `observer` sampling every 300 ms the namespaces matching `include`
@@ -673,31 +685,33 @@ fn observe<'a>(observer: &'a Netns, include: &str, more: &str) -> (Daemon<'a>, T
 fn nginx_in_a_followed_pod_equals_ss() {
     let observer = Netns::new("tcpstate-podsobs");
     let pod = Netns::new("tcpstate-nginx");
-    let dir = std::env::temp_dir().join(format!("tcpstate-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("nginx dir");
+    // Removed when the test ends, passed or not.
+    let temp = support::TempDir::new("nginx");
+    let dir = temp.path().to_path_buf();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         NGINX_CONF.replace("@DIR@", &dir.display().to_string()),
     )
     .expect("nginx.conf");
-    let mut nginx = pod
-        .command("nginx")
-        .args([
-            "-c",
-            &conf.display().to_string(),
-            "-p",
-            &dir.display().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nginx (tests/programs/install.sh installs it)");
+    let _nginx = Stopped(
+        pod.command("nginx")
+            .args([
+                "-c",
+                &conf.display().to_string(),
+                "-p",
+                &dir.display().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (tests/programs/install.sh installs it)"),
+    );
     assert!(
         wait_until(WAIT, || count_state(&pod, "LISTEN") == 1),
         "nginx never listened"
     );
-    let mut clients = python_in(&pod, NGINX_CLIENTS);
+    let _clients = python_in(&pod, NGINX_CLIENTS);
     let (daemon, _config) = observe(&observer, pod.name(), "");
     // Settled: the worker holds what it can, the rest is queued, nothing in transit.
     let transient = ["FIN-WAIT-1", "LAST-ACK", "SYN-SENT", "SYN-RECV", "CLOSING"];
@@ -734,13 +748,6 @@ fn nginx_in_a_followed_pod_equals_ss() {
         ) > 0.0,
         "no socket of the pod was read from its holder's descriptors"
     );
-    let _ = clients.kill();
-    let _ = clients.wait();
-    // SIGTERM: the master takes its worker with it (SIGKILL would orphan the worker).
-    // SAFETY: kill(2) on our own child's pid; no memory is touched.
-    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
-    let _ = nginx.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// tests/programs/scenarios.py's nginx, out of descriptors after about a dozen clients.
