@@ -326,6 +326,21 @@ fn window_figures() -> Result<WindowFigures, String> {
     })
 }
 
+/// The daemon's figures once its sample count has passed `after` (polled every 100 ms,
+/// a scrape each: ~0.5 ms of the daemon's CPU).
+fn next_sample(after: u64, deadline: Instant) -> Result<WindowFigures, String> {
+    loop {
+        let now = window_figures()?;
+        if now.samples > after {
+            return Ok(now);
+        }
+        if Instant::now() > deadline {
+            return Err("the daemon ended no sample in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn daemon_cpu(
     host: &Netns,
     options: &crate::Options,
@@ -369,15 +384,17 @@ fn daemon_cpu(
         // A failed read is an error, never a figure: a CPU time of 0, or a window
         // counted as one sample, would print as a ratio.
         let cpu_now = || measure::process_cpu(pid).ok_or("cannot read the daemon's CPU time");
-        let (cpu0, before) = (cpu_now()?, window_figures()?);
+        // The window starts and ends as a sample ends, so it holds whole rounds, at least
+        // one: rounds that outlast the interval (every pod dumped, 300 pods: ~15 s on a
+        // busy machine) would otherwise leave none in it.
+        let deadline = Instant::now() + Duration::from_secs(300 + pods as u64);
+        let before = next_sample(window_figures()?.samples, deadline)?;
+        let cpu0 = cpu_now()?;
         std::thread::sleep(Duration::from_secs(options.pods.daemon_seconds));
-        let (cpu1, after) = (cpu_now()?, window_figures()?);
-        let samples = after.samples.saturating_sub(before.samples);
-        // Rounds that outlast the interval (every pod dumped, 100+ pods) leave few
-        // samples in the window, and that is the figure; none is an error.
-        if samples == 0 {
-            return Err("no sample in the daemon's window".into());
-        }
+        let deadline = Instant::now() + Duration::from_secs(300 + pods as u64);
+        let after = next_sample(window_figures()?.samples, deadline)?;
+        let cpu1 = cpu_now()?;
+        let samples = after.samples - before.samples;
         let dumps = after.followed_dumps - before.followed_dumps;
         if dumps > 0.0 {
             eprintln!("   note: {dumps} first/mismatch dumps of followed pods in the window");
