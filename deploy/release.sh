@@ -9,15 +9,12 @@
 #                                binary and the glibc files it links), without building
 #
 # Needs what the build needs (clang and libbpf-dev for the default events feature). `deb`
-# installs cargo-deb (pinned below, from crates.io) into $TCPSTATE_TOOLS (default
-# target/tools) unless that version is on PATH, and dpkg-shlibdeps (dpkg-dev) must exist;
-# as root it is installed. CARGO_TARGET_DIR is honoured: the package and the image are
-# made from the binary the build left there.
+# needs dpkg-deb, dpkg-shlibdeps (dpkg-dev; as root it is installed) and python3 3.11 or
+# later (tomllib). CARGO_TARGET_DIR is honoured: the package and the image are made from
+# the binary the build left there.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-CARGO_DEB_VERSION=3.8.0
-TOOLS=${TCPSTATE_TOOLS:-$repo/target/tools}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 binary=$target_dir/release/tcpstate-exporter
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
@@ -44,34 +41,43 @@ stage_root() {
     say "image root: $(find "$root" -type f | wc -l) files, $(du -sb "$root" | cut -f1) bytes"
 }
 
-ensure_cargo_deb() {
-    if [ "$(cargo-deb --version 2>/dev/null | awk '{print $NF}')" = "$CARGO_DEB_VERSION" ]; then
-        CARGO_DEB=cargo-deb
-        return
+# dpkg-shlibdeps' Depends for the binary, as cargo-deb asked it ("$auto" in Cargo.toml's
+# depends): libgcc left out (always present), the rest joined with ", ".
+shlibs_depends() {
+    local dir out
+    dir=$(mktemp -d)
+    mkdir "$dir/debian" && : > "$dir/debian/control"
+    # Its warnings (the binary is not under debian/PACKAGE/) only with a failure.
+    if ! out=$(cd "$dir" && dpkg-shlibdeps -xlibgcc -O "$binary" 2>"$dir/err"); then
+        cat "$dir/err" >&2
+        rm -rf "$dir"
+        return 1
     fi
-    CARGO_DEB=$TOOLS/bin/cargo-deb
-    if [ "$("$CARGO_DEB" --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_DEB_VERSION" ]; then
-        say "installing cargo-deb $CARGO_DEB_VERSION into $TOOLS"
-        # Its own target directory: never the exporter's release build. Unoptimised and
-        # without its lzma and elf features (xz-utils' xz compresses, as on every Debian):
-        # measured here, 1.8 min of CPU to build against 4.9 for the default release build,
-        # and packaging takes the same few seconds.
-        CARGO_TARGET_DIR=$TOOLS/build cargo install --quiet --locked --debug \
-            --no-default-features --root "$TOOLS" cargo-deb --version "$CARGO_DEB_VERSION"
-        rm -rf "$TOOLS/build"
-    fi
+    rm -rf "$dir"
+    sed -n 's/^shlibs:Depends=//p' <<<"$out" | tr ',' '\n' | sed 's/^ *//; s/ *$//' |
+        grep -v -e '^libgcc-' -e '^libgcc1' | paste -sd, - | sed 's/,/, /g'
+}
+
+# The package: deploy/debian/stage.py lays out its tree from Cargo.toml's
+# [package.metadata.deb] (assets, unit, copyright, control, conffiles, the maintainer
+# scripts of deploy/debian/), and dpkg-deb packs it, every file owned by root: the same
+# files, modes, mtimes, control and scripts as cargo-deb 3.8.0 made from that metadata. That
+# cargo-deb was built from crates.io on each fresh machine: measured here (2 cores), 52 s
+# alone (90 s of CPU), 111 s beside the Debian root's download in tests/deploy/package.sh,
+# which it slowed from 35 to 84 s; packing takes ~10 s either way (xz).
+build_deb() {
     if ! command -v dpkg-shlibdeps >/dev/null; then
         [ "$(id -u)" = 0 ] || fatal "dpkg-shlibdeps is missing: apt-get install dpkg-dev"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev >/dev/null
     fi
-}
-
-build_deb() {
-    ensure_cargo_deb
-    # --no-build: the binary above. --no-strip: it is already without DWARF, and a full
-    # strip would take the symbols that name functions in a backtrace.
-    local deb
-    deb=$("$CARGO_DEB" --no-build --no-strip --output "$repo/target/debian/" | tail -1)
+    local stage=$repo/target/debian/root arch depends stamp deb
+    arch=$(dpkg --print-architecture)
+    depends=$(shlibs_depends) && [ -n "$depends" ] || fatal "dpkg-shlibdeps: no dependencies for $binary"
+    rm -rf "$stage"
+    stamp=$(python3 "$repo/deploy/debian/stage.py" "$repo" "$binary" "$stage" "$depends" "$arch")
+    deb=$repo/target/debian/tcpstate-exporter_${version}-1_$arch.deb
+    SOURCE_DATE_EPOCH=$stamp dpkg-deb --root-owner-group -Zxz -z6 --build "$stage" "$deb" >/dev/null
+    rm -rf "$stage"
     say "package: $deb ($(stat -c %s "$deb") bytes)"
 }
 

@@ -37,21 +37,60 @@ fi
 steps_passed=0
 steps_failed=0
 failures=()
+# record NAME STATUS STARTED [NOTE]: count a step and print its result line.
+record() {
+    if [ "$2" = 0 ]; then
+        steps_passed=$((steps_passed + 1))
+        echo "=== $1: ok ($((SECONDS - $3)) s${4:-})"
+    else
+        steps_failed=$((steps_failed + 1))
+        failures+=("$1")
+        echo "=== $1: FAILED ($((SECONDS - $3)) s${4:-})"
+    fi
+}
 step() {
-    local name=$1
+    local name=$1 started=$SECONDS
     shift
     echo
     echo "=== $name"
-    local started=$SECONDS
-    if "$@"; then
-        steps_passed=$((steps_passed + 1))
-        echo "=== $name: ok ($((SECONDS - started)) s)"
-    else
-        steps_failed=$((steps_failed + 1))
-        failures+=("$name")
-        echo "=== $name: FAILED ($((SECONDS - started)) s)"
-    fi
+    "$@"
+    record "$name" $? "$started"
 }
+
+# A build beside the steps that follow it: `background NAME COMMAND...` starts it at nice
+# 19, so that they (the tests among them) have the CPUs whenever they want them and the
+# build takes what they leave idle; `joined NAME` waits for it, then prints its output and
+# result like a step's, its time counted from its start. For builds only, which assert
+# nothing and whose pace nothing depends on.
+declare -A bg_pid bg_log bg_started
+background() {
+    local name=$1
+    shift
+    bg_log[$name]=$(mktemp)
+    bg_started[$name]=$SECONDS
+    echo
+    echo "=== $name: started in the background (nice 19)"
+    # Its own session (setsid), so that all of it can be stopped as one process group. A
+    # new session is also a new scheduler autogroup (CONFIG_SCHED_AUTOGROUP, on in
+    # Debian's kernels), and a process' nice only weighs within its autogroup: the group's
+    # own nice is set to 19 too, or the build would get as much CPU as all the tests.
+    setsid bash -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec nice -n 19 "$@"' _ "$@" \
+        > "${bg_log[$name]}" 2>&1 &
+    bg_pid[$name]=$!
+}
+joined() {
+    local name=$1 status waited=$SECONDS
+    echo
+    echo "=== $name (in the background since $((SECONDS - bg_started[$name])) s)"
+    wait "${bg_pid[$name]}"
+    status=$?
+    cat "${bg_log[$name]}"
+    rm -f "${bg_log[$name]}"
+    unset "bg_pid[$name]"
+    record "$name" "$status" "${bg_started[$name]}" ", $((SECONDS - waited)) s of it waited for"
+}
+# Interrupted: the background builds stop too.
+trap 'for pid in "${bg_pid[@]}"; do kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null; done' EXIT
 
 # `cargo test --no-fail-fast`, every failing test named at the end (with its test
 # binary), not only the first binary that failed.
@@ -82,15 +121,21 @@ step "install the real programs" tests/programs/install.sh
 step "format" cargo fmt --all -- --check
 step "source structure" python3 tests/structure/check.py
 step "clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The one release build the package, the image and the install test share, beside the
+# tests and checks up to the package: they leave the CPUs idle much of the time (they wait
+# on daemons, sockets, timers and Prometheus), and at nice 19 it takes only that time. Its
+# own profile directory (target/release): no cargo lock is shared with the debug builds.
+background "release build" deploy/release.sh binary
 step "cargo test" cargo_test
 # The events and ages tests again, beside another namespace's connection churn and two
-# CPU hogs: they must not notice (tens of seconds).
+# CPU hogs (and the niced release build, when it is not done yet): they must not notice
+# (tens of seconds).
 step "busy host" tests/busy-host.sh
 # The exporter must still build and pass its tests where no BPF toolchain is present.
 step "build without events" cargo build --no-default-features --quiet
 step "monitoring" tests/monitoring/check.sh
 step "deployment files" tests/deploy/check.sh
-step "release build" deploy/release.sh binary
+joined "release build"
 step "debian package" tests/deploy/package.sh
 if [ -z "${TCPSTATE_SKIP_CONTAINER:-}" ]; then
     step "container image" tests/deploy/container.sh

@@ -12,16 +12,15 @@
 #   tests/deploy/package.sh
 #
 # The release binary is the one deploy/release.sh builds (shared with the image and the
-# install test). The Debian root is made while cargo-deb builds (one waits on the network,
-# the other on the CPU) and cached as a tarball in $CACHE, as is cargo-deb ($CACHE/tools):
-# a second run makes neither. mmdebstrap, not debootstrap: measured here, 95 s against
-# 176 s for the same root (apt's parallel downloads).
+# install test). The Debian root is made while the package is (it waits on the network) and
+# cached as a tarball in $CACHE: a second run does not make it again. mmdebstrap, not
+# debootstrap: measured here, 95 s against 176 s for the same root (apt's parallel
+# downloads).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${TCPSTATE_TEST_CACHE:-/var/cache/tcpstate-test}
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-export TCPSTATE_TOOLS=${TCPSTATE_TOOLS:-$CACHE/tools}
 t0=$(date +%s)
 step() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
 
