@@ -5,6 +5,9 @@
 
 use std::io;
 use std::ops::RangeInclusive;
+use std::path::Path;
+
+use crate::kernel::procfs;
 
 /// The kernel's default, used when the file cannot be read.
 pub const DEFAULT_EPHEMERAL_RANGE: RangeInclusive<u16> = 32768..=60999;
@@ -63,17 +66,6 @@ pub struct TcpSettingsFiles {
     hold: Option<bool>,
 }
 
-/// This process's soft open-file limit; `None` when unlimited.
-fn open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the valid struct it is given, nothing else.
-    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    (read && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
-}
-
 impl TcpSettingsFiles {
     /// Reads what is readable; a missing file leaves its field empty. Call it from a
     /// thread in the namespace (the files are opened on first use).
@@ -101,7 +93,10 @@ impl TcpSettingsFiles {
                 let file = file.ok()?;
                 let length = read(&file, &mut buf);
                 let hold = *self.hold.get_or_insert_with(|| {
-                    open_file_limit().is_none_or(|soft| soft >= HOLD_FROM_OPEN_FILE_LIMIT)
+                    // This process's own limit, as procfs gives any process's (`None`:
+                    // unlimited); unreadable, the files are not held.
+                    let own = procfs::fd_soft_limit(Path::new("/proc"), std::process::id());
+                    own.is_ok_and(|soft| soft.is_none_or(|s| s >= HOLD_FROM_OPEN_FILE_LIMIT))
                 });
                 self.files[at] = hold.then_some(file);
                 length?
