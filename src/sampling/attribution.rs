@@ -213,17 +213,21 @@ impl Attribution {
     pub fn held_sockets(&mut self, pids: &[u32]) -> Option<HashMap<u64, HeldSocket>> {
         let cache = self.owners.as_mut()?;
         let mut held = HashMap::new();
-        let mut pids = pids.to_vec();
-        pids.sort_unstable();
         for pid in pids {
             // Cookie 0: never asked for, so not one of a table's sockets. A socket several
             // processes hold stays with the lowest pid, as in the index.
             for socket in cache
-                .held_sockets(pid)?
+                .held_sockets(*pid)?
                 .into_iter()
                 .filter(|s| s.cookie != 0)
             {
-                held.entry(socket.cookie).or_insert(socket);
+                held.entry(socket.cookie)
+                    .and_modify(|kept: &mut HeldSocket| {
+                        if socket.holder < kept.holder {
+                            *kept = socket;
+                        }
+                    })
+                    .or_insert(socket);
             }
         }
         Some(held)
