@@ -163,8 +163,12 @@ impl SocketCollector {
 
 /// Sorts sockets (or items holding one) CLOSE_WAIT first, oldest first (to the
 /// millisecond), then by state and cookie: one order for a namespace and across them.
+/// Each key is computed once and the small (key, index) pairs are sorted, not the items:
+/// a sampler's list holds up to ~20k views of 136 bytes, and a stable sort of them
+/// (keys recomputed per comparison, a scratch copy of half the list) was ~2 % of the
+/// daemon's CPU at 100 pods.
 pub fn oldest_first<T>(items: &mut [T], view: impl Fn(&T) -> &SocketView) {
-    items.sort_by_key(|item| {
+    items.sort_by_cached_key(|item| {
         let s = view(item);
         let age_ms = s.age.map_or(0, |a| (a.seconds * 1000.0) as u64);
         (
