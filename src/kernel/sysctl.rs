@@ -5,9 +5,8 @@
 
 use std::io;
 use std::ops::RangeInclusive;
-use std::path::Path;
 
-use crate::kernel::procfs;
+use crate::kernel::kept_file::KeptFile;
 
 /// The kernel's default, used when the file cannot be read.
 pub const DEFAULT_EPHEMERAL_RANGE: RangeInclusive<u16> = 32768..=60999;
@@ -42,36 +41,36 @@ pub struct TcpSettings {
 
 /// The files of `TcpSettings`, in its field order.
 const TCP_SETTINGS: [&str; 6] = [
-    "ipv4/tcp_fin_timeout",
-    "ipv4/tcp_keepalive_time",
-    "ipv4/tcp_keepalive_intvl",
-    "ipv4/tcp_keepalive_probes",
-    "core/somaxconn",
-    "ipv4/tcp_ehash_entries",
+    "/proc/sys/net/ipv4/tcp_fin_timeout",
+    "/proc/sys/net/ipv4/tcp_keepalive_time",
+    "/proc/sys/net/ipv4/tcp_keepalive_intvl",
+    "/proc/sys/net/ipv4/tcp_keepalive_probes",
+    "/proc/sys/net/core/somaxconn",
+    "/proc/sys/net/ipv4/tcp_ehash_entries",
 ];
 
-/// Below this soft open-file limit the settings' files are opened anew for each read:
-/// held open they take six descriptors per namespace (1,000 pods: 6,000).
-const HOLD_FROM_OPEN_FILE_LIMIT: u64 = 16_384;
-
-/// One namespace's TCP settings, read each round through files opened once (in that
-/// namespace: a /proc/sys file stays bound to the namespace it was opened in). Opening
-/// them each round costs a /proc/sys lookup each, which compares the name with the
-/// entry of every namespace that has one (`proc_sys_compare`): a cost that grows with
-/// the namespaces on the host, paid once per namespace, so with their square.
-#[derive(Default)]
+/// One namespace's TCP settings, read each round through files kept open (see
+/// `KeptFile`): a /proc/sys lookup costs more the more namespaces have the entry.
 pub struct TcpSettingsFiles {
-    files: [Option<std::fs::File>; 6],
-    /// Hold the files open: decided at the first read, after the daemon raised its limit.
-    hold: Option<bool>,
+    files: [KeptFile; 6],
+}
+
+impl Default for TcpSettingsFiles {
+    fn default() -> Self {
+        TcpSettingsFiles {
+            files: TCP_SETTINGS.map(KeptFile::new),
+        }
+    }
 }
 
 impl TcpSettingsFiles {
     /// Reads what is readable; a missing file leaves its field empty. Call it from a
     /// thread in the namespace (the files are opened on first use).
     pub fn read(&mut self) -> TcpSettings {
-        let [fin, time, interval, probes, somaxconn, ehash] =
-            std::array::from_fn(|at| self.read_one(at));
+        let [fin, time, interval, probes, somaxconn, ehash] = self
+            .files
+            .each_mut()
+            .map(|file| file.read().ok()?.trim().parse::<f64>().ok());
         TcpSettings {
             fin_timeout_seconds: fin,
             keepalive_time_seconds: time,
@@ -80,30 +79,6 @@ impl TcpSettingsFiles {
             somaxconn,
             ehash_entries: ehash,
         }
-    }
-
-    fn read_one(&mut self, at: usize) -> Option<f64> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 64];
-        let read = |file: &std::fs::File, buf: &mut [u8; 64]| file.read_at(buf, 0).ok();
-        let length = match self.files[at].as_ref().and_then(|f| read(f, &mut buf)) {
-            Some(length) => length,
-            None => {
-                let file = std::fs::File::open(format!("/proc/sys/net/{}", TCP_SETTINGS[at]));
-                let file = file.ok()?;
-                let length = read(&file, &mut buf);
-                let hold = *self.hold.get_or_insert_with(|| {
-                    // This process's own limit, as procfs gives any process's (`None`:
-                    // unlimited); unreadable, the files are not held.
-                    let own = procfs::fd_soft_limit(Path::new("/proc"), std::process::id());
-                    own.is_ok_and(|soft| soft.is_none_or(|s| s >= HOLD_FROM_OPEN_FILE_LIMIT))
-                });
-                self.files[at] = hold.then_some(file);
-                length?
-            }
-        };
-        let text = std::str::from_utf8(buf.get(..length)?).ok()?;
-        text.trim().parse::<f64>().ok()
     }
 }
 
@@ -271,14 +246,13 @@ mod tests {
         let mut files = pod
             .run(|| {
                 let mut files = TcpSettingsFiles {
-                    hold: Some(true),
-                    ..TcpSettingsFiles::default()
+                    files: TCP_SETTINGS.map(KeptFile::held),
                 };
                 assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
                 files
             })
             .expect("in the pod");
-        assert!(files.files[0].is_some(), "held open");
+        assert!(files.files[0].is_held(), "held open");
         // Read from this thread, outside the pod: still the pod's value, and a change.
         assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
         pod.sysctl(key, "34").expect("set");
