@@ -1,7 +1,8 @@
-//! The sysctls and kernel counters the sampler needs, read for the calling thread's
-//! network namespace: procfs resolves `/proc/sys/net/*` by the reader's namespace, and
-//! `/proc/thread-self/net/*` is the thread's (after `setns`), where `/proc/self/net`
-//! would be the process leader's.
+//! The sysctls and kernel counters the sampler needs, read for the network namespace of
+//! the thread that opens their files: procfs resolves `/proc/sys/net/*` by the opener's
+//! namespace, and `/proc/thread-self/net/*` is the thread's (after `setns`), where
+//! `/proc/self/net` would be the process leader's. An open file stays with that
+//! namespace, whichever thread reads it.
 
 use std::io;
 use std::ops::RangeInclusive;
@@ -89,16 +90,6 @@ pub struct ListenCounters {
     pub drops: u64,
 }
 
-pub fn listen_counters() -> io::Result<ListenCounters> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
-    parse_netstat(&text).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no TcpExt ListenOverflows in netstat",
-        )
-    })
-}
-
 /// The namespace's TCP sockets as the kernel counts them (/proc/net/sockstat and
 /// sockstat6): `in_hash` full sockets hashed (listeners and every connection that is not
 /// time-wait or a request), `time_wait` time-wait sockets (both substates). Both are per
@@ -110,20 +101,54 @@ pub struct SocketTotals {
     pub time_wait: u64,
 }
 
-pub fn socket_totals() -> io::Result<SocketTotals> {
-    let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
-    // No IPv6 (a kernel without it): no file, no TCP6 line. Any other failure is one:
-    // counting no IPv6 sockets would make the total too low and hide missing ones.
-    let v6 = match std::fs::read_to_string("/proc/thread-self/net/sockstat6") {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        read => read?,
-    };
-    parse_sockstat(&v4, &v6).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no TCP inuse/tw line in sockstat",
-        )
-    })
+const SOCKSTAT: &str = "/proc/thread-self/net/sockstat";
+const SOCKSTAT6: &str = "/proc/thread-self/net/sockstat6";
+const NETSTAT: &str = "/proc/thread-self/net/netstat";
+
+/// One namespace's counters, read each round through files kept open (see `KeptFile`):
+/// opening /proc/thread-self/net/* walks /proc/PID/task/TID/net/ each time.
+pub struct CounterFiles {
+    sockstat: KeptFile,
+    sockstat6: KeptFile,
+    netstat: KeptFile,
+}
+
+impl Default for CounterFiles {
+    fn default() -> Self {
+        CounterFiles {
+            sockstat: KeptFile::new(SOCKSTAT),
+            sockstat6: KeptFile::new(SOCKSTAT6),
+            netstat: KeptFile::new(NETSTAT),
+        }
+    }
+}
+
+impl CounterFiles {
+    /// Call these from a thread in the namespace (the files are opened on first use).
+    pub fn socket_totals(&mut self) -> io::Result<SocketTotals> {
+        let v4 = self.sockstat.read()?;
+        // No IPv6 (a kernel without it): no file, no TCP6 line. Any other failure is one:
+        // counting no IPv6 sockets would make the total too low and hide missing ones.
+        let v6 = match self.sockstat6.read() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "",
+            read => read?,
+        };
+        parse_sockstat(v4, v6).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no TCP inuse/tw line in sockstat",
+            )
+        })
+    }
+
+    pub fn listen_counters(&mut self) -> io::Result<ListenCounters> {
+        parse_netstat(self.netstat.read()?).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no TcpExt ListenOverflows in netstat",
+            )
+        })
+    }
 }
 
 /// `TCP: inuse N orphan N tw N ...` and `TCP6: inuse N`.
@@ -201,7 +226,8 @@ mod tests {
         );
         assert_eq!(parse_sockstat(v4, "").map(|t| t.in_hash), Some(7));
         assert_eq!(parse_sockstat("TCP: inuse x tw 1\n", v6), None);
-        assert!(socket_totals().is_ok(), "this kernel's sockstat parses");
+        let totals = CounterFiles::default().socket_totals();
+        assert!(totals.is_ok(), "this kernel's sockstat parses");
     }
 
     #[test]
@@ -216,7 +242,8 @@ mod tests {
             })
         );
         assert_eq!(parse_netstat("IpExt: A\nIpExt: 1\n"), None);
-        let real = listen_counters().expect("this kernel has TcpExt");
+        let real = CounterFiles::default().listen_counters();
+        let real = real.expect("this kernel has TcpExt");
         assert!(real.drops >= real.overflows);
         let settings = TcpSettingsFiles::default().read();
         assert!(settings.fin_timeout_seconds.is_some() && settings.somaxconn.is_some());
@@ -258,5 +285,60 @@ mod tests {
         pod.sysctl(key, "34").expect("set");
         assert_eq!(files.read().fin_timeout_seconds, Some(34.0));
         assert!(files.read().keepalive_probes.is_some());
+    }
+
+    /// Needs root (a network namespace). /proc/thread-self/net files opened in a pod
+    /// count the pod's sockets and refused connections when read from a thread outside
+    /// it, as they are at each read.
+    #[test]
+    fn held_counters_stay_with_their_namespace_and_follow_changes() {
+        use std::net::{TcpListener, TcpStream};
+        use tcpstate_testkit::netns::Netns;
+        let pod = Netns::create("tcpstate-counters").expect("netns (root)");
+        // Accept queues hold one connection: one waiting refuses the next.
+        pod.sysctl("net.core.somaxconn", "0").expect("set");
+        let none = (SocketTotals::default(), ListenCounters::default());
+        let read = |files: &mut CounterFiles| {
+            let totals = files.socket_totals().expect("sockstat");
+            (totals, files.listen_counters().expect("netstat"))
+        };
+        let mut files = pod
+            .run(|| {
+                let mut files = CounterFiles {
+                    sockstat: KeptFile::held(SOCKSTAT),
+                    sockstat6: KeptFile::held(SOCKSTAT6),
+                    netstat: KeptFile::held(NETSTAT),
+                };
+                assert_eq!(read(&mut files), none, "a new namespace");
+                files
+            })
+            .expect("in the pod");
+        assert!(files.sockstat.is_held() && files.netstat.is_held());
+        assert_eq!(read(&mut files), none, "from outside, still the pod's");
+        let (listener, pair, v6) = pod
+            .run(|| {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let address = listener.local_addr().expect("address");
+                let client = TcpStream::connect(address).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                let v6 = TcpListener::bind("[::1]:0").ok(); // where the kernel has IPv6
+                (listener, (client, accepted), v6)
+            })
+            .expect("in the pod");
+        let (totals, _) = read(&mut files);
+        assert_eq!(totals.in_hash, 3 + u64::from(v6.is_some()), "{totals:?}");
+        let address = listener.local_addr().expect("address");
+        let waiting = pod
+            .run(|| {
+                let waiting = TcpStream::connect(address).expect("the queue's one");
+                let timeout = std::time::Duration::from_millis(100);
+                let _ = TcpStream::connect_timeout(&address, timeout); // its SYN dropped
+                waiting
+            })
+            .expect("in the pod");
+        let (_, refused) = read(&mut files);
+        assert!(refused.overflows >= 1, "{refused:?}");
+        assert!(refused.drops >= refused.overflows, "{refused:?}");
+        drop((waiting, pair));
     }
 }
