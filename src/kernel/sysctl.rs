@@ -1,13 +1,13 @@
-//! The sysctls and kernel counters the sampler needs, read for the calling thread's
-//! network namespace: procfs resolves `/proc/sys/net/*` by the reader's namespace, and
-//! `/proc/thread-self/net/*` is the thread's (after `setns`), where `/proc/self/net`
-//! would be the process leader's.
+//! The sysctls and kernel counters the sampler needs, read for the network namespace of
+//! the thread that opens their files: procfs resolves `/proc/sys/net/*` by the opener's
+//! namespace, and `/proc/thread-self/net/*` is the thread's (after `setns`), where
+//! `/proc/self/net` would be the process leader's. An open file stays with that
+//! namespace, whichever thread reads it.
 
 use std::io;
 use std::ops::RangeInclusive;
-use std::path::Path;
 
-use crate::kernel::procfs;
+use crate::kernel::kept_file::KeptFile;
 
 /// The kernel's default, used when the file cannot be read.
 pub const DEFAULT_EPHEMERAL_RANGE: RangeInclusive<u16> = 32768..=60999;
@@ -42,36 +42,36 @@ pub struct TcpSettings {
 
 /// The files of `TcpSettings`, in its field order.
 const TCP_SETTINGS: [&str; 6] = [
-    "ipv4/tcp_fin_timeout",
-    "ipv4/tcp_keepalive_time",
-    "ipv4/tcp_keepalive_intvl",
-    "ipv4/tcp_keepalive_probes",
-    "core/somaxconn",
-    "ipv4/tcp_ehash_entries",
+    "/proc/sys/net/ipv4/tcp_fin_timeout",
+    "/proc/sys/net/ipv4/tcp_keepalive_time",
+    "/proc/sys/net/ipv4/tcp_keepalive_intvl",
+    "/proc/sys/net/ipv4/tcp_keepalive_probes",
+    "/proc/sys/net/core/somaxconn",
+    "/proc/sys/net/ipv4/tcp_ehash_entries",
 ];
 
-/// Below this soft open-file limit the settings' files are opened anew for each read:
-/// held open they take six descriptors per namespace (1,000 pods: 6,000).
-const HOLD_FROM_OPEN_FILE_LIMIT: u64 = 16_384;
-
-/// One namespace's TCP settings, read each round through files opened once (in that
-/// namespace: a /proc/sys file stays bound to the namespace it was opened in). Opening
-/// them each round costs a /proc/sys lookup each, which compares the name with the
-/// entry of every namespace that has one (`proc_sys_compare`): a cost that grows with
-/// the namespaces on the host, paid once per namespace, so with their square.
-#[derive(Default)]
+/// One namespace's TCP settings, read each round through files kept open (see
+/// `KeptFile`): a /proc/sys lookup costs more the more namespaces have the entry.
 pub struct TcpSettingsFiles {
-    files: [Option<std::fs::File>; 6],
-    /// Hold the files open: decided at the first read, after the daemon raised its limit.
-    hold: Option<bool>,
+    files: [KeptFile; 6],
+}
+
+impl Default for TcpSettingsFiles {
+    fn default() -> Self {
+        TcpSettingsFiles {
+            files: TCP_SETTINGS.map(KeptFile::new),
+        }
+    }
 }
 
 impl TcpSettingsFiles {
     /// Reads what is readable; a missing file leaves its field empty. Call it from a
     /// thread in the namespace (the files are opened on first use).
     pub fn read(&mut self) -> TcpSettings {
-        let [fin, time, interval, probes, somaxconn, ehash] =
-            std::array::from_fn(|at| self.read_one(at));
+        let [fin, time, interval, probes, somaxconn, ehash] = self
+            .files
+            .each_mut()
+            .map(|file| file.read().ok()?.trim().parse::<f64>().ok());
         TcpSettings {
             fin_timeout_seconds: fin,
             keepalive_time_seconds: time,
@@ -81,30 +81,6 @@ impl TcpSettingsFiles {
             ehash_entries: ehash,
         }
     }
-
-    fn read_one(&mut self, at: usize) -> Option<f64> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 64];
-        let read = |file: &std::fs::File, buf: &mut [u8; 64]| file.read_at(buf, 0).ok();
-        let length = match self.files[at].as_ref().and_then(|f| read(f, &mut buf)) {
-            Some(length) => length,
-            None => {
-                let file = std::fs::File::open(format!("/proc/sys/net/{}", TCP_SETTINGS[at]));
-                let file = file.ok()?;
-                let length = read(&file, &mut buf);
-                let hold = *self.hold.get_or_insert_with(|| {
-                    // This process's own limit, as procfs gives any process's (`None`:
-                    // unlimited); unreadable, the files are not held.
-                    let own = procfs::fd_soft_limit(Path::new("/proc"), std::process::id());
-                    own.is_ok_and(|soft| soft.is_none_or(|s| s >= HOLD_FROM_OPEN_FILE_LIMIT))
-                });
-                self.files[at] = hold.then_some(file);
-                length?
-            }
-        };
-        let text = std::str::from_utf8(buf.get(..length)?).ok()?;
-        text.trim().parse::<f64>().ok()
-    }
 }
 
 /// TcpExt ListenOverflows and ListenDrops: connections a full accept queue refused.
@@ -112,16 +88,6 @@ impl TcpSettingsFiles {
 pub struct ListenCounters {
     pub overflows: u64,
     pub drops: u64,
-}
-
-pub fn listen_counters() -> io::Result<ListenCounters> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
-    parse_netstat(&text).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no TcpExt ListenOverflows in netstat",
-        )
-    })
 }
 
 /// The namespace's TCP sockets as the kernel counts them (/proc/net/sockstat and
@@ -135,20 +101,54 @@ pub struct SocketTotals {
     pub time_wait: u64,
 }
 
-pub fn socket_totals() -> io::Result<SocketTotals> {
-    let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
-    // No IPv6 (a kernel without it): no file, no TCP6 line. Any other failure is one:
-    // counting no IPv6 sockets would make the total too low and hide missing ones.
-    let v6 = match std::fs::read_to_string("/proc/thread-self/net/sockstat6") {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        read => read?,
-    };
-    parse_sockstat(&v4, &v6).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no TCP inuse/tw line in sockstat",
-        )
-    })
+const SOCKSTAT: &str = "/proc/thread-self/net/sockstat";
+const SOCKSTAT6: &str = "/proc/thread-self/net/sockstat6";
+const NETSTAT: &str = "/proc/thread-self/net/netstat";
+
+/// One namespace's counters, read each round through files kept open (see `KeptFile`):
+/// opening /proc/thread-self/net/* walks /proc/PID/task/TID/net/ each time.
+pub struct CounterFiles {
+    sockstat: KeptFile,
+    sockstat6: KeptFile,
+    netstat: KeptFile,
+}
+
+impl Default for CounterFiles {
+    fn default() -> Self {
+        CounterFiles {
+            sockstat: KeptFile::new(SOCKSTAT),
+            sockstat6: KeptFile::new(SOCKSTAT6),
+            netstat: KeptFile::new(NETSTAT),
+        }
+    }
+}
+
+impl CounterFiles {
+    /// Call these from a thread in the namespace (the files are opened on first use).
+    pub fn socket_totals(&mut self) -> io::Result<SocketTotals> {
+        let v4 = self.sockstat.read()?;
+        // No IPv6 (a kernel without it): no file, no TCP6 line. Any other failure is one:
+        // counting no IPv6 sockets would make the total too low and hide missing ones.
+        let v6 = match self.sockstat6.read() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "",
+            read => read?,
+        };
+        parse_sockstat(v4, v6).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no TCP inuse/tw line in sockstat",
+            )
+        })
+    }
+
+    pub fn listen_counters(&mut self) -> io::Result<ListenCounters> {
+        parse_netstat(self.netstat.read()?).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no TcpExt ListenOverflows in netstat",
+            )
+        })
+    }
 }
 
 /// `TCP: inuse N orphan N tw N ...` and `TCP6: inuse N`.
@@ -226,7 +226,8 @@ mod tests {
         );
         assert_eq!(parse_sockstat(v4, "").map(|t| t.in_hash), Some(7));
         assert_eq!(parse_sockstat("TCP: inuse x tw 1\n", v6), None);
-        assert!(socket_totals().is_ok(), "this kernel's sockstat parses");
+        let totals = CounterFiles::default().socket_totals();
+        assert!(totals.is_ok(), "this kernel's sockstat parses");
     }
 
     #[test]
@@ -241,7 +242,8 @@ mod tests {
             })
         );
         assert_eq!(parse_netstat("IpExt: A\nIpExt: 1\n"), None);
-        let real = listen_counters().expect("this kernel has TcpExt");
+        let real = CounterFiles::default().listen_counters();
+        let real = real.expect("this kernel has TcpExt");
         assert!(real.drops >= real.overflows);
         let settings = TcpSettingsFiles::default().read();
         assert!(settings.fin_timeout_seconds.is_some() && settings.somaxconn.is_some());
@@ -271,18 +273,72 @@ mod tests {
         let mut files = pod
             .run(|| {
                 let mut files = TcpSettingsFiles {
-                    hold: Some(true),
-                    ..TcpSettingsFiles::default()
+                    files: TCP_SETTINGS.map(KeptFile::held),
                 };
                 assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
                 files
             })
             .expect("in the pod");
-        assert!(files.files[0].is_some(), "held open");
+        assert!(files.files[0].is_held(), "held open");
         // Read from this thread, outside the pod: still the pod's value, and a change.
         assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
         pod.sysctl(key, "34").expect("set");
         assert_eq!(files.read().fin_timeout_seconds, Some(34.0));
         assert!(files.read().keepalive_probes.is_some());
+    }
+
+    /// Needs root (a network namespace). /proc/thread-self/net files opened in a pod
+    /// count the pod's sockets and refused connections when read from a thread outside
+    /// it, as they are at each read.
+    #[test]
+    fn held_counters_stay_with_their_namespace_and_follow_changes() {
+        use std::net::{TcpListener, TcpStream};
+        use tcpstate_testkit::netns::Netns;
+        let pod = Netns::create("tcpstate-counters").expect("netns (root)");
+        // Accept queues hold one connection: one waiting refuses the next.
+        pod.sysctl("net.core.somaxconn", "0").expect("set");
+        let none = (SocketTotals::default(), ListenCounters::default());
+        let read = |files: &mut CounterFiles| {
+            let totals = files.socket_totals().expect("sockstat");
+            (totals, files.listen_counters().expect("netstat"))
+        };
+        let mut files = pod
+            .run(|| {
+                let mut files = CounterFiles {
+                    sockstat: KeptFile::held(SOCKSTAT),
+                    sockstat6: KeptFile::held(SOCKSTAT6),
+                    netstat: KeptFile::held(NETSTAT),
+                };
+                assert_eq!(read(&mut files), none, "a new namespace");
+                files
+            })
+            .expect("in the pod");
+        assert!(files.sockstat.is_held() && files.netstat.is_held());
+        assert_eq!(read(&mut files), none, "from outside, still the pod's");
+        let (listener, pair, v6) = pod
+            .run(|| {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let address = listener.local_addr().expect("address");
+                let client = TcpStream::connect(address).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                let v6 = TcpListener::bind("[::1]:0").ok(); // where the kernel has IPv6
+                (listener, (client, accepted), v6)
+            })
+            .expect("in the pod");
+        let (totals, _) = read(&mut files);
+        assert_eq!(totals.in_hash, 3 + u64::from(v6.is_some()), "{totals:?}");
+        let address = listener.local_addr().expect("address");
+        let waiting = pod
+            .run(|| {
+                let waiting = TcpStream::connect(address).expect("the queue's one");
+                let timeout = std::time::Duration::from_millis(100);
+                let _ = TcpStream::connect_timeout(&address, timeout); // its SYN dropped
+                waiting
+            })
+            .expect("in the pod");
+        let (_, refused) = read(&mut files);
+        assert!(refused.overflows >= 1, "{refused:?}");
+        assert!(refused.drops >= refused.overflows, "{refused:?}");
+        drop((waiting, pair));
     }
 }

@@ -137,12 +137,13 @@ impl Following {
     }
 
     /// This round's connections from the table, or why it must dump instead.
-    /// `fresh`: states whose figures are wanted fresh; `listeners`: how many the
-    /// round's listener dump found; `held`: the sockets the table's processes hold now,
-    /// by cookie (those need no lookup).
+    /// `counters`: where the kernel's totals are read; `fresh`: states whose figures
+    /// are wanted fresh; `listeners`: how many the round's listener dump found; `held`:
+    /// the sockets the table's processes hold now, by cookie (those need no lookup).
     pub fn records(
         &mut self,
         socket: &mut DiagSocket,
+        counters: &mut sysctl::CounterFiles,
         fresh: &[bool; STATE_COUNT],
         listeners: usize,
         held: &HashMap<u64, HeldSocket>,
@@ -165,7 +166,7 @@ impl Following {
             held: from_held,
         };
         // Read after the lookups: a socket opened since shows as a surplus, never hides.
-        let Ok(totals) = sysctl::socket_totals() else {
+        let Ok(totals) = counters.socket_totals() else {
             return Ok(TableRound::Dump(DumpReason::Mismatch));
         };
         let counted = (totals.in_hash + totals.time_wait).saturating_sub(listeners as u64);
@@ -263,12 +264,14 @@ impl Sampler {
                 .held_sockets(&following.holders(attribution, &fresh))
                 .unwrap_or_default(),
         };
-        let mut round = following.records(&mut self.socket, &fresh, listeners, &held)?;
+        let files = &mut self.counter_files;
+        let mut round = following.records(&mut self.socket, files, &fresh, listeners, &held)?;
         if round == TableRound::Stale {
             let changes = refresh();
             self.apply_transitions(&changes);
             if let Some(following) = &mut self.following {
-                round = following.records(&mut self.socket, &fresh, listeners, &held)?;
+                let files = &mut self.counter_files;
+                round = following.records(&mut self.socket, files, &fresh, listeners, &held)?;
             }
         }
         Ok(Some(match round {

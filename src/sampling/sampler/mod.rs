@@ -88,7 +88,9 @@ pub struct Sampler {
     queue_owner: HashMap<u16, (OwnerKey, u32)>,
     ephemeral: std::ops::RangeInclusive<u16>,
     warned_port_range: bool,
+    // The namespace's /proc files read every round: kept open, in the namespace.
     settings_files: sysctl::TcpSettingsFiles,
+    counter_files: sysctl::CounterFiles,
     /// Count CLOSE_WAIT sockets per pid (`Settings::close_wait_pids`).
     count_pids: bool,
     /// Top peers kept per outbound CLOSE_WAIT group: what the page and `snapshot` show,
@@ -121,6 +123,7 @@ impl Sampler {
             queue_owner: HashMap::new(),
             ephemeral: sysctl::DEFAULT_EPHEMERAL_RANGE,
             settings_files: sysctl::TcpSettingsFiles::default(),
+            counter_files: sysctl::CounterFiles::default(),
             warned_port_range: false,
             count_pids: settings.close_wait_pids,
             peers_kept: TOP_PEERS.max(settings.peers_per_group),
@@ -394,7 +397,7 @@ impl Sampler {
             processes: attribution.process_names(),
             close_wait_tracked: self.tracker.tracked() as u64,
             tcp_settings: self.settings_files.read(),
-            listen_counters: sysctl::listen_counters().ok(),
+            listen_counters: self.counter_files.listen_counters().ok(),
             close_wait_pids: left.pids,
             close_wait_peers: left.peers,
             peers_kept: self.peers_kept,
