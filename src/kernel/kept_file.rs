@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::kernel::procfs;
 
 /// Below this soft open-file limit kept files are opened anew for each read: held, a
-/// sampler's take nine descriptors (1,000 pods: 9,000).
+/// sampler's take ten descriptors (1,000 pods: 10,000).
 const HOLD_FROM_OPEN_FILE_LIMIT: u64 = 16_384;
 
 /// Where a file's text starts growing from; netstat (4 KB) takes a few steps, once.

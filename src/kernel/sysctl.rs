@@ -14,17 +14,6 @@ pub const DEFAULT_EPHEMERAL_RANGE: RangeInclusive<u16> = 32768..=60999;
 
 const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
-/// `net.ipv4.ip_local_port_range`, which bounds ephemeral ports for IPv6 too.
-pub fn ephemeral_port_range() -> io::Result<RangeInclusive<u16>> {
-    let text = std::fs::read_to_string(LOCAL_PORT_RANGE)?;
-    parse_port_range(&text).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{LOCAL_PORT_RANGE}: unexpected content {:?}", text.trim()),
-        )
-    })
-}
-
 /// The TCP settings the article's causes turn on, as the namespace has them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TcpSettings {
@@ -54,17 +43,30 @@ const TCP_SETTINGS: [&str; 6] = [
 /// `KeptFile`): a /proc/sys lookup costs more the more namespaces have the entry.
 pub struct TcpSettingsFiles {
     files: [KeptFile; 6],
+    port_range: KeptFile,
 }
 
 impl Default for TcpSettingsFiles {
     fn default() -> Self {
         TcpSettingsFiles {
             files: TCP_SETTINGS.map(KeptFile::new),
+            port_range: KeptFile::new(LOCAL_PORT_RANGE),
         }
     }
 }
 
 impl TcpSettingsFiles {
+    /// `net.ipv4.ip_local_port_range`, which bounds ephemeral ports for IPv6 too.
+    pub fn ephemeral_port_range(&mut self) -> io::Result<RangeInclusive<u16>> {
+        let text = self.port_range.read()?;
+        parse_port_range(text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{LOCAL_PORT_RANGE}: unexpected content {:?}", text.trim()),
+            )
+        })
+    }
+
     /// Reads what is readable; a missing file leaves its field empty. Call it from a
     /// thread in the namespace (the files are opened on first use).
     pub fn read(&mut self) -> TcpSettings {
@@ -251,7 +253,9 @@ mod tests {
 
     #[test]
     fn reads_this_hosts_range() {
-        let range = ephemeral_port_range().expect("procfs is mounted");
+        let range = TcpSettingsFiles::default()
+            .ephemeral_port_range()
+            .expect("procfs is mounted");
         assert!(range.start() <= range.end());
     }
 
@@ -270,20 +274,28 @@ mod tests {
             "33",
             "the host must differ for the test to mean much"
         );
+        let ports = "net.ipv4.ip_local_port_range";
+        pod.sysctl(ports, "20000 29999").expect("set");
         let mut files = pod
             .run(|| {
                 let mut files = TcpSettingsFiles {
                     files: TCP_SETTINGS.map(KeptFile::held),
+                    port_range: KeptFile::held(LOCAL_PORT_RANGE),
                 };
                 assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
+                assert_eq!(files.ephemeral_port_range().ok(), Some(20000..=29999));
                 files
             })
             .expect("in the pod");
         assert!(files.files[0].is_held(), "held open");
+        assert!(files.port_range.is_held(), "held open");
         // Read from this thread, outside the pod: still the pod's value, and a change.
         assert_eq!(files.read().fin_timeout_seconds, Some(33.0));
+        assert_eq!(files.ephemeral_port_range().ok(), Some(20000..=29999));
         pod.sysctl(key, "34").expect("set");
+        pod.sysctl(ports, "40000 49999").expect("set");
         assert_eq!(files.read().fin_timeout_seconds, Some(34.0));
+        assert_eq!(files.ephemeral_port_range().ok(), Some(40000..=49999));
         assert!(files.read().keepalive_probes.is_some());
     }
 

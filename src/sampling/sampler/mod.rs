@@ -446,7 +446,7 @@ impl Sampler {
     }
 
     fn ephemeral_range(&mut self) -> std::ops::RangeInclusive<u16> {
-        match sysctl::ephemeral_port_range() {
+        match self.settings_files.ephemeral_port_range() {
             Ok(range) => range,
             Err(e) => {
                 if !self.warned_port_range {
