@@ -1,6 +1,6 @@
-//! A BPF iterator limited to one process: BPF_LINK_CREATE with the link's `iter_info`
-//! naming the process (Linux 6.1+), which aya 0.14's `Iter::attach` cannot pass, then
-//! BPF_ITER_CREATE for the read. Two raw bpf(2) calls.
+//! One pass of a loaded BPF task iterator: BPF_LINK_CREATE, with the link's `iter_info`
+//! naming one process when asked (Linux 6.1+; aya 0.14's `Iter::attach` cannot pass
+//! it), then BPF_ITER_CREATE for the read. Two raw bpf(2) calls.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -41,7 +41,7 @@ struct IterCreateAttr {
 }
 
 /// bpf(2); a new descriptor on success.
-fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+pub(super) fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a live, fully initialised #[repr(C)] value of the layout the
     // command reads, and its size is passed with it; the kernel reads no more.
     let fd = unsafe {
@@ -60,23 +60,30 @@ fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Runs the task iterator `program` over the process `pid` (as the caller's pid
-/// namespace numbers it) and returns everything it wrote: nothing for a process that is
-/// gone (the kernel does not check the pid when the link is made).
-pub fn read_for_process(program: BorrowedFd<'_>, pid: u32) -> io::Result<Vec<u8>> {
+/// Runs the task iterator `program` over every process, or over the process `pid` (as
+/// the caller's pid namespace numbers it), and returns everything it wrote: nothing for
+/// a process that is gone (the kernel does not check the pid when the link is made).
+pub fn read(program: BorrowedFd<'_>, pid: Option<u32>) -> io::Result<Vec<u8>> {
     let info = TaskIterInfo {
         tid: 0,
-        pid,
+        pid: pid.unwrap_or(0),
         pid_fd: 0,
         pad: 0,
+    };
+    let (iter_info, iter_info_len) = match pid {
+        Some(_) => (
+            &info as *const TaskIterInfo as u64,
+            std::mem::size_of::<TaskIterInfo>() as u32,
+        ),
+        None => (0, 0),
     };
     let attr = LinkCreateAttr {
         prog_fd: program.as_raw_fd() as u32,
         target_fd: 0,
         attach_type: BPF_TRACE_ITER,
         flags: 0,
-        iter_info: &info as *const TaskIterInfo as u64,
-        iter_info_len: std::mem::size_of::<TaskIterInfo>() as u32,
+        iter_info,
+        iter_info_len,
         pad: 0,
     };
     let link = bpf_fd(BPF_LINK_CREATE, &attr)?;

@@ -36,6 +36,7 @@ mod clock;
 mod counts;
 mod error;
 mod iter_link;
+mod iter_load;
 mod ring;
 pub mod socket_fds;
 

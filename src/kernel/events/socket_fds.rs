@@ -7,15 +7,12 @@
 //! CAP_SYS_ADMIN), Linux 5.8+. The pids are those of the initial pid namespace: callers
 //! use this only when /proc shows that namespace.
 
-use std::io::{self, Read};
-use std::os::fd::AsFd;
-
-use aya::programs::Iter;
-use aya::{Btf, Ebpf, EbpfLoader};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::kernel::record::{HeldSocket, TcpState};
 
-/// The compiled iterator, embedded at build time (see build.rs).
+/// The compiled iterators, embedded at build time (see build.rs).
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_fds.bpf.o"));
 
 /// Bytes of one `struct socket_fd` (bpf/socket_fds.h).
@@ -38,70 +35,36 @@ pub struct OpenFd {
 const LISTER: &str = "socket_fds";
 const HELD: &str = "held_sockets";
 
-/// The iterator program, loaded once: loading (the loader's own BTF parse and CO-RE
-/// relocation) costs ~0.15 s of CPU, a pass only the walk. Each `list` attaches it anew:
-/// an iterator link is read once.
+/// The iterator programs, loaded once (one parse of the kernel's BTF and the CO-RE
+/// relocation, see `iter_load`); each pass makes a link of its own, read once.
 pub struct SocketFdLister {
-    ebpf: Ebpf,
-}
-
-fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
-    io::Error::other(format!("{what}: {e}"))
+    lister: OwnedFd,
+    held: OwnedFd,
 }
 
 impl SocketFdLister {
     pub fn load() -> io::Result<SocketFdLister> {
-        // As in `EventSource::attach`: the loader parses the kernel's BTF for itself
-        // (freed at the end of the statement), then ours names the attach target; never
-        // both alive.
-        let mut ebpf = EbpfLoader::new()
-            .load(PROGRAM)
-            .map_err(|e| failed("load socket_fds.bpf.o", &e))?;
-        let btf = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
-        for name in [LISTER, HELD] {
-            Self::program(&mut ebpf, name)?
-                .load("task_file", &btf)
-                .map_err(|e| failed(&format!("load {name}"), &e))?;
-        }
-        // And as there, give the ~19 MB of the parsed BTF back to the system.
-        drop(btf);
-        super::release_freed_heap();
-        Ok(SocketFdLister { ebpf })
-    }
-
-    fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> io::Result<&'a mut Iter> {
-        ebpf.program_mut(name)
-            .ok_or_else(|| io::Error::other(format!("{name}: no such program in the object")))?
-            .try_into()
-            .map_err(|e| failed(name, &e))
+        let [lister, held]: [OwnedFd; 2] =
+            super::iter_load::load_task_file_iterators(PROGRAM, &[LISTER, HELD])?
+                .try_into()
+                .map_err(|_| io::Error::other("socket_fds.bpf.o: two programs expected"))?;
+        Ok(SocketFdLister { lister, held })
     }
 
     /// The TCP sockets (listeners aside) that process `pid`'s descriptors hold, with
     /// their queues (one pass over that process's files only; Linux 6.1+). Empty when
     /// the process is gone.
     pub fn held_sockets(&mut self, pid: u32) -> io::Result<Vec<HeldSocket>> {
-        let program = Self::program(&mut self.ebpf, HELD)?;
-        let fd = program.fd().map_err(|e| failed(HELD, &e))?;
-        let bytes = super::iter_link::read_for_process(fd.as_fd(), pid)
-            .map_err(|e| failed("iter/task_file for one process", &e))?;
+        let bytes = super::iter_link::read(self.held.as_fd(), Some(pid))
+            .map_err(|e| io::Error::other(format!("iter/task_file for one process: {e}")))?;
         Ok(parse_held(&bytes, pid))
     }
 
     /// Lists every descriptor of every process (threads sharing their leader's table
     /// are listed once), in one pass.
     pub fn list(&mut self) -> io::Result<Vec<OpenFd>> {
-        let program = Self::program(&mut self.ebpf, LISTER)?;
-        let link_id = program
-            .attach()
-            .map_err(|e| failed("attach iter/task_file", &e))?;
-        let link = program
-            .take_link(link_id)
-            .map_err(|e| failed("iter/task_file link", &e))?;
-        let mut file = link
-            .into_file()
-            .map_err(|e| failed("open iter/task_file", &e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        let bytes = super::iter_link::read(self.lister.as_fd(), None)
+            .map_err(|e| io::Error::other(format!("iter/task_file: {e}")))?;
         Ok(parse(&bytes))
     }
 }

@@ -1,0 +1,147 @@
+//! Loads a `task_file` iterator program of our own object with one parse of the kernel's
+//! BTF: the object is parsed and CO-RE-relocated with aya-obj, then BPF_PROG_LOAD is one
+//! raw bpf(2) call. aya's `EbpfLoader` parses the kernel BTF in `new()` whatever it is
+//! then given, and `Iter::load` needs a second parse to name the attach target; it also
+//! probes the kernel's BPF features and loads the object's own BTF, none of which an
+//! iterator without maps or subprograms needs. Measured here (`SocketFdLister::load`,
+//! 4 runs): 80-140 ms of CPU through aya, most of it the two parses and their page
+//! faults; a first attributed sample at 100k sockets costs ~390 ms in all.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use aya::Btf;
+use aya_obj::btf::BtfKind;
+use aya_obj::generated::bpf_insn;
+
+use super::iter_link::bpf_fd;
+
+// From include/uapi/linux/bpf.h (stable ABI).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_ITER: u32 = 28;
+/// Bytes of the verifier's log asked for when a load fails, for its error message.
+const LOG_LEN: usize = 64 * 1024;
+
+/// `union bpf_attr`, as BPF_PROG_LOAD reads it, up to `attach_btf_obj_fd` (the kernel
+/// takes a shorter attr as zeros beyond its size).
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
+    pad: u32,
+}
+
+fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {e}"))
+}
+
+/// The programs `names` of `object`, each a loaded `iter/task_file` program, in order.
+pub fn load_task_file_iterators(object: &[u8], names: &[&str]) -> io::Result<Vec<OwnedFd>> {
+    let mut object = aya_obj::Object::parse(object).map_err(|e| failed("parse object", &e))?;
+    let attach_btf_id = {
+        let kernel = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
+        object
+            .relocate_btf(&kernel)
+            .map_err(|e| failed("CO-RE relocation", &e))?;
+        kernel
+            .id_by_type_name_kind("bpf_iter_task_file", BtfKind::Func)
+            .map_err(|e| failed("kernel BTF", &e))?
+    };
+    // The ~19 MB of the parse are back with the allocator: give them to the system.
+    super::release_freed_heap();
+    names
+        .iter()
+        .map(|name| {
+            let function = object
+                .programs
+                .get(*name)
+                .and_then(|program| object.functions.get(&program.function_key()))
+                .ok_or_else(|| io::Error::other(format!("{name}: no such program")))?;
+            load_program(name, &function.instructions, &object.license, attach_btf_id)
+                .map_err(|e| failed(&format!("load {name}"), &e))
+        })
+        .collect()
+}
+
+/// BPF_PROG_LOAD of one tracing program attached to the iterator `attach_btf_id`; on
+/// failure, loaded again with the verifier's log, whose last line goes into the error.
+fn load_program(
+    name: &str,
+    instructions: &[bpf_insn],
+    license: &CString,
+    attach_btf_id: u32,
+) -> io::Result<OwnedFd> {
+    let mut prog_name = [0u8; 16];
+    for (to, from) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *to = from;
+    }
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_TRACING,
+        insn_cnt: instructions.len() as u32,
+        insns: instructions.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name,
+        prog_ifindex: 0,
+        expected_attach_type: BPF_TRACE_ITER,
+        prog_btf_fd: 0,
+        func_info_rec_size: 0,
+        func_info: 0,
+        func_info_cnt: 0,
+        line_info_rec_size: 0,
+        line_info: 0,
+        line_info_cnt: 0,
+        attach_btf_id,
+        attach_btf_obj_fd: 0,
+        pad: 0,
+    };
+    let error = match bpf_fd(BPF_PROG_LOAD, &attr) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    let mut log = vec![0u8; LOG_LEN];
+    attr.log_level = 1;
+    attr.log_size = LOG_LEN as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    if let Ok(fd) = bpf_fd(BPF_PROG_LOAD, &attr) {
+        return Ok(fd); // A transient failure: loaded the second time.
+    }
+    let text = String::from_utf8_lossy(&log);
+    // The log ends with statistics; the reason is the line before them.
+    let statistics = ["processed ", "verification time", "stack depth"];
+    let last = text
+        .trim_end_matches('\0')
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty() && !statistics.iter().any(|s| line.starts_with(s)))
+        .unwrap_or("(no verifier log)");
+    Err(io::Error::new(
+        error.kind(),
+        format!("{error}; verifier: {last}"),
+    ))
+}
