@@ -139,13 +139,15 @@ impl Following {
     /// This round's connections from the table, or why it must dump instead.
     /// `fresh`: states whose figures are wanted fresh; `listeners`: how many the
     /// round's listener dump found; `held`: the sockets the table's processes hold now,
-    /// by cookie (those need no lookup).
+    /// by cookie (those need no lookup); `unseen` gets the inodes of the sockets in a
+    /// `fresh` state looked up for want of being in `held` (see `Sampler::read_table`).
     pub fn records(
         &mut self,
         socket: &mut DiagSocket,
         fresh: &[bool; STATE_COUNT],
         listeners: usize,
         held: &HashMap<u64, HeldSocket>,
+        unseen: &mut Vec<u32>,
     ) -> Result<TableRound, DumpError> {
         if let Some(why) = self.must_dump() {
             return Ok(TableRound::Dump(why));
@@ -157,6 +159,13 @@ impl Following {
             LookupPlan::Lookups { asked, held } => (asked, held),
             LookupPlan::Dump => return Ok(TableRound::Dump(DumpReason::Mismatch)),
         };
+        unseen.extend(
+            asked
+                .iter()
+                .filter(|r| r.inode != 0 && fresh[r.state.index()])
+                .filter(|r| !held.contains_key(&r.cookie))
+                .map(|r| r.inode),
+        );
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
         table.take_lookups(&asked, found);
@@ -257,18 +266,36 @@ impl Sampler {
             return Ok(None);
         };
         // Read the holders' descriptors only for a round the table may serve.
-        let held = match following.must_dump() {
-            Some(_) => HashMap::default(),
-            None => attribution
-                .held_sockets(&following.holders(attribution, &fresh))
-                .unwrap_or_default(),
+        let walked = match following.must_dump() {
+            Some(_) => None,
+            None => attribution.held_sockets(&following.holders(attribution, &fresh)),
         };
-        let mut round = following.records(&mut self.socket, &fresh, listeners, &held)?;
+        let walk_ran = walked.is_some();
+        let held = walked.unwrap_or_default();
+        let mut unseen = Vec::new();
+        let mut round =
+            following.records(&mut self.socket, &fresh, listeners, &held, &mut unseen)?;
         if round == TableRound::Stale {
             let changes = refresh();
             self.apply_transitions(&changes);
             if let Some(following) = &mut self.following {
-                round = following.records(&mut self.socket, &fresh, listeners, &held)?;
+                round =
+                    following.records(&mut self.socket, &fresh, listeners, &held, &mut unseen)?;
+            }
+        }
+        // Sockets whose holder's descriptors were just read without them: handed to
+        // another process (SCM_RIGHTS) and closed here, or closed. They were looked up,
+        // and their owner comes from the index, which still names the holder whose
+        // descriptors they left, and trusts it: it re-reads a descriptor only for a
+        // socket first asked for after a round without, and the per-socket view asks for
+        // every socket's owner every round. So their descriptors are checked when next
+        // asked for (one link read each, for the few sockets a walk misses): a socket
+        // handed over is then looked for anew, found at its new holder, and read through
+        // that one's descriptors from the next round on. Only a walk that ran says so (a
+        // socket no holder was known for has no index entry to check).
+        if walk_ran {
+            for inode in unseen {
+                attribution.recheck(inode);
             }
         }
         Ok(Some(match round {
