@@ -26,6 +26,36 @@ use crate::sampling::sampler::{Refresh, Sampler};
 /// here, against ~1.3 us a socket for a walk) would soon cost more than the walk.
 pub const MAX_FOLLOWED_SOCKETS: usize = 50_000;
 
+/// Which TCP established hash a namespace's sockets are in, as far as following goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EstablishedHash {
+    /// A hash of its own (`tcp_child_ehash_entries` set when it was made): its dump walks
+    /// its own sockets only, so it is dumped every round.
+    Own,
+    /// The host's shared hash, with few enough sockets to follow by events.
+    SharedFollowable,
+    /// The host's shared hash, with more than `MAX_FOLLOWED_SOCKETS` sockets: dumped
+    /// every round, and no every-transition events for it either (they would only fill
+    /// the ring, and a loss un-follows every namespace).
+    SharedTooLarge,
+}
+
+impl EstablishedHash {
+    /// The hash of a namespace whose `tcp_ehash_entries` reads `ehash_entries` (negative
+    /// for the shared hash; absent before Linux 6.1, where every namespace shares the
+    /// host's) and which holds `sockets` sockets.
+    pub fn of(ehash_entries: Option<f64>, sockets: u64) -> EstablishedHash {
+        let shared = ehash_entries.is_none_or(|e| e < 0.0);
+        if !shared {
+            EstablishedHash::Own
+        } else if sockets <= MAX_FOLLOWED_SOCKETS as u64 {
+            EstablishedHash::SharedFollowable
+        } else {
+            EstablishedHash::SharedTooLarge
+        }
+    }
+}
+
 /// What a followed namespace's table gives this round.
 #[derive(Debug, PartialEq)]
 pub enum TableRound {
@@ -309,6 +339,26 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_is_followable_on_the_shared_hash_and_small_enough() {
+        let most = MAX_FOLLOWED_SOCKETS as u64;
+        assert_eq!(EstablishedHash::of(Some(256.0), 10), EstablishedHash::Own);
+        assert_eq!(
+            EstablishedHash::of(Some(256.0), most + 1),
+            EstablishedHash::Own
+        );
+        for shared in [Some(-262144.0), None] {
+            assert_eq!(
+                EstablishedHash::of(shared, most),
+                EstablishedHash::SharedFollowable
+            );
+            assert_eq!(
+                EstablishedHash::of(shared, most + 1),
+                EstablishedHash::SharedTooLarge
+            );
+        }
+    }
 
     /// A table is dumped first, then served until the reconcile period is due and the
     /// round allows a reconciliation; lost events start it over.
