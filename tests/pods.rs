@@ -7,9 +7,10 @@
 //! Pods on the host's shared hash are followed through kernel events between full dumps
 //! (the samples compared must have served them from their tables); a change no
 //! state-change event announces (bytes arriving unread, a connection queued) is in the
-//! next sample, which the churn step checks. What events cannot show, half-open
-//! handshakes (request sockets), is a drift until the next reconciliation, which the
-//! last test shows and then corrects.
+//! next sample, which the churn step checks; so is a connection handed to another
+//! process (SCM_RIGHTS): its owner is the new holder, as `ss -tanp` says. What events
+//! cannot show, half-open handshakes (request sockets), is a drift until the next
+//! reconciliation, which the last test shows and then corrects.
 
 mod support;
 
@@ -19,7 +20,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::{
-    Actor, Daemon, Exposition, Netns, SsSocket, TempConfig, count_state, temp_config, wait_until,
+    Actor, Daemon, Exposition, Netns, SsSocket, SsUser, TempConfig, count_state, temp_config,
+    wait_until,
 };
 
 const PREFIX: &str = "tcpstate-pods";
@@ -639,11 +641,203 @@ pairs[1][0].close()
 time.sleep(120)
 ";
 
-/// A Python script run inside `ns`, holding its sockets until the guard goes.
+/// A followed pod's connections handed over (SCM_RIGHTS) belong to their new holder.
+/// Between dumps the pod's sockets are read through their holders' descriptors (the
+/// record's `held_by`); once the sender has passed a server end to the receiver and
+/// closed its copy, the sender's descriptors no longer show it: it is looked up and its
+/// owner found anew, then read through the receiver's descriptors. First an established
+/// connection, while the sender holds no CLOSE_WAIT socket (whose owners' descriptors
+/// are watched anyway), then a CLOSE_WAIT one. Process and pid equal `ss -tanp`'s at
+/// every step.
+#[test]
+fn a_followed_socket_handed_over_belongs_to_its_new_holder() {
+    let observer = Netns::new("tcpstate-podsobs");
+    let pod = Netns::new("tcpstate-handover");
+    let mut actors = python_in(&pod, HANDOVER);
+    let (daemon, _config) = observe(&observer, pod.name(), "[process]\npid_label = true\n");
+    let (a, b) = ("handover-a", "handover-b");
+    let holders_equal_ss = |want| assert_holders_equal_ss(&daemon, &pod, HANDOVER_PORT, want);
+    holders_equal_ss([("established", a), ("established", a)]);
+    let m = Exposition::parse(&daemon.scrape("/metrics").2);
+    assert!(
+        refreshes(&m, "descriptor") > 0.0,
+        "the sender's sockets were never read from its descriptors"
+    );
+    actors.order("hand live");
+    holders_equal_ss([("established", a), ("established", b)]);
+    actors.order("leave");
+    holders_equal_ss([("close_wait", a), ("established", b)]);
+    actors.order("hand stuck");
+    holders_equal_ss([("close_wait", b), ("established", b)]);
+    assert_every_namespace_equals_ss(&daemon, &[&pod], 1.0);
+
+    // From then on they are read through the receiver's descriptors, not looked up: at
+    // most one lookup a round, the client's orphaned FIN-WAIT-2 end (no holder).
+    let rounds = |m: &Exposition| m.get("tcpstate_samples_total", &[]);
+    let before = Exposition::parse(&daemon.scrape("/metrics").2);
+    let mut after = Exposition::parse(&daemon.scrape("/metrics").2);
+    assert!(
+        wait_until(WAIT, || {
+            after = Exposition::parse(&daemon.scrape("/metrics").2);
+            rounds(&after) >= rounds(&before) + 3.0
+        }),
+        "no further rounds"
+    );
+    let lookups = refreshes(&after, "lookup") - refreshes(&before, "lookup");
+    assert!(
+        lookups <= rounds(&after) - rounds(&before),
+        "the handed sockets are still looked up: {lookups} lookups in {} rounds",
+        rounds(&after) - rounds(&before)
+    );
+    holders_equal_ss([("close_wait", b), ("established", b)]);
+    drop(daemon);
+}
+
+/// The followed pods' sockets refreshed `via` descriptor or lookup, since start.
+fn refreshes(m: &Exposition, via: &str) -> f64 {
+    m.get("tcpstate_followed_socket_refreshes_total", &[("via", via)])
+}
+
+/// The port `HANDOVER` serves.
+const HANDOVER_PORT: u16 = 8093;
+
+/// `handover-a` (the sender) forks `handover-b` (the receiver, holding no TCP socket),
+/// listens on 8093 and accepts two connections of its own (it holds both clients too),
+/// then obeys its orders (stdin), in this order: `hand live` passes one server end to
+/// the receiver over a Unix socket and closes its copy; `leave` closes the other
+/// connection's client (its server end turns CLOSE_WAIT); `hand stuck` passes that server
+/// end over too. The receiver exits when the sender does (end of file on their socket).
+const HANDOVER: &str = "
+import os, socket, sys
+def name(comm):
+    with open('/proc/self/comm', 'w') as f:
+        f.write(comm)
+a_end, b_end = socket.socketpair()
+if os.fork() == 0:
+    a_end.close()
+    name('handover-b')
+    held = []
+    while True:
+        _, fds, _, _ = socket.recv_fds(b_end, 16, 8)
+        if not fds:
+            os._exit(0)
+        held += [socket.socket(fileno=fd) for fd in fds]
+b_end.close()
+name('handover-a')
+def order(expected):
+    line = sys.stdin.readline()
+    if line != expected + '\\n':
+        sys.exit(f'not {expected}: {line!r}')
+def hand(conn):
+    socket.send_fds(a_end, [b'fd'], [conn.fileno()])
+    conn.close()
+listener = socket.socket()
+listener.bind(('127.0.0.1', 8093))
+listener.listen(8)
+leaving = socket.create_connection(('127.0.0.1', 8093))
+stuck, _ = listener.accept()
+staying = socket.create_connection(('127.0.0.1', 8093))
+live, _ = listener.accept()
+order('hand live')
+hand(live)
+order('leave')
+leaving.close()
+order('hand stuck')
+hand(stuck)
+sys.stdin.readline()
+";
+
+/// (state, process, pid) of the inbound connections to `port` in a detail state
+/// (established, close_wait), counted, as `ss -tanp` names their holders (every holder,
+/// comma-separated, while a descriptor is in two processes at once).
+fn ss_holders(sockets: &[SsSocket], port: u16) -> BTreeMap<(String, String, String), f64> {
+    let mut holders = BTreeMap::new();
+    for s in sockets {
+        if s.local_port != port || !matches!(s.state.as_str(), "ESTAB" | "CLOSE-WAIT") {
+            continue;
+        }
+        let join =
+            |f: &dyn Fn(&SsUser) -> String| s.users.iter().map(f).collect::<Vec<_>>().join(",");
+        let key = (
+            state_label(&s.state),
+            join(&|u| u.name.clone()),
+            join(&|u| u.pid.to_string()),
+        );
+        *holders.entry(key).or_default() += 1.0;
+    }
+    holders
+}
+
+/// The same, from the exporter's `tcpstate_connections` for namespace `netns`.
+fn exported_holders(
+    m: &Exposition,
+    netns: &str,
+    port: u16,
+) -> BTreeMap<(String, String, String), f64> {
+    let port = port.to_string();
+    let mut holders = BTreeMap::new();
+    for (labels, value) in m.series("tcpstate_connections") {
+        let label = |name: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        if value > 0.0
+            && label("netns") == netns
+            && label("direction") == "inbound"
+            && label("port") == port
+        {
+            let key = (label("state"), label("process"), label("pid"));
+            *holders.entry(key).or_default() += value;
+        }
+    }
+    holders
+}
+
+/// Polls until `ss -tanp` shows the pod's inbound connections to `port` in the states
+/// and held by the processes `want` says, one holder each, and the exporter names the
+/// same process and pid for each, in a round that served the pod from its table; panics
+/// with both views otherwise.
+fn assert_holders_equal_ss<const N: usize>(
+    daemon: &Daemon,
+    pod: &Netns,
+    port: u16,
+    want: [(&str, &str); N],
+) {
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(state, process)| (state.to_string(), process.to_string()))
+        .collect();
+    want.sort();
+    let mut seen = String::new();
+    let agreed = wait_until(WAIT, || {
+        let m = Exposition::parse(&daemon.scrape("/metrics").2);
+        let ss = ss_holders(&pod.sockets(), port);
+        let got = exported_holders(&m, pod.name(), port);
+        let followed = m.get("tcpstate_namespaces_followed", &[]);
+        seen = format!("followed {followed}\n  ss  {ss:?}\n  got {got:?}");
+        let mut shown: Vec<(String, String)> = Vec::new();
+        for ((state, process, _), count) in &ss {
+            shown.extend((0..*count as usize).map(|_| (state.clone(), process.clone())));
+        }
+        shown.sort();
+        followed == 1.0 && shown == want && got == ss
+    });
+    assert!(
+        agreed,
+        "the exporter does not name the holders ss does ({want:?}):\n  {seen}"
+    );
+}
+
+/// A Python script run inside `ns`, holding its sockets until the guard goes; its stdin
+/// is a pipe for orders (`Stopped::order`).
 fn python_in(ns: &Netns, script: &str) -> Stopped {
     Stopped(
         ns.command("python3")
             .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("python3"),
@@ -653,6 +847,15 @@ fn python_in(ns: &Netns, script: &str) -> Stopped {
 /// A child process stopped with SIGTERM (nginx's master then takes its worker with it;
 /// SIGKILL would orphan the worker) and reaped when the test ends, passed or not.
 struct Stopped(std::process::Child);
+
+impl Stopped {
+    /// Writes `line` to the child's stdin (spawned with a pipe there).
+    fn order(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("a child with a piped stdin");
+        writeln!(stdin, "{line}").expect("order");
+    }
+}
 
 impl Drop for Stopped {
     fn drop(&mut self) {

@@ -63,10 +63,14 @@ step() {
 # result like a step's, its time counted from its start. For builds only, which assert
 # nothing and whose pace nothing depends on.
 declare -A bg_pid bg_log bg_started
+# The temporary logs (mktemp) of the builds and of cargo test: each is removed once
+# printed, and whatever is left when the script ends (interrupted, say) by the EXIT trap.
+temp_files=()
 background() {
     local name=$1
     shift
     bg_log[$name]=$(mktemp)
+    temp_files+=("${bg_log[$name]}")
     bg_started[$name]=$SECONDS
     echo
     echo "=== $name: started in the background (nice 19)"
@@ -89,8 +93,14 @@ joined() {
     unset "bg_pid[$name]"
     record "$name" "$status" "${bg_started[$name]}" ", $((SECONDS - waited)) s of it waited for"
 }
-# Interrupted: the background builds stop too.
-trap 'for pid in "${bg_pid[@]}"; do kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null; done' EXIT
+# Interrupted: the background builds stop too, and no temporary log stays behind. (An
+# EXIT trap leaves the script's exit status as it was.)
+on_exit() {
+    local pid
+    for pid in "${bg_pid[@]}"; do kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null; done
+    rm -f "${temp_files[@]}"
+}
+trap on_exit EXIT
 
 # `cargo test --no-fail-fast`, every failing test named at the end (with its test
 # binary), not only the first binary that failed.
@@ -98,6 +108,7 @@ failed_tests=()
 cargo_test() {
     local log
     log=$(mktemp)
+    temp_files+=("$log")
     cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
     # "Running tests/ages.rs (target/...)" names the binary of the "test X ... FAILED"

@@ -241,7 +241,8 @@ impl Attribution {
         }
     }
 
-    /// `inode` just entered CLOSE_WAIT: its cached owner is checked when next asked for.
+    /// `inode`'s cached owner may be wrong (it just entered CLOSE_WAIT, or the
+    /// descriptors of its holder no longer show it): checked when next asked for.
     pub fn recheck(&mut self, inode: u32) {
         if let Some(cache) = &mut self.owners {
             cache.expire(inode);

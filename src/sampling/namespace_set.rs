@@ -18,8 +18,9 @@ use crate::model::socket_table::{DumpReason, StateTransition};
 use crate::model::sockets::SocketBudget;
 use crate::sampling::attribution::Attribution;
 use crate::sampling::late_events::LateEvents;
+use crate::sampling::sampler::following::EstablishedHash::{SharedFollowable, SharedTooLarge};
 pub use crate::sampling::sampler::following::FollowedCounts;
-use crate::sampling::sampler::following::{FollowedRound, MAX_FOLLOWED_SOCKETS};
+use crate::sampling::sampler::following::{EstablishedHash, FollowedRound};
 use crate::sampling::sampler::{SampleReport, Sampler};
 
 /// One round over every namespace.
@@ -99,16 +100,12 @@ impl Member {
         }
     }
 
-    /// On the host's shared TCP hash at the last sample: `Some(true)` when small enough
-    /// to follow, `Some(false)` when larger than `MAX_FOLLOWED_SOCKETS` (no
-    /// every-transition events for it either: they would only fill the ring, and a loss
-    /// un-follows every namespace). `tcp_ehash_entries` is negative for a shared hash,
-    /// and absent before Linux 6.1, where every namespace shares the host's.
-    fn shared_hash(&self) -> Option<bool> {
+    /// The namespace's TCP established hash at its last sample (`None` before any).
+    fn established_hash(&self) -> Option<EstablishedHash> {
         let sample = self.last_good.as_ref()?;
-        let shared = sample.tcp_settings.ehash_entries.is_none_or(|e| e < 0.0);
-        let sockets: u64 = sample.state_counts.iter().sum();
-        shared.then_some(sockets <= MAX_FOLLOWED_SOCKETS as u64)
+        let sockets = sample.state_counts.iter().sum();
+        let entries = sample.tcp_settings.ehash_entries;
+        Some(EstablishedHash::of(entries, sockets))
     }
 
     /// Nothing but listeners at the last sample: skip until its turn comes.
@@ -191,7 +188,9 @@ impl NamespaceSet {
     pub fn follow_candidates(&self) -> BTreeSet<u64> {
         self.members
             .iter()
-            .filter(|(inode, m)| **inode != self.own_inode && m.shared_hash() == Some(true))
+            .filter(|(inode, m)| {
+                **inode != self.own_inode && m.established_hash() == Some(SharedFollowable)
+            })
             .map(|(inode, _)| *inode)
             .collect()
     }
@@ -293,7 +292,7 @@ impl NamespaceSet {
                 &mut round,
             );
             drop(entered);
-            if *inode != own_inode && member.shared_hash() == Some(false) {
+            if *inode != own_inode && member.established_hash() == Some(SharedTooLarge) {
                 round.followed.add(TOO_LARGE);
             }
             if let Some(sample) = &member.last_good {

@@ -6,7 +6,8 @@
 //!   /proc/PID/stat per cached process, which the liveness check needed anyway), so a
 //!   program that exec()s in place is named after what it runs now.
 //! - An inode first asked for again after a round without (a socket that just entered a
-//!   detail state), or that just entered CLOSE_WAIT (`expire`), is checked against its
+//!   detail state), that just entered CLOSE_WAIT, or that its holder's descriptors no
+//!   longer show in a followed namespace's round (both `expire`), is checked against its
 //!   descriptor: one link read.
 //! - The owners of CLOSE_WAIT sockets (`watch`) have their descriptor count read every
 //!   round (one `stat`), and small tables their fd numbers listed; when either moved, the
@@ -83,8 +84,9 @@ impl OwnerCache {
         false
     }
 
-    /// `inode` just entered CLOSE_WAIT: check its descriptor when next asked for (it may
-    /// have been handed over while in another state).
+    /// Check `inode`'s descriptor when next asked for: it just entered CLOSE_WAIT (it may
+    /// have been handed over while in another state), or its holder's descriptors, read
+    /// through the iterator, no longer show it.
     pub fn expire(&mut self, inode: u32) {
         if let Some(holder) = self.inode_owner.get_mut(&inode) {
             holder.used_round = 0;

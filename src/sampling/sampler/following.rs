@@ -26,6 +26,36 @@ use crate::sampling::sampler::{Refresh, Sampler};
 /// here, against ~1.3 us a socket for a walk) would soon cost more than the walk.
 pub const MAX_FOLLOWED_SOCKETS: usize = 50_000;
 
+/// Which TCP established hash a namespace's sockets are in, as far as following goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EstablishedHash {
+    /// A hash of its own (`tcp_child_ehash_entries` set when it was made): its dump walks
+    /// its own sockets only, so it is dumped every round.
+    Own,
+    /// The host's shared hash, with few enough sockets to follow by events.
+    SharedFollowable,
+    /// The host's shared hash, with more than `MAX_FOLLOWED_SOCKETS` sockets: dumped
+    /// every round, and no every-transition events for it either (they would only fill
+    /// the ring, and a loss un-follows every namespace).
+    SharedTooLarge,
+}
+
+impl EstablishedHash {
+    /// The hash of a namespace whose `tcp_ehash_entries` reads `ehash_entries` (negative
+    /// for the shared hash; absent before Linux 6.1, where every namespace shares the
+    /// host's) and which holds `sockets` sockets.
+    pub fn of(ehash_entries: Option<f64>, sockets: u64) -> EstablishedHash {
+        let shared = ehash_entries.is_none_or(|e| e < 0.0);
+        if !shared {
+            EstablishedHash::Own
+        } else if sockets <= MAX_FOLLOWED_SOCKETS as u64 {
+            EstablishedHash::SharedFollowable
+        } else {
+            EstablishedHash::SharedTooLarge
+        }
+    }
+}
+
 /// What a followed namespace's table gives this round.
 #[derive(Debug, PartialEq)]
 pub enum TableRound {
@@ -139,7 +169,9 @@ impl Following {
     /// This round's connections from the table, or why it must dump instead.
     /// `counters`: where the kernel's totals are read; `fresh`: states whose figures
     /// are wanted fresh; `listeners`: how many the round's listener dump found; `held`:
-    /// the sockets the table's processes hold now, by cookie (those need no lookup).
+    /// the sockets the table's processes hold now, by cookie (those need no lookup);
+    /// `unseen` gets the inodes of the sockets in a `fresh` state looked up for want of
+    /// being in `held` (see `Sampler::read_table`).
     pub fn records(
         &mut self,
         socket: &mut DiagSocket,
@@ -147,6 +179,7 @@ impl Following {
         fresh: &[bool; STATE_COUNT],
         listeners: usize,
         held: &HashMap<u64, HeldSocket>,
+        unseen: &mut Vec<u32>,
     ) -> Result<TableRound, DumpError> {
         if let Some(why) = self.must_dump() {
             return Ok(TableRound::Dump(why));
@@ -158,6 +191,13 @@ impl Following {
             LookupPlan::Lookups { asked, held } => (asked, held),
             LookupPlan::Dump => return Ok(TableRound::Dump(DumpReason::Mismatch)),
         };
+        unseen.extend(
+            asked
+                .iter()
+                .filter(|r| r.inode != 0 && fresh[r.state.index()])
+                .filter(|r| !held.contains_key(&r.cookie))
+                .map(|r| r.inode),
+        );
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
         table.take_lookups(&asked, found);
@@ -258,20 +298,50 @@ impl Sampler {
             return Ok(None);
         };
         // Read the holders' descriptors only for a round the table may serve.
-        let held = match following.must_dump() {
-            Some(_) => HashMap::default(),
-            None => attribution
-                .held_sockets(&following.holders(attribution, &fresh))
-                .unwrap_or_default(),
+        let walked = match following.must_dump() {
+            Some(_) => None,
+            None => attribution.held_sockets(&following.holders(attribution, &fresh)),
         };
+        let walk_ran = walked.is_some();
+        let held = walked.unwrap_or_default();
+        let mut unseen = Vec::new();
         let files = &mut self.counter_files;
-        let mut round = following.records(&mut self.socket, files, &fresh, listeners, &held)?;
+        let mut round = following.records(
+            &mut self.socket,
+            files,
+            &fresh,
+            listeners,
+            &held,
+            &mut unseen,
+        )?;
         if round == TableRound::Stale {
             let changes = refresh();
             self.apply_transitions(&changes);
             if let Some(following) = &mut self.following {
                 let files = &mut self.counter_files;
-                round = following.records(&mut self.socket, files, &fresh, listeners, &held)?;
+                round = following.records(
+                    &mut self.socket,
+                    files,
+                    &fresh,
+                    listeners,
+                    &held,
+                    &mut unseen,
+                )?;
+            }
+        }
+        // Sockets whose holder's descriptors were just read without them: handed to
+        // another process (SCM_RIGHTS) and closed here, or closed. They were looked up,
+        // and their owner comes from the index, which still names the holder whose
+        // descriptors they left, and trusts it: it re-reads a descriptor only for a
+        // socket first asked for after a round without, and the per-socket view asks for
+        // every socket's owner every round. So their descriptors are checked when next
+        // asked for (one link read each, for the few sockets a walk misses): a socket
+        // handed over is then looked for anew, found at its new holder, and read through
+        // that one's descriptors from the next round on. Only a walk that ran says so (a
+        // socket no holder was known for has no index entry to check).
+        if walk_ran {
+            for inode in unseen {
+                attribution.recheck(inode);
             }
         }
         Ok(Some(match round {
@@ -285,6 +355,26 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_is_followable_on_the_shared_hash_and_small_enough() {
+        let most = MAX_FOLLOWED_SOCKETS as u64;
+        assert_eq!(EstablishedHash::of(Some(256.0), 10), EstablishedHash::Own);
+        assert_eq!(
+            EstablishedHash::of(Some(256.0), most + 1),
+            EstablishedHash::Own
+        );
+        for shared in [Some(-262144.0), None] {
+            assert_eq!(
+                EstablishedHash::of(shared, most),
+                EstablishedHash::SharedFollowable
+            );
+            assert_eq!(
+                EstablishedHash::of(shared, most + 1),
+                EstablishedHash::SharedTooLarge
+            );
+        }
+    }
 
     /// A table is dumped first, then served until the reconcile period is due and the
     /// round allows a reconciliation; lost events start it over.

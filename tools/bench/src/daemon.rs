@@ -4,7 +4,7 @@
 //! says how much of the latency is the machine (wrk and the server sharing its CPUs).
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,32 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A config file for the daemon, `NAME-PID.toml` in the temp dir, removed on drop: a
+/// benchmark that returns early, fails or panics leaves none behind either.
+pub struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    /// Writes `text` to `NAME-PID.toml` in the temp dir.
+    pub fn write(name: &str, text: &str) -> Result<ConfigFile, String> {
+        let pid = std::process::id();
+        // The guard first: a failed write removes whatever it left.
+        let file = ConfigFile(std::env::temp_dir().join(format!("{name}-{pid}.toml")));
+        std::fs::write(&file.0, text).map_err(|e| format!("{}: {e}", file.0.display()))?;
+        Ok(file)
+    }
+
+    /// The path, as the daemon's `--config.file` takes it.
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -274,6 +300,22 @@ fn millis(text: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_goes_with_its_guard_even_when_the_benchmark_panics() {
+        let name = "tcpstate-bench-guard-test";
+        let path = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+        let ended = std::panic::catch_unwind(|| {
+            let file = ConfigFile::write(name, "x = 1\n").expect("write");
+            assert_eq!(
+                std::fs::read_to_string(file.arg()).ok().as_deref(),
+                Some("x = 1\n")
+            );
+            panic!("a benchmark that fails with its daemon's config written");
+        });
+        assert!(ended.is_err());
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
 
     #[test]
     fn sums_the_series_of_a_family() {

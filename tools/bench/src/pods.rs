@@ -347,7 +347,6 @@ fn daemon_cpu(
     pods: usize,
     events: bool,
 ) -> Result<(Duration, u64), String> {
-    let config = std::env::temp_dir().join(format!("{PREFIX}-{}.toml", std::process::id()));
     let mut text = format!(
         "namespaces = \"all\"\nnamespaces_include = [\"{PREFIX}-{}-*\"]\nevents = \"{}\"\n",
         std::process::id(),
@@ -363,12 +362,12 @@ fn daemon_cpu(
     if !period.is_empty() {
         text.push_str(&format!("reconcile_period = {period:?}\n"));
     }
-    std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-    let config_arg = config.to_string_lossy().into_owned();
+    // Dropped after the daemon (declared before it), whichever way this returns.
+    let config = crate::daemon::ConfigFile::write(PREFIX, &text)?;
     let daemon = crate::daemon::Daemon::start(
         host,
         &options.exporter,
-        &["--sample.interval", "1s", "--config.file", &config_arg],
+        &["--sample.interval", "1s", "--config.file", &config.arg()],
     )?;
     let pid = daemon.pid();
     let figure = host.run(|| -> Result<(Duration, u64), String> {
@@ -402,7 +401,6 @@ fn daemon_cpu(
         Ok((cpu1.saturating_sub(cpu0) / samples as u32, after.followed))
     })?;
     drop(daemon);
-    let _ = std::fs::remove_file(&config);
     figure
 }
 

@@ -107,11 +107,16 @@ pub fn measure(options: &crate::Options) -> Result<Losses, String> {
     let own = crate::prepared_netns()?;
     let foreign = crate::prepared_netns()?;
     let mut args = vec!["--sample.interval".to_string(), "1s".to_string()];
-    let config = std::env::temp_dir().join(format!("tcpstate-bench-{}.toml", std::process::id()));
-    if let Some(bytes) = plan.ring_bytes {
-        std::fs::write(&config, format!("events_ring_bytes = {bytes}\n"))
-            .map_err(|e| format!("{}: {e}", config.display()))?;
-        args.extend(["--config.file".to_string(), config.display().to_string()]);
+    // Removed when this returns, whichever way (after the daemon, declared later).
+    let config = plan
+        .ring_bytes
+        .map(|bytes| {
+            let text = format!("events_ring_bytes = {bytes}\n");
+            daemon::ConfigFile::write("tcpstate-bench", &text)
+        })
+        .transpose()?;
+    if let Some(config) = &config {
+        args.extend(["--config.file".to_string(), config.arg()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let daemon = Daemon::start(&own, &options.exporter, &args)?;
@@ -146,7 +151,6 @@ pub fn measure(options: &crate::Options) -> Result<Losses, String> {
     let pid = daemon.pid().to_string();
     losses.hwm_kib = measure::status_kib(&pid, "VmHWM").unwrap_or(0);
     losses.rss_kib = measure::status_kib(&pid, "VmRSS").unwrap_or(0);
-    let _ = std::fs::remove_file(&config);
     Ok(losses)
 }
 
