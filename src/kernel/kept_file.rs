@@ -76,10 +76,14 @@ impl KeptFile {
 }
 
 /// This process's own limit, as procfs gives any process's (`None`: unlimited);
-/// unreadable, files are not held.
+/// unreadable, files are not held. Read once per process (at the first open, after the
+/// daemon raised its limit), not once per file: ten files per namespace.
 fn may_hold() -> bool {
-    let own = procfs::fd_soft_limit(Path::new("/proc"), std::process::id());
-    own.is_ok_and(|soft| soft.is_none_or(|s| s >= HOLD_FROM_OPEN_FILE_LIMIT))
+    static MAY_HOLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MAY_HOLD.get_or_init(|| {
+        let own = procfs::fd_soft_limit(Path::new("/proc"), std::process::id());
+        own.is_ok_and(|soft| soft.is_none_or(|s| s >= HOLD_FROM_OPEN_FILE_LIMIT))
+    })
 }
 
 /// Reads `file` from offset 0 until a read gives nothing, into `text`: a seq_file gives

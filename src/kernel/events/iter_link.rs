@@ -41,9 +41,14 @@ struct IterCreateAttr {
 }
 
 /// bpf(2); a new descriptor on success.
-pub(super) fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live, fully initialised #[repr(C)] value of the layout the
-    // command reads, and its size is passed with it; the kernel reads no more.
+///
+/// # Safety
+/// `attr` must be a fully initialised #[repr(C)] value laid out as `union bpf_attr` is
+/// for `cmd`, no larger than the part of it the kernel only reads (BPF_PROG_LOAD writes
+/// `log_true_size` back at bytes 140..144 since Linux 6.4); every pointer in it must be
+/// valid for the call, and a log buffer writable for the size it gives.
+pub(super) unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: the caller's contract above; the size passed is the value's own.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -86,14 +91,14 @@ pub fn read(program: BorrowedFd<'_>, pid: Option<u32>) -> io::Result<Vec<u8>> {
         iter_info_len,
         pad: 0,
     };
-    let link = bpf_fd(BPF_LINK_CREATE, &attr)?;
-    let iter = bpf_fd(
-        BPF_ITER_CREATE,
-        &IterCreateAttr {
-            link_fd: link.as_raw_fd() as u32,
-            flags: 0,
-        },
-    )?;
+    // SAFETY: link_create's layout; `info` outlives the call.
+    let link = unsafe { bpf_fd(BPF_LINK_CREATE, &attr)? };
+    let create = IterCreateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+    };
+    // SAFETY: iter_create's layout, no pointers.
+    let iter = unsafe { bpf_fd(BPF_ITER_CREATE, &create)? };
     let mut bytes = Vec::new();
     File::from(iter).read_to_end(&mut bytes)?;
     Ok(bytes)

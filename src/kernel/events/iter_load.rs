@@ -52,6 +52,19 @@ struct ProgLoadAttr {
     pad: u32,
 }
 
+// The uapi offsets of the fields whose misplacement the kernel could not notice, and a
+// size short of `log_true_size` (bytes 140..144), which Linux 6.4+ writes back.
+const _: () = {
+    assert!(std::mem::size_of::<ProgLoadAttr>() == 120);
+    assert!(std::mem::offset_of!(ProgLoadAttr, insns) == 8);
+    assert!(std::mem::offset_of!(ProgLoadAttr, log_buf) == 32);
+    assert!(std::mem::offset_of!(ProgLoadAttr, prog_name) == 48);
+    assert!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type) == 68);
+    assert!(std::mem::offset_of!(ProgLoadAttr, func_info) == 80);
+    assert!(std::mem::offset_of!(ProgLoadAttr, line_info) == 96);
+    assert!(std::mem::offset_of!(ProgLoadAttr, attach_btf_id) == 108);
+};
+
 fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
@@ -59,6 +72,7 @@ fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
 /// The programs `names` of `object`, each a loaded `iter/task_file` program, in order.
 pub fn load_task_file_iterators(object: &[u8], names: &[&str]) -> io::Result<Vec<OwnedFd>> {
     let mut object = aya_obj::Object::parse(object).map_err(|e| failed("parse object", &e))?;
+    check_loadable(&object)?;
     let attach_btf_id = {
         let kernel = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
         object
@@ -82,6 +96,23 @@ pub fn load_task_file_iterators(object: &[u8], names: &[&str]) -> io::Result<Vec
                 .map_err(|e| failed(&format!("load {name}"), &e))
         })
         .collect()
+}
+
+/// What this loader does not do, refused by name rather than by the verifier's riddles
+/// (or, without relocation records, not at all: the programs would run with the
+/// compiler's offsets): maps or globals (`.rodata` too, which `bpf_printk` uses) would
+/// need their fds patched in, subprograms linking, and CO-RE needs `.BTF.ext`.
+fn check_loadable(object: &aya_obj::Object) -> io::Result<()> {
+    let refused = if !object.maps.is_empty() {
+        "maps or global data (the iterator loader relocates neither)"
+    } else if object.functions.len() != object.programs.len() {
+        "subprograms (the iterator loader does not link calls)"
+    } else if object.btf_ext.is_none() {
+        "no .BTF.ext (no CO-RE relocation records: build with clang -g)"
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::other(format!("socket_fds.bpf.o has {refused}")))
 }
 
 /// BPF_PROG_LOAD of one tracing program attached to the iterator `attach_btf_id`; on
@@ -120,7 +151,9 @@ fn load_program(
         attach_btf_obj_fd: 0,
         pad: 0,
     };
-    let error = match bpf_fd(BPF_PROG_LOAD, &attr) {
+    // SAFETY: prog_load's layout (checked above); `instructions` and `license` are
+    // borrowed for the call.
+    let error = match unsafe { bpf_fd(BPF_PROG_LOAD, &attr) } {
         Ok(fd) => return Ok(fd),
         Err(e) => e,
     };
@@ -128,7 +161,8 @@ fn load_program(
     attr.log_level = 1;
     attr.log_size = LOG_LEN as u32;
     attr.log_buf = log.as_mut_ptr() as u64;
-    if let Ok(fd) = bpf_fd(BPF_PROG_LOAD, &attr) {
+    // SAFETY: as above, and `log` is writable for `log_size` bytes and outlives the call.
+    if let Ok(fd) = unsafe { bpf_fd(BPF_PROG_LOAD, &attr) } {
         return Ok(fd); // A transient failure: loaded the second time.
     }
     let text = String::from_utf8_lossy(&log);
