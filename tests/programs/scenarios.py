@@ -111,7 +111,10 @@ def parse_ss_line(line):
     fields = line.split()
     if len(fields) < 5:
         raise ScenarioError(f"unparsable ss line: {line!r}")
-    local_port = int(fields[3].rsplit(":", 1)[1])
+    # A socket not bound yet, or closed after a failed connect (state CLOSE, which
+    # `ss -a` lists too), shows `*` for its own port as for its peer's: port 0 here.
+    local = fields[3].rsplit(":", 1)[1]
+    local_port = 0 if local == "*" else int(local)
     peer = fields[4].rsplit(":", 1)[1]
     ino = re.search(r"\bino:(\d+)", line)
     lastack = re.search(r"\blastack:(\d+)", line)
