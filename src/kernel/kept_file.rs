@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::kernel::procfs;
 
@@ -20,6 +21,11 @@ const HOLD_FROM_OPEN_FILE_LIMIT: u64 = 16_384;
 /// Where a file's text starts growing from; netstat (4 KB) takes a few steps, once.
 const FIRST_CAPACITY: usize = 256;
 
+/// A file found missing is not looked for again before this: a missing /proc entry
+/// (`tcp_ehash_entries` before Linux 6.1, `sockstat6` without IPv6) would otherwise cost
+/// a full lookup each round in each namespace, the cost these files are kept to avoid.
+const MISSING_RETRY: Duration = Duration::from_secs(60);
+
 pub struct KeptFile {
     path: &'static str,
     file: Option<File>,
@@ -27,6 +33,9 @@ pub struct KeptFile {
     hold: Option<bool>,
     /// The last read's text; its allocation is reused.
     text: Vec<u8>,
+    /// When the file was last found missing (see `MISSING_RETRY`).
+    missing_since: Option<Instant>,
+    missing_retry: Duration,
 }
 
 impl KeptFile {
@@ -36,6 +45,8 @@ impl KeptFile {
             file: None,
             hold: None,
             text: Vec::new(),
+            missing_since: None,
+            missing_retry: MISSING_RETRY,
         }
     }
 
@@ -48,7 +59,7 @@ impl KeptFile {
             .map(|file| read_whole(file, &mut self.text));
         if !matches!(held, Some(Ok(()))) {
             self.file = None;
-            let file = File::open(self.path)?;
+            let file = self.open()?;
             read_whole(&file, &mut self.text)?;
             if *self.hold.get_or_insert_with(may_hold) {
                 self.file = Some(file);
@@ -58,6 +69,30 @@ impl KeptFile {
             let what = format!("{}: not UTF-8", self.path);
             io::Error::new(io::ErrorKind::InvalidData, what)
         })
+    }
+
+    /// Opens the path, unless it was found missing less than `missing_retry` ago.
+    fn open(&mut self) -> io::Result<File> {
+        let missing = |path| {
+            let what = format!("{path}: not found (looked for again after a minute)");
+            io::Error::new(io::ErrorKind::NotFound, what)
+        };
+        if self
+            .missing_since
+            .is_some_and(|since| since.elapsed() < self.missing_retry)
+        {
+            return Err(missing(self.path));
+        }
+        match File::open(self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.missing_since = Some(Instant::now());
+                Err(missing(self.path))
+            }
+            opened => {
+                self.missing_since = None;
+                opened
+            }
+        }
     }
 
     /// Holds the file from its first open whatever the limit (a test's limit may be low).
@@ -123,7 +158,10 @@ mod tests {
     #[test]
     fn a_held_file_reads_whole_and_follows_changes() {
         let (dir, path) = scratch("follows");
-        let mut kept = KeptFile::held(path);
+        let mut kept = KeptFile {
+            missing_retry: Duration::ZERO,
+            ..KeptFile::held(path)
+        };
         assert_eq!(
             kept.read().map_err(|e| e.kind()).err(),
             Some(io::ErrorKind::NotFound)
@@ -140,6 +178,26 @@ mod tests {
         );
         std::fs::write(path, "two").expect("write");
         assert_eq!(kept.read().expect("read"), "two");
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
+    /// A missing file is not looked for again for a while; then it is found.
+    #[test]
+    fn a_missing_file_is_looked_for_again_only_later() {
+        let (dir, path) = scratch("missing");
+        let mut kept = KeptFile::held(path);
+        let not_found = |kept: &mut KeptFile| {
+            kept.read().map_err(|e| e.kind()).err() == Some(io::ErrorKind::NotFound)
+        };
+        assert!(not_found(&mut kept));
+        std::fs::write(path, "late").expect("write");
+        assert!(not_found(&mut kept), "within the retry delay: not opened");
+        kept.missing_since = kept
+            .missing_since
+            .and_then(|since| since.checked_sub(MISSING_RETRY));
+        assert!(kept.missing_since.is_some(), "a minute earlier");
+        assert_eq!(kept.read().expect("looked for again"), "late");
+        assert_eq!(kept.missing_since, None);
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
