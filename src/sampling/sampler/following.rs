@@ -169,9 +169,7 @@ impl Following {
     /// This round's connections from the table, or why it must dump instead.
     /// `counters`: where the kernel's totals are read; `fresh`: states whose figures
     /// are wanted fresh; `listeners`: how many the round's listener dump found; `held`:
-    /// the sockets the table's processes hold now, by cookie (those need no lookup);
-    /// `unseen` gets the inodes of the sockets in a `fresh` state looked up for want of
-    /// being in `held` (see `Sampler::read_table`).
+    /// the sockets the table's processes hold now, by cookie (those need no lookup).
     pub fn records(
         &mut self,
         socket: &mut DiagSocket,
@@ -179,7 +177,6 @@ impl Following {
         fresh: &[bool; STATE_COUNT],
         listeners: usize,
         held: &HashMap<u64, HeldSocket>,
-        unseen: &mut Vec<u32>,
     ) -> Result<TableRound, DumpError> {
         if let Some(why) = self.must_dump() {
             return Ok(TableRound::Dump(why));
@@ -191,13 +188,6 @@ impl Following {
             LookupPlan::Lookups { asked, held } => (asked, held),
             LookupPlan::Dump => return Ok(TableRound::Dump(DumpReason::Mismatch)),
         };
-        unseen.extend(
-            asked
-                .iter()
-                .filter(|r| r.inode != 0 && fresh[r.state.index()])
-                .filter(|r| !held.contains_key(&r.cookie))
-                .map(|r| r.inode),
-        );
         let mut found = Vec::with_capacity(asked.len());
         socket.lookup_many(&asked, false, &mut |record| found.push(*record))?;
         table.take_lookups(&asked, found);
@@ -304,44 +294,36 @@ impl Sampler {
         };
         let walk_ran = walked.is_some();
         let held = walked.unwrap_or_default();
-        let mut unseen = Vec::new();
-        let files = &mut self.counter_files;
-        let mut round = following.records(
-            &mut self.socket,
-            files,
-            &fresh,
-            listeners,
-            &held,
-            &mut unseen,
-        )?;
-        if round == TableRound::Stale {
+        let mut refreshed_once = false;
+        let round = loop {
+            let Some(following) = &mut self.following else {
+                break TableRound::Stale;
+            };
+            let files = &mut self.counter_files;
+            let round = following.records(&mut self.socket, files, &fresh, listeners, &held)?;
+            if round != TableRound::Stale || refreshed_once {
+                break round;
+            }
+            refreshed_once = true;
             let changes = refresh();
             self.apply_transitions(&changes);
-            if let Some(following) = &mut self.following {
-                let files = &mut self.counter_files;
-                round = following.records(
-                    &mut self.socket,
-                    files,
-                    &fresh,
-                    listeners,
-                    &held,
-                    &mut unseen,
-                )?;
-            }
-        }
-        // Sockets whose holder's descriptors were just read without them: handed to
-        // another process (SCM_RIGHTS) and closed here, or closed. They were looked up,
-        // and their owner comes from the index, which still names the holder whose
-        // descriptors they left, and trusts it: it re-reads a descriptor only for a
-        // socket first asked for after a round without, and the per-socket view asks for
-        // every socket's owner every round. So their descriptors are checked when next
-        // asked for (one link read each, for the few sockets a walk misses): a socket
-        // handed over is then looked for anew, found at its new holder, and read through
-        // that one's descriptors from the next round on. Only a walk that ran says so (a
-        // socket no holder was known for has no index entry to check).
-        if walk_ran {
-            for inode in unseen {
-                attribution.recheck(inode);
+        };
+        // A socket in a fresh state not read from a holder (`held_by` 0) after a walk
+        // that ran was looked up: its holder's descriptors no longer show it (handed to
+        // another process over SCM_RIGHTS and closed here, or closed), or no holder was
+        // known (then it has no index entry to check). Its owner comes from the index,
+        // which still names the old holder and trusts it: it re-reads a descriptor only
+        // for a socket first asked for after a round without, and the per-socket view
+        // asks for every socket's owner every round. So its descriptor is checked when
+        // next asked for (one link read each, for the few sockets a walk misses): a
+        // socket handed over is found at its new holder, and read through that one's
+        // descriptors from the next round on.
+        if let (true, TableRound::Served(records, _)) = (walk_ran, &round) {
+            let missed = records
+                .iter()
+                .filter(|r| r.held_by == 0 && r.inode != 0 && fresh[r.state.index()]);
+            for record in missed {
+                attribution.recheck(record.inode);
             }
         }
         Ok(Some(match round {
