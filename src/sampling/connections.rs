@@ -88,19 +88,21 @@ impl ConnectionSink<'_> {
     /// for a whole batch first, in a loop that does nothing else, the misses overlap.
     fn take_batch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
-        let mask = self.detail_mask;
-        self.attribution.warm_owners(
-            batch
-                .iter()
-                .filter(|r| r.held_by == 0 && r.inode != 0)
-                .filter(|r| mask[r.state.index()] || r.state == TcpState::CloseWait)
-                .map(|r| r.inode),
-        );
+        let warmed = batch
+            .iter()
+            .filter(|r| r.held_by == 0 && r.inode != 0 && self.takes_one_by_one(r.state));
+        self.attribution.warm_owners(warmed.map(|r| r.inode));
         for record in &batch {
             self.take_one(record);
         }
         self.batch = batch;
         self.batch.clear();
+    }
+
+    /// Sockets in a detail state, and in CLOSE_WAIT whatever the detail states, are taken
+    /// one by one (classified, owned, grouped or tracked); the others are only counted.
+    fn takes_one_by_one(&self, state: TcpState) -> bool {
+        state == TcpState::CloseWait || self.detail_mask[state.index()]
     }
 
     fn take_one(&mut self, record: &SocketRecord) {
@@ -110,11 +112,11 @@ impl ConnectionSink<'_> {
             return;
         }
         self.builder.count_state(record.state);
-        let is_close_wait = record.state == TcpState::CloseWait;
-        let detailed = self.detail_mask[record.state.index()];
-        if !detailed && !is_close_wait {
+        if !self.takes_one_by_one(record.state) {
             return;
         }
+        let is_close_wait = record.state == TcpState::CloseWait;
+        let detailed = self.detail_mask[record.state.index()];
         let (direction, port) = self
             .classifier
             .classify(record.local_port, record.remote_port);
