@@ -179,3 +179,21 @@ fn load_program(
         format!("{error}; verifier: {last}"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the loader cannot do is refused by name: the events object has maps and
+    /// globals; the iterators' object has neither.
+    #[test]
+    fn refuses_an_object_with_maps_and_takes_the_iterators() {
+        let parse = |bytes| aya_obj::Object::parse(bytes).expect("our own object parses");
+        let refused = check_loadable(&parse(super::super::PROGRAM)).expect_err("maps");
+        assert!(
+            refused.to_string().contains("maps or global data"),
+            "{refused}"
+        );
+        check_loadable(&parse(super::super::socket_fds::PROGRAM)).expect("loadable");
+    }
+}

@@ -13,7 +13,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::kernel::record::{HeldSocket, TcpState};
 
 /// The compiled iterators, embedded at build time (see build.rs).
-static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_fds.bpf.o"));
+pub(super) static PROGRAM: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_fds.bpf.o"));
 
 /// Bytes of one `struct socket_fd` (bpf/socket_fds.h).
 const RECORD_LEN: usize = 16;
