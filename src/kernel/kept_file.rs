@@ -29,7 +29,8 @@ const MISSING_RETRY: Duration = Duration::from_secs(60);
 pub struct KeptFile {
     path: &'static str,
     file: Option<File>,
-    /// Hold the file open: decided at the first open, after the daemon raised its limit.
+    /// Hold the file open or not; `None`: as this process decided (`may_hold`). Tests
+    /// force it.
     hold: Option<bool>,
     /// The last read's text; its allocation is reused.
     text: Vec<u8>,
@@ -61,7 +62,7 @@ impl KeptFile {
             self.file = None;
             let file = self.open()?;
             read_whole(&file, &mut self.text)?;
-            if *self.hold.get_or_insert_with(may_hold) {
+            if self.hold.unwrap_or_else(may_hold) {
                 self.file = Some(file);
             }
         }
