@@ -32,11 +32,13 @@ if ((${#missing[@]})); then
     # Debian's nginx and prometheus start their services on install where no
     # policy-rc.d forbids it; the scenarios run their own nginx in private namespaces and
     # need no Prometheus server, so stop only what the install started.
-    before=$(pgrep -x 'nginx|prometheus' || true)
+    # One pgrep per name: given 'nginx|prometheus' (16 characters, more than a process
+    # name holds) pgrep still matches but warns in every log that it matches nothing.
+    before=$( (pgrep -x nginx; pgrep -x prometheus) || true)
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
         --no-install-recommends "${missing[@]}" >/dev/null
-    for pid in $(pgrep -x 'nginx|prometheus' || true); do
+    for pid in $( (pgrep -x nginx; pgrep -x prometheus) || true); do
         grep -qx "$pid" <<<"$before" || kill "$pid" 2>/dev/null || true
     done
 fi
