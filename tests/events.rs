@@ -76,6 +76,49 @@ fn netns_transitions(source: &EventSource, inum: u32) -> Transitions {
         .unwrap_or_default()
 }
 
+/// What a failed count is to be read against: the namespace's table by `ss`, the
+/// counts that fell out of the per-namespace map, and the invocations of this process's
+/// BPF programs the kernel skipped (`recursion_misses` in each program's fdinfo: a
+/// tracing program is not run again on a CPU where it is already running).
+fn counting_context(ns: &Netns, source: &EventSource) -> String {
+    let ss = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["ss", "-tan"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ss failed: {e}"));
+    let overflow = source
+        .counts()
+        .map(|c| c.netns_overflow.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    let misses: Vec<String> = std::fs::read_dir("/proc/self/fdinfo")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| {
+            let line = info.lines().find(|l| l.starts_with("recursion_misses:"))?;
+            Some(line.split_whitespace().last()?.to_string())
+        })
+        .collect();
+    format!("netns_overflow {overflow}; recursion_misses per program {misses:?}; ss -tan:\n{ss}")
+}
+
+/// How many transitions `counted` lacks against `expected` (both sorted (from, to, n)
+/// lists), or `None` if it counts one that `expected` lacks or more of one.
+fn shortfall(counted: &[(u8, u8, u64)], expected: &[(u8, u8, u64)]) -> Option<u64> {
+    let want = |from, to| {
+        expected
+            .iter()
+            .find(|(f, t, _)| (*f, *t) == (from, to))
+            .map_or(0, |(_, _, n)| *n)
+    };
+    let mut short = expected.iter().map(|(_, _, n)| n).sum::<u64>();
+    for (from, to, n) in counted {
+        short = short.checked_sub(*n).filter(|_| *n <= want(*from, *to))?;
+    }
+    Some(short)
+}
+
 /// Sockets in `state` in the namespace, by sock_diag, as (cookie, local, remote).
 fn diag_sockets(ns: &Netns, state: TcpState) -> HashSet<(u64, SocketAddr, SocketAddr)> {
     ns.run(|| {
@@ -155,9 +198,24 @@ fn transitions_of_scripted_connections_are_counted_exactly() {
         counted.sort_unstable();
         counted == expected
     });
+    let skipped = source.counts().expect("read the counters").skipped;
+    if !settled && skipped > 0 {
+        // The kernel skipped the program for some transitions (a softirq interrupted
+        // it): the counts can only be short, by at most what it skipped, and the events
+        // below cannot be exact either. The exporter counts those as lost events.
+        let short = shortfall(&counted, &expected);
+        assert!(
+            short.is_some_and(|short| short <= skipped),
+            "{skipped} skipped, yet transitions {counted:?} against {expected:?}; {}",
+            counting_context(&ns, &source)
+        );
+        eprintln!("the kernel skipped the program {skipped} times: exactness not checked");
+        return;
+    }
     assert!(
         settled,
-        "transitions in the namespace: {counted:?}, want {expected:?}"
+        "transitions in the namespace: {counted:?}, want {expected:?}; {}",
+        counting_context(&ns, &source)
     );
     let transitions = netns_transitions(&source, inum);
     assert_eq!(transitions.get(Established, CloseWait), 3);

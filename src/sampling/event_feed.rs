@@ -18,7 +18,8 @@ pub struct EventCounts {
     /// (from, to, count) for every transition seen at least once in the namespaces
     /// sampled.
     pub transitions: Vec<(TcpState, TcpState, u64)>,
-    /// Events lost: the ring had no room, or the queue to the sampler was full.
+    /// Events lost: the ring had no room, the queue to the sampler was full, or the
+    /// kernel skipped the program (`Counts::skipped`).
     pub lost: u64,
 }
 
@@ -166,7 +167,7 @@ impl EventFeed {
             let Ok(counts) = attached.maps.counts() else {
                 return true;
             };
-            let lost = counts.lost.saturating_add(attached.drain.dropped());
+            let lost = (counts.lost + counts.skipped).saturating_add(attached.drain.dropped());
             let any = lost != attached.lost_seen;
             attached.lost_seen = lost;
             return any;
@@ -196,7 +197,7 @@ impl EventFeed {
             let transitions = merged.into_iter().map(|((f, t), n)| (f, t, n)).collect();
             return Some(EventCounts {
                 transitions,
-                lost: counts.lost + attached.drain.dropped(),
+                lost: counts.lost + counts.skipped + attached.drain.dropped(),
             });
         }
         None

@@ -1,6 +1,9 @@
-//! The kernel's transition counts, summed over CPUs.
+//! The kernel's counters, summed over CPUs, and the transitions it skipped the program for.
 
-use super::STATE_SLOTS;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use super::{EventMaps, STATE_SLOTS, TRACEPOINT};
 use crate::kernel::record::TcpState;
 
 /// Transition counts by kernel state number.
@@ -37,7 +40,8 @@ impl Transitions {
     }
 }
 
-/// The kernel's counters, summed over CPUs. All only go up.
+/// The kernel's counters, summed over CPUs. All only go up. The transition counts are
+/// exact but for `skipped`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Every TCP transition in every namespace (with the filter on: in the namespaces
@@ -45,6 +49,11 @@ pub struct Counts {
     pub transitions: Transitions,
     /// Events not sent because the ring buffer was full.
     pub lost: u64,
+    /// Transitions the program never saw: the kernel does not run a tracing program on
+    /// a CPU where it is already running, so a transition in a softirq that interrupts
+    /// the program there is skipped, neither counted nor sent (`recursion_misses` in the
+    /// program's fdinfo, Linux 5.12+; 0 where the kernel does not report it).
+    pub skipped: u64,
     /// Transitions not counted per namespace because that map was full (they are in
     /// `transitions`).
     pub netns_overflow: u64,
@@ -55,9 +64,51 @@ pub struct Counts {
     pub filtered: u64,
 }
 
+impl EventMaps {
+    /// The kernel's counters, summed over CPUs.
+    pub fn counts(&self) -> io::Result<Counts> {
+        let per_cpu = self.counters.get(&0, 0).map_err(io::Error::other)?;
+        let mut counts = Counts::default();
+        for cpu in per_cpu.iter() {
+            for (from, row) in cpu.transitions.iter().enumerate() {
+                for (to, n) in row.iter().enumerate() {
+                    counts.transitions.counts[from][to] += n;
+                }
+            }
+            counts.lost += cpu.lost;
+            counts.netns_overflow += cpu.netns_overflow;
+            counts.unknown_states += cpu.unknown_states;
+            counts.filtered += cpu.filtered;
+        }
+        counts.skipped = self.skipped()?;
+        Ok(counts)
+    }
+
+    /// Transitions the kernel skipped the program for (see `Counts::skipped`), from the
+    /// program's fdinfo: one small /proc read.
+    fn skipped(&self) -> io::Result<u64> {
+        let program = self
+            .ebpf
+            .program(TRACEPOINT)
+            .ok_or_else(|| io::Error::other(format!("no program {TRACEPOINT}")))?;
+        let fd = program.fd().map_err(io::Error::other)?;
+        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        Ok(recursion_misses(&std::fs::read_to_string(path)?).unwrap_or(0))
+    }
+}
+
+/// The `recursion_misses` line of a BPF program's fdinfo (`None` before Linux 5.12).
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::events::{EventSource, EventsConfig};
 
     #[test]
     fn transitions_list_nonzero_counts_by_state_number() {
@@ -67,5 +118,27 @@ mod tests {
         assert_eq!(t.get(TcpState::Established, TcpState::CloseWait), 3);
         assert_eq!(t.nonzero().collect::<Vec<_>>(), vec![(1, 8, 3), (8, 9, 2)]);
         assert_eq!(t.total(), 5);
+    }
+
+    /// A program's fdinfo as Linux 6.x prints it; older kernels lack the line.
+    #[test]
+    fn recursion_misses_are_read_from_the_program_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_time_ns:\t0\n\
+                      run_cnt:\t0\nrecursion_misses:\t7\nverified_insns:\t93\n";
+        assert_eq!(recursion_misses(fdinfo), Some(7));
+        assert_eq!(recursion_misses("prog_type:\t26\nrun_cnt:\t0\n"), None);
+        assert_eq!(recursion_misses("recursion_misses:\tmany\n"), None);
+    }
+
+    /// Needs root and kernel BTF (as the events mode does): the attached program's
+    /// fdinfo has the line on this kernel (6.x), so skips would be seen, not read as 0.
+    #[test]
+    fn the_attached_program_reports_its_skips() {
+        let source = EventSource::attach(&EventsConfig::default()).expect("attach (root, BTF)");
+        let program = source.maps.ebpf.program(TRACEPOINT).expect("the program");
+        let fd = program.fd().expect("its descriptor").as_fd().as_raw_fd();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        assert!(recursion_misses(&fdinfo).is_some(), "{fdinfo}");
+        source.counts().expect("the counters, skips included");
     }
 }

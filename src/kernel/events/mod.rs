@@ -4,7 +4,11 @@
 //!
 //! What the kernel side keeps, and why:
 //! - transition counts, globally (per CPU) and per network namespace, updated for every
-//!   TCP transition: exact whatever happens to the event stream;
+//!   TCP transition the program runs for: exact whatever happens to the event stream.
+//!   The kernel skips the program for a transition in a softirq that interrupts it on
+//!   the same CPU (a tracing program never runs nested); it counts those in the
+//!   program's `recursion_misses`, which `Counts::skipped` reports and user space
+//!   treats as lost events;
 //! - a bounded ring buffer of `StateChange` events for the transitions the config asks
 //!   for (by default those from or to CLOSE_WAIT: that is what ages need, and it keeps
 //!   the ring small); a full ring drops the event and counts it in `lost`, the TCP stack
@@ -204,7 +208,7 @@ pub struct EventSource {
 /// The program's link and its maps: counters, per-namespace counts, the namespace filter.
 pub struct EventMaps {
     // Owns the program and its link; kept for the lifetime of the maps.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     counters: PerCpuArray<MapData, abi::Counters>,
     netns: PerCpuHashMap<MapData, abi::NetnsTransition, u64>,
     filter: BpfHashMap<MapData, u32, u8>,
@@ -234,7 +238,7 @@ impl EventSource {
             BpfHashMap::try_from(take_map(&mut ebpf, "NETNS_FILTER")?).map_err(load_error)?;
         Ok(EventSource {
             maps: EventMaps {
-                _ebpf: ebpf,
+                ebpf,
                 counters,
                 netns,
                 filter,
@@ -326,24 +330,6 @@ fn load(config: &EventsConfig) -> Result<Ebpf, EventsError> {
 }
 
 impl EventMaps {
-    /// The kernel's counters, summed over CPUs.
-    pub fn counts(&self) -> io::Result<Counts> {
-        let per_cpu = self.counters.get(&0, 0).map_err(io::Error::other)?;
-        let mut counts = Counts::default();
-        for cpu in per_cpu.iter() {
-            for (from, row) in cpu.transitions.iter().enumerate() {
-                for (to, n) in row.iter().enumerate() {
-                    counts.transitions.counts[from][to] += n;
-                }
-            }
-            counts.lost += cpu.lost;
-            counts.netns_overflow += cpu.netns_overflow;
-            counts.unknown_states += cpu.unknown_states;
-            counts.filtered += cpu.filtered;
-        }
-        Ok(counts)
-    }
-
     /// Makes `inodes` the namespaces whose transitions the program counts and sends
     /// (with `EventsConfig::netns_filter`; without it the filter is not read). Only
     /// the difference to the last call reaches the kernel. Namespaces beyond

@@ -136,7 +136,8 @@ const EVENTS_ATTACHED: FamilySpec = FamilySpec::gauge(
 const EVENTS_LOST: FamilySpec = FamilySpec::counter(
     "tcpstate_events_lost_total",
     "Kernel events dropped because the ring buffer or the queue to the sampler had no \
-     room; the sockets concerned fall back to polled (bounded) times.",
+     room, or never made because the kernel skipped the program (a softirq interrupting \
+     it on the same CPU); the sockets concerned fall back to polled (bounded) times.",
 );
 const TRANSITIONS: FamilySpec = FamilySpec::counter(
     "tcpstate_transitions_total",
