@@ -28,6 +28,9 @@ struct state_change {
 	__u8 remote_addr[16];
 };
 
+// Transitions the main program remembers for the nested one (a power of two).
+#define HANDLED_KEYS 16
+
 // Per-CPU counters; user space sums the CPUs.
 struct counters {
 	__u64 transitions[TCP_STATE_SLOTS][TCP_STATE_SLOTS];
@@ -35,13 +38,24 @@ struct counters {
 	__u64 netns_overflow; // transitions not counted per namespace: map full
 	__u64 unknown_states; // state numbers beyond TCP_STATE_SLOTS (not counted)
 	__u64 filtered;       // transitions of namespaces outside NETNS_FILTER (not counted)
+	__u64 rescued;        // slot 1 only: transitions the nested program handled
+	// Slot 0 only: the last HANDLED_KEYS transitions the main program began on this CPU
+	// (see handled_key), a ring at handled_next.
+	__u64 handled[HANDLED_KEYS];
+	__u64 handled_next;
 };
+
+// COUNTERS slots and netns_transition.slot: what the main program counted, and what the
+// nested program counted for it (kept apart: a program interrupted in the middle of an
+// increment would otherwise overwrite the nested one's).
+#define SLOT_MAIN 0
+#define SLOT_NESTED 1
 
 struct netns_transition {
 	__u32 netns_inum;
 	__u8 from;
 	__u8 to;
-	__u16 pad;
+	__u16 slot; // SLOT_MAIN or SLOT_NESTED
 };
 
 #endif

@@ -428,6 +428,104 @@ fn a_full_ring_counts_lost_events_and_keeps_counts_exact() {
     assert_eq!(transitions.get(SynSent, Established), 40);
 }
 
+/// Loopback connections for argv[1] seconds, flat out: the client closes, the server
+/// end reads nothing and closes too (FIN both ways, clients end in TIME_WAIT).
+const GRACEFUL_CHURN: &str = r#"
+import socket, sys, threading, time
+deadline = time.time() + float(sys.argv[1])
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1024)
+def serve():
+    while True:
+        conn, _ = server.accept()
+        conn.close()
+threading.Thread(target=serve, daemon=True).start()
+while time.time() < deadline:
+    client = socket.socket()
+    client.connect(server.getsockname())
+    client.close()
+"#;
+
+/// Under churn the kernel skips the main program for transitions in softirqs that
+/// interrupt it (its recursion_misses: ~0.1 % of transitions here); the nested program
+/// handles those, so the per-namespace counts still balance: once every connection is
+/// closed, each state was left as often as it was entered.
+#[test]
+fn transitions_the_kernel_skips_the_main_program_for_are_still_counted() {
+    let ns = Netns::new("ev-nested");
+    let source = attach(EventFilter::touching([CloseWait]), &[&ns]);
+    let inum = inum(&ns);
+    let mut counts = source.counts().expect("counters");
+    // Three processes churning connections that both ends close gracefully (the
+    // testkit's churn, whose servers reset, made no skips in 30 s here), until the
+    // nested program has had to act.
+    for _ in 0..6 {
+        let churners: Vec<std::process::Child> = (0..3)
+            .map(|_| {
+                ns.command("python3")
+                    .args(["-c", GRACEFUL_CHURN, "5"])
+                    .spawn()
+                    .expect("python3")
+            })
+            .collect();
+        for mut churner in churners {
+            assert!(churner.wait().expect("churner").success(), "churner failed");
+        }
+        counts = source.counts().expect("counters");
+        if counts.rescued >= 100 {
+            break;
+        }
+    }
+    assert!(
+        counts.rescued >= 100,
+        "30 s of churn and the kernel skipped the main program only {} times: {counts:?}",
+        counts.rescued
+    );
+    // Only TIME_WAIT left (the clients' ends, closed first): no full socket is in
+    // the middle of a transition.
+    assert!(
+        wait_until(WAIT, || ns.sockets().iter().all(|s| s.state == "TIME-WAIT")),
+        "every connection closed"
+    );
+    let transitions = netns_transitions(&source, inum);
+    let counts = source.counts().expect("counters");
+    let (mut entered, mut left) = ([0u64; 256], [0u64; 256]);
+    for (from, to, n) in transitions.nonzero() {
+        left[usize::from(from)] += n;
+        entered[usize::from(to)] += n;
+    }
+    // A socket's life begins in CLOSE (made) or LISTEN (a child cloned from its
+    // listener: LISTEN -> SYN_RECV) and ends in CLOSE: every other state balances.
+    // FIN_WAIT1 is reported apart: under this churn a few of its exits in 10,000
+    // (none skipped by the kernel: its recursion_misses are all rescued) never reach
+    // the tracepoint's programs at all, a drift not understood yet (see README).
+    let (close, listen, fin_wait1) = (Close as usize, Listen as usize, FinWait1 as usize);
+    let unbalanced: Vec<(usize, u64, u64)> = (0..256)
+        .filter(|&state| ![close, listen, fin_wait1].contains(&state))
+        .filter(|&state| entered[state] != left[state])
+        .map(|state| (state, entered[state], left[state]))
+        .collect();
+    // Without the nested program every skip would leave a state entered and never
+    // left, or the reverse. Every skip must be rescued; a rescue may double a
+    // transition the main program handled (its key pushed out of the ring of 16 by
+    // more transitions between the two programs), so a few are allowed.
+    let imbalance: u64 = unbalanced.iter().map(|(_, e, l)| e.abs_diff(*l)).sum();
+    assert!(
+        counts.skipped == 0 && imbalance <= counts.rescued / 20,
+        "states entered and left unequally {unbalanced:?} with {} transitions skipped \
+         by both programs, {} rescued; {}",
+        counts.skipped,
+        counts.rescued,
+        counting_context(&ns, &source)
+    );
+    let drift = entered[fin_wait1].abs_diff(left[fin_wait1]);
+    eprintln!(
+        "rescued {}, imbalance {imbalance}, FIN_WAIT1 drift {drift} of {}",
+        counts.rescued, entered[fin_wait1]
+    );
+}
+
 /// With the filter on, the transitions of a namespace outside it are neither counted
 /// nor sent: only tallied as filtered. The filter follows the set user space gives it.
 #[test]

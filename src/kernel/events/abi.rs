@@ -31,8 +31,22 @@ pub struct Counters {
     pub netns_overflow: u64,
     pub unknown_states: u64,
     pub filtered: u64,
+    /// `SLOT_NESTED` only: transitions the nested program handled for the main one.
+    pub rescued: u64,
+    /// `SLOT_MAIN` only: the transitions the main program began last, a ring.
+    pub handled: [u64; HANDLED_KEYS],
+    pub handled_next: u64,
 }
-const _: () = assert!(std::mem::size_of::<Counters>() == (STATE_SLOTS * STATE_SLOTS + 4) * 8);
+const _: () =
+    assert!(std::mem::size_of::<Counters>() == (STATE_SLOTS * STATE_SLOTS + 6 + HANDLED_KEYS) * 8);
+
+/// `HANDLED_KEYS`: transitions the main program remembers for the nested one.
+const HANDLED_KEYS: usize = 16;
+
+/// COUNTERS slots, and `NetnsTransition::slot`: what the main program counted, and what
+/// the nested program counted for it.
+pub const SLOT_MAIN: u32 = 0;
+pub const SLOT_NESTED: u32 = 1;
 
 // SAFETY: integers only, no padding, any bit pattern is valid.
 unsafe impl aya::Pod for Counters {}
@@ -44,7 +58,8 @@ pub struct NetnsTransition {
     pub netns_inum: u32,
     pub from: u8,
     pub to: u8,
-    pub pad: u16,
+    /// `SLOT_MAIN` or `SLOT_NESTED`: summed by user space.
+    pub slot: u16,
 }
 const _: () = assert!(std::mem::size_of::<NetnsTransition>() == 8);
 

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
+use super::abi::{SLOT_MAIN, SLOT_NESTED};
 use super::{EventMaps, STATE_SLOTS, TRACEPOINT};
 use crate::kernel::record::TcpState;
 
@@ -49,11 +50,16 @@ pub struct Counts {
     pub transitions: Transitions,
     /// Events not sent because the ring buffer was full.
     pub lost: u64,
-    /// Transitions the program never saw: the kernel does not run a tracing program on
-    /// a CPU where it is already running, so a transition in a softirq that interrupts
-    /// the program there is skipped, neither counted nor sent (`recursion_misses` in the
-    /// program's fdinfo, Linux 5.12+; 0 where the kernel does not report it).
+    /// Transitions neither program handled. The kernel does not run a tracing program
+    /// on a CPU where it is already running: a transition in a softirq that interrupts
+    /// the main program there skips it (`recursion_misses` in its fdinfo, Linux 5.12+;
+    /// 0 where the kernel does not report it), and the nested program handles it
+    /// (`rescued`), unless the same socket made the same transition among the main
+    /// program's last 16 on that CPU.
     pub skipped: u64,
+    /// Transitions the nested program handled because the kernel skipped the main one
+    /// (counted in `transitions` and sent like the others).
+    pub rescued: u64,
     /// Transitions not counted per namespace because that map was full (they are in
     /// `transitions`).
     pub netns_overflow: u64,
@@ -65,28 +71,36 @@ pub struct Counts {
 }
 
 impl EventMaps {
-    /// The kernel's counters, summed over CPUs.
+    /// The kernel's counters, summed over CPUs and over what the main and the nested
+    /// program counted.
     pub fn counts(&self) -> io::Result<Counts> {
-        let per_cpu = self.counters.get(&0, 0).map_err(io::Error::other)?;
         let mut counts = Counts::default();
-        for cpu in per_cpu.iter() {
-            for (from, row) in cpu.transitions.iter().enumerate() {
-                for (to, n) in row.iter().enumerate() {
-                    counts.transitions.counts[from][to] += n;
+        let mut rescued = 0;
+        for slot in [SLOT_MAIN, SLOT_NESTED] {
+            let per_cpu = self.counters.get(&slot, 0).map_err(io::Error::other)?;
+            for cpu in per_cpu.iter() {
+                for (from, row) in cpu.transitions.iter().enumerate() {
+                    for (to, n) in row.iter().enumerate() {
+                        counts.transitions.counts[from][to] += n;
+                    }
                 }
+                counts.lost += cpu.lost;
+                counts.netns_overflow += cpu.netns_overflow;
+                counts.unknown_states += cpu.unknown_states;
+                counts.filtered += cpu.filtered;
+                rescued += cpu.rescued;
             }
-            counts.lost += cpu.lost;
-            counts.netns_overflow += cpu.netns_overflow;
-            counts.unknown_states += cpu.unknown_states;
-            counts.filtered += cpu.filtered;
         }
-        counts.skipped = self.skipped()?;
+        counts.rescued = rescued;
+        // Read after the counters: a skip the nested program handled since is then
+        // counted in neither, never as lost.
+        counts.skipped = self.main_program_skips()?.saturating_sub(rescued);
         Ok(counts)
     }
 
-    /// Transitions the kernel skipped the program for (see `Counts::skipped`), from the
-    /// program's fdinfo: one small /proc read.
-    fn skipped(&self) -> io::Result<u64> {
+    /// Transitions the kernel skipped the main program for, from its fdinfo: one small
+    /// /proc read.
+    fn main_program_skips(&self) -> io::Result<u64> {
         let program = self
             .ebpf
             .program(TRACEPOINT)

@@ -65,7 +65,11 @@ static PROGRAM: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/state_change.bpf.o"));
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// The tracepoint, and the name of the main program on it.
 const TRACEPOINT: &str = "inet_sock_set_state";
+/// The program on the same tracepoint that handles what the kernel skipped the main one
+/// for (see bpf/state_change.bpf.c).
+const NESTED_PROGRAM: &str = "inet_sock_set_state_nested";
 /// Bytes one event takes in the ring: the record and the ring's 8-byte header.
 pub const RING_BYTES_PER_EVENT: u32 = abi::STATE_CHANGE_LEN as u32 + 8;
 
@@ -310,23 +314,35 @@ fn load(config: &EventsConfig) -> Result<Ebpf, EventsError> {
     })?;
     let mut ebpf = loaded.map_err(|e| EventsError::classify(&e, EventsError::Load))?;
 
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(TRACEPOINT)
-        .ok_or_else(|| EventsError::Load(format!("no program {TRACEPOINT} in the object")))?
-        .try_into()
-        .map_err(|e: ProgramError| EventsError::Load(e.to_string()))?;
-    program.load(TRACEPOINT, &btf).map_err(|e| match e {
-        ProgramError::Btf(_) => {
-            EventsError::TracepointMissing(format!("no btf_trace_{TRACEPOINT} in BTF"))
-        }
-        e => EventsError::classify(&e, EventsError::Load),
-    })?;
+    for name in [TRACEPOINT, NESTED_PROGRAM] {
+        tracepoint_program(&mut ebpf, name)?
+            .load(TRACEPOINT, &btf)
+            .map_err(|e| match e {
+                ProgramError::Btf(_) => {
+                    EventsError::TracepointMissing(format!("no btf_trace_{TRACEPOINT} in BTF"))
+                }
+                e => EventsError::classify(&e, EventsError::Load),
+            })?;
+    }
     drop(btf);
     release_freed_heap();
-    program
-        .attach()
-        .map_err(|e| EventsError::classify(&e, EventsError::Attach))?;
+    // Either order works: the nested program acts only while the main one runs.
+    for name in [TRACEPOINT, NESTED_PROGRAM] {
+        tracepoint_program(&mut ebpf, name)?
+            .attach()
+            .map_err(|e| EventsError::classify(&e, EventsError::Attach))?;
+    }
     Ok(ebpf)
+}
+
+fn tracepoint_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut BtfTracePoint, EventsError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| EventsError::Load(format!("no program {name} in the object")))?
+        .try_into()
+        .map_err(|e: ProgramError| EventsError::Load(e.to_string()))
 }
 
 impl EventMaps {
@@ -384,8 +400,8 @@ impl EventMaps {
         &self.filtered
     }
 
-    /// Transition counts per network namespace inode (empty unless
-    /// `EventsConfig::count_per_netns`).
+    /// Transition counts per network namespace inode, the main and the nested
+    /// program's summed (empty unless `EventsConfig::count_per_netns`).
     pub fn transitions_by_netns(&self) -> io::Result<HashMap<u32, Transitions>> {
         let mut by_netns: HashMap<u32, Transitions> = HashMap::new();
         for entry in self.netns.iter() {
@@ -393,7 +409,7 @@ impl EventMaps {
             let count: u64 = per_cpu.iter().sum();
             let (from, to) = (usize::from(key.from), usize::from(key.to));
             if from < STATE_SLOTS && to < STATE_SLOTS {
-                by_netns.entry(key.netns_inum).or_default().counts[from][to] = count;
+                by_netns.entry(key.netns_inum).or_default().counts[from][to] += count;
             }
         }
         Ok(by_netns)
