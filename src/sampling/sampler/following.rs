@@ -208,6 +208,15 @@ impl Following {
             );
             return Ok(TableRound::Stale);
         }
+        if counted < table.counted_by_kernel() as u64 {
+            let marked = table.check_passing_states();
+            tracing::debug!(
+                kernel = counted,
+                table = table.counted_by_kernel(),
+                marked,
+                "the kernel counts fewer sockets than the followed table"
+            );
+        }
         let records = table.records().copied().collect();
         Ok(TableRound::Served(records, refreshed))
     }
