@@ -34,15 +34,19 @@ fn close_wait_only() -> [bool; STATE_COUNT] {
     fresh
 }
 
-fn planned(table: &mut SocketTable) -> Vec<u64> {
+/// The sockets a round with only CLOSE_WAIT fresh looks up.
+fn asked(table: &mut SocketTable) -> Vec<SocketRecord> {
     match table.plan(&close_wait_only(), &HashMap::new()) {
-        LookupPlan::Lookups { asked: records, .. } => {
-            let mut cookies: Vec<u64> = records.iter().map(|r| r.cookie).collect();
-            cookies.sort();
-            cookies
-        }
+        LookupPlan::Lookups { asked, .. } => asked,
         LookupPlan::Dump => panic!("a dump was planned"),
     }
+}
+
+/// Their cookies, sorted.
+fn planned(table: &mut SocketTable) -> Vec<u64> {
+    let mut cookies: Vec<u64> = asked(table).iter().map(|r| r.cookie).collect();
+    cookies.sort();
+    cookies
 }
 
 /// A connection's life in events: born without its port, identified once
@@ -68,10 +72,7 @@ fn a_connection_is_followed_from_birth_to_close() {
         TcpState::CloseWait,
         40000,
     ));
-    let asked = match table.plan(&close_wait_only(), &HashMap::new()) {
-        LookupPlan::Lookups { asked, .. } => asked,
-        LookupPlan::Dump => panic!("identified by now"),
-    };
+    let asked = asked(&mut table);
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].local_port, 40000, "looked up by its own port");
     table.apply(&change(7, TcpState::CloseWait, TcpState::LastAck, 40000));
@@ -228,13 +229,8 @@ fn a_ghost_in_a_passing_state_goes_once_the_kernel_counts_fewer() {
     assert_eq!(planned(&mut table), [3], "only CLOSE_WAIT is refreshed");
     assert_eq!(table.check_passing_states(), 1, "the FIN_WAIT1 socket");
     assert_eq!(table.check_passing_states(), 0, "marked once");
-    let asked = match table.plan(&close_wait_only(), &HashMap::new()) {
-        LookupPlan::Lookups { asked, .. } => asked,
-        LookupPlan::Dump => panic!("identified sockets"),
-    };
-    let mut cookies: Vec<u64> = asked.iter().map(|r| r.cookie).collect();
-    cookies.sort();
-    assert_eq!(cookies, [1, 3]);
+    assert_eq!(planned(&mut table), [1, 3]);
+    let asked = asked(&mut table);
     table.take_lookups(&asked, vec![record(3, TcpState::CloseWait)]);
     assert_eq!(
         states(&table),
