@@ -167,8 +167,18 @@ impl EventFeed {
             let Ok(counts) = attached.maps.counts() else {
                 return true;
             };
-            let lost = (counts.lost + counts.skipped).saturating_add(attached.drain.dropped());
+            let dropped = attached.drain.dropped();
+            let lost = (counts.lost + counts.skipped).saturating_add(dropped);
             let any = lost != attached.lost_seen;
+            if any {
+                tracing::debug!(
+                    ring_full = counts.lost,
+                    queue_full = dropped,
+                    skipped_by_the_kernel = counts.skipped,
+                    rescued = counts.rescued,
+                    "events lost since attach"
+                );
+            }
             attached.lost_seen = lost;
             return any;
         }
