@@ -15,12 +15,23 @@ use tcpstate_exporter::model::classify::{Classifier, ListeningPorts};
 use tcpstate_exporter::model::labels::{Direction, OwnerKey, PortLabel, ProcessId};
 
 const BATCH: usize = 10_000;
-/// `struct inet_diag_msg` without attributes.
-const MESSAGE_LEN: usize = 72;
+/// `struct inet_diag_msg`.
+const HEADER_LEN: usize = 72;
+/// The attributes the kernel puts on every full socket whatever was asked (Linux 6.x,
+/// as root): INET_DIAG_SHUTDOWN (u8), INET_DIAG_MARK (u32), INET_DIAG_CGROUP_ID (u64),
+/// INET_DIAG_SOCKOPT (u16), as (length, type) headers and padded values.
+const USUAL_ATTRIBUTES: [u8; 36] = [
+    5, 0, 8, 0, 0, 0, 0, 0, // shutdown
+    8, 0, 15, 0, 0, 0, 0, 0, // mark
+    12, 0, 21, 0, 1, 2, 3, 4, 5, 6, 7, 8, // cgroup id
+    6, 0, 22, 0, 0, 0, 0, 0, // socket options
+];
+const MESSAGE_LEN: usize = HEADER_LEN + USUAL_ATTRIBUTES.len();
 
-/// An inet_diag_msg (IPv4) as the kernel writes it.
+/// An inet_diag_msg (IPv4) as the kernel writes it, with its usual attributes.
 fn message(state: u8, local_port: u16, remote_port: u16, cookie: u64) -> [u8; MESSAGE_LEN] {
     let mut m = [0u8; MESSAGE_LEN];
+    m[HEADER_LEN..].copy_from_slice(&USUAL_ATTRIBUTES);
     m[0] = libc::AF_INET as u8;
     m[1] = state;
     m[4..6].copy_from_slice(&local_port.to_be_bytes());
