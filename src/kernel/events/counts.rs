@@ -74,6 +74,11 @@ impl EventMaps {
     /// The kernel's counters, summed over CPUs and over what the main and the nested
     /// program counted.
     pub fn counts(&self) -> io::Result<Counts> {
+        // The skips first, the rescues after: the kernel counts a skip just before the
+        // nested program rescues it, so a skip read before its rescue (read the other
+        // way round, ~550 a second under graceful churn) would count as lost and make
+        // every followed namespace dump again.
+        let skips = self.main_program_skips()?;
         let mut counts = Counts::default();
         let mut rescued = 0;
         for slot in [SLOT_MAIN, SLOT_NESTED] {
@@ -92,9 +97,7 @@ impl EventMaps {
             }
         }
         counts.rescued = rescued;
-        // Read after the counters: a skip the nested program handled since is then
-        // counted in neither, never as lost.
-        counts.skipped = self.main_program_skips()?.saturating_sub(rescued);
+        counts.skipped = skips.saturating_sub(rescued);
         Ok(counts)
     }
 
