@@ -101,13 +101,41 @@ impl Drop for Daemon {
 pub struct ConfigFile(PathBuf);
 
 impl ConfigFile {
-    /// Writes `text` to `NAME-PID.toml` in the temp dir.
+    /// Writes `text` to a new file `NAME-PID-N.toml` in the temp dir. The bench runs as
+    /// root and /tmp is everyone's: the file is created exclusively (`O_EXCL`: a link or
+    /// file planted under that name is neither followed nor truncated, the next name is
+    /// tried), readable by root alone, and N is not predictable from the pid.
     pub fn write(name: &str, text: &str) -> Result<ConfigFile, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let pid = std::process::id();
-        // The guard first: a failed write removes whatever it left.
-        let file = ConfigFile(std::env::temp_dir().join(format!("{name}-{pid}.toml")));
-        std::fs::write(&file.0, text).map_err(|e| format!("{}: {e}", file.0.display()))?;
-        Ok(file)
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.subsec_nanos());
+        for _ in 0..16 {
+            let path = std::env::temp_dir().join(format!("{name}-{pid}-{seed:08x}.toml"));
+            seed = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path);
+            let mut opened = match created {
+                Ok(opened) => opened,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            // The guard once the file is ours: a failed write removes what it left.
+            let file = ConfigFile(path);
+            opened
+                .write_all(text.as_bytes())
+                .map_err(|e| format!("{}: {e}", file.0.display()))?;
+            return Ok(file);
+        }
+        Err(format!(
+            "{}: no free name for {name}-{pid}-*.toml after 16 tries",
+            std::env::temp_dir().display()
+        ))
     }
 
     /// The path, as the daemon's `--config.file` takes it.
@@ -304,9 +332,10 @@ mod tests {
     #[test]
     fn a_config_file_goes_with_its_guard_even_when_the_benchmark_panics() {
         let name = "tcpstate-bench-guard-test";
-        let path = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+        let (sender, written) = std::sync::mpsc::channel();
         let ended = std::panic::catch_unwind(|| {
             let file = ConfigFile::write(name, "x = 1\n").expect("write");
+            sender.send(PathBuf::from(file.arg())).expect("send");
             assert_eq!(
                 std::fs::read_to_string(file.arg()).ok().as_deref(),
                 Some("x = 1\n")
@@ -314,7 +343,36 @@ mod tests {
             panic!("a benchmark that fails with its daemon's config written");
         });
         assert!(ended.is_err());
+        let path = written.recv().expect("the path");
         assert!(!path.exists(), "{} left behind", path.display());
+    }
+
+    /// A link planted where a predictable name would be (the bench runs as root, /tmp is
+    /// everyone's) is never followed: its target keeps its content.
+    #[test]
+    fn a_config_file_never_writes_through_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir();
+        let target = dir.join(format!("tcpstate-bench-target-{}", std::process::id()));
+        std::fs::write(&target, "precious\n").expect("target");
+        let name = "tcpstate-bench-link-test";
+        let planted = dir.join(format!("{name}-{}.toml", std::process::id()));
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&target, &planted).expect("link");
+        let file = ConfigFile::write(name, "x = 1\n").expect("write");
+        assert_ne!(PathBuf::from(file.arg()), planted);
+        let mode = std::fs::metadata(file.arg())
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner alone");
+        drop(file);
+        assert_eq!(
+            std::fs::read_to_string(&target).ok().as_deref(),
+            Some("precious\n")
+        );
+        let _ = std::fs::remove_file(&planted);
+        let _ = std::fs::remove_file(&target);
     }
 
     #[test]
