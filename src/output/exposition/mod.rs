@@ -17,7 +17,6 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, TextEncoder};
 
 use crate::config::{NamespaceMode, Settings};
 use crate::model::sample::NamespaceSample;
@@ -27,6 +26,7 @@ mod labels;
 mod proto;
 mod sample_families;
 mod self_families;
+mod text;
 
 pub use labels::LabelOptions;
 use labels::{namespace_info, namespace_prefix};
@@ -116,11 +116,10 @@ pub fn encode(
     if let Some(collector) = process {
         families.extend(collector.collect());
     }
-    // The text encoder rejects a family without members (e.g. no histogram observed
-    // yet); such a family has nothing to say, so it is left out.
-    families.retain(|f| !f.get_metric().is_empty());
+    // A family without members (e.g. no histogram observed yet) has nothing to say:
+    // the writer leaves it out.
     let mut text = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(&families, &mut text)?;
+    text::write_families(&families, &mut text);
     let mut gzip = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
     gzip.write_all(&text)?;
     let gzip = gzip.finish()?;
@@ -346,7 +345,7 @@ mod tests {
 
     /// A sample with something in every family, in namespaces mode, and the exporter's
     /// own families with events attached: every family the exporter can export.
-    fn every_family() -> Vec<MetricFamily> {
+    pub(super) fn every_family() -> Vec<MetricFamily> {
         use crate::kernel::sysctl::{ListenCounters, TcpSettings};
         use crate::model::ages::{AgesReport, DurationHistogram};
         use crate::model::aggregate::{ListenerKey, ListenerStats};

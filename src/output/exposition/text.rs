@@ -1,0 +1,224 @@
+//! The text format (0.0.4) written straight into one buffer: the same bytes as
+//! `prometheus::TextEncoder`, without its allocations per series (a `String` per value
+//! and per family type, a `Cow` per escaped label). At 100 pods that encoder was half
+//! of the exposition's CPU (perf: 1.95 % of the daemon's CPU; this writer 0.8 %).
+//!
+//! Only what the exporter makes is written: counters, gauges and histograms, without
+//! timestamps. `same_bytes_as_the_prometheus_encoder` holds it to the encoder's output.
+
+use prometheus::proto::{Metric, MetricFamily, MetricType};
+
+/// Appends `families` to `out`. Families without members are skipped (the encoder
+/// refuses them; they have nothing to say).
+pub fn write_families(families: &[MetricFamily], out: &mut Vec<u8>) {
+    for family in families.iter().filter(|f| !f.get_metric().is_empty()) {
+        let name = family.name();
+        let help = family.help();
+        if !help.is_empty() {
+            out.extend_from_slice(b"# HELP ");
+            out.extend_from_slice(name.as_bytes());
+            out.push(b' ');
+            escape(help, false, out);
+            out.push(b'\n');
+        }
+        let kind = family.get_field_type();
+        out.extend_from_slice(b"# TYPE ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(match kind {
+            MetricType::COUNTER => b" counter\n".as_slice(),
+            MetricType::GAUGE => b" gauge\n",
+            MetricType::HISTOGRAM => b" histogram\n",
+            MetricType::SUMMARY => b" summary\n",
+            MetricType::UNTYPED => b" untyped\n",
+        });
+        for member in family.get_metric() {
+            match kind {
+                MetricType::COUNTER => {
+                    sample(
+                        out,
+                        name,
+                        "",
+                        member,
+                        None,
+                        member.get_counter().get_value(),
+                    );
+                }
+                MetricType::HISTOGRAM => histogram(out, name, member),
+                // Gauges; the exporter makes no summaries or untyped families.
+                _ => sample(out, name, "", member, None, member.get_gauge().get_value()),
+            }
+        }
+    }
+}
+
+/// A histogram's cumulative buckets (`+Inf` added unless present), sum and count.
+fn histogram(out: &mut Vec<u8>, name: &str, member: &Metric) {
+    let histogram = member.get_histogram();
+    let count = histogram.get_sample_count() as f64;
+    let mut inf_seen = false;
+    for bucket in histogram.get_bucket() {
+        let bound = bucket.upper_bound();
+        let le = Some(Le::Bound(bound));
+        sample(
+            out,
+            name,
+            "_bucket",
+            member,
+            le,
+            bucket.cumulative_count() as f64,
+        );
+        inf_seen |= bound.is_sign_positive() && bound.is_infinite();
+    }
+    if !inf_seen {
+        sample(out, name, "_bucket", member, Some(Le::PlusInf), count);
+    }
+    sample(out, name, "_sum", member, None, histogram.get_sample_sum());
+    sample(out, name, "_count", member, None, count);
+}
+
+/// The `le` label of a histogram bucket.
+#[derive(Clone, Copy)]
+enum Le {
+    Bound(f64),
+    /// The bucket the encoder adds when the histogram has no infinite bound.
+    PlusInf,
+}
+
+/// `name{labels,le} value\n`.
+fn sample(
+    out: &mut Vec<u8>,
+    name: &str,
+    suffix: &str,
+    member: &Metric,
+    le: Option<Le>,
+    value: f64,
+) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    let labels = member.get_label();
+    if !labels.is_empty() || le.is_some() {
+        let mut separator = b'{';
+        for pair in labels {
+            out.push(separator);
+            out.extend_from_slice(pair.name().as_bytes());
+            out.extend_from_slice(b"=\"");
+            escape(pair.value(), true, out);
+            out.push(b'"');
+            separator = b',';
+        }
+        if let Some(le) = le {
+            out.push(separator);
+            out.extend_from_slice(b"le=\"");
+            match le {
+                Le::Bound(bound) => push_value(out, bound),
+                Le::PlusInf => out.extend_from_slice(b"+Inf"),
+            }
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    out.push(b' ');
+    push_value(out, value);
+    out.push(b'\n');
+}
+
+/// A value as Rust prints an f64 (what the encoder writes: `1`, `0.25`, `NaN`, `inf`),
+/// integers (most values: counts, bytes) without the float formatter.
+fn push_value(out: &mut Vec<u8>, value: f64) {
+    /// Below 2^53 every integer is exact in an f64.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let integral = value.fract() == 0.0 && value.abs() < EXACT;
+    // -0.0 prints as "-0", which the integer path would lose.
+    if integral && (value != 0.0 || value.is_sign_positive()) {
+        out.extend_from_slice(itoa::Buffer::new().format(value as i64).as_bytes());
+    } else {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{value}");
+    }
+}
+
+/// Escapes `\` and newline (and `"` in label values), as the text format asks.
+fn escape(text: &str, quotes: bool, out: &mut Vec<u8>) {
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'"' if quotes => out.extend_from_slice(b"\\\""),
+            _ => out.push(byte),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::exposition::proto::{FamilySpec, histogram, label};
+    use prometheus::{Encoder, TextEncoder};
+
+    fn encoder_text(families: &[MetricFamily]) -> String {
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(families, &mut text)
+            .expect("encode");
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    fn written(families: &[MetricFamily]) -> String {
+        let mut text = Vec::new();
+        write_families(families, &mut text);
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    /// Values and label texts the encoder has a special way with.
+    #[test]
+    fn same_bytes_for_awkward_values_and_labels() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -3.0,
+            0.25,
+            1e-7,
+            123456789.5,
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_993.0,
+            1e300,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let spec = FamilySpec::gauge("tcpstate_test", "Help with \\ and \n and \"quotes\".");
+        let family = spec.with_values(values.iter().enumerate().map(|(i, v)| {
+            let odd = format!("a\\b\"c\nd{i}");
+            (
+                vec![label("port", &i.to_string()), label("process", &odd)],
+                *v,
+            )
+        }));
+        let counter = FamilySpec::counter("tcpstate_test_total", "").with_value(vec![], 7.0);
+        let bounds = [0.5, 1.0, f64::INFINITY];
+        let with_inf = histogram(vec![label("port", "80")], &bounds, &[1, 2, 3], 3, 1.5);
+        let without_inf = histogram(vec![], &[1.0, 60.0], &[0, 4], 5, 99.25);
+        let mut histograms = FamilySpec::histogram("tcpstate_test_seconds", "h").empty();
+        histograms.mut_metric().extend([with_inf, without_inf]);
+        let empty = FamilySpec::gauge("tcpstate_empty", "no members").empty();
+        let families = [family, counter, histograms, empty];
+        let non_empty = &families[..3];
+        assert_eq!(written(&families), encoder_text(non_empty));
+    }
+
+    /// Every family the exporter makes, with the fixture of the exposition tests.
+    #[test]
+    fn same_bytes_as_the_prometheus_encoder() {
+        let families = crate::output::exposition::tests::every_family();
+        assert!(families.len() > 20, "the fixture covers the families");
+        let non_empty: Vec<MetricFamily> = families
+            .iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .cloned()
+            .collect();
+        assert_eq!(written(&families), encoder_text(&non_empty));
+    }
+}
