@@ -76,6 +76,60 @@ fn netns_transitions(source: &EventSource, inum: u32) -> Transitions {
         .unwrap_or_default()
 }
 
+/// The namespace's transitions with the full sockets `ss` shows in each kernel state
+/// (TIME_WAIT and request sockets are not full sockets: left out) and their `ss` lines,
+/// read when two reads of the transitions around one of `ss` agree: nothing moved
+/// between them.
+fn settled_transitions(
+    source: &EventSource,
+    inum: u32,
+    ns: &Netns,
+) -> (Transitions, [u64; 256], Vec<String>) {
+    for _ in 0..20 {
+        let before = netns_transitions(source, inum);
+        let sockets = ns.sockets_unowned();
+        let after = netns_transitions(source, inum);
+        if before.nonzero().eq(after.nonzero()) {
+            let mut holding = [0u64; 256];
+            let mut lingering = Vec::new();
+            for socket in &sockets {
+                if let Some(state) = full_socket_state(&socket.state) {
+                    holding[usize::from(state)] += 1;
+                    lingering.push(format!(
+                        "{} {}:{} -> {}:{:?}",
+                        socket.state,
+                        socket.local_ip,
+                        socket.local_port,
+                        socket.peer_ip,
+                        socket.peer_port
+                    ));
+                }
+            }
+            return (after, holding, lingering);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the namespace's transitions never held still for one ss read");
+}
+
+/// The kernel's state number of a full socket as `ss` names its state (`None` for
+/// TIME-WAIT and SYN-RECV, which `ss` also shows for time-wait and request sockets).
+fn full_socket_state(ss_state: &str) -> Option<u8> {
+    let state = match ss_state {
+        "ESTAB" => Established,
+        "SYN-SENT" => SynSent,
+        "FIN-WAIT-1" => FinWait1,
+        "FIN-WAIT-2" => FinWait2,
+        "UNCONN" | "CLOSE" => Close,
+        "CLOSE-WAIT" => CloseWait,
+        "LAST-ACK" => LastAck,
+        "LISTEN" => Listen,
+        "CLOSING" => Closing,
+        _ => return None,
+    };
+    Some(state as u8)
+}
+
 /// What a failed count is to be read against: the namespace's table by `ss`, the
 /// counts that fell out of the per-namespace map, and the invocations of this process's
 /// BPF programs the kernel skipped (`recursion_misses` in each program's fdinfo: a
@@ -489,13 +543,15 @@ fn transitions_the_kernel_skips_the_main_program_for_are_still_counted() {
         "30 s of churn and the kernel skipped the main program only {} times: {counts:?}",
         counts.rescued
     );
-    // Only TIME_WAIT left (the clients' ends, closed first): no full socket is in
-    // the middle of a transition.
-    assert!(
-        wait_until(WAIT, || ns.sockets().iter().all(|s| s.state == "TIME-WAIT")),
-        "every connection closed"
-    );
-    let transitions = netns_transitions(&source, inum);
+    // Every connection closed: only TIME_WAIT left (the clients' ends, closed first), or
+    // now and then on a busy host a full socket its last transition still holds (an
+    // orphan waiting for its peer's FIN or ACK: the CI run of 2026-12-03 07:26 failed on
+    // one). Such a socket entered its state and has not left it: it is counted as such.
+    wait_until(WAIT, || {
+        let sockets = ns.sockets_unowned();
+        sockets.iter().all(|s| s.state == "TIME-WAIT")
+    });
+    let (transitions, holding, lingering) = settled_transitions(&source, inum, &ns);
     let counts = source.counts().expect("counters");
     let (mut entered, mut left) = ([0u64; 256], [0u64; 256]);
     for (from, to, n) in transitions.nonzero() {
@@ -503,33 +559,38 @@ fn transitions_the_kernel_skips_the_main_program_for_are_still_counted() {
         entered[usize::from(to)] += n;
     }
     // A socket's life begins in CLOSE (made) or LISTEN (a child cloned from its
-    // listener: LISTEN -> SYN_RECV) and ends in CLOSE: every other state balances.
-    // FIN_WAIT1 is reported apart: under this churn a few of its exits in 10,000
-    // (none skipped by the kernel: its recursion_misses are all rescued) never reach
-    // the tracepoint's programs at all, a drift not understood yet (see README).
+    // listener: LISTEN -> SYN_RECV) and ends in CLOSE: every other state balances, but
+    // for the sockets still in it. FIN_WAIT1 is reported apart: under this churn a few
+    // of its exits in 10,000 (none skipped by the kernel: its recursion_misses are all
+    // rescued) never reach the tracepoint's programs at all, a drift not understood yet
+    // (see README).
     let (close, listen, fin_wait1) = (Close as usize, Listen as usize, FinWait1 as usize);
-    let unbalanced: Vec<(usize, u64, u64)> = (0..256)
+    let unbalanced: Vec<(usize, u64, u64, u64)> = (0..256)
         .filter(|&state| ![close, listen, fin_wait1].contains(&state))
-        .filter(|&state| entered[state] != left[state])
-        .map(|state| (state, entered[state], left[state]))
+        .filter(|&state| entered[state] != left[state] + holding[state])
+        .map(|state| (state, entered[state], left[state], holding[state]))
         .collect();
     // Without the nested program every skip would leave a state entered and never
     // left, or the reverse. Every skip must be rescued; a rescue may double a
     // transition the main program handled (its key pushed out of the ring of 16 by
     // more transitions between the two programs): seen up to 5 in 175, so up to one
     // in ten is allowed.
-    let imbalance: u64 = unbalanced.iter().map(|(_, e, l)| e.abs_diff(*l)).sum();
+    let imbalance: u64 = unbalanced
+        .iter()
+        .map(|(_, e, l, h)| e.abs_diff(l + h))
+        .sum();
     assert!(
         counts.skipped == 0 && imbalance <= counts.rescued / 10,
-        "states entered and left unequally {unbalanced:?} with {} transitions skipped \
-         by both programs, {} rescued; {}",
+        "states (entered, left, still in) unequal {unbalanced:?} with {} transitions \
+         skipped by both programs, {} rescued; still held: {lingering:?}; {}",
         counts.skipped,
         counts.rescued,
         counting_context(&ns, &source)
     );
-    let drift = entered[fin_wait1].abs_diff(left[fin_wait1]);
+    let drift = entered[fin_wait1].abs_diff(left[fin_wait1] + holding[fin_wait1]);
     eprintln!(
-        "rescued {}, imbalance {imbalance}, FIN_WAIT1 drift {drift} of {}",
+        "rescued {}, imbalance {imbalance}, FIN_WAIT1 drift {drift} of {}, still held \
+         {lingering:?}",
         counts.rescued, entered[fin_wait1]
     );
 }
