@@ -4,7 +4,7 @@
 //! says how much of the latency is the machine (wrk and the server sharing its CPUs).
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -98,55 +98,29 @@ impl Drop for Daemon {
 
 /// A config file for the daemon, `NAME-PID.toml` in the temp dir, removed on drop: a
 /// benchmark that returns early, fails or panics leaves none behind either.
-pub struct ConfigFile(PathBuf);
+pub struct ConfigFile(tempfile::TempPath);
 
 impl ConfigFile {
-    /// Writes `text` to a new file `NAME-PID-N.toml` in the temp dir. The bench runs as
-    /// root and /tmp is everyone's: the file is created exclusively (`O_EXCL`: a link or
-    /// file planted under that name is neither followed nor truncated, the next name is
-    /// tried), readable by root alone, and N is not predictable from the pid.
+    /// Writes `text` to a new file `NAME-XXXXXX.toml` in the temp dir: the bench runs as
+    /// root and /tmp is everyone's, so it is created exclusively (`O_EXCL`: nothing
+    /// planted under that name is followed or truncated) under a random name, mode 0600,
+    /// and removed when dropped, on a panic too.
     pub fn write(name: &str, text: &str) -> Result<ConfigFile, String> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let pid = std::process::id();
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.subsec_nanos());
-        for _ in 0..16 {
-            let path = std::env::temp_dir().join(format!("{name}-{pid}-{seed:08x}.toml"));
-            seed = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
-            let mut opened = match created {
-                Ok(opened) => opened,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            };
-            // The guard once the file is ours: a failed write removes what it left.
-            let file = ConfigFile(path);
-            opened
-                .write_all(text.as_bytes())
-                .map_err(|e| format!("{}: {e}", file.0.display()))?;
-            return Ok(file);
-        }
-        Err(format!(
-            "{}: no free name for {name}-{pid}-*.toml after 16 tries",
-            std::env::temp_dir().display()
-        ))
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .suffix(".toml")
+            .tempfile()
+            .map_err(|e| format!("{}: {e}", std::env::temp_dir().display()))?;
+        let path = file.path().display().to_string();
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("{path}: {e}"))?;
+        Ok(ConfigFile(file.into_temp_path()))
     }
 
     /// The path, as the daemon's `--config.file` takes it.
     pub fn arg(&self) -> String {
         self.0.display().to_string()
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -328,6 +302,7 @@ fn millis(text: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn a_config_file_goes_with_its_guard_even_when_the_benchmark_panics() {
@@ -347,32 +322,31 @@ mod tests {
         assert!(!path.exists(), "{} left behind", path.display());
     }
 
-    /// A link planted where a predictable name would be (the bench runs as root, /tmp is
-    /// everyone's) is never followed: its target keeps its content.
+    /// The name is not derived from the pid (a file planted at a guessable name is
+    /// never the one written: creation is exclusive, `tempfile`'s), two configs never
+    /// share a file, and only root can read them.
     #[test]
-    fn a_config_file_never_writes_through_a_planted_link() {
+    fn config_files_get_names_of_their_own_readable_by_root_alone() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir();
-        let target = dir.join(format!("tcpstate-bench-target-{}", std::process::id()));
-        std::fs::write(&target, "precious\n").expect("target");
-        let name = "tcpstate-bench-link-test";
-        let planted = dir.join(format!("{name}-{}.toml", std::process::id()));
-        let _ = std::fs::remove_file(&planted);
-        std::os::unix::fs::symlink(&target, &planted).expect("link");
-        let file = ConfigFile::write(name, "x = 1\n").expect("write");
-        assert_ne!(PathBuf::from(file.arg()), planted);
-        let mode = std::fs::metadata(file.arg())
-            .expect("metadata")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "readable by its owner alone");
-        drop(file);
-        assert_eq!(
-            std::fs::read_to_string(&target).ok().as_deref(),
-            Some("precious\n")
+        let name = "tcpstate-bench-name-test";
+        let guessable = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+        let (one, two) = (
+            ConfigFile::write(name, "a = 1\n").expect("write"),
+            ConfigFile::write(name, "b = 2\n").expect("write"),
         );
-        let _ = std::fs::remove_file(&planted);
-        let _ = std::fs::remove_file(&target);
+        assert_ne!(one.arg(), two.arg());
+        assert_ne!(PathBuf::from(one.arg()), guessable);
+        for (file, text) in [(&one, "a = 1\n"), (&two, "b = 2\n")] {
+            assert_eq!(
+                std::fs::read_to_string(file.arg()).ok().as_deref(),
+                Some(text)
+            );
+            let mode = std::fs::metadata(file.arg())
+                .expect("metadata")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.arg());
+        }
     }
 
     #[test]
