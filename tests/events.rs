@@ -93,8 +93,13 @@ fn settled_transitions(
             let mut holding = [0u64; 256];
             let mut lingering = Vec::new();
             for socket in &sockets {
-                if let Some(state) = full_socket_state(&socket.state) {
-                    holding[usize::from(state)] += 1;
+                // TIME-WAIT and SYN-RECV are also what `ss` shows for time-wait and
+                // request sockets, which are not full sockets.
+                let full = socket
+                    .tcp_state()
+                    .filter(|s| !matches!(s, TimeWait | SynRecv));
+                if let Some(state) = full {
+                    holding[state as usize] += 1;
                     lingering.push(format!(
                         "{} {}:{} -> {}:{:?}",
                         socket.state,
@@ -110,24 +115,6 @@ fn settled_transitions(
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("the namespace's transitions never held still for one ss read");
-}
-
-/// The kernel's state number of a full socket as `ss` names its state (`None` for
-/// TIME-WAIT and SYN-RECV, which `ss` also shows for time-wait and request sockets).
-fn full_socket_state(ss_state: &str) -> Option<u8> {
-    let state = match ss_state {
-        "ESTAB" => Established,
-        "SYN-SENT" => SynSent,
-        "FIN-WAIT-1" => FinWait1,
-        "FIN-WAIT-2" => FinWait2,
-        "UNCONN" | "CLOSE" => Close,
-        "CLOSE-WAIT" => CloseWait,
-        "LAST-ACK" => LastAck,
-        "LISTEN" => Listen,
-        "CLOSING" => Closing,
-        _ => return None,
-    };
-    Some(state as u8)
 }
 
 /// What a failed count is to be read against: the namespace's table by `ss`, the

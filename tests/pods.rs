@@ -27,16 +27,11 @@ use support::{
 const PREFIX: &str = "tcpstate-pods";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The exporter's state label for an `ss` state.
-fn state_label(ss_state: &str) -> String {
-    let state = match ss_state {
-        "ESTAB" => Some(TcpState::Established),
-        "FIN-WAIT-1" => Some(TcpState::FinWait1),
-        "FIN-WAIT-2" => Some(TcpState::FinWait2),
-        other => TcpState::parse(other),
-    };
-    state
-        .unwrap_or_else(|| panic!("ss state {ss_state} unknown to the exporter"))
+/// The exporter's state label for a socket as `ss` shows it.
+fn state_label(socket: &SsSocket) -> String {
+    socket
+        .tcp_state()
+        .unwrap_or_else(|| panic!("ss state {} unknown to the exporter", socket.state))
         .name()
         .to_string()
 }
@@ -98,7 +93,7 @@ fn expected(sockets: &[SsSocket]) -> BTreeMap<String, f64> {
         .collect();
     for s in sockets {
         *want
-            .entry(format!("sockets {}", state_label(&s.state)))
+            .entry(format!("sockets {}", state_label(s)))
             .or_default() += 1.0;
         let inbound = listening.contains(&s.local_port);
         match s.state.as_str() {
@@ -759,7 +754,7 @@ fn ss_holders(sockets: &[SsSocket], port: u16) -> BTreeMap<(String, String, Stri
         let join =
             |f: &dyn Fn(&SsUser) -> String| s.users.iter().map(f).collect::<Vec<_>>().join(",");
         let key = (
-            state_label(&s.state),
+            state_label(s),
             join(&|u| u.name.clone()),
             join(&|u| u.pid.to_string()),
         );

@@ -1,6 +1,8 @@
 //! Parsing of `ss -tanepoH` output: an independent view of the kernel's TCP table
 //! (iproute2's own sock_diag client) to check scenarios and the exporter against.
 
+use tcpstate_exporter::kernel::record::TcpState;
+
 /// One line of `ss -tanepoH`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SsSocket {
@@ -31,6 +33,17 @@ pub struct SsUser {
 }
 
 impl SsSocket {
+    /// The kernel state `ss` names (`ESTAB`, `FIN-WAIT-1`, `FIN-WAIT-2` are spelled
+    /// otherwise than the exporter's names); `None` for a name the exporter does not know.
+    pub fn tcp_state(&self) -> Option<TcpState> {
+        match self.state.as_str() {
+            "ESTAB" => Some(TcpState::Established),
+            "FIN-WAIT-1" => Some(TcpState::FinWait1),
+            "FIN-WAIT-2" => Some(TcpState::FinWait2),
+            other => TcpState::parse(other),
+        }
+    }
+
     /// The comms of the holders, sorted, duplicates kept.
     pub fn user_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
