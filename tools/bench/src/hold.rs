@@ -1,11 +1,14 @@
 //! `--hold N -- COMMAND...`: builds a table of N sockets in a private namespace, runs
 //! COMMAND inside that namespace while the table is held (TIME_WAIT kept alive), then
 //! tears everything down. For measuring anything else against a large table: a
-//! Prometheus, `ss`, a profiler, the exporter with other flags.
+//! Prometheus, `ss`, a profiler, the exporter with other flags. `--pods-hold` holds a
+//! node of pods the same way (`pods::hold`).
 
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+use tcpstate_testkit::netns::Netns;
 
 use crate::load::Table;
 
@@ -14,22 +17,35 @@ pub const NETNS_ENV: &str = "TCPSTATE_BENCH_NETNS";
 
 /// Builds the table, runs `command` in the namespace and returns its exit status.
 pub fn hold(scenario: &Path, size: usize, command: &[String]) -> Result<ExitStatus, String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or("--hold needs a command after --")?;
     let ns = crate::prepared_netns()?;
     let started = Instant::now();
     let mut table = Table::build(&ns, scenario, size)?;
     eprintln!(
-        "holding {size} sockets in netns {} ({} actors, built in {:.1} s); running {program}",
+        "holding {size} sockets in netns {} ({} actors, built in {:.1} s)",
         ns.name(),
         table.actors(),
         started.elapsed().as_secs_f64()
     );
+    run_while_holding(&ns, &mut table, command, &[])
+}
+
+/// Runs `command` inside `ns` (its name in `$TCPSTATE_BENCH_NETNS`, plus `env`) and keeps
+/// `table`'s TIME_WAIT sockets alive until it exits; returns its exit status.
+pub fn run_while_holding(
+    ns: &Netns,
+    table: &mut Table,
+    command: &[String],
+    env: &[(&str, String)],
+) -> Result<ExitStatus, String> {
+    let (program, args) = command
+        .split_first()
+        .ok_or("a command is needed after --")?;
+    eprintln!("running {program}");
     let mut child = ns
         .command(program)
         .args(args)
         .env(NETNS_ENV, ns.name())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .map_err(|e| format!("start {program}: {e}"))?;
     loop {

@@ -44,6 +44,8 @@ pub struct Options {
     pub doc: Option<PathBuf>,
     /// `--hold N -- COMMAND...`: hold a table of N sockets while COMMAND runs.
     pub hold: Option<(usize, Vec<String>)>,
+    /// `--pods-hold N -- COMMAND...`: hold a host table and N pods while COMMAND runs.
+    pub pods_hold: Option<(usize, Vec<String>)>,
     /// `--busy`: events lost vs churn rate and staleness under CPU hogs instead.
     pub busy_mode: bool,
     pub busy: busy::BusyPlan,
@@ -64,6 +66,8 @@ fn usage() -> &'static str {
        [--doc docs/benchmarks.md | --no-doc]
        [--scenario PATH] [--exporter PATH] [--churn PATH]
        tcpstate-bench --hold N -- COMMAND [ARGS...]
+       tcpstate-bench [--pods-table 100k] [--pods-connections 200] [--pods-layouts shared]
+       --pods-hold N -- COMMAND [ARGS...]
        tcpstate-bench --busy [--busy-rates 10k,20k,50k,100k] [--busy-churn-seconds 5]
        [--busy-hogs 0,2,4] [--busy-table 110k] [--busy-interval-ms 1000]
        [--busy-staleness-seconds 20] [--busy-ring-bytes N] [--busy-only loss|staleness]
@@ -79,7 +83,9 @@ Sizes are sockets in the table (both ends of a connection count). The RSS loop r
 the largest); 0 turns either off. wrk runs once per --wrk-threads entry against the
 sampling daemon, then again against a daemon that does not sample (the same-run
 baseline). --hold builds a table of N sockets, runs COMMAND inside its namespace (named
-in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status. --busy
+in $TCPSTATE_BENCH_NETNS) while holding it, and exits with COMMAND's status;
+--pods-hold does the same with a host table and N pods (their namespaces' glob in
+$TCPSTATE_BENCH_PODS, for namespaces_include). --busy
 measures events lost vs connection churn (own, foreign and both namespaces) and the
 served sample's age beside CPU hogs (docs/benchmarks.md, \"Busy host\"). --oncall
 builds a table of N sockets and measures a sample with the fd figures against one without,
@@ -110,6 +116,7 @@ fn parse_options() -> Result<Options, String> {
         },
         doc: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks.md")),
         hold: None,
+        pods_hold: None,
         busy_mode: false,
         busy: busy::BusyPlan {
             churn: bin_dir.join("tcpstate-churn"),
@@ -166,15 +173,21 @@ fn parse_options() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--doc" => o.doc = Some(PathBuf::from(value)),
-            "--hold" => {
+            "--hold" | "--pods-hold" => {
+                let missing = || format!("{flag} N needs -- COMMAND after it");
                 if args.next().as_deref() != Some("--") {
-                    return Err("--hold N needs -- COMMAND after it".into());
+                    return Err(missing());
                 }
                 let command: Vec<String> = args.by_ref().collect();
                 if command.is_empty() {
-                    return Err("--hold N needs -- COMMAND after it".into());
+                    return Err(missing());
                 }
-                o.hold = Some((number(&value)?, command));
+                let held = Some((number(&value)?, command));
+                if flag == "--hold" {
+                    o.hold = held;
+                } else {
+                    o.pods_hold = held;
+                }
             }
             "--busy-rates" => {
                 o.busy.rates = value
@@ -257,6 +270,15 @@ fn main() -> ExitCode {
     };
     if let Some((size, command)) = &options.hold {
         return match hold::hold(&options.scenario, *size, command) {
+            Ok(status) => ExitCode::from(status.code().map_or(1, |c| c as u8)),
+            Err(e) => {
+                eprintln!("tcpstate-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some((count, command)) = &options.pods_hold {
+        return match pods::hold(&options, *count, command) {
             Ok(status) => ExitCode::from(status.code().map_or(1, |c| c as u8)),
             Err(e) => {
                 eprintln!("tcpstate-bench: {e}");

@@ -126,13 +126,7 @@ struct Pod {
 pub fn run(options: &crate::Options) -> Result<(), String> {
     let plan = &options.pods;
     let started = Instant::now();
-    tcpstate_testkit::netns::remove_stale(PREFIX);
-    let host = crate::prepared_netns_named(PREFIX)?;
-    host.sysctl(
-        "net.ipv4.tcp_child_ehash_entries",
-        &plan.child_ehash.to_string(),
-    )?;
-    let mut table = Table::build(&host, &options.scenario, plan.table)?;
+    let (host, mut table) = host_table(options)?;
     eprintln!(
         "== host table: {} sockets, {} actors",
         plan.table,
@@ -170,6 +164,19 @@ pub fn run(options: &crate::Options) -> Result<(), String> {
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The host namespace (stale ones of a killed run removed first; `--pods-child-ehash`
+/// set for the pods made inside it) and its table of `--pods-table` sockets.
+fn host_table(options: &crate::Options) -> Result<(Netns, Table), String> {
+    tcpstate_testkit::netns::remove_stale(PREFIX);
+    let host = crate::prepared_netns_named(PREFIX)?;
+    host.sysctl(
+        "net.ipv4.tcp_child_ehash_entries",
+        &options.pods.child_ehash.to_string(),
+    )?;
+    let table = Table::build(&host, &options.scenario, options.pods.table)?;
+    Ok((host, table))
 }
 
 fn build_pods(
@@ -218,6 +225,34 @@ fn build_pods(
     eprintln!("   built in {:.1} s", started.elapsed().as_secs_f64());
     Ok(pods)
 }
+
+/// `--pods-hold N -- COMMAND...`: the host table and N pods of the first of
+/// `--pods-layouts`, held while COMMAND runs in the host namespace (a profiler, the
+/// exporter with other flags); `$TCPSTATE_BENCH_PODS` is the glob of the pods'
+/// namespaces, for `namespaces_include`. Returns COMMAND's exit status.
+pub fn hold(
+    options: &crate::Options,
+    count: usize,
+    command: &[String],
+) -> Result<std::process::ExitStatus, String> {
+    let plan = &options.pods;
+    let (host, mut table) = host_table(options)?;
+    let layout = plan.layouts.first().copied().unwrap_or(Layout::Shared);
+    let pods = build_pods(&host, &mut table, options, count, layout)?;
+    eprintln!(
+        "holding {} host sockets in netns {} and {count} pods ({} hash)",
+        plan.table,
+        host.name(),
+        layout.name()
+    );
+    let glob = format!("{PREFIX}-{}-*", std::process::id());
+    let status = crate::hold::run_while_holding(&host, &mut table, command, &[(PODS_ENV, glob)]);
+    drop(pods);
+    status
+}
+
+/// Environment variable holding the glob of the held pods' namespaces (`--pods-hold`).
+pub const PODS_ENV: &str = "TCPSTATE_BENCH_PODS";
 
 /// Interleaved rounds: floor, one minimal dump per pod, one exporter round.
 fn measure_rounds(
