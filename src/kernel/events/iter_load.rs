@@ -69,33 +69,62 @@ fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
-/// The programs `names` of `object`, each a loaded `iter/task_file` program, in order.
-pub fn load_task_file_iterators(object: &[u8], names: &[&str]) -> io::Result<Vec<OwnedFd>> {
+/// One loaded program for each slot of `slots`, in order: the first of a slot's names
+/// that loads (a later one is the fallback for kernels that refuse the first, e.g. one
+/// calling a kfunc they do not have); each an `iter/task_file` program.
+pub fn load_task_file_iterators(object: &[u8], slots: &[&[&str]]) -> io::Result<Vec<OwnedFd>> {
+    let calls = super::kfunc::extern_calls(object)?;
     let mut object = aya_obj::Object::parse(object).map_err(|e| failed("parse object", &e))?;
     check_loadable(&object)?;
+    // Each program's instructions, CO-RE-relocated and their kfunc calls linked, or why
+    // they cannot be.
+    let mut linked: Vec<(&str, io::Result<Vec<bpf_insn>>)> = Vec::new();
     let attach_btf_id = {
         let kernel = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
         object
             .relocate_btf(&kernel)
             .map_err(|e| failed("CO-RE relocation", &e))?;
+        for name in slots.iter().flat_map(|names| names.iter()) {
+            let program = object
+                .programs
+                .get(*name)
+                .map(|program| program.function_key());
+            let function = program.and_then(|key| object.functions.get_mut(&key));
+            let instructions = match function {
+                None => Err(io::Error::other(format!("{name}: no such program"))),
+                Some(function) => super::kfunc::link(function, &calls, &kernel)
+                    .map(|()| function.instructions.clone()),
+            };
+            linked.push((name, instructions));
+        }
         kernel
             .id_by_type_name_kind("bpf_iter_task_file", BtfKind::Func)
             .map_err(|e| failed("kernel BTF", &e))?
     };
     // The ~19 MB of the parse are back with the allocator: give them to the system.
     super::release_freed_heap();
-    names
-        .iter()
-        .map(|name| {
-            let function = object
-                .programs
-                .get(*name)
-                .and_then(|program| object.functions.get(&program.function_key()))
-                .ok_or_else(|| io::Error::other(format!("{name}: no such program")))?;
-            load_program(name, &function.instructions, &object.license, attach_btf_id)
-                .map_err(|e| failed(&format!("load {name}"), &e))
-        })
-        .collect()
+    let mut loaded = Vec::with_capacity(slots.len());
+    for names in slots {
+        let mut refusals = Vec::new();
+        let program = names.iter().find_map(|name| {
+            let instructions = linked
+                .iter()
+                .find(|(linked_name, _)| linked_name == name)
+                .map(|(_, instructions)| instructions);
+            let attempt = match instructions {
+                Some(Ok(instructions)) => {
+                    load_program(name, instructions, &object.license, attach_btf_id)
+                }
+                Some(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+                None => Err(io::Error::other("not linked")),
+            };
+            attempt
+                .map_err(|e| refusals.push(format!("load {name}: {e}")))
+                .ok()
+        });
+        loaded.push(program.ok_or_else(|| io::Error::other(refusals.join("; ")))?);
+    }
+    Ok(loaded)
 }
 
 /// What this loader does not do, refused by name rather than by the verifier's riddles

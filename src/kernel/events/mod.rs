@@ -41,6 +41,7 @@ mod counts;
 mod error;
 mod iter_link;
 mod iter_load;
+mod kfunc;
 mod ring;
 pub mod socket_fds;
 

@@ -35,6 +35,8 @@ pub struct OpenFd {
 /// sockets.
 const LISTER: &str = "socket_fds";
 const HELD: &str = "held_sockets";
+/// `HELD` without the kfunc it calls (`bpf_rdonly_cast`, Linux 6.2+), for 6.1.
+const HELD_PROBE_READ: &str = "held_sockets_probe_read";
 
 /// The iterator programs, loaded once (one parse of the kernel's BTF and the CO-RE
 /// relocation, see `iter_load`); each pass makes a link of its own, read once.
@@ -45,10 +47,12 @@ pub struct SocketFdLister {
 
 impl SocketFdLister {
     pub fn load() -> io::Result<SocketFdLister> {
-        let [lister, held]: [OwnedFd; 2] =
-            super::iter_load::load_task_file_iterators(PROGRAM, &[LISTER, HELD])?
-                .try_into()
-                .map_err(|_| io::Error::other("socket_fds.bpf.o: two programs expected"))?;
+        let [lister, held]: [OwnedFd; 2] = super::iter_load::load_task_file_iterators(
+            PROGRAM,
+            &[&[LISTER], &[HELD, HELD_PROBE_READ]],
+        )?
+        .try_into()
+        .map_err(|_| io::Error::other("socket_fds.bpf.o: two programs expected"))?;
         Ok(SocketFdLister { lister, held })
     }
 
@@ -177,6 +181,62 @@ mod tests {
                 expected(9, TcpState::Established, 13, 0, 0, 0, false),
             ]
         );
+    }
+
+    /// Needs root (CAP_BPF) and kernel BTF: the program that reads a socket's fields
+    /// through the `bpf_rdonly_cast` kfunc (linked by our loader) loads here, and reads
+    /// what its probe-read fallback (for 6.1) reads: this process's connection with
+    /// unread bytes at one end and unacknowledged at neither.
+    #[test]
+    fn the_kfunc_program_and_its_fallback_read_the_same_figures() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client.write_all(b"hello").expect("write");
+        let server_inode = std::fs::metadata(format!("/proc/self/fd/{}", server.as_raw_fd()))
+            .expect("stat fd")
+            .ino() as u32;
+        let programs = super::super::iter_load::load_task_file_iterators(
+            PROGRAM,
+            &[&[HELD], &[HELD_PROBE_READ]],
+        )
+        .expect("both programs load (root, kernel BTF, Linux 6.2+)");
+        let read = |program: &OwnedFd| {
+            // The 5 bytes may still be in flight on loopback for a moment.
+            for _ in 0..100 {
+                let bytes =
+                    super::super::iter_link::read(program.as_fd(), Some(std::process::id()))
+                        .expect("a pass");
+                let mut held = parse_held(&bytes, std::process::id());
+                held.sort_by_key(|h| h.inode);
+                if held
+                    .iter()
+                    .any(|h| h.inode == server_inode && h.recv_queue == 5)
+                {
+                    return held;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("the server end never showed its 5 unread bytes");
+        };
+        let cast = read(&programs[0]);
+        let probe_read = read(&programs[1]);
+        assert_eq!(cast, probe_read);
+        let server_end = cast
+            .iter()
+            .find(|h| h.inode == server_inode)
+            .expect("server end");
+        assert_eq!(
+            (
+                server_end.state,
+                server_end.send_queue,
+                server_end.keepalive_armed
+            ),
+            (TcpState::Established, 0, false)
+        );
+        drop((client, server));
     }
 
     /// Needs root (CAP_BPF) and kernel BTF: the iterator lists this process's socket
