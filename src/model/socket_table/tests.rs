@@ -238,3 +238,29 @@ fn a_ghost_in_a_passing_state_goes_once_the_kernel_counts_fewer() {
         "the ghost is gone"
     );
 }
+
+/// A FIN_WAIT2 socket a process holds is a full socket: counted from events, never
+/// looked up for FIN_WAIT2's sake; one without an inode (a time-wait socket in that
+/// substate, or an orphan) is looked up every round until gone.
+#[test]
+fn only_a_fin_wait2_socket_no_process_holds_is_looked_up_every_round() {
+    let held = SocketRecord {
+        inode: 4242,
+        ..record(1, TcpState::FinWait2)
+    };
+    let time_wait = SocketRecord {
+        inode: 0,
+        ..record(2, TcpState::FinWait2)
+    };
+    let mut table = SocketTable::from_dump(&[held, time_wait]);
+    assert_eq!(planned(&mut table), [2]);
+    // The holder closes it and it lingers: from then on it is looked up like the other.
+    table.apply(&change(1, TcpState::FinWait2, TcpState::Close, 40000));
+    assert_eq!(planned(&mut table), [1, 2]);
+    // Answered as a time-wait socket (no inode): it stays looked up.
+    table.take_lookups(
+        &[held, time_wait],
+        vec![SocketRecord { inode: 0, ..held }, time_wait],
+    );
+    assert_eq!(planned(&mut table), [1, 2]);
+}
