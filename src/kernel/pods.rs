@@ -29,8 +29,11 @@ pub struct PodIdentity {
     pub container_id: String,
 }
 
+/// A pod UID and, when the path names one, a container id.
+pub type CgroupIds = (String, Option<String>);
+
 /// Pod UID and container id from the text of `/proc/PID/cgroup`.
-pub fn parse_cgroup(text: &str) -> Option<(String, Option<String>)> {
+pub fn parse_cgroup(text: &str) -> Option<CgroupIds> {
     for line in text.lines() {
         let path = line.splitn(3, ':').nth(2)?;
         let mut uid = None;
@@ -68,16 +71,57 @@ fn container_id(part: &str) -> Option<String> {
     (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_string())
 }
 
+/// What a process's cgroup says (`parse_cgroup`), read once and remembered while used:
+/// a process does not move to another pod or container, and rereading every owner's and
+/// every namespace's cgroup each round cost ~250 reads a round at 100 pods. Entries not
+/// asked for since the previous round are dropped at the next.
+struct CgroupMemo<K> {
+    entries: HashMap<K, (Option<CgroupIds>, bool)>,
+}
+
+impl<K: std::hash::Hash + Eq> CgroupMemo<K> {
+    fn new() -> Self {
+        CgroupMemo {
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The cgroup of `pid` as remembered under `key`, read now the first time.
+    fn get(&mut self, key: K, proc_root: &Path, pid: u32) -> Option<CgroupIds> {
+        let (parsed, used) = self
+            .entries
+            .entry(key)
+            .or_insert_with(|| (read_cgroup(proc_root, pid), false));
+        *used = true;
+        parsed.clone()
+    }
+
+    /// Forgets what was not asked for since the last call.
+    fn new_round(&mut self) {
+        self.entries.retain(|_, (_, used)| std::mem::take(used));
+    }
+}
+
+fn read_cgroup(proc_root: &Path, pid: u32) -> Option<CgroupIds> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    parse_cgroup(&text)
+}
+
 /// Maps pod UIDs to (namespace, name) by listing kubelet's pod log directory.
 pub struct PodDirectory {
     root: PathBuf,
     by_uid: HashMap<String, (String, String)>,
+    /// By (network namespace inode, pid): a namespace belongs to one pod, so even a pid
+    /// reused inside it names the same pod.
+    cgroups: CgroupMemo<(u64, u32)>,
 }
 
 /// Maps container ids to container names by listing kubelet's container log links.
 pub struct ContainerDirectory {
     root: PathBuf,
     by_id: HashMap<String, String>,
+    /// By (pid, start time): the process itself, across pid reuse.
+    cgroups: CgroupMemo<(u32, u64)>,
 }
 
 impl ContainerDirectory {
@@ -85,11 +129,14 @@ impl ContainerDirectory {
         ContainerDirectory {
             root: root.into(),
             by_id: HashMap::new(),
+            cgroups: CgroupMemo::new(),
         }
     }
 
-    /// Re-lists the directory; a node without it has no containers to name.
+    /// Re-lists the directory (once a round); a node without it has no containers to
+    /// name.
     pub fn refresh(&mut self) {
+        self.cgroups.new_round();
         self.by_id.clear();
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
@@ -102,10 +149,11 @@ impl ContainerDirectory {
         }
     }
 
-    /// The container name of a process, from its cgroup file under `proc_root`.
-    pub fn container_of(&self, proc_root: &Path, pid: u32) -> Option<String> {
-        let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-        let (_, id) = parse_cgroup(&text)?;
+    /// The container name of the process `pid` started at `start_time`, from its
+    /// cgroup file under `proc_root` (read the first time only) and the directory's
+    /// last listing.
+    pub fn container_of(&mut self, proc_root: &Path, pid: u32, start_time: u64) -> Option<String> {
+        let (_, id) = self.cgroups.get((pid, start_time), proc_root, pid)?;
         self.by_id.get(&id?).cloned()
     }
 }
@@ -124,11 +172,14 @@ impl PodDirectory {
         PodDirectory {
             root: root.into(),
             by_uid: HashMap::new(),
+            cgroups: CgroupMemo::new(),
         }
     }
 
-    /// Re-lists the directory; a node without it (not a Kubernetes node) has no pods.
+    /// Re-lists the directory (once a round); a node without it (not a Kubernetes node)
+    /// has no pods.
     pub fn refresh(&mut self) {
+        self.cgroups.new_round();
         self.by_uid.clear();
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
@@ -145,10 +196,10 @@ impl PodDirectory {
         }
     }
 
-    /// The pod of a process, from its cgroup file under `proc_root`.
-    pub fn identify(&self, proc_root: &Path, pid: u32) -> Option<PodIdentity> {
-        let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-        let (uid, container) = parse_cgroup(&text)?;
+    /// The pod of network namespace `netns`, from the cgroup file under `proc_root` of
+    /// its process `pid` (read the first time only) and the directory's last listing.
+    pub fn identify(&mut self, proc_root: &Path, netns: u64, pid: u32) -> Option<PodIdentity> {
+        let (uid, container) = self.cgroups.get((netns, pid), proc_root, pid)?;
         let (namespace, name) = self.by_uid.get(&uid).cloned().unwrap_or_default();
         Some(PodIdentity {
             uid,
@@ -230,12 +281,12 @@ mod tests {
         .expect("cgroup");
         let mut pods = PodDirectory::new(&logs);
         pods.refresh();
-        let identity = pods.identify(&proc_root, 42).expect("a pod");
+        let identity = pods.identify(&proc_root, 7, 42).expect("a pod");
         assert_eq!(identity.namespace, "shop");
         assert_eq!(identity.name, "checkout-7d9f");
         assert_eq!(identity.uid, UID);
         assert_eq!(identity.container_id, CID);
-        assert_eq!(pods.identify(&proc_root, 43), None, "no such process");
+        assert_eq!(pods.identify(&proc_root, 7, 43), None, "no such process");
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
@@ -268,10 +319,10 @@ mod tests {
         let mut containers = ContainerDirectory::new(&logs);
         containers.refresh();
         assert_eq!(
-            containers.container_of(&proc_root, 42).as_deref(),
+            containers.container_of(&proc_root, 42, 100).as_deref(),
             Some("app")
         );
-        assert_eq!(containers.container_of(&proc_root, 43), None);
+        assert_eq!(containers.container_of(&proc_root, 43, 100), None);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
@@ -280,7 +331,81 @@ mod tests {
         // This machine runs no kubelet: our own cgroup parses, and is not a pod.
         let text = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
         assert!(!text.is_empty());
-        let pods = PodDirectory::new("/var/log/pods");
-        assert_eq!(pods.identify(Path::new("/proc"), std::process::id()), None);
+        let mut pods = PodDirectory::new("/var/log/pods");
+        assert_eq!(
+            pods.identify(Path::new("/proc"), 1, std::process::id()),
+            None
+        );
+    }
+
+    /// A process's cgroup is read once while it keeps being asked for: a later change
+    /// of the file is not seen until the entry goes unasked for a whole round, and a
+    /// reused pid (another start time) is read anew.
+    #[test]
+    fn cgroups_are_read_once_while_asked_for_and_per_process() {
+        let root = std::env::temp_dir().join(format!("cgroup-memo-test-{}", std::process::id()));
+        let proc_root = root.join("proc");
+        std::fs::create_dir_all(proc_root.join("42")).expect("dirs");
+        let other = "9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f";
+        let write = |uid: &str| {
+            std::fs::write(
+                proc_root.join("42/cgroup"),
+                format!("0::/kubepods/burstable/pod{uid}/{CID}\n"),
+            )
+            .expect("cgroup")
+        };
+        write(UID);
+        let mut pods = PodDirectory::new(root.join("no-logs"));
+        let uid = |pods: &mut PodDirectory, netns| {
+            pods.identify(&proc_root, netns, 42)
+                .map(|identity| identity.uid)
+        };
+        assert_eq!(uid(&mut pods, 7).as_deref(), Some(UID));
+        write(other);
+        pods.refresh();
+        assert_eq!(
+            uid(&mut pods, 7).as_deref(),
+            Some(UID),
+            "asked for last round"
+        );
+        assert_eq!(
+            uid(&mut pods, 8).as_deref(),
+            Some(other),
+            "another namespace"
+        );
+        pods.refresh();
+        pods.refresh();
+        assert_eq!(
+            uid(&mut pods, 7).as_deref(),
+            Some(other),
+            "forgotten, read again"
+        );
+
+        let logs = root.join("containers");
+        std::fs::create_dir_all(&logs).expect("dirs");
+        let other_cid = CID.replace('0', "f");
+        std::fs::write(logs.join(format!("p_ns_app-{CID}.log")), "").expect("log");
+        std::fs::write(logs.join(format!("p_ns_sidecar-{other_cid}.log")), "").expect("log");
+        let mut containers = ContainerDirectory::new(&logs);
+        containers.refresh();
+        assert_eq!(
+            containers.container_of(&proc_root, 42, 100).as_deref(),
+            Some("app")
+        );
+        std::fs::write(
+            proc_root.join("42/cgroup"),
+            format!("0::/kubepods/burstable/pod{other}/{other_cid}\n"),
+        )
+        .expect("cgroup");
+        assert_eq!(
+            containers.container_of(&proc_root, 42, 100).as_deref(),
+            Some("app")
+        );
+        assert_eq!(
+            containers.container_of(&proc_root, 42, 200).as_deref(),
+            Some("sidecar"),
+            "the pid reused by another process"
+        );
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

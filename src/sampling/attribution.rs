@@ -96,11 +96,11 @@ impl OwnerKeys {
             return Some((*key, pid));
         }
         let owner = cache.process(pid)?;
-        let container = match &self.containers {
+        let container = match &mut self.containers {
             None => ProcessId::UNKNOWN,
             Some(directory) => {
                 let name: Arc<str> = directory
-                    .container_of(Path::new("/proc"), pid)
+                    .container_of(Path::new("/proc"), pid, owner.start_time)
                     .unwrap_or_default()
                     .into();
                 self.names.intern(&name)

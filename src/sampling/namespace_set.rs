@@ -380,10 +380,10 @@ impl NamespaceSet {
         }
     }
 
-    fn describe(&self, namespace: &NamespaceRef, init_inode: Option<u64>) -> NamespaceInfo {
+    fn describe(&mut self, namespace: &NamespaceRef, init_inode: Option<u64>) -> NamespaceInfo {
         let pod = namespace
             .pid
-            .and_then(|pid| self.pods.identify(&self.roots.proc, pid))
+            .and_then(|pid| self.pods.identify(&self.roots.proc, namespace.inode, pid))
             .unwrap_or_default();
         let netns = namespace_label(namespace, init_inode, &pod);
         NamespaceInfo {

@@ -39,6 +39,8 @@ const FULL_RESCAN_EVERY: u32 = 4;
 pub struct Owner {
     pub pid: u32,
     pub comm: std::sync::Arc<str>,
+    /// With the pid, who the process is across pid reuse (clock ticks since boot).
+    pub start_time: u64,
 }
 
 struct ProcessEntry {
@@ -150,6 +152,7 @@ impl OwnerCache {
         Some(Owner {
             pid,
             comm: entry.comm.clone(),
+            start_time: entry.start_time,
         })
     }
 
