@@ -97,6 +97,34 @@ impl OwnerCache {
         }
     }
 
+    /// Reads every descriptor of `pid` through the iterator (one pass over that process
+    /// alone) and takes them as its whole table, as a full /proc read would: what the
+    /// search does for a likely owner whose new fd numbers did not show a missing socket
+    /// (a server reuses the number of the connection it just closed). A readlink of each
+    /// of its fds costs ~5 us; measured on a server holding 5,000 connections and
+    /// accepting 50 a second, that was ~15,700 links a round. `None` when the iterator
+    /// is not available: the caller reads the links.
+    pub(super) fn list_process_from_kernel(
+        &mut self,
+        pid: u32,
+        missing: &mut HashSet<u32>,
+    ) -> Option<u64> {
+        if !(self.bpf_listing && self.held_listing) {
+            return None;
+        }
+        match process_listing(&mut self.fd_lister, pid) {
+            Ok(listing) => {
+                let listed = listing.len() as u64;
+                self.apply_listing(pid, listing, missing);
+                Some(listed)
+            }
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "cannot list a process's descriptors");
+                None
+            }
+        }
+    }
+
     /// Every process's descriptors, by pid.
     fn list_open_fds(&mut self) -> std::io::Result<HashMap<u32, Listing>> {
         use std::os::unix::fs::MetadataExt;
@@ -176,6 +204,23 @@ fn held_listing(lister: &mut Option<Lister>, pid: u32) -> std::io::Result<Vec<He
         None => lister.insert(Lister::load()?),
     };
     lister.held_sockets(pid)
+}
+
+/// (fd, inode) of every descriptor of `pid`; loads the iterator into `lister` the first
+/// time.
+#[cfg(feature = "events")]
+fn process_listing(lister: &mut Option<Lister>, pid: u32) -> std::io::Result<Listing> {
+    let lister = match lister {
+        Some(lister) => lister,
+        None => lister.insert(Lister::load()?),
+    };
+    let fds = lister.list_process(pid)?;
+    Ok(fds.into_iter().map(|f| (f.fd, f.inode)).collect())
+}
+
+#[cfg(not(feature = "events"))]
+fn process_listing(_lister: &mut Option<Lister>, _pid: u32) -> std::io::Result<Listing> {
+    Err(std::io::Error::other("built without the events feature"))
 }
 
 #[cfg(not(feature = "events"))]

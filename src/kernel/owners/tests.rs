@@ -23,9 +23,11 @@ fn resolves_a_socket_of_this_process_then_answers_from_cache() {
     assert!(cache.lookup(inode).is_some(), "this process is alive");
 }
 
-#[test]
-fn a_reused_fd_number_is_followed_to_its_new_socket() {
-    let me = std::process::id();
+/// Resolves a listener of this process into `cache`, then puts another socket behind
+/// the same fd number (what accept() after close() does in a server), deterministically
+/// even with other tests opening fds. Returns the listener (closing it closes the fd,
+/// which then holds the second socket), the old inode and the new one.
+fn reuse_an_fd_number(cache: &mut OwnerCache) -> (std::net::TcpListener, u32, u32) {
     let inode_of = |fd: i32| {
         fs::metadata(format!("/proc/self/fd/{fd}"))
             .expect("stat fd")
@@ -34,11 +36,8 @@ fn a_reused_fd_number_is_followed_to_its_new_socket() {
     let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let fd = first.as_raw_fd();
     let old_inode = inode_of(fd);
-    let mut cache = OwnerCache::new("/proc");
-    cache.resolve(&HashSet::from_iter([old_inode]), &[me]);
+    cache.resolve(&HashSet::from_iter([old_inode]), &[std::process::id()]);
     assert!(cache.lookup(old_inode).is_some());
-    // Put another socket behind the same fd number (what accept() after close()
-    // does in a server), deterministically even with other tests opening fds.
     let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     // SAFETY: both fds are open and owned by this test; dup2 replaces `fd`.
     assert_eq!(unsafe { libc::dup2(second.as_raw_fd(), fd) }, fd);
@@ -48,18 +47,29 @@ fn a_reused_fd_number_is_followed_to_its_new_socket() {
     drop(second);
     let new_inode = inode_of(fd);
     assert_ne!(new_inode, old_inode);
-    let stats = cache.resolve(&HashSet::from_iter([new_inode]), &[me]);
+    (first, old_inode, new_inode)
+}
+
+#[test]
+fn a_reused_fd_number_is_followed_to_its_new_socket() {
+    let mut cache = OwnerCache::new("/proc");
+    let (first, old_inode, new_inode) = reuse_an_fd_number(&mut cache);
+    let stats = cache.resolve(&HashSet::from_iter([new_inode]), &[std::process::id()]);
     assert_eq!(stats.unresolved, 0, "found behind the reused number");
     assert_eq!(
         stats.processes_listed, 0,
         "in the likely process, without a /proc walk"
+    );
+    assert_eq!(
+        stats.processes_listed_by_kernel, 0,
+        "the iterator is not allowed"
     );
     assert!(cache.lookup(new_inode).is_some());
     assert!(
         cache.lookup(old_inode).is_none(),
         "the closed socket left the index"
     );
-    drop(first); // closes `fd`, which now holds the second socket
+    drop(first);
 }
 
 #[test]
@@ -92,4 +102,29 @@ fn an_inode_nobody_holds_is_unresolved_not_an_error() {
     assert_eq!(stats.unresolved, 1);
     assert!(stats.processes_listed > 0);
     assert!(cache.lookup(u32::MAX).is_none());
+}
+
+/// Needs root (CAP_BPF): with the iterator allowed, a likely owner whose new fd numbers
+/// do not show the socket is listed by one iterator pass over its descriptors, not by a
+/// readlink of each, and the socket behind the reused number is found.
+#[test]
+fn a_reused_fd_number_is_found_by_one_pass_over_the_process() {
+    let mut cache = OwnerCache::new("/proc");
+    cache.set_bpf_listing(true);
+    let (first, old_inode, new_inode) = reuse_an_fd_number(&mut cache);
+    let stats = cache.resolve(&HashSet::from_iter([new_inode]), &[std::process::id()]);
+    assert_eq!(stats.unresolved, 0, "found behind the reused number");
+    assert_eq!(
+        stats.processes_listed_by_kernel, 1,
+        "by one pass: {stats:?}"
+    );
+    assert_eq!(
+        cache.lookup(new_inode).map(|o| o.pid),
+        Some(std::process::id())
+    );
+    assert!(
+        cache.lookup(old_inode).is_none(),
+        "the replaced socket left the index"
+    );
+    drop(first);
 }
