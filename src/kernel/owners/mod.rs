@@ -200,25 +200,17 @@ impl OwnerCache {
             return stats;
         }
         // The likely owners first, then their children (the workers of a pre-fork or
-        // fork-per-connection server): new fds, then all of theirs (a server reuses the
-        // fd number of the connection it just closed for the next one it accepts).
-        for generation in 0..2 {
-            let group: Vec<u32> = if generation == 0 {
-                likely_pids.to_vec()
-            } else {
-                likely_pids
-                    .iter()
-                    .flat_map(|pid| procfs::children(&self.proc_root, *pid))
-                    .collect()
-            };
-            for full in [false, true] {
-                for &pid in &group {
-                    self.scan_likely(pid, full, &mut missing, &mut stats);
-                    if missing.is_empty() {
-                        return stats;
-                    }
-                }
-            }
+        // fork-per-connection server).
+        let children = |cache: &Self| -> Vec<u32> {
+            likely_pids
+                .iter()
+                .flat_map(|pid| procfs::children(&cache.proc_root, *pid))
+                .collect()
+        };
+        if self.scan_group(likely_pids, &mut missing, &mut stats)
+            || self.scan_group(&children(self), &mut missing, &mut stats)
+        {
+            return stats;
         }
         // A first walk would read every descriptor of the host: one iterator pass instead.
         stats.fds_read += self.prime_from_kernel(&mut missing, !self.walked);
@@ -257,22 +249,46 @@ impl OwnerCache {
         stats
     }
 
-    /// Reads the fds of a likely owner: new fd numbers only, or with `full` its whole
-    /// table, through one iterator pass over that process when the iterator is there
-    /// (a readlink of each of a busy server's fds was the cost of its rounds).
-    fn scan_likely(
+    /// Looks for `missing` in the descriptors of `group`: new fds first (the whole
+    /// table in one iterator pass where there is one), then every link of the processes
+    /// that pass did not read whole (a server reuses the fd number of the connection it
+    /// just closed for the next one it accepts). True once nothing is missing.
+    fn scan_group(
         &mut self,
-        pid: u32,
-        full: bool,
+        group: &[u32],
         missing: &mut HashSet<u32>,
         stats: &mut ResolveStats,
-    ) {
-        if full && let Some(listed) = self.list_process_from_kernel(pid, missing) {
+    ) -> bool {
+        let mut partly_read = Vec::new();
+        for &pid in group {
+            if !self.scan_new(pid, missing, stats) {
+                partly_read.push(pid);
+            }
+            if missing.is_empty() {
+                return true;
+            }
+        }
+        for pid in partly_read {
+            self.scan_process(pid, true, missing, stats);
+            if missing.is_empty() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Reads what is new in a likely owner's descriptors: its whole table in one
+    /// iterator pass where there is one (no readlink at all, and a server that reuses
+    /// the fd number of the connection it just closed is read right), else the links
+    /// of its new fd numbers. True when the whole table was read.
+    fn scan_new(&mut self, pid: u32, missing: &mut HashSet<u32>, stats: &mut ResolveStats) -> bool {
+        if let Some(listed) = self.list_process_from_kernel(pid, missing) {
             stats.fds_read += listed;
             stats.processes_listed_by_kernel += 1;
-            return;
+            return true;
         }
-        self.scan_process(pid, full, missing, stats);
+        self.scan_process(pid, false, missing, stats);
+        false
     }
 
     /// Reads the fds of one process: new fd numbers only, or all with `full`. Fds gone

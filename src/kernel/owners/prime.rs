@@ -70,56 +70,58 @@ impl OwnerCache {
     }
 
     /// The TCP sockets the descriptors of `pid` hold, with their queues, from the
-    /// iterator over that process alone (loaded at its first use). `None` when listing
-    /// is not allowed or not available: the caller looks the sockets up instead. A
-    /// failure before any success means the kernel cannot (older than 6.1, no
-    /// CAP_BPF): off for the run; a later one (a process gone, descriptors short) costs
-    /// only that process's sockets their lookups this round.
+    /// iterator over that process alone. `None` when that iterator is not available: the
+    /// caller looks the sockets up instead; empty when it failed for this process only.
     pub fn held_sockets(&mut self, pid: u32) -> Option<Vec<HeldSocket>> {
-        if !(self.bpf_listing && self.held_listing) {
-            return None;
-        }
-        match held_listing(&mut self.fd_lister, pid) {
-            Ok(held) => {
-                self.held_read_once = true;
-                Some(held)
-            }
-            Err(e) if self.held_read_once => {
-                tracing::debug!(pid, error = %e, "cannot read a process's sockets this round");
-                Some(Vec::new())
-            }
-            Err(e) => {
-                self.held_listing = false;
-                tracing::info!(error = %e,
-                    "cannot read a process's sockets with a BPF iterator; looking them up");
-                None
-            }
+        match self.read_one_process(pid, held_listing) {
+            Some(held) => Some(held),
+            None => (self.bpf_listing && self.held_listing).then(Vec::new),
         }
     }
 
     /// Reads every descriptor of `pid` through the iterator (one pass over that process
-    /// alone) and takes them as its whole table, as a full /proc read would: what the
-    /// search does for a likely owner whose new fd numbers did not show a missing socket
-    /// (a server reuses the number of the connection it just closed). A readlink of each
-    /// of its fds costs ~5 us; measured on a server holding 5,000 connections and
-    /// accepting 50 a second, that was ~15,700 links a round. `None` when the iterator
-    /// is not available: the caller reads the links.
+    /// alone) and takes them as its whole table, as a full /proc read would, without a
+    /// readlink per descriptor (~5 us each: a server holding 5,000 connections and
+    /// accepting 50 a second, whose new connections reuse fd numbers, cost ~15,700 a
+    /// round). Returns the descriptors listed; `None` when the iterator is not
+    /// available, and the caller reads /proc.
     pub(super) fn list_process_from_kernel(
         &mut self,
         pid: u32,
         missing: &mut HashSet<u32>,
     ) -> Option<u64> {
+        let listing = self.read_one_process(pid, process_listing)?;
+        let listed = listing.len() as u64;
+        self.apply_listing(pid, listing, missing);
+        Some(listed)
+    }
+
+    /// `read` through the iterator attached to `pid` alone (loaded at its first use),
+    /// when listing is allowed. A failure before any success means the kernel cannot
+    /// (older than 6.1, no CAP_BPF): off for the run; a later one (a process gone,
+    /// descriptors short) costs only that process this round.
+    fn read_one_process<T>(
+        &mut self,
+        pid: u32,
+        read: fn(&mut Option<Lister>, u32) -> std::io::Result<T>,
+    ) -> Option<T> {
         if !(self.bpf_listing && self.held_listing) {
             return None;
         }
-        match process_listing(&mut self.fd_lister, pid) {
-            Ok(listing) => {
-                let listed = listing.len() as u64;
-                self.apply_listing(pid, listing, missing);
-                Some(listed)
+        match read(&mut self.fd_lister, pid) {
+            Ok(found) => {
+                self.held_read_once = true;
+                Some(found)
+            }
+            Err(e) if self.held_read_once => {
+                tracing::debug!(pid, error = %e, "cannot read a process's descriptors this round");
+                None
             }
             Err(e) => {
-                tracing::debug!(pid, error = %e, "cannot list a process's descriptors");
+                self.held_listing = false;
+                tracing::info!(error = %e,
+                    "cannot read one process's descriptors with a BPF iterator; \
+                     reading /proc and looking sockets up");
                 None
             }
         }
@@ -184,42 +186,39 @@ pub(super) type Lister = crate::kernel::events::socket_fds::SocketFdLister;
 #[cfg(not(feature = "events"))]
 pub(super) struct Lister;
 
-/// (pid, fd, inode) of every open descriptor, from the kernel; loads the iterator into
-/// `lister` the first time.
+/// The iterator, loaded into `lister` the first time.
+#[cfg(feature = "events")]
+fn loaded(lister: &mut Option<Lister>) -> std::io::Result<&mut Lister> {
+    if lister.is_none() {
+        *lister = Some(Lister::load()?);
+    }
+    lister
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("iterator not loaded"))
+}
+
+/// (pid, fd, inode) of every open descriptor, from the kernel.
 #[cfg(feature = "events")]
 fn kernel_listing(lister: &mut Option<Lister>) -> std::io::Result<Vec<(u32, u32, u32)>> {
-    let lister = match lister {
-        Some(lister) => lister,
-        None => lister.insert(Lister::load()?),
-    };
-    let fds = lister.list()?;
+    let fds = loaded(lister)?.list()?;
     Ok(fds.into_iter().map(|f| (f.pid, f.fd, f.inode)).collect())
 }
 
-/// The TCP sockets `pid` holds; loads the iterator into `lister` the first time.
+/// The TCP sockets `pid` holds.
 #[cfg(feature = "events")]
 fn held_listing(lister: &mut Option<Lister>, pid: u32) -> std::io::Result<Vec<HeldSocket>> {
-    let lister = match lister {
-        Some(lister) => lister,
-        None => lister.insert(Lister::load()?),
-    };
-    lister.held_sockets(pid)
+    loaded(lister)?.held_sockets(pid)
 }
 
-/// (fd, inode) of every descriptor of `pid`; loads the iterator into `lister` the first
-/// time.
+/// (fd, inode) of every descriptor of `pid`.
 #[cfg(feature = "events")]
 fn process_listing(lister: &mut Option<Lister>, pid: u32) -> std::io::Result<Listing> {
-    let lister = match lister {
-        Some(lister) => lister,
-        None => lister.insert(Lister::load()?),
-    };
-    let fds = lister.list_process(pid)?;
+    let fds = loaded(lister)?.list_process(pid)?;
     Ok(fds.into_iter().map(|f| (f.fd, f.inode)).collect())
 }
 
 #[cfg(not(feature = "events"))]
-fn process_listing(_lister: &mut Option<Lister>, _pid: u32) -> std::io::Result<Listing> {
+fn kernel_listing(_lister: &mut Option<Lister>) -> std::io::Result<Vec<(u32, u32, u32)>> {
     Err(std::io::Error::other("built without the events feature"))
 }
 
@@ -229,7 +228,7 @@ fn held_listing(_lister: &mut Option<Lister>, _pid: u32) -> std::io::Result<Vec<
 }
 
 #[cfg(not(feature = "events"))]
-fn kernel_listing(_lister: &mut Option<Lister>) -> std::io::Result<Vec<(u32, u32, u32)>> {
+fn process_listing(_lister: &mut Option<Lister>, _pid: u32) -> std::io::Result<Listing> {
     Err(std::io::Error::other("built without the events feature"))
 }
 
