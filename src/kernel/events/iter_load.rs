@@ -11,16 +11,17 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
 
-use aya::Btf;
-use aya_obj::btf::BtfKind;
 use aya_obj::generated::bpf_insn;
 
 use super::iter_link::bpf_fd;
+use super::kernel_btf::KernelBtf;
 
 // From include/uapi/linux/bpf.h (stable ABI).
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_ITER: u32 = 28;
+/// The kernel function a `task_file` iterator program attaches to.
+pub(super) const ATTACH_TARGET: &str = "bpf_iter_task_file";
 /// Bytes of the verifier's log asked for when a load fails, for its error message.
 const LOG_LEN: usize = 64 * 1024;
 
@@ -72,18 +73,21 @@ fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
 /// One loaded program for each slot of `slots`, in order: the first of a slot's names
 /// that loads (a later one is the fallback for kernels that refuse the first, e.g. one
 /// calling a kfunc they do not have); each an `iter/task_file` program.
-pub fn load_task_file_iterators(object: &[u8], slots: &[&[&str]]) -> io::Result<Vec<OwnedFd>> {
-    let calls = super::kfunc::extern_calls(object)?;
-    let mut object = aya_obj::Object::parse(object).map_err(|e| failed("parse object", &e))?;
+pub fn load_task_file_iterators(
+    object_bytes: &[u8],
+    slots: &[&[&str]],
+) -> io::Result<Vec<OwnedFd>> {
+    let calls = super::kfunc::extern_calls(object_bytes)?;
+    let mut object =
+        aya_obj::Object::parse(object_bytes).map_err(|e| failed("parse object", &e))?;
     check_loadable(&object)?;
     // Each program's instructions, CO-RE-relocated and their kfunc calls linked, or why
     // they cannot be.
     let mut linked: Vec<(&str, io::Result<Vec<bpf_insn>>)> = Vec::new();
     let attach_btf_id = {
-        let kernel = Btf::from_sys_fs().map_err(|e| failed("kernel BTF", &e))?;
-        object
-            .relocate_btf(&kernel)
-            .map_err(|e| failed("CO-RE relocation", &e))?;
+        let kernel = KernelBtf::read(object_bytes, &calls, &[ATTACH_TARGET])?;
+        kernel.relocate(&mut object, object_bytes)?;
+        let function_id = |name: &str| kernel.function_id(name);
         for name in slots.iter().flat_map(|names| names.iter()) {
             let program = object
                 .programs
@@ -92,16 +96,17 @@ pub fn load_task_file_iterators(object: &[u8], slots: &[&[&str]]) -> io::Result<
             let function = program.and_then(|key| object.functions.get_mut(&key));
             let instructions = match function {
                 None => Err(io::Error::other(format!("{name}: no such program"))),
-                Some(function) => super::kfunc::link(function, &calls, &kernel)
+                Some(function) => super::kfunc::link(function, &calls, &function_id)
                     .map(|()| function.instructions.clone()),
             };
             linked.push((name, instructions));
         }
         kernel
-            .id_by_type_name_kind("bpf_iter_task_file", BtfKind::Func)
-            .map_err(|e| failed("kernel BTF", &e))?
+            .function_id(ATTACH_TARGET)
+            .ok_or_else(|| io::Error::other(format!("the kernel has no {ATTACH_TARGET}")))?
     };
-    // The ~19 MB of the parse are back with the allocator: give them to the system.
+    // The kernel BTF read and its parse are back with the allocator: give them to the
+    // system.
     super::release_freed_heap();
     let mut loaded = Vec::with_capacity(slots.len());
     for names in slots {

@@ -5,11 +5,10 @@
 //! relocation naming it; libbpf then writes the function's BTF id into the call and
 //! marks it a kfunc call. aya 0.14 does not, so `iter_load` does it here: the relocations
 //! are read from the object with the ELF reader aya-obj itself uses, the id from the
-//! one parse of the kernel's BTF the CO-RE relocation already made.
+//! kernel BTF the CO-RE relocation already read (`iter_load`).
 
 use std::io;
 
-use aya_obj::btf::{Btf, BtfKind};
 use aya_obj::generated::bpf_insn;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SectionKind};
 
@@ -27,6 +26,17 @@ pub(super) struct ExternCall {
     /// Byte offset of the call instruction in its section.
     pub offset: u64,
     pub function: String,
+}
+
+/// The object's own BTF (its `.BTF` section, raw): the types its programs read.
+pub(super) fn object_btf(elf: &[u8]) -> io::Result<&[u8]> {
+    let file = object::File::parse(elf).map_err(|e| io::Error::other(format!("ELF: {e}")))?;
+    let section = file
+        .section_by_name(".BTF")
+        .ok_or_else(|| io::Error::other("the object has no .BTF section"))?;
+    section
+        .data()
+        .map_err(|e| io::Error::other(format!(".BTF section: {e}")))
 }
 
 /// Every call to an extern (undefined) function in the object's code.
@@ -64,7 +74,7 @@ pub(super) fn extern_calls(elf: &[u8]) -> io::Result<Vec<ExternCall>> {
 pub(super) fn link(
     function: &mut aya_obj::Function,
     calls: &[ExternCall],
-    kernel: &Btf,
+    function_id: &dyn Fn(&str) -> Option<u32>,
 ) -> io::Result<()> {
     let start = function.section_offset as u64;
     let end = start + function.instructions.len() as u64 * INSN_LEN;
@@ -73,14 +83,12 @@ pub(super) fn link(
             continue;
         }
         let index = ((call.offset - start) / INSN_LEN) as usize;
-        let id = kernel
-            .id_by_type_name_kind(&call.function, BtfKind::Func)
-            .map_err(|_| {
-                io::Error::other(format!(
-                    "the kernel has no function {} (a kfunc of newer kernels)",
-                    call.function
-                ))
-            })?;
+        let id = function_id(&call.function).ok_or_else(|| {
+            io::Error::other(format!(
+                "the kernel has no function {} (a kfunc of newer kernels)",
+                call.function
+            ))
+        })?;
         let instruction = function
             .instructions
             .get_mut(index)

@@ -35,12 +35,15 @@
 //! tracing programs 5.12).
 
 mod abi;
+mod btf_prune;
 pub use abi::{NETNS_EVERY_TRANSITION, NETNS_SAMPLED};
 mod clock;
+mod core_type_ids;
 mod counts;
 mod error;
 mod iter_link;
 mod iter_load;
+mod kernel_btf;
 mod kfunc;
 mod ring;
 pub mod socket_fds;
