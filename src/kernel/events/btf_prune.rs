@@ -10,8 +10,8 @@
 //! pointer field as a pointer without looking at what it points to, so a pointer to a
 //! type that is not kept points to void. Kept types are renumbered 1..n in the kernel's
 //! order (`KernelTypes` remembers each one's kernel id, which `kernel_btf` and
-//! `core_type_ids` put back wherever the loader writes an id); the string section is
-//! copied whole, so names keep their offsets.
+//! `core_type_ids` put back wherever the loader writes an id); the string section keeps
+//! only their names (a fraction of the kernel's ~2 MB).
 
 use std::collections::HashSet;
 use std::io;
@@ -259,51 +259,89 @@ pub(super) fn prune(kernel: &[u8], wanted: &HashSet<Vec<u8>>) -> io::Result<Kern
     for (new, &old) in kernel_ids.iter().enumerate() {
         new_ids[old as usize] = new as u32;
     }
+    let mut strings = Strings::default();
     let mut types = Vec::new();
     for &old in &kernel_ids[1..] {
-        types.extend_from_slice(&renumbered(&layout, old as usize, &new_ids));
+        types.extend_from_slice(&renumbered(&layout, old as usize, &new_ids, &mut strings));
     }
-    let mut bytes = Vec::with_capacity(HEADER_LEN + types.len() + layout.strings.len());
+    let mut bytes = Vec::with_capacity(HEADER_LEN + types.len() + strings.bytes.len());
     bytes.extend_from_slice(&layout.bytes[..4]); // magic, version, flags
-    for value in [
-        HEADER_LEN,
-        0,
-        types.len(),
-        types.len(),
-        layout.strings.len(),
-    ] {
+    for value in [HEADER_LEN, 0, types.len(), types.len(), strings.bytes.len()] {
         let value = u32::try_from(value).map_err(|_| malformed("too large".into()))?;
         bytes.extend_from_slice(&value.to_ne_bytes());
     }
     bytes.extend_from_slice(&types);
-    bytes.extend_from_slice(layout.strings);
+    bytes.extend_from_slice(&strings.bytes);
     Ok(KernelTypes { bytes, kernel_ids })
 }
 
+/// The string section of a cut-down BTF: each kept name once, by its kernel offset.
+struct Strings {
+    bytes: Vec<u8>,
+    offsets: foldhash::HashMap<u32, u32>,
+}
+
+impl Default for Strings {
+    fn default() -> Strings {
+        Strings {
+            bytes: vec![0], // offset 0: the empty name
+            offsets: foldhash::HashMap::default(),
+        }
+    }
+}
+
+impl Strings {
+    /// The new offset of the kernel's name at `offset`, added on first use.
+    fn offset_of(&mut self, layout: &Layout, offset: u32) -> u32 {
+        if offset == 0 {
+            return 0;
+        }
+        *self.offsets.entry(offset).or_insert_with(|| {
+            let new = self.bytes.len() as u32;
+            self.bytes.extend_from_slice(layout.name(offset));
+            self.bytes.push(0);
+            new
+        })
+    }
+}
+
 /// Type `id`'s bytes with every type it refers to renumbered by `new_ids` (0, void,
-/// for a type not kept: only a pointer's target can be one).
-fn renumbered(layout: &Layout, id: usize, new_ids: &[u32]) -> Vec<u8> {
+/// for a type not kept: only a pointer's target can be one) and its names (its own,
+/// its members', parameters' and enumerators') moved to `strings`.
+fn renumbered(layout: &Layout, id: usize, new_ids: &[u32], strings: &mut Strings) -> Vec<u8> {
     let mut entry = layout.entry(id).to_vec();
     let (_, info, _) = layout.header(id);
     let vlen = (info & 0xffff) as usize;
-    let mut remap = |at: usize| {
-        if let Some(old) = u32_at(&entry, at) {
-            let new = new_ids.get(old as usize).copied().unwrap_or(0);
-            entry[at..at + 4].copy_from_slice(&new.to_ne_bytes());
+    let rewrite = |entry: &mut Vec<u8>, at: usize, new: &mut dyn FnMut(u32) -> u32| {
+        if let Some(old) = u32_at(entry, at) {
+            entry[at..at + 4].copy_from_slice(&new(old).to_ne_bytes());
         }
     };
+    let mut type_id = |old: u32| new_ids.get(old as usize).copied().unwrap_or(0);
+    let mut name = |old: u32| strings.offset_of(layout, old);
+    rewrite(&mut entry, 0, &mut name);
     let after = TYPE_LEN;
     match (info >> 24) & 0x1f {
-        PTR | TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG | FUNC => remap(8),
+        PTR | TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG | FUNC => {
+            rewrite(&mut entry, 8, &mut type_id)
+        }
         ARRAY => {
-            remap(after);
-            remap(after + 4);
+            rewrite(&mut entry, after, &mut type_id);
+            rewrite(&mut entry, after + 4, &mut type_id);
         }
-        STRUCT | UNION => (0..vlen).for_each(|m| remap(after + 12 * m + 4)),
+        STRUCT | UNION => (0..vlen).for_each(|m| {
+            rewrite(&mut entry, after + 12 * m, &mut name);
+            rewrite(&mut entry, after + 12 * m + 4, &mut type_id);
+        }),
         FUNC_PROTO => {
-            remap(8);
-            (0..vlen).for_each(|p| remap(after + 8 * p + 4));
+            rewrite(&mut entry, 8, &mut type_id);
+            (0..vlen).for_each(|p| {
+                rewrite(&mut entry, after + 8 * p, &mut name);
+                rewrite(&mut entry, after + 8 * p + 4, &mut type_id);
+            });
         }
+        ENUM => (0..vlen).for_each(|v| rewrite(&mut entry, after + 8 * v, &mut name)),
+        ENUM64 => (0..vlen).for_each(|v| rewrite(&mut entry, after + 12 * v, &mut name)),
         _ => {}
     }
     entry
@@ -386,7 +424,21 @@ mod tests {
         let member_types: Vec<u32> = [16, 28].iter().filter_map(|&at| u32_at(sock, at)).collect();
         assert_eq!(member_types, [2, 3], "sock's members renumbered");
         assert_eq!(u32_at(layout.entry(2), 16), Some(1), "inner.a is the int");
-        assert_eq!(layout.strings, &strings[..]);
+        let names: Vec<&[u8]> = [
+            layout.name(layout.header(4).0),
+            layout.name(u32_at(sock, 12).unwrap_or(0)),
+            layout.name(u32_at(sock, 24).unwrap_or(0)),
+        ]
+        .into();
+        assert_eq!(
+            names,
+            [&b"sock"[..], b"i", b"p"],
+            "names moved with their types"
+        );
+        assert_eq!(
+            layout.strings, b"\0int\0inner\0a\0sock\0i\0p\0",
+            "kept names only"
+        );
     }
 
     #[test]

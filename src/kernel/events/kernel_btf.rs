@@ -22,6 +22,36 @@ fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
+/// The kernel's BTF, mapped where sysfs allows it (Linux 6.16+), read otherwise.
+enum SysfsBtf {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for SysfsBtf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SysfsBtf::Mapped(map) => map,
+            SysfsBtf::Read(bytes) => bytes,
+        }
+    }
+}
+
+fn sysfs_btf() -> io::Result<SysfsBtf> {
+    let file = std::fs::File::open(super::BTF_PATH)?;
+    // SAFETY: the mapping is the kernel's own BTF, read-only kernel memory that nothing
+    // changes or truncates while it is mapped (the kernel refuses a writable mapping).
+    match unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) } {
+        Ok(map) => Ok(SysfsBtf::Mapped(map)),
+        Err(_) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+            Ok(SysfsBtf::Read(bytes))
+        }
+    }
+}
+
 impl KernelBtf {
     /// The kernel types `object`, its extern `calls` and `functions` (looked up by name,
     /// such as an iterator's attach target) can ask for.
@@ -41,7 +71,7 @@ impl KernelBtf {
     }
 
     fn pruned(object: &[u8], calls: &[ExternCall], functions: &[&str]) -> io::Result<KernelBtf> {
-        let kernel = std::fs::read(super::BTF_PATH).map_err(|e| failed(super::BTF_PATH, &e))?;
+        let kernel = sysfs_btf().map_err(|e| failed(super::BTF_PATH, &e))?;
         let mut wanted = btf_prune::type_names(super::kfunc::object_btf(object)?)?;
         wanted.extend(functions.iter().map(|name| name.as_bytes().to_vec()));
         wanted.extend(calls.iter().map(|call| call.function.as_bytes().to_vec()));
@@ -83,6 +113,19 @@ impl KernelBtf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs kernel BTF: what is mapped is what a read gives (mapped on Linux 6.16+).
+    #[test]
+    fn the_kernel_btf_mapped_is_the_kernel_btf_read() {
+        let mapped = sysfs_btf().expect("kernel BTF");
+        let read = std::fs::read(super::super::BTF_PATH).expect("kernel BTF");
+        assert!(
+            mapped[..] == read[..],
+            "{} against {} bytes",
+            mapped.len(),
+            read.len()
+        );
+    }
 
     /// Needs kernel BTF: every program of the iterators' object relocates to the same
     /// instructions against the cut-down BTF as against the whole (the kernel's type id
