@@ -14,15 +14,15 @@ use crate::kernel::record::HeldSocket;
 /// A pass that starts with at least this many unknown sockets lists descriptors through
 /// the iterator: one pass walks every descriptor of the host (a few ms for 100k), more
 /// than readlink for a few hundred, far less for thousands. The first pass also loads
-/// the iterator (~0.08 s), once per run.
+/// the iterator (~3 ms of CPU here), once per run.
 pub(super) const PRIME_AT_LEAST: usize = 2048;
 
 /// A cold cache primes only when the host has at least this many open files
-/// (`fs.file-nr`): loading the iterator cost about 0.15 s of CPU here through aya's
-/// loader, what readlink pays for ~30,000 fds; since `iter_load` it is ~0.08 s (one
-/// parse of the kernel's BTF and the CO-RE relocation), so the mark is now on the
-/// side of readlink.
-const PRIME_COLD_FILES: u64 = 30_000;
+/// (`fs.file-nr`). Loading the iterator costs ~3 ms of CPU here since it is relocated
+/// against a cut-down kernel BTF (it was ~0.15 s through aya's loader, ~0.08 s with one
+/// whole parse), what readlink pays for ~700 descriptors (~4.5 us each at 85k,
+/// docs/benchmarks.md); the mark leaves room for a slower machine.
+const PRIME_COLD_FILES: u64 = 2_000;
 
 /// Inode of the initial pid namespace (PROC_PID_INIT_INO): the iterator reports pids as
 /// that namespace numbers them, so it is used only when /proc does too.
