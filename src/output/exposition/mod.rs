@@ -23,6 +23,7 @@ use crate::model::sample::NamespaceSample;
 use crate::model::self_metrics::SelfMetrics;
 
 mod labels;
+mod process_cpu;
 mod proto;
 mod sample_families;
 mod self_families;
@@ -107,14 +108,16 @@ pub fn encode_round(
 }
 
 /// Encodes families (text and gzip). The process collector adds the standard
-/// `process_*` metrics, read now. An error leaves nothing half-encoded: the caller keeps
+/// `process_*` metrics, read now (its CPU time to the microsecond, `process_cpu`). An error leaves nothing half-encoded: the caller keeps
 /// serving what it had.
 pub fn encode(
     mut families: Vec<MetricFamily>,
     process: Option<&prometheus::process_collector::ProcessCollector>,
 ) -> Result<Exposition, prometheus::Error> {
     if let Some(collector) = process {
-        families.extend(collector.collect());
+        let mut process_families = collector.collect();
+        process_cpu::refine(&mut process_families);
+        families.extend(process_families);
     }
     // A family without members (e.g. no histogram observed yet) has nothing to say:
     // the writer leaves it out.
