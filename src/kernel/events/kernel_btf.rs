@@ -114,6 +114,21 @@ impl KernelBtf {
 mod tests {
     use super::*;
 
+    /// Needs kernel BTF: what cannot be cut down (here an object that is not one) is
+    /// read whole, and still names the kernel's functions by the kernel's ids.
+    #[test]
+    fn what_cannot_be_cut_down_is_read_whole() {
+        let target = super::super::iter_load::ATTACH_TARGET;
+        let fallback = KernelBtf::read(b"not an ELF object", &[], &[target]).expect("whole");
+        assert!(fallback.pruned.is_none(), "read whole");
+        let whole = KernelBtf::whole().expect("kernel BTF");
+        assert_eq!(fallback.function_id(target), whole.function_id(target));
+        assert!(
+            fallback.function_id(target).is_some(),
+            "{target} in the kernel's BTF"
+        );
+    }
+
     /// Needs kernel BTF: what is mapped is what a read gives (mapped on Linux 6.16+).
     #[test]
     fn the_kernel_btf_mapped_is_the_kernel_btf_read() {
