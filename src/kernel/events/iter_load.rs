@@ -70,6 +70,9 @@ fn failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
+/// A program's name and its linked instructions, or why it has none.
+type Linked<'a> = (&'a str, io::Result<Vec<bpf_insn>>);
+
 /// One loaded program for each slot of `slots`, in order: the first of a slot's names
 /// that loads (a later one is the fallback for kernels that refuse the first, e.g. one
 /// calling a kfunc they do not have); each an `iter/task_file` program.
@@ -81,25 +84,29 @@ pub fn load_task_file_iterators(
     let mut object =
         aya_obj::Object::parse(object_bytes).map_err(|e| failed("parse object", &e))?;
     check_loadable(&object)?;
-    // Each program's instructions, CO-RE-relocated and their kfunc calls linked, or why
-    // they cannot be.
-    let mut linked: Vec<(&str, io::Result<Vec<bpf_insn>>)> = Vec::new();
+    // Each slot's programs in order, each with its instructions (CO-RE-relocated, kfunc
+    // calls linked) or why they cannot be.
+    let mut linked: Vec<Vec<Linked>> = Vec::new();
     let attach_btf_id = {
         let kernel = KernelBtf::read(object_bytes, &calls, &[ATTACH_TARGET])?;
         kernel.relocate(&mut object, object_bytes)?;
         let function_id = |name: &str| kernel.function_id(name);
-        for name in slots.iter().flat_map(|names| names.iter()) {
-            let program = object
-                .programs
-                .get(*name)
-                .map(|program| program.function_key());
-            let function = program.and_then(|key| object.functions.get_mut(&key));
-            let instructions = match function {
-                None => Err(io::Error::other(format!("{name}: no such program"))),
-                Some(function) => super::kfunc::link(function, &calls, &function_id)
-                    .map(|()| function.instructions.clone()),
-            };
-            linked.push((name, instructions));
+        for names in slots {
+            let mut slot = Vec::with_capacity(names.len());
+            for name in names.iter().copied() {
+                let program = object
+                    .programs
+                    .get(name)
+                    .map(|program| program.function_key());
+                let function = program.and_then(|key| object.functions.get_mut(&key));
+                let instructions = match function {
+                    None => Err(io::Error::other(format!("{name}: no such program"))),
+                    Some(function) => super::kfunc::link(function, &calls, &function_id)
+                        .map(|()| function.instructions.clone()),
+                };
+                slot.push((name, instructions));
+            }
+            linked.push(slot);
         }
         kernel
             .function_id(ATTACH_TARGET)
@@ -109,19 +116,14 @@ pub fn load_task_file_iterators(
     // system.
     super::release_freed_heap();
     let mut loaded = Vec::with_capacity(slots.len());
-    for names in slots {
+    for slot in &linked {
         let mut refusals = Vec::new();
-        let program = names.iter().find_map(|name| {
-            let instructions = linked
-                .iter()
-                .find(|(linked_name, _)| linked_name == name)
-                .map(|(_, instructions)| instructions);
+        let program = slot.iter().find_map(|(name, instructions)| {
             let attempt = match instructions {
-                Some(Ok(instructions)) => {
+                Ok(instructions) => {
                     load_program(name, instructions, &object.license, attach_btf_id)
                 }
-                Some(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
-                None => Err(io::Error::other("not linked")),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             attempt
                 .map_err(|e| refusals.push(format!("load {name}: {e}")))
