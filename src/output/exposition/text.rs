@@ -12,11 +12,12 @@
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 
 /// Appends `families` to `out`. Families without members are skipped (the encoder
-/// refuses them; they have nothing to say), and untyped ones (see above).
+/// refuses them; they have nothing to say), and untyped ones (see `Written`).
 pub fn write_families(families: &[MetricFamily], out: &mut Vec<u8>) {
-    let written =
-        |f: &&MetricFamily| !f.get_metric().is_empty() && f.get_field_type() != MetricType::UNTYPED;
-    for family in families.iter().filter(written) {
+    for family in families.iter().filter(|f| !f.get_metric().is_empty()) {
+        let Some(kind) = Written::of(family.get_field_type()) else {
+            continue;
+        };
         let name = family.name();
         let help = family.help();
         if !help.is_empty() {
@@ -26,32 +27,55 @@ pub fn write_families(families: &[MetricFamily], out: &mut Vec<u8>) {
             escape(help, false, out);
             out.push(b'\n');
         }
-        let kind = family.get_field_type();
         out.extend_from_slice(b"# TYPE ");
         out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(match kind {
-            MetricType::COUNTER => b" counter\n".as_slice(),
-            MetricType::GAUGE => b" gauge\n",
-            MetricType::HISTOGRAM => b" histogram\n",
-            MetricType::SUMMARY => b" summary\n",
-            MetricType::UNTYPED => b" untyped\n",
-        });
+        out.extend_from_slice(kind.type_line());
         for member in family.get_metric() {
-            let value = match kind {
-                MetricType::HISTOGRAM => {
-                    histogram(out, name, member);
-                    continue;
+            match kind {
+                Written::Counter => {
+                    let value = member.get_counter().get_value();
+                    sample(out, name, "", member, None, value);
                 }
-                MetricType::SUMMARY => {
-                    summary(out, name, member);
-                    continue;
+                Written::Gauge => {
+                    let value = member.get_gauge().get_value();
+                    sample(out, name, "", member, None, value);
                 }
-                MetricType::COUNTER => member.get_counter().get_value(),
-                MetricType::GAUGE => member.get_gauge().get_value(),
-                // Left out above: no value accessor that is not deprecated.
-                MetricType::UNTYPED => continue,
-            };
-            sample(out, name, "", member, None, value);
+                Written::Histogram => histogram(out, name, member),
+                Written::Summary => summary(out, name, member),
+            }
+        }
+    }
+}
+
+/// The metric types written. Untyped families are not: the crate deprecates `Untyped`
+/// (it has no accessor for their values that is not deprecated) and its encoder panics
+/// on them.
+#[derive(Clone, Copy)]
+enum Written {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+}
+
+impl Written {
+    fn of(kind: MetricType) -> Option<Self> {
+        match kind {
+            MetricType::COUNTER => Some(Written::Counter),
+            MetricType::GAUGE => Some(Written::Gauge),
+            MetricType::HISTOGRAM => Some(Written::Histogram),
+            MetricType::SUMMARY => Some(Written::Summary),
+            MetricType::UNTYPED => None,
+        }
+    }
+
+    /// The rest of the `# TYPE name` line.
+    fn type_line(self) -> &'static [u8] {
+        match self {
+            Written::Counter => b" counter\n",
+            Written::Gauge => b" gauge\n",
+            Written::Histogram => b" histogram\n",
+            Written::Summary => b" summary\n",
         }
     }
 }
@@ -178,7 +202,7 @@ fn escape(text: &str, quotes: bool, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::exposition::proto::{FamilySpec, histogram, label};
+    use crate::output::exposition::proto::{FamilySpec, family, gauge, histogram, label};
     use prometheus::{Encoder, TextEncoder};
 
     fn encoder_text(families: &[MetricFamily]) -> String {
@@ -238,27 +262,25 @@ mod tests {
     /// not written as a gauge of zeros.
     #[test]
     fn same_bytes_for_a_summary() {
-        use prometheus::proto::{Metric, Quantile, Summary};
+        use prometheus::proto::{Quantile, Summary};
         let quantile = |q: f64, value: f64| {
             let mut quantile = Quantile::default();
             quantile.set_quantile(q);
             quantile.set_value(value);
             quantile
         };
-        let mut summary = Summary::default();
-        summary.set_sample_count(5);
-        summary.set_sample_sum(15.5);
-        summary.set_quantile(vec![quantile(0.5, 3.0), quantile(0.99, 1e-7)]);
-        let mut member = Metric::default();
-        member.set_label(vec![label("port", "80")]);
-        member.set_summary(summary);
-        let mut family = FamilySpec::gauge("tcpstate_test_seconds", "s \\ \n").empty();
-        family.set_field_type(MetricType::SUMMARY);
-        family.set_metric(vec![member.clone(), {
-            member.set_label(vec![]);
+        let member = |labels| {
+            let mut summary = Summary::default();
+            summary.set_sample_count(5);
+            summary.set_sample_sum(15.5);
+            summary.set_quantile(vec![quantile(0.5, 3.0), quantile(0.99, 1e-7)]);
+            let mut member = Metric::from_label(labels);
+            member.set_summary(summary);
             member
-        }]);
-        let families = [family];
+        };
+        let mut summaries = family("tcpstate_test_seconds", "s \\ \n", MetricType::SUMMARY);
+        summaries.set_metric(vec![member(vec![label("port", "80")]), member(vec![])]);
+        let families = [summaries];
         assert_eq!(written(&families), encoder_text(&families));
     }
 
@@ -266,8 +288,8 @@ mod tests {
     /// as a gauge of zeros; the others around it are written.
     #[test]
     fn an_untyped_family_is_left_out() {
-        let mut untyped = FamilySpec::gauge("tcpstate_test_untyped", "u").with_value(vec![], 1.0);
-        untyped.set_field_type(MetricType::UNTYPED);
+        let mut untyped = family("tcpstate_test_untyped", "u", MetricType::UNTYPED);
+        untyped.set_metric(vec![gauge(vec![], 1.0)]);
         let gauge = FamilySpec::gauge("tcpstate_test", "g").with_value(vec![], 2.0);
         assert_eq!(written(&[untyped, gauge.clone()]), encoder_text(&[gauge]));
     }
