@@ -116,16 +116,13 @@ pub fn load_task_file_iterators(
     // system.
     super::release_freed_heap();
     let mut loaded = Vec::with_capacity(slots.len());
-    for slot in &linked {
+    for slot in linked {
         let mut refusals = Vec::new();
-        let program = slot.iter().find_map(|(name, instructions)| {
-            let attempt = match instructions {
-                Ok(instructions) => {
-                    load_program(name, instructions, &object.license, attach_btf_id)
-                }
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            attempt
+        let program = slot.into_iter().find_map(|(name, instructions)| {
+            instructions
+                .and_then(|instructions| {
+                    load_program(name, &instructions, &object.license, attach_btf_id)
+                })
                 .map_err(|e| refusals.push(format!("load {name}: {e}")))
                 .ok()
         });
@@ -231,5 +228,29 @@ mod tests {
             "{refused}"
         );
         check_loadable(&parse(super::super::socket_fds::PROGRAM)).expect("loadable");
+    }
+
+    /// Needs root (CAP_BPF, kernel BTF). A slot takes the first of its names that loads;
+    /// a slot none of whose names loads fails with every refusal, by name.
+    #[test]
+    fn a_slot_falls_back_in_order_and_a_failed_one_names_each_refusal() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let object = super::super::socket_fds::PROGRAM;
+        let loaded = load_task_file_iterators(object, &[&["no_such_program", "socket_fds"]])
+            .expect("the second name of the slot loads");
+        assert_eq!(loaded.len(), 1);
+        let failed = load_task_file_iterators(
+            object,
+            &[&["socket_fds"], &["no_such_program", "also_missing"]],
+        )
+        .expect_err("the second slot has no program that loads");
+        assert_eq!(
+            failed.to_string(),
+            "load no_such_program: no_such_program: no such program; \
+             load also_missing: also_missing: no such program"
+        );
     }
 }
