@@ -1,4 +1,4 @@
-//! One pass of a loaded BPF task iterator: BPF_LINK_CREATE, with the link's `iter_info`
+//! One pass of a loaded BPF iterator (task, tcp): BPF_LINK_CREATE, with the link's `iter_info`
 //! naming one process when asked (Linux 6.1+; aya 0.14's `Iter::attach` cannot pass
 //! it), then BPF_ITER_CREATE for the read. Two raw bpf(2) calls.
 
@@ -69,6 +69,14 @@ pub(super) unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedF
 /// the caller's pid namespace numbers it), and returns everything it wrote: nothing for
 /// a process that is gone (the kernel does not check the pid when the link is made).
 pub fn read(program: BorrowedFd<'_>, pid: Option<u32>) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open(program, pid)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A pass of the iterator `program` (over the process `pid` alone when given), to be
+/// read to its end. A `tcp` iterator walks the network namespace of the calling thread.
+pub fn open(program: BorrowedFd<'_>, pid: Option<u32>) -> io::Result<File> {
     let info = TaskIterInfo {
         tid: 0,
         pid: pid.unwrap_or(0),
@@ -99,7 +107,5 @@ pub fn read(program: BorrowedFd<'_>, pid: Option<u32>) -> io::Result<Vec<u8>> {
     };
     // SAFETY: iter_create's layout, no pointers.
     let iter = unsafe { bpf_fd(BPF_ITER_CREATE, &create)? };
-    let mut bytes = Vec::new();
-    File::from(iter).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok(File::from(iter))
 }

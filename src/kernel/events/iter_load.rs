@@ -1,5 +1,5 @@
-//! Loads a `task_file` iterator program of our own object with one parse of the kernel's
-//! BTF: the object is parsed and CO-RE-relocated with aya-obj, then BPF_PROG_LOAD is one
+//! Loads iterator programs (`task_file`, `tcp`) of our own objects with one parse of the
+//! kernel's BTF: the object is parsed and CO-RE-relocated with aya-obj, then BPF_PROG_LOAD is one
 //! raw bpf(2) call. aya's `EbpfLoader` parses the kernel BTF in `new()` whatever it is
 //! then given, and `Iter::load` needs a second parse to name the attach target; it also
 //! probes the kernel's BPF features and loads the object's own BTF, none of which an
@@ -21,7 +21,9 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_ITER: u32 = 28;
 /// The kernel function a `task_file` iterator program attaches to.
-pub(super) const ATTACH_TARGET: &str = "bpf_iter_task_file";
+pub(super) const TASK_FILE: &str = "bpf_iter_task_file";
+/// The kernel function a `tcp` iterator program attaches to.
+pub(super) const TCP: &str = "bpf_iter_tcp";
 /// Bytes of the verifier's log asked for when a load fails, for its error message.
 const LOG_LEN: usize = 64 * 1024;
 
@@ -75,9 +77,11 @@ type Linked<'a> = (&'a str, io::Result<Vec<bpf_insn>>);
 
 /// One loaded program for each slot of `slots`, in order: the first of a slot's names
 /// that loads (a later one is the fallback for kernels that refuse the first, e.g. one
-/// calling a kfunc they do not have); each an `iter/task_file` program.
-pub fn load_task_file_iterators(
+/// calling a kfunc they do not have); each an iterator program of the kernel function
+/// `target` (`TASK_FILE`, `TCP`).
+pub fn load_iterators(
     object_bytes: &[u8],
+    target: &str,
     slots: &[&[&str]],
 ) -> io::Result<Vec<OwnedFd>> {
     let calls = super::kfunc::extern_calls(object_bytes)?;
@@ -88,7 +92,7 @@ pub fn load_task_file_iterators(
     // calls linked) or why they cannot be.
     let mut linked: Vec<Vec<Linked>> = Vec::new();
     let attach_btf_id = {
-        let kernel = KernelBtf::read(object_bytes, &calls, &[ATTACH_TARGET])?;
+        let kernel = KernelBtf::read(object_bytes, &calls, &[target])?;
         kernel.relocate(&mut object, object_bytes)?;
         let function_id = |name: &str| kernel.function_id(name);
         for names in slots {
@@ -109,8 +113,8 @@ pub fn load_task_file_iterators(
             linked.push(slot);
         }
         kernel
-            .function_id(ATTACH_TARGET)
-            .ok_or_else(|| io::Error::other(format!("the kernel has no {ATTACH_TARGET}")))?
+            .function_id(target)
+            .ok_or_else(|| io::Error::other(format!("the kernel has no {target}")))?
     };
     // The kernel BTF read and its parse are back with the allocator: give them to the
     // system.
@@ -145,7 +149,9 @@ fn check_loadable(object: &aya_obj::Object) -> io::Result<()> {
     } else {
         return Ok(());
     };
-    Err(io::Error::other(format!("socket_fds.bpf.o has {refused}")))
+    Err(io::Error::other(format!(
+        "the iterators' object has {refused}"
+    )))
 }
 
 /// BPF_PROG_LOAD of one tracing program attached to the iterator `attach_btf_id`; on
@@ -239,11 +245,12 @@ mod tests {
             return;
         }
         let object = super::super::socket_fds::PROGRAM;
-        let loaded = load_task_file_iterators(object, &[&["no_such_program", "socket_fds"]])
+        let loaded = load_iterators(object, TASK_FILE, &[&["no_such_program", "socket_fds"]])
             .expect("the second name of the slot loads");
         assert_eq!(loaded.len(), 1);
-        let failed = load_task_file_iterators(
+        let failed = load_iterators(
             object,
+            TASK_FILE,
             &[&["socket_fds"], &["no_such_program", "also_missing"]],
         )
         .expect_err("the second slot has no program that loads");

@@ -118,7 +118,7 @@ mod tests {
     /// read whole, and still names the kernel's functions by the kernel's ids.
     #[test]
     fn what_cannot_be_cut_down_is_read_whole() {
-        let target = super::super::iter_load::ATTACH_TARGET;
+        let target = super::super::iter_load::TASK_FILE;
         let fallback = KernelBtf::read(b"not an ELF object", &[], &[target]).expect("whole");
         assert!(fallback.pruned.is_none(), "read whole");
         let whole = KernelBtf::whole().expect("kernel BTF");
@@ -149,7 +149,7 @@ mod tests {
     fn the_cut_down_kernel_btf_relocates_as_the_whole_one() {
         let program = super::super::socket_fds::PROGRAM;
         let calls = super::super::kfunc::extern_calls(program).expect("calls");
-        let cut = KernelBtf::pruned(program, &calls, &[super::super::iter_load::ATTACH_TARGET])
+        let cut = KernelBtf::pruned(program, &calls, &[super::super::iter_load::TASK_FILE])
             .expect("kernel BTF");
         let whole = KernelBtf::whole().expect("kernel BTF");
         let relocated = |kernel: &KernelBtf| {
@@ -183,7 +183,7 @@ mod tests {
         for name in calls
             .iter()
             .map(|c| c.function.as_str())
-            .chain([super::super::iter_load::ATTACH_TARGET])
+            .chain([super::super::iter_load::TASK_FILE])
         {
             let id = |kernel: &KernelBtf| kernel.function_id(name).expect(name);
             assert_eq!(id(&cut), id(&whole), "{name}");

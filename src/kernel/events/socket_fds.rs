@@ -47,8 +47,9 @@ pub struct SocketFdLister {
 
 impl SocketFdLister {
     pub fn load() -> io::Result<SocketFdLister> {
-        let [lister, held]: [OwnedFd; 2] = super::iter_load::load_task_file_iterators(
+        let [lister, held]: [OwnedFd; 2] = super::iter_load::load_iterators(
             PROGRAM,
+            super::iter_load::TASK_FILE,
             &[&[LISTER], &[HELD, HELD_PROBE_READ]],
         )?
         .try_into()
@@ -207,8 +208,9 @@ mod tests {
         let server_inode = std::fs::metadata(format!("/proc/self/fd/{}", server.as_raw_fd()))
             .expect("stat fd")
             .ino() as u32;
-        let programs = super::super::iter_load::load_task_file_iterators(
+        let programs = super::super::iter_load::load_iterators(
             PROGRAM,
+            super::super::iter_load::TASK_FILE,
             &[&[HELD], &[HELD_PROBE_READ]],
         )
         .expect("both programs load (root, kernel BTF, Linux 6.2+)");
