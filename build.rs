@@ -41,6 +41,8 @@ fn main() {
         println!("cargo:rerun-if-changed={source}");
         println!("cargo:rerun-if-changed={header}");
     }
+    // The kernel types every program declares (CO-RE).
+    println!("cargo:rerun-if-changed=bpf/kernel_types.h");
     println!("cargo:rerun-if-env-changed=CLANG");
     if env::var_os("CARGO_FEATURE_EVENTS").is_none() {
         return;

@@ -7,13 +7,14 @@
 // One fixed 16-byte `struct socket_fd` per descriptor (inode 0: not a socket), written
 // with bpf_seq_write; user space reads the iterator's file to its end. The kernel skips
 // threads that share their leader's descriptor table, so each table is listed once.
-// Types are declared with preserve_access_index (CO-RE), as in state_change.bpf.c.
+// Types are declared with preserve_access_index (CO-RE) in kernel_types.h.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
+#include "kernel_types.h"
 #include "socket_fds.h"
 
 // A kernel function (kfunc, Linux 6.2+): the same pointer, typed as the kernel type whose
@@ -23,81 +24,13 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
-#define IPPROTO_TCP 6
 #define AF_INET 2
 #define AF_INET6 10
 #define TCP_LISTEN 10
-// inet_connection_sock.icsk_pending values that sock_diag reports before the keepalive
-// timer (inet_sk_diag_fill): retransmit, zero-window probe, loss probe, reordering.
-#define ICSK_TIME_RETRANS 1
-#define ICSK_TIME_PROBE0 3
-#define ICSK_TIME_LOSS_PROBE 5
-#define ICSK_TIME_REO_TIMEOUT 6
-
-struct inode {
-	unsigned short i_mode;
-	unsigned long i_ino;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct inode *f_inode;
-} __attribute__((preserve_access_index));
-
-// Flattened: the kernel nests these in anonymous unions, which CO-RE looks through.
-typedef struct {
-	__s64 counter;
-} atomic64_t;
-
-struct sock_common {
-	unsigned short skc_family;
-	atomic64_t skc_cookie;
-	volatile unsigned char skc_state;
-} __attribute__((preserve_access_index));
-
-struct hlist_node {
-	struct hlist_node *next, **pprev;
-} __attribute__((preserve_access_index));
-
-struct timer_list {
-	struct hlist_node entry;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	__u32 val;
-} kuid_t;
-
-struct sock {
-	struct sock_common __sk_common;
-	__u16 sk_protocol;
-	struct timer_list sk_timer;
-	kuid_t sk_uid;
-} __attribute__((preserve_access_index));
-
-struct socket {
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
-struct inet_connection_sock {
-	__u8 icsk_pending;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock {
-	struct inet_connection_sock inet_conn;
-	__u32 rcv_nxt;
-	__u32 copied_seq;
-	__u32 write_seq;
-	__u32 snd_una;
-} __attribute__((preserve_access_index));
 
 struct task_struct {
 	int pid;
 	int tgid;
-} __attribute__((preserve_access_index));
-
-struct seq_file;
-
-struct bpf_iter_meta {
-	struct seq_file *seq;
 } __attribute__((preserve_access_index));
 
 struct bpf_iter__task_file {
@@ -176,9 +109,7 @@ static __always_inline int held_socket(struct bpf_iter__task_file *ctx, int cast
 		record.send_queue = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
 		pending = BPF_CORE_READ(tp, inet_conn.icsk_pending);
 	}
-	int other_timer = pending == ICSK_TIME_RETRANS || pending == ICSK_TIME_PROBE0 ||
-			  pending == ICSK_TIME_LOSS_PROBE || pending == ICSK_TIME_REO_TIMEOUT;
-	record.keepalive = !other_timer && sk->sk_timer.entry.pprev != 0;
+	record.keepalive = keepalive_reported(pending, sk->sk_timer.entry.pprev != 0);
 	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
 	return 0;
 }

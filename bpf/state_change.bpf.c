@@ -9,7 +9,7 @@
 // on, transitions of namespaces user space does not sample are neither counted nor
 // sent (only tallied in counters.filtered).
 //
-// No vmlinux.h: the few kernel types read here are declared below with
+// No vmlinux.h: the few kernel types read here are declared in kernel_types.h with
 // preserve_access_index, so field offsets are CO-RE relocations that the loader
 // resolves against the running kernel's BTF. The build needs clang and libbpf's
 // headers only, not the build machine's kernel.
@@ -20,47 +20,8 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
 
+#include "kernel_types.h"
 #include "state_change.h"
-
-#define IPPROTO_TCP 6
-
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net {
-	struct ns_common ns;
-	__u64 net_cookie;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
-struct in6_addr {
-	union {
-		__u8 u6_addr8[16];
-	} in6_u;
-} __attribute__((preserve_access_index));
-
-// Flattened: the kernel nests these in anonymous unions and structs, which CO-RE
-// matching looks through.
-struct sock_common {
-	__be32 skc_daddr;
-	__be32 skc_rcv_saddr;
-	__be16 skc_dport;
-	__u16 skc_num;
-	unsigned short skc_family;
-	int skc_bound_dev_if;
-	possible_net_t skc_net;
-	struct in6_addr skc_v6_daddr;
-	struct in6_addr skc_v6_rcv_saddr;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_common __sk_common;
-	__u16 sk_protocol;
-} __attribute__((preserve_access_index));
 
 // Set by the loader before the program is loaded; constant for the verifier, which
 // drops the code a setting turns off.
