@@ -3,6 +3,7 @@
 
 #[cfg(feature = "events")]
 pub mod events;
+pub mod hz;
 pub mod kept_file;
 pub mod netns;
 pub mod owners;
