@@ -1,5 +1,5 @@
-//! Builds the eBPF programs of the `events` feature (bpf/state_change.bpf.c, and
-//! bpf/socket_fds.bpf.c for the first attribution) from source with clang, into OUT_DIR,
+//! Builds the eBPF programs of the `events` feature (bpf/state_change.bpf.c,
+//! bpf/socket_fds.bpf.c for the first attribution, bpf/tcp_table.bpf.c for the table) from source with clang, into OUT_DIR,
 //! where `src/kernel/events` embeds them.
 //!
 //! Needs clang (any version with the BPF target, 14+ tested) and libbpf's headers
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Each program: its source, its header, and the object's name in OUT_DIR.
-const PROGRAMS: [(&str, &str, &str); 2] = [
+const PROGRAMS: [(&str, &str, &str); 3] = [
     (
         "bpf/state_change.bpf.c",
         "bpf/state_change.h",
@@ -33,6 +33,7 @@ const PROGRAMS: [(&str, &str, &str); 2] = [
         "bpf/socket_fds.h",
         "socket_fds.bpf.o",
     ),
+    ("bpf/tcp_table.bpf.c", "bpf/tcp_table.h", "tcp_table.bpf.o"),
 ];
 
 fn main() {

@@ -47,6 +47,7 @@ mod kernel_btf;
 mod kfunc;
 mod ring;
 pub mod socket_fds;
+pub mod tcp_table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;

@@ -189,7 +189,7 @@ fn decode_tcp_info(value: &[u8]) -> Result<TcpInfoExcerpt, DumpError> {
 /// cookies suffices and memory stays flat whatever the table size. A chain longer than
 /// the window (never seen: the kernel sizes the hash to the socket count) could let one
 /// through.
-pub(super) struct Deduper {
+pub(crate) struct Deduper {
     /// The last `DEDUP_WINDOW` cookies of the previous read and of this one (rings).
     previous: [u64; DEDUP_WINDOW],
     current: [u64; DEDUP_WINDOW],
@@ -209,13 +209,13 @@ impl Default for Deduper {
 }
 
 impl Deduper {
-    pub(super) fn start_read(&mut self) {
+    pub(crate) fn start_read(&mut self) {
         std::mem::swap(&mut self.previous, &mut self.current);
         self.previous_len = self.position_in_read.min(DEDUP_WINDOW);
         self.position_in_read = 0;
     }
 
-    fn is_duplicate(&mut self, cookie: u64) -> bool {
+    pub(crate) fn is_duplicate(&mut self, cookie: u64) -> bool {
         let early = self.position_in_read < DEDUP_WINDOW;
         self.current[self.position_in_read % DEDUP_WINDOW] = cookie;
         self.position_in_read += 1;

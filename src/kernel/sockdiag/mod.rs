@@ -21,8 +21,9 @@ mod error;
 mod lookup;
 mod request;
 
-use decode::{Deduper, ReadOutcome, decode_read};
+pub(crate) use decode::Deduper;
 pub use decode::{DumpStats, decode_socket};
+use decode::{ReadOutcome, decode_read};
 pub use error::{DumpError, SampleErrorReason};
 pub use lookup::LookupStats;
 pub use request::DumpRequest;
