@@ -88,16 +88,25 @@ fn oldest_age_follows_the_time_since_the_fin() {
 
 /// More CLOSE_WAIT sockets at start-up than one batch of lookups, and more than the
 /// 256 below which lookups are used whatever the table: the first sample dates every
-/// one of them from its FIN, so all are past `stuck_after` at once. Alone in the table
-/// (half of it) they are dated by a CLOSE_WAIT dump with tcp_info; beside 1,400
-/// established sockets, by lookups.
+/// one of them from its FIN, so all are past `stuck_after` at once. By default the
+/// table's BPF iterator pass reads their ages as it walks; with events off (sock_diag
+/// only), alone in the table (half of it) they are dated by a CLOSE_WAIT dump with
+/// tcp_info, and beside 1,400 established sockets by lookups.
 #[test]
 fn a_first_sighting_of_hundreds_dates_every_one_from_its_fin() {
-    first_sighting_dates_every_one_from_its_fin("age-dump", 0);
-    first_sighting_dates_every_one_from_its_fin("age-lookups", 700);
+    first_sighting_dates_every_one_from_its_fin("age-pass", 700, Walk::BpfIterator);
+    first_sighting_dates_every_one_from_its_fin("age-dump", 0, Walk::SockDiag);
+    first_sighting_dates_every_one_from_its_fin("age-lookups", 700, Walk::SockDiag);
 }
 
-fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
+/// How the first sample is made to walk the table.
+#[derive(Clone, Copy, PartialEq)]
+enum Walk {
+    BpfIterator,
+    SockDiag,
+}
+
+fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize, walk: Walk) {
     let ns = Netns::new(name);
     let mut server = Actor::spawn(&ns, "holder");
     let mut client = Actor::spawn(&ns, "client");
@@ -112,9 +121,13 @@ fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
     client.cmd("close c");
     assert!(wait_until(WAIT, || close_wait_records(&ns).len() == 300));
     assert!(wait_until(WAIT, || fin.elapsed() > Duration::from_secs(3)));
+    let events = match walk {
+        Walk::BpfIterator => "auto",
+        Walk::SockDiag => "off",
+    };
     let config = temp_file(
         &format!("{name}.toml"),
-        "[close_wait]\nstuck_after = \"2s\"\n",
+        &format!("events = \"{events}\"\n[close_wait]\nstuck_after = \"2s\"\n"),
     );
     // One sample only (the next is an hour away): what is served is the first sighting.
     let daemon = Daemon::exporter(
@@ -126,8 +139,20 @@ fn first_sighting_dates_every_one_from_its_fin(name: &str, established: usize) {
     assert_eq!(first.get("tcpstate_close_wait_tracked", &[]), 300.0);
     let established_seen = first.get("tcpstate_sockets", &[("state", "established")]);
     assert_eq!(established_seen, (2 * established) as f64);
-    // Which way the sampler dated them follows from the table it walked: check that each
-    // run takes the path its name says, whatever the thresholds become.
+    // Which way the sampler dated them follows from how it walked the table, and on
+    // sock_diag from the table's size: check that each run takes the path its name
+    // says, whatever the thresholds become.
+    let by_iterator = first.get("tcpstate_table_walks_total", &[("via", "bpf_iterator")]);
+    let by_dump = first.get("tcpstate_table_walks_total", &[("via", "sock_diag")]);
+    let expected = match walk {
+        Walk::BpfIterator => (1.0, 0.0),
+        Walk::SockDiag => (0.0, 1.0),
+    };
+    assert_eq!(
+        (by_iterator, by_dump),
+        expected,
+        "{name}: walks by iterator, by dump"
+    );
     let walked = first.sum("tcpstate_sockets", &[]) as u64;
     let by_lookups = dates_by_lookups(300, walked);
     assert_eq!(

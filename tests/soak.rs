@@ -32,6 +32,7 @@ fn counters(m: &Exposition) -> Vec<(String, f64)> {
         "tcpstate_close_wait_duration_seconds_count",
         "tcpstate_close_wait_duration_seconds_sum",
         "tcpstate_sockets_skipped_total",
+        "tcpstate_table_walks_total",
     ] {
         for (labels, value) in m.series(name) {
             out.push((format!("{name}{labels:?}"), value));

@@ -16,6 +16,10 @@ pub struct SelfMetrics {
     pub samples_total: u64,
     pub duplicates_dropped: u64,
     pub unknown_states_skipped: u64,
+    /// Walks of namespaces' tables (every state but LISTEN) by a BPF iterator pass, and
+    /// by a sock_diag dump, since start.
+    pub walks_by_iterator: u64,
+    pub walks_by_sock_diag: u64,
     /// /proc/PID/fd links read to attribute sockets (the cost of attribution).
     pub owner_fds_read: u64,
     /// Detail-state sockets left without an owner in the last sample.

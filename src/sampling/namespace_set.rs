@@ -420,7 +420,7 @@ fn namespace_label(namespace: &NamespaceRef, init_inode: Option<u64>, pod: &PodI
 /// this (the sampling) thread, which then returns to its own namespace.
 fn open_sampler(namespace: &NamespaceRef, settings: &Settings) -> std::io::Result<Sampler> {
     let entered = netns::enter(&namespace.path)?;
-    let sampler = Sampler::new(settings);
+    let sampler = Sampler::new_entered(settings);
     drop(entered);
     sampler
 }

@@ -248,6 +248,8 @@ impl SampleLoop {
         }
         metrics.duplicates_dropped += round.report.dump.duplicates;
         metrics.unknown_states_skipped += round.report.dump.unknown_states;
+        metrics.walks_by_iterator += round.report.dump.walks_by_iterator;
+        metrics.walks_by_sock_diag += round.report.dump.walks_by_sock_diag;
         metrics.owner_fds_read += round.report.owners.fds_read;
         metrics.owners_unresolved = round.report.owners.unresolved;
         metrics.namespaces_vanished += round.vanished;

@@ -29,12 +29,18 @@ pub struct DumpStats {
     pub duplicates: u64,
     /// Sockets in a state this build does not know (a newer kernel).
     pub unknown_states: u64,
+    /// Walks of every state but LISTEN made by a BPF iterator pass, and by a sock_diag
+    /// dump (set by the sampler's table source; other dumps leave both at 0).
+    pub walks_by_iterator: u64,
+    pub walks_by_sock_diag: u64,
 }
 
 impl DumpStats {
     pub fn add(&mut self, other: DumpStats) {
         self.duplicates += other.duplicates;
         self.unknown_states += other.unknown_states;
+        self.walks_by_iterator += other.walks_by_iterator;
+        self.walks_by_sock_diag += other.walks_by_sock_diag;
     }
 }
 

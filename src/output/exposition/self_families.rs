@@ -32,6 +32,12 @@ const SOCKETS_SKIPPED: FamilySpec = FamilySpec::counter(
     "Sockets left out of samples: reported twice by a non-atomic dump, or in a state this \
      build does not know.",
 );
+const TABLE_WALKS: FamilySpec = FamilySpec::counter(
+    "tcpstate_table_walks_total",
+    "Walks of a namespace's TCP table (every state but LISTEN), by how: bpf_iterator (one \
+     pass of a BPF tcp iterator: the exporter's own namespace, where BPF is allowed), \
+     sock_diag (a netlink dump).",
+);
 
 /// How sampling went: its time, its errors (every reason from the start, at 0, so that
 /// `rate()` sees the first one), and the sockets it had to leave out.
@@ -53,6 +59,16 @@ fn sampling_families(metrics: &SelfMetrics) -> Vec<MetricFamily> {
             (
                 vec![label("reason", "unknown_state")],
                 metrics.unknown_states_skipped as f64,
+            ),
+        ]),
+        TABLE_WALKS.with_values([
+            (
+                vec![label("via", "bpf_iterator")],
+                metrics.walks_by_iterator as f64,
+            ),
+            (
+                vec![label("via", "sock_diag")],
+                metrics.walks_by_sock_diag as f64,
             ),
         ]),
     ]

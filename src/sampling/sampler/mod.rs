@@ -28,25 +28,13 @@ use crate::model::sockets::{SocketAge, SocketBudget, SocketCollector, SocketList
 use crate::model::top::{PidCounts, TOP_PEERS};
 use crate::sampling::attribution::{Attribution, QueueHolder, accept_queue_owners};
 use crate::sampling::connections::{AfterDump, ConnectionSink, PendingConnection};
+mod dating;
 pub mod following;
+mod table_source;
+
+pub use dating::dates_by_lookups;
 
 use following::{FollowedRound, Following};
-
-/// New CLOSE_WAIT sockets are dated by exact lookups while they are at most one in this
-/// many of the sockets the sample walked, and by one CLOSE_WAIT dump with tcp_info past
-/// that. Measured at 100k sockets: a lookup costs ~5 µs, the dump ~1.3 µs per socket
-/// walked plus the tcp_info of each CLOSE_WAIT: 7,000 lookups 0.27x the floor, the dump
-/// 0.34x; the two meet near 40 %. On a namespace sharing the host's hash the dump walks
-/// every other namespace's sockets too, so the lookups win by far more there.
-const LOOKUPS_UP_TO_ONE_IN: u64 = 3;
-/// Below this many, lookups whatever the table (a few sockets never justify a walk).
-const MIN_LOOKUPS: u64 = 256;
-
-/// Whether `count` new CLOSE_WAITs found by a walk of `walked` sockets are dated by
-/// exact lookups (else by one CLOSE_WAIT dump with tcp_info).
-pub fn dates_by_lookups(count: u64, walked: u64) -> bool {
-    count <= MIN_LOOKUPS || count.saturating_mul(LOOKUPS_UP_TO_ONE_IN) <= walked
-}
 
 /// Fetches the namespace's state changes queued since the round began.
 pub type Refresh<'a> = &'a mut dyn FnMut() -> Vec<StateTransition>;
@@ -76,6 +64,8 @@ impl SampleReport {
 /// samples there: the socket and the CLOSE_WAIT tracker.
 pub struct Sampler {
     socket: DiagSocket,
+    /// The walk of every state but LISTEN: a BPF iterator pass where it can be used.
+    table: table_source::TableSource,
     detail_mask: [bool; STATE_COUNT],
     max_groups: usize,
     tracker: CloseWaitTracker,
@@ -109,6 +99,7 @@ impl Sampler {
         }
         Ok(Sampler {
             socket: DiagSocket::open()?,
+            table: table_source::TableSource::new(settings),
             detail_mask,
             max_groups: settings.max_groups,
             tracker: CloseWaitTracker::new(
@@ -128,6 +119,17 @@ impl Sampler {
             count_pids: settings.close_wait_pids,
             peers_kept: TOP_PEERS.max(settings.peers_per_group),
             following: None,
+        })
+    }
+
+    /// As `new`, in a namespace the calling thread entered only to open the socket:
+    /// its walks stay on sock_diag, since an iterator walks the creating thread's
+    /// namespace and each would cost a program load of its own.
+    pub fn new_entered(settings: &Settings) -> std::io::Result<Self> {
+        let sampler = Self::new(settings)?;
+        Ok(Sampler {
+            table: table_source::TableSource::sock_diag_only(),
+            ..sampler
         })
     }
 
@@ -294,7 +296,7 @@ impl Sampler {
             Some(Err(why)) => {
                 report.followed = Some(FollowedRound::Dumped(why));
                 let mut kept = Vec::new();
-                let stats = self.socket.dump(all_but_listen(), &mut |record| {
+                let stats = self.table.connections(&mut self.socket, &mut |record| {
                     kept.push(*record);
                     sink.take(record)
                 })?;
@@ -305,8 +307,8 @@ impl Sampler {
             }
             None => {
                 let stats = self
-                    .socket
-                    .dump(all_but_listen(), &mut |record| sink.take(record))?;
+                    .table
+                    .connections(&mut self.socket, &mut |record| sink.take(record))?;
                 report.dump.add(stats);
             }
         }
@@ -357,7 +359,8 @@ impl Sampler {
                 None => group,
             }
         });
-        self.refine_entry_times(new_close_wait, walked)
+        let source = (&mut self.socket, &mut self.table);
+        dating::refine_entry_times(source, &mut self.tracker, new_close_wait, walked)
     }
 
     /// Phase 5: the per-socket view gets what the dump did not know: owners resolved
@@ -407,44 +410,6 @@ impl Sampler {
         Sample::assemble(builder.finish(self.max_groups), ages, context)
     }
 
-    /// Entry time of newly seen CLOSE_WAIT sockets from tcp_info's last_ack_recv: by one
-    /// exact lookup each (batched), a hash lookup where a CLOSE_WAIT dump would walk the
-    /// whole established hash again; by that dump only when the new sockets are a large
-    /// share of the `walked` table (see `LOOKUPS_UP_TO_ONE_IN`).
-    fn refine_entry_times(
-        &mut self,
-        new_close_wait: &[SocketRecord],
-        walked: u64,
-    ) -> Result<(), DumpError> {
-        if new_close_wait.is_empty() {
-            return Ok(());
-        }
-        let tracker = &mut self.tracker;
-        // Dated from when each answer is read, which may be well after the sample began.
-        let mut date = |record: &SocketRecord| {
-            if let Some(info) = record.tcp_info {
-                tracker.set_entry_time(record.cookie, info.last_ack_recv_ms, unix_now());
-            }
-        };
-        let count = new_close_wait.len() as u64;
-        if dates_by_lookups(count, walked) {
-            self.socket
-                .lookup_many_with_info(new_close_wait, &mut date)?;
-            return Ok(());
-        }
-        let new: HashSet<u64> = new_close_wait.iter().map(|r| r.cookie).collect();
-        // Its duplicates were counted by the walk that found these sockets.
-        self.socket.dump(
-            DumpRequest::for_states([TcpState::CloseWait], true),
-            &mut |record| {
-                if new.contains(&record.cookie) {
-                    date(record)
-                }
-            },
-        )?;
-        Ok(())
-    }
-
     fn ephemeral_range(&mut self) -> std::ops::RangeInclusive<u16> {
         match self.settings_files.ephemeral_port_range() {
             Ok(range) => range,
@@ -457,12 +422,6 @@ impl Sampler {
             }
         }
     }
-}
-
-/// Every state but LISTEN (the listeners were dumped first), without tcp_info.
-fn all_but_listen() -> DumpRequest {
-    let states = TcpState::ALL.into_iter().filter(|s| *s != TcpState::Listen);
-    DumpRequest::for_states(states, false)
 }
 
 /// Pids of the listeners on the ports of pending inbound connections: where an accepted
