@@ -78,6 +78,7 @@ struct sock {
 	struct socket *sk_socket;
 	struct timer_list sk_timer;
 	kuid_t sk_uid;
+	unsigned long sk_ino; // Linux 6.17+: the inode, kept in the sock (sock_i_ino reads it)
 	__u32 sk_ack_backlog;
 	__u32 sk_max_ack_backlog;
 } __attribute__((preserve_access_index));
