@@ -2,9 +2,10 @@
 //! (`kernel::events::tcp_table`) when the kernel and privileges allow and the sampler's
 //! namespace is the sampling thread's own (an iterator walks the namespace of the thread
 //! that creates it), else a sock_diag dump. The pass gives the same records at ~0.8x a
-//! minimal dump's CPU (measured at 100k sockets). The listeners' dump and the lookups
-//! with tcp_info stay on netlink: the first walks the listening hash only, the second
-//! needs what the iterator does not give.
+//! minimal dump's CPU (measured at 100k sockets), and the CLOSE_WAIT sockets' tcp_info
+//! ages with them. The listeners' dump stays on netlink (it walks the listening hash
+//! only), and so do the dating lookups a round still needs (no pass this round, or the
+//! kernel's HZ unknown: see `dating`).
 
 use crate::config::{EventsMode, Settings};
 use crate::kernel::record::{SocketRecord, TcpState};
@@ -15,7 +16,7 @@ use crate::kernel::sockdiag::{DiagSocket, DumpError, DumpRequest, DumpStats};
 pub struct TableSource {
     /// The namespace the sampler was made in (its inode); 0: unknown, never iterated.
     netns: u64,
-    iterator: Walker,
+    walker: Walker,
     /// When the last iterator pass ended (Unix seconds): its CLOSE_WAIT records carry
     /// tcp_info ages read during it. Taken by the round that dates them.
     pass_ended_at: Option<f64>,
@@ -37,7 +38,7 @@ impl TableSource {
         let netns = crate::kernel::netns::own_inode().unwrap_or(0);
         TableSource {
             netns,
-            iterator: if use_bpf && netns != 0 {
+            walker: if use_bpf && netns != 0 {
                 Walker::Untried
             } else {
                 Walker::Unavailable
@@ -50,7 +51,7 @@ impl TableSource {
     pub fn sock_diag_only() -> TableSource {
         TableSource {
             netns: 0,
-            iterator: Walker::Unavailable,
+            walker: Walker::Unavailable,
             pass_ended_at: None,
         }
     }
@@ -105,7 +106,7 @@ impl TableSource {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the BPF table iterator failed; using sock_diag from now on");
-                    self.iterator = Walker::Unavailable;
+                    self.walker = Walker::Unavailable;
                     // Part of the table went out: completing it from a dump would count
                     // those sockets twice. This round fails; the next one dumps.
                     if streamed {
@@ -120,15 +121,15 @@ impl TableSource {
     /// Whether the sampling thread is in the namespace the sampler was made in.
     #[cfg(feature = "events")]
     fn in_own_namespace(&self) -> bool {
-        !matches!(self.iterator, Walker::Unavailable)
+        !matches!(self.walker, Walker::Unavailable)
             && crate::kernel::netns::own_inode().is_ok_and(|inode| inode == self.netns)
     }
 
     /// The iterator, loaded at its first use; `None` once refused.
     #[cfg(feature = "events")]
     fn loaded(&mut self) -> Option<&mut crate::kernel::events::tcp_table::TcpTable> {
-        if let Walker::Untried = self.iterator {
-            self.iterator = match crate::kernel::events::tcp_table::TcpTable::load() {
+        if let Walker::Untried = self.walker {
+            self.walker = match crate::kernel::events::tcp_table::TcpTable::load() {
                 Ok(table) => Walker::Loaded(table),
                 Err(e) => {
                     tracing::info!(error = %e, "no BPF table iterator; walking the table through sock_diag");
@@ -136,7 +137,7 @@ impl TableSource {
                 }
             };
         }
-        match &mut self.iterator {
+        match &mut self.walker {
             Walker::Loaded(table) => Some(table),
             _ => None,
         }
