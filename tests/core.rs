@@ -241,6 +241,7 @@ fn every_metric_is_exact_for_the_issue_scenarios() {
         "decode",
         "dump_interrupted",
         "enobufs",
+        "bpf_iterator",
     ] {
         assert_eq!(
             m.get("tcpstate_sample_errors_total", &[("reason", reason)]),

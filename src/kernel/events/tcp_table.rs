@@ -39,6 +39,10 @@ pub struct TcpTable {
     buffer: Vec<u8>,
     /// The kernel's HZ, when its configuration says it: CLOSE_WAIT ages need it.
     hz: Option<u32>,
+    /// Records after which a pass fails, for tests of a failure the kernel cannot be
+    /// made to produce on demand.
+    #[cfg(test)]
+    fail_after: Option<usize>,
 }
 
 impl TcpTable {
@@ -51,6 +55,8 @@ impl TcpTable {
             program,
             buffer: Vec::new(),
             hz: hz::kernel_hz(),
+            #[cfg(test)]
+            fail_after: None,
         })
     }
 
@@ -67,7 +73,32 @@ impl TcpTable {
         let file = super::iter_link::open(self.program.as_fd(), None)
             .map_err(|e| io::Error::new(e.kind(), format!("iter/tcp: {e}")))?;
         self.buffer.resize(READ_LEN, 0);
+        #[cfg(test)]
+        if let Some(records) = self.fail_after {
+            let source = FailingAfter(file.take((records * RECORD_LEN) as u64));
+            return stream(source, &mut self.buffer, states, self.hz, on_record);
+        }
         stream(file, &mut self.buffer, states, self.hz, on_record)
+    }
+
+    /// Makes every later pass fail after `records` records.
+    #[cfg(test)]
+    pub(crate) fn fail_after(&mut self, records: usize) {
+        self.fail_after = Some(records);
+    }
+}
+
+/// A pass cut short: what the inner reader gives, then an error where it would end.
+#[cfg(test)]
+struct FailingAfter<R>(R);
+
+#[cfg(test)]
+impl<R: Read> Read for FailingAfter<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self.0.read(out)? {
+            0 => Err(io::Error::other("injected: the pass failed")),
+            n => Ok(n),
+        }
     }
 }
 

@@ -15,6 +15,10 @@ pub enum DumpError {
     Interrupted,
     #[error("netlink receive buffer overrun (ENOBUFS)")]
     Overrun,
+    /// The BPF table iterator's pass failed after it had handed sockets over (see
+    /// `sampling::sampler::table_source`): not a netlink failure.
+    #[error("BPF table iterator pass: {0}")]
+    Iterator(io::Error),
 }
 
 impl DumpError {
@@ -26,6 +30,7 @@ impl DumpError {
             DumpError::Decode(_) => SampleErrorReason::Decode,
             DumpError::Interrupted => SampleErrorReason::DumpInterrupted,
             DumpError::Overrun => SampleErrorReason::Enobufs,
+            DumpError::Iterator(_) => SampleErrorReason::BpfIterator,
         }
     }
 }
@@ -39,16 +44,18 @@ pub enum SampleErrorReason {
     Decode,
     DumpInterrupted,
     Enobufs,
+    BpfIterator,
 }
 
 impl SampleErrorReason {
     /// Every reason, in the order of their discriminants (`reason as usize` indexes it).
-    pub const ALL: [SampleErrorReason; 5] = [
+    pub const ALL: [SampleErrorReason; 6] = [
         SampleErrorReason::NetlinkIo,
         SampleErrorReason::NetlinkRefused,
         SampleErrorReason::Decode,
         SampleErrorReason::DumpInterrupted,
         SampleErrorReason::Enobufs,
+        SampleErrorReason::BpfIterator,
     ];
 
     /// The stable, bounded label value.
@@ -59,6 +66,7 @@ impl SampleErrorReason {
             SampleErrorReason::Decode => "decode",
             SampleErrorReason::DumpInterrupted => "dump_interrupted",
             SampleErrorReason::Enobufs => "enobufs",
+            SampleErrorReason::BpfIterator => "bpf_iterator",
         }
     }
 }

@@ -110,7 +110,7 @@ impl TableSource {
                     // Part of the table went out: completing it from a dump would count
                     // those sockets twice. This round fails; the next one dumps.
                     if streamed {
-                        return Err(DumpError::Io(e));
+                        return Err(DumpError::Iterator(e));
                     }
                 }
             }
@@ -141,5 +141,78 @@ impl TableSource {
             Walker::Loaded(table) => Some(table),
             _ => None,
         }
+    }
+}
+
+#[cfg(all(test, feature = "events"))]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A source whose iterator is loaded and fails every pass after `records` records.
+    fn failing_after(settings: &Settings, records: usize) -> TableSource {
+        let mut source = TableSource::new(settings);
+        source
+            .loaded()
+            .expect("the iterator loads (root, kernel BTF)")
+            .fail_after(records);
+        source
+    }
+
+    /// Walks `source` once: the sockets handed over, and the walk's stats.
+    fn walk(source: &mut TableSource) -> (usize, Result<DumpStats, DumpError>) {
+        let mut netlink = DiagSocket::open().expect("sock_diag socket");
+        let mut count = 0;
+        let result = source.connections(&mut netlink, &mut |_| count += 1);
+        (count, result)
+    }
+
+    /// Needs root (CAP_BPF, kernel BTF, a private network namespace). A pass that fails
+    /// before it hands over a socket is replaced by a dump in the same walk; one that
+    /// fails after fails the walk (the round keeps the last good sample) rather than
+    /// counting sockets twice; either way the source stays on sock_diag afterwards. A
+    /// pass that does not fail walks by the iterator.
+    #[test]
+    fn a_failed_pass_falls_back_to_sock_diag_without_counting_twice() {
+        let ns = tcpstate_testkit::netns::Netns::create("tablesrc")
+            .expect("a network namespace (root, iproute2)");
+        ns.run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let address = listener.local_addr().expect("addr");
+            let clients: Vec<TcpStream> = (0..2)
+                .map(|_| TcpStream::connect(address).expect("connect"))
+                .collect();
+            let servers: Vec<TcpStream> = (0..2)
+                .map(|_| listener.accept().expect("accept").0)
+                .collect();
+            let settings = Settings::default();
+
+            let (count, result) = walk(&mut TableSource::new(&settings));
+            let stats = result.expect("a pass");
+            assert_eq!((count, stats.walks_by_iterator), (4, 1));
+
+            // The listener comes first (filtered out), then nothing: no socket went out.
+            let mut source = failing_after(&settings, 1);
+            let (count, result) = walk(&mut source);
+            let stats = result.expect("the same walk by a dump");
+            assert_eq!(
+                (count, stats.walks_by_sock_diag, stats.walks_by_iterator),
+                (4, 1, 0)
+            );
+            assert!(matches!(source.walker, Walker::Unavailable));
+
+            // The listener, then one connection: the walk fails with that one handed over.
+            let mut source = failing_after(&settings, 2);
+            let (count, result) = walk(&mut source);
+            let error = result.expect_err("a walk cut after a socket went out");
+            assert!(error.to_string().contains("injected"), "{error}");
+            assert_eq!(error.reason().name(), "bpf_iterator");
+            assert_eq!(count, 1);
+            let (count, result) = walk(&mut source);
+            let stats = result.expect("the next walk by a dump");
+            assert_eq!((count, stats.walks_by_sock_diag), (4, 1));
+            drop((clients, servers));
+        })
+        .expect("run in the namespace");
     }
 }
