@@ -360,10 +360,11 @@ local w(width, p) = { w: width, panel: p };
               ]) { options+: { textMode: 'name', graphMode: 'none' } }),
             ] },
             { h: 7, panels: [
-              w(24, timeseries('Pods followed by events, and their full dumps', "Namespaces on the host's shared TCP hash served from event-fed tables, without a walk of the host's table, and full dumps of such namespaces per second by reason: first (table built, also after lost events), period (reconcile_period), mismatch (the kernel counted sockets the table lacked), too_large; and the sockets those tables refreshed per second, via their holders' descriptors or exact lookups (lookups cost more: a lookup rate near the descriptor rate means many sockets have no known holder). A steady mismatch rate means the following costs walks again: README, 'Many pods on one node'.", [
+              w(24, timeseries('Pods followed by events, their full dumps, and how tables are walked', "Namespaces on the host's shared TCP hash served from event-fed tables, without a walk of the host's table, and full dumps of such namespaces per second by reason: first (table built, also after lost events), period (reconcile_period), mismatch (the kernel counted sockets the table lacked), too_large; and the sockets those tables refreshed per second, via their holders' descriptors or exact lookups (lookups cost more: a lookup rate near the descriptor rate means many sockets have no known holder). A steady mismatch rate means the following costs walks again: README, 'Many pods on one node'. Table walks per second by how: bpf_iterator (the exporter's own namespace, one BPF tcp iterator pass, ~0.8x a dump's CPU) or sock_diag (other namespaces, or BPF not allowed): an own namespace walked by sock_diag where CAP_BPF is granted means the iterator was refused or failed (the log says why).", [
                 target('tcpstate_namespaces_followed{%s}' % host, '{{instance}} followed'),
                 target('sum by (instance, reason) (rate(tcpstate_followed_namespace_dumps_total{%s}[$__rate_interval]))' % host, '{{instance}} dumps/s {{reason}}'),
                 target('sum by (instance, via) (rate(tcpstate_followed_socket_refreshes_total{%s}[$__rate_interval]))' % host, '{{instance}} sockets refreshed/s via {{via}}'),
+                target('sum by (instance, via) (rate(tcpstate_table_walks_total{%s}[$__rate_interval]))' % host, '{{instance}} table walks/s via {{via}}'),
               ], 'short')),
             ] },
           ],
