@@ -5,12 +5,12 @@
 //! record is an error, never undefined behaviour. Map values are plain `#[repr(C)]`
 //! structs of integers, which aya copies in and out as bytes (`Pod`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+
+use super::record_bytes::Record;
 
 /// Kernel TCP state numbers 0..=12 (0 unused, 12 is NEW_SYN_RECV): `TCP_STATE_SLOTS`.
 pub const STATE_SLOTS: usize = 13;
-
-const AF_INET6: u16 = 10;
 
 /// NETNS_FILTER value: the namespace's transitions are counted, and sent per
 /// `event_states`.
@@ -83,47 +83,25 @@ pub struct RawStateChange {
 
 /// Decodes `struct state_change`. `None` when the record is too short.
 pub fn decode(bytes: &[u8]) -> Option<RawStateChange> {
-    let bytes: &[u8; STATE_CHANGE_LEN] = bytes.get(..STATE_CHANGE_LEN)?.try_into().ok()?;
-    let u64_at = |at: usize| u64::from_ne_bytes(array(&bytes[at..at + 8]));
-    let u32_at = |at: usize| u32::from_ne_bytes(array(&bytes[at..at + 4]));
-    let u16_at = |at: usize| u16::from_ne_bytes(array(&bytes[at..at + 2]));
-    let family = u16_at(28);
-    let local_addr: [u8; 16] = array(&bytes[40..56]);
-    let remote_addr: [u8; 16] = array(&bytes[56..72]);
-    let (local_ip, remote_ip) = if family == AF_INET6 {
-        (
-            IpAddr::V6(Ipv6Addr::from(local_addr)),
-            IpAddr::V6(Ipv6Addr::from(remote_addr)),
-        )
-    } else {
-        (
-            IpAddr::V4(Ipv4Addr::from(array::<4>(&local_addr[..4]))),
-            IpAddr::V4(Ipv4Addr::from(array::<4>(&remote_addr[..4]))),
-        )
-    };
+    let record = Record::<STATE_CHANGE_LEN>::new(bytes)?;
+    let family = record.u16_at(28);
     Some(RawStateChange {
-        timestamp_ns: u64_at(0),
-        cookie: u64_at(8),
-        netns_cookie: u64_at(16),
-        netns_inum: u32_at(24),
-        local: SocketAddr::new(local_ip, u16_at(30)),
-        remote: SocketAddr::new(remote_ip, u16_at(32)),
-        old_state: bytes[34],
-        new_state: bytes[35],
-        bound_dev_if: u32_at(36),
+        timestamp_ns: record.u64_at(0),
+        cookie: record.u64_at(8),
+        netns_cookie: record.u64_at(16),
+        netns_inum: record.u32_at(24),
+        local: SocketAddr::new(record.ip_at(family, 40), record.u16_at(30)),
+        remote: SocketAddr::new(record.ip_at(family, 56), record.u16_at(32)),
+        old_state: record.u8_at(34),
+        new_state: record.u8_at(35),
+        bound_dev_if: record.u32_at(36),
     })
-}
-
-/// Copies a slice whose length the caller has fixed into an array.
-fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(slice);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn record(family: u16) -> Vec<u8> {
         let mut r = vec![0u8; STATE_CHANGE_LEN];

@@ -45,6 +45,7 @@ mod iter_link;
 mod iter_load;
 mod kernel_btf;
 mod kfunc;
+mod record_bytes;
 mod ring;
 pub mod socket_fds;
 pub mod tcp_table;

@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::record_bytes::Record;
 use crate::kernel::record::{HeldSocket, TcpState};
 
 /// The compiled iterators, embedded at build time (see build.rs).
@@ -84,29 +85,21 @@ impl SocketFdLister {
     }
 }
 
-/// The native-endian u32 at `at` of a record (0 past its end).
-fn word(chunk: &[u8], at: usize) -> u32 {
-    chunk
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
-}
-
 /// Held sockets from `held_sockets`' output (a trailing partial record, or a state this
 /// build does not know, is left out).
 fn parse_held(bytes: &[u8], holder: u32) -> Vec<HeldSocket> {
     bytes
         .chunks_exact(HELD_LEN)
         .filter_map(|chunk| {
-            let cookie = chunk.get(..8)?.try_into().ok().map(u64::from_ne_bytes)?;
+            let record = Record::<HELD_LEN>::new(chunk)?;
             Some(HeldSocket {
-                cookie,
-                inode: word(chunk, 8),
-                uid: word(chunk, 12),
-                recv_queue: word(chunk, 16),
-                send_queue: word(chunk, 20),
-                state: TcpState::from_kernel(*chunk.get(24)?)?,
-                keepalive_armed: *chunk.get(25)? != 0,
+                cookie: record.u64_at(0),
+                inode: record.u32_at(8),
+                uid: record.u32_at(12),
+                recv_queue: record.u32_at(16),
+                send_queue: record.u32_at(20),
+                state: TcpState::from_kernel(record.u8_at(24))?,
+                keepalive_armed: record.u8_at(25) != 0,
                 holder,
             })
         })
@@ -117,10 +110,11 @@ fn parse_held(bytes: &[u8], holder: u32) -> Vec<HeldSocket> {
 fn parse(bytes: &[u8]) -> Vec<OpenFd> {
     bytes
         .chunks_exact(RECORD_LEN)
-        .map(|chunk| OpenFd {
-            pid: word(chunk, 0),
-            fd: word(chunk, 4),
-            inode: word(chunk, 8),
+        .filter_map(Record::<RECORD_LEN>::new)
+        .map(|record| OpenFd {
+            pid: record.u32_at(0),
+            fd: record.u32_at(4),
+            inode: record.u32_at(8),
         })
         .collect()
 }

@@ -15,9 +15,9 @@
 //! CAP_SYS_ADMIN), Linux 5.12+ (`bpf_get_socket_cookie` in tracing programs).
 
 use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::record_bytes::Record;
 use crate::kernel::hz;
 use crate::kernel::record::{SocketRecord, TcpInfoExcerpt, TcpState};
 use crate::kernel::sockdiag::{Deduper, DumpStats};
@@ -30,8 +30,6 @@ pub(super) static PROGRAM: &[u8] =
 const RECORD_LEN: usize = 80;
 /// Bytes read at a time: two of the iterator's 32 KiB buffers.
 const READ_LEN: usize = 64 * 1024;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 /// The loaded iterator program; each pass makes a link of its own, read once.
 pub struct TcpTable {
@@ -145,52 +143,33 @@ fn stream(
     Ok(stats)
 }
 
-fn word(chunk: &[u8], at: usize) -> u32 {
-    chunk
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
-}
-
-fn address(family: u8, bytes: &[u8]) -> Option<IpAddr> {
-    match family {
-        AF_INET => {
-            let v4: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
-            Some(IpAddr::V4(Ipv4Addr::from(v4)))
-        }
-        AF_INET6 => {
-            let v6: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(v6)))
-        }
-        _ => None,
-    }
-}
-
-/// One `struct tcp_table_socket`; `None` (counted) for a state this build does not know.
+/// One `struct tcp_table_socket`; `None` for a short record, and (counted) for a state
+/// this build does not know.
 fn decode(chunk: &[u8], hz: Option<u32>, stats: &mut DumpStats) -> Option<SocketRecord> {
-    let family = *chunk.get(64)?;
-    let Some(state) = TcpState::from_kernel(*chunk.get(65)?) else {
+    let record = Record::<RECORD_LEN>::new(chunk)?;
+    let family = u16::from(record.u8_at(64));
+    let Some(state) = TcpState::from_kernel(record.u8_at(65)) else {
         stats.unknown_states += 1;
         return None;
     };
     Some(SocketRecord {
         state,
-        local_addr: address(family, chunk.get(8..24)?)?,
-        local_port: u16::from_ne_bytes(chunk.get(60..62)?.try_into().ok()?),
-        remote_addr: address(family, chunk.get(24..40)?)?,
-        remote_port: u16::from_be_bytes(chunk.get(62..64)?.try_into().ok()?),
-        recv_queue: word(chunk, 48),
-        send_queue: word(chunk, 52),
-        inode: word(chunk, 40),
-        uid: word(chunk, 44),
-        cookie: u64::from_ne_bytes(chunk.get(..8)?.try_into().ok()?),
-        keepalive_armed: *chunk.get(66)? != 0,
-        bound_dev_if: word(chunk, 56),
+        local_addr: record.ip_at(family, 8),
+        local_port: record.u16_at(60),
+        remote_addr: record.ip_at(family, 24),
+        remote_port: u16::from_be_bytes(record.array(62)),
+        recv_queue: record.u32_at(48),
+        send_queue: record.u32_at(52),
+        inode: record.u32_at(40),
+        uid: record.u32_at(44),
+        cookie: record.u64_at(0),
+        keepalive_armed: record.u8_at(66) != 0,
+        bound_dev_if: record.u32_at(56),
         tcp_info: hz
             .filter(|_| state == TcpState::CloseWait)
             .map(|hz| TcpInfoExcerpt {
-                last_ack_recv_ms: hz::jiffies_to_ms(word(chunk, 68), hz),
-                last_data_recv_ms: hz::jiffies_to_ms(word(chunk, 72), hz),
+                last_ack_recv_ms: hz::jiffies_to_ms(record.u32_at(68), hz),
+                last_data_recv_ms: hz::jiffies_to_ms(record.u32_at(72), hz),
             }),
         held_by: 0,
     })
@@ -204,6 +183,9 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use crate::kernel::sockdiag::{DiagSocket, DumpRequest};
+
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
 
     /// A record as the iterator writes it (bpf/tcp_table.h).
     fn raw(cookie: u64, state: u8, family: u8, ports: (u16, u16)) -> Vec<u8> {
