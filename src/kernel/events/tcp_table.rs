@@ -392,16 +392,58 @@ mod tests {
         assert_eq!(dated, 2, "both CLOSE_WAIT sockets dated");
     }
 
-    /// Needs root (CAP_BPF, kernel BTF, a private network namespace). The iterator
+    /// Loopback connections opened and closed in the calling thread's namespace until
+    /// `stop`; how many. Each leaves a time-wait socket in the host-wide hash that every
+    /// namespace's pass walks past.
+    fn churn(stop: &std::sync::atomic::AtomicBool) -> u64 {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let mut made = 0;
+        while !stop.load(Ordering::Relaxed) {
+            // Out of ephemeral ports under time-wait is possible on a long run: go on.
+            if let Ok(client) = TcpStream::connect(address) {
+                let server = listener.accept().map(|(server, _)| server);
+                drop((client, server));
+                made += 1;
+            }
+        }
+        made
+    }
+
+    /// Needs root (CAP_BPF, kernel BTF, private network namespaces). The iterator
     /// reports every socket as sock_diag does, field for field: a listener with a
     /// connection in its accept queue and a device bound, IPv4 and IPv6 and v4-mapped
     /// connections, unread bytes, keepalive, CLOSE_WAIT with its FIN, and an orphan's
-    /// FIN_WAIT2 (held by the kernel as a time-wait socket).
+    /// FIN_WAIT2 (held by the kernel as a time-wait socket). On a busy host: another
+    /// namespace churns connections through the same hash and two threads spin while
+    /// both views are read.
     #[test]
     fn a_pass_equals_a_sock_diag_dump_field_for_field() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let ns = tcpstate_testkit::netns::Netns::create("tcptable")
             .expect("a network namespace (root, iproute2)");
-        let (netlink, iterated, elapsed) = ns.run(scenario_views).expect("run in the namespace");
+        let busy = tcpstate_testkit::netns::Netns::create("tcptable-churn")
+            .expect("a network namespace (root, iproute2)");
+        let stop = AtomicBool::new(false);
+        let (views, churned) = std::thread::scope(|scope| {
+            let churner = scope.spawn(|| busy.run(|| churn(&stop)).expect("churn"));
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            let views = ns.run(scenario_views);
+            stop.store(true, Ordering::Relaxed);
+            (views, churner.join().expect("the churning thread"))
+        });
+        let (netlink, iterated, elapsed) = views.expect("run in the namespace");
+        assert!(
+            churned > 100,
+            "the other namespace churned only {churned} connections"
+        );
         assert_eq!(without_tcp_info(&netlink), without_tcp_info(&iterated));
         assert_close_wait_ages(&netlink, &iterated, elapsed);
         assert!(
